@@ -1,0 +1,181 @@
+"""Routing policies as pure functions ``apply(key, state, sim_params, policy_params) -> model index``.
+
+Every policy (baselines, oracle, the learned router) has this signature so the same compiled
+rollout evaluates all of them. Policies read only ``state.summary`` (what a router observes),
+except the oracle, which also reads the hidden phase and the true capabilities by design.
+Policy parameters are pytrees so budgets and lambdas can be traced, vmapped axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtrouter_jax.features import NO_VALUE
+from mtrouter_jax.pool import Pool
+from mtrouter_jax.sim.core import EpisodeState, expected_turn_costs
+from mtrouter_jax.sim.params import TOOLS, SimParams
+
+
+class Policy(NamedTuple):
+    """A routing policy: a module-level pure ``apply`` (static under jit) and its param pytree."""
+
+    name: str
+    apply: Callable[..., jax.Array]
+    params: Any
+
+
+def affordable_mask(state: EpisodeState, sim: SimParams) -> jax.Array:
+    """(M,) models whose worst-case cost for this turn fits the remaining budget."""
+    s = state.summary
+    return s.cost + expected_turn_costs(sim, state, upper=True) <= s.budget
+
+
+def masked_argmax(values: jax.Array, mask: jax.Array, fallback: jax.Array) -> jax.Array:
+    """Deterministic argmax over allowed entries (ties -> lowest index); ``fallback`` if none allowed."""
+    best = jnp.argmax(jnp.where(mask, values, -jnp.inf))
+    return jnp.where(mask.any(), best, fallback).astype(jnp.int32)
+
+
+def cheapest_now(state: EpisodeState, sim: SimParams) -> jax.Array:
+    """Model with the lowest expected cost for this turn (cache hits included)."""
+    return jnp.argmin(expected_turn_costs(sim, state)).astype(jnp.int32)
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+def _fixed_apply(key, state, sim, p):
+    return jnp.asarray(p["model"], jnp.int32)
+
+
+def fixed_policy(pool: Pool, name: str) -> Policy:
+    """Always call one model."""
+    return Policy(name, _fixed_apply, {"model": jnp.int32(pool.index(name))})
+
+
+def _random_apply(key, state, sim, p):
+    return jax.random.randint(key, (), 0, sim.n_models, dtype=jnp.int32)
+
+
+def random_policy() -> Policy:
+    """Uniform per-turn choice (the paper's 'roulette' logging policy, propensity 1/M)."""
+    return Policy("random", _random_apply, {})
+
+
+def _cheapest_apply(key, state, sim, p):
+    return cheapest_now(state, sim)
+
+
+def cheapest_policy() -> Policy:
+    """The model that is cheapest for this turn, counting prompt-cache hits."""
+    return Policy("cheapest", _cheapest_apply, {})
+
+
+def _escalation_apply(key, state, sim, p):
+    s = state.summary
+    ladder, rung_of = p["ladder"], p["rung_of"]
+    top = ladder.shape[0] - 1
+    rung = jnp.where(s.prev_model >= 0, rung_of[jnp.maximum(s.prev_model, 0)], 0)
+    last_error = s.recent_severities[0] >= 0
+    calm = (s.turns_since_error >= p["down_after"]) & (s.model_streak >= p["down_after"])
+    new_rung = jnp.where(s.turn == 0, 0,
+                         jnp.where(last_error, jnp.minimum(rung + 1, top),
+                                   jnp.where(calm, jnp.maximum(rung - 1, 0), rung)))
+    return ladder[new_rung].astype(jnp.int32)
+
+
+DEFAULT_LADDER = ("gpt-oss-120b", "deepseek-v3.2", "gpt-5")
+
+
+def escalation_policy(pool: Pool, ladder: Sequence[str] | None = None, down_after: int = 3) -> Policy:
+    """Move one rung up the ladder after an error; back down after ``down_after`` clean turns."""
+    if ladder is None:
+        ladder = [n for n in DEFAULT_LADDER if n in pool.names] or sorted(
+            pool.names, key=lambda n: pool[n].price_input + pool[n].price_output)
+    idx = [pool.index(n) for n in ladder]
+    rung_of = np.zeros(len(pool), np.int32)  # models off the ladder count as the bottom rung
+    for r, i in enumerate(idx):
+        rung_of[i] = r
+    return Policy("error-escalation", _escalation_apply,
+                  {"ladder": jnp.asarray(idx, jnp.int32), "rung_of": jnp.asarray(rung_of),
+                   "down_after": jnp.int32(down_after)})
+
+
+def _tool_heuristic_apply(key, state, sim, p):
+    s = state.summary
+    last = jnp.where(s.turn > 0, s.recent_tools[0], p["table"].shape[0] - 1)
+    return p["table"][jnp.clip(last, 0, p["table"].shape[0] - 1)].astype(jnp.int32)
+
+
+DEFAULT_TOOL_CLASSES = {"search": "cheap", "file": "cheap", "python": "strong",
+                        "reasoning": "strong", "answer": "strong", "<start>": "cheap"}
+DEFAULT_CLASS_MODELS = {"cheap": "gpt-oss-120b", "strong": "gpt-5"}
+
+
+def tool_heuristic_policy(pool: Pool, tools: Sequence[str] = TOOLS,
+                          tool_classes: Mapping[str, str] | None = None,
+                          class_models: Mapping[str, str] | None = None) -> Policy:
+    """Zero-training router: the last turn's tool type (a proxy for the phase) -> model class -> model.
+
+    Defaults: search/file turns -> a cheap model, python/reasoning/answer -> the strong model.
+    """
+    tool_classes = {**DEFAULT_TOOL_CLASSES, **(tool_classes or {})}
+    class_models = dict(class_models or {})
+    for cls, name in DEFAULT_CLASS_MODELS.items():
+        class_models.setdefault(cls, name if name in pool.names else (
+            min(pool.names, key=lambda n: pool[n].price_input) if cls == "cheap"
+            else max(pool.names, key=lambda n: pool[n].price_output)))
+    table = []
+    for t in list(tools) + ["<start>"]:
+        cls = tool_classes.get(t, "strong")
+        if cls not in class_models:
+            raise ValueError(f"tool {t!r} maps to class {cls!r} with no model (classes: {sorted(class_models)})")
+        table.append(pool.index(class_models[cls]))
+    return Policy("tool-heuristic", _tool_heuristic_apply, {"table": jnp.asarray(table, jnp.int32)})
+
+
+def _oracle_apply(key, state, sim, p):
+    s = state.summary
+    task, phase = s.task, state.phase
+    n_ph = sim.n_phases[task]
+    final_credit = sim.phase_credit[task, n_ph - 1]
+    switched = (s.prev_model >= 0) & (jnp.arange(sim.n_models) != s.prev_model)
+    p_ok = 1.0 - jnp.clip(sim.error_rate + sim.switch_error_bump * switched, 0.0, 1.0)
+    in_answer = phase >= n_ph - 1
+    per_success = jnp.where(in_answer, final_credit,
+                            sim.phase_credit[task, phase] / jnp.maximum(sim.phase_required[task, phase], 1))
+    mix = sim.phase_tool_probs[task, phase]
+    p_succ = sim.success @ mix  # (M,) P(progress | no error) in this phase
+    s_ans = sim.success[:, sim.answer_tool]
+    pen = sim.wrong_answer_penalty
+    answer_value = s_ans * final_credit - (1.0 - s_ans) * pen
+    s_early = s_ans * sim.premature_answer_success
+    early_value = s_early * final_credit - (1.0 - s_early) * pen
+    early = jnp.where(in_answer, 0.0, sim.early_submit)
+    work_value = jnp.where(in_answer, answer_value, p_succ * per_success)
+    setback = (1.0 - p_ok) * sim.severity_mix[:, 2] * jnp.where(in_answer, 0.0, per_success)
+    value = p_ok * ((1.0 - early) * work_value + early * early_value) - setback
+    cost = expected_turn_costs(sim, state) / p["cost_scale"]
+    return masked_argmax(value - p["lam"] * cost, affordable_mask(state, sim), cheapest_now(state, sim))
+
+
+def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
+    """Privileged router: sees the hidden phase and true capabilities; maximises expected progress
+    this turn minus ``lam`` x expected cost (in units of ``cost_scale`` USD)."""
+    return Policy("oracle", _oracle_apply, {"lam": jnp.float32(lam), "cost_scale": jnp.float32(cost_scale)})
+
+
+def baseline_policies(pool: Pool) -> list[Policy]:
+    """Every baseline router: single models, random, cheapest, error-escalation, tool heuristic."""
+    return ([fixed_policy(pool, n) for n in pool.names]
+            + [random_policy(), cheapest_policy(), escalation_policy(pool), tool_heuristic_policy(pool)])
+
+
+__all__ = [
+    "Policy", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy", "random_policy",
+    "cheapest_policy", "escalation_policy", "tool_heuristic_policy", "oracle_policy", "baseline_policies",
+    "NO_VALUE",
+]
