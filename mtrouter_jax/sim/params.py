@@ -175,3 +175,15 @@ def make_sim_params(pool: Pool | None = None, world: WorldConfig | None = None) 
         answer_tool=tools.index("answer"),
         max_steps=world.max_steps,
     )
+
+
+def sim_feature_layout(pool: Pool | None = None, world: WorldConfig | None = None,
+                       cost_scale: float = 0.25) -> "FeatureLayout":
+    """The feature layout of the simulator's own vocabularies (used by the Gymnasium env)."""
+    from mtrouter_jax.features import FeatureLayout
+
+    pool = pool or default_pool()
+    world = world or WorldConfig()
+    return FeatureLayout(task_types=tuple(t.name for t in world.tasks), tools=tuple(world.tools),
+                         error_kinds=tuple(world.error_kinds), models=pool.names,
+                         max_steps=float(world.max_steps), cost_scale=cost_scale)
