@@ -16,6 +16,8 @@ import numpy as np
 from flax import struct
 
 WINDOW = 4  # recent turns summarised (tool types, errors)
+# Bump whenever history_features() changes meaning: checkpoints made with another value are refused.
+FEATURE_CODE_VERSION = 1
 NO_VALUE = -1  # padding index: no turn yet / no error / no previous model
 
 

@@ -8,15 +8,18 @@ Policy parameters are pytrees so budgets and lambdas can be traced, vmapped axes
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrouter_jax.features import NO_VALUE
+from flax import nnx
+
+from mtrouter_jax.features import NO_VALUE, FeatureLayout, history_features, remap_summary, vocab_index
 from mtrouter_jax.pool import Pool
-from mtrouter_jax.sim.core import EpisodeState, expected_turn_costs
+from mtrouter_jax.sim.core import EpisodeState, expected_turn_costs, turn_cost
 from mtrouter_jax.sim.params import TOOLS, SimParams
 
 
@@ -157,7 +160,13 @@ def _oracle_apply(key, state, sim, p):
     early = jnp.where(in_answer, 0.0, sim.early_submit)
     work_value = jnp.where(in_answer, answer_value, p_succ * per_success)
     setback = (1.0 - p_ok) * sim.severity_mix[:, 2] * jnp.where(in_answer, 0.0, per_success)
-    value = p_ok * ((1.0 - early) * work_value + early * early_value) - setback
+    # irreversible mistakes: failed high-severity actions end the task at the fatal score; the
+    # loss is what was earned plus (roughly) half of what is left to earn
+    high = (sim.failure_severity == 2).astype(jnp.float32)
+    p_fatal = (1.0 - sim.success) @ (mix * high) * sim.visible_failure * sim.fatal_rate
+    fatal_loss = state.credit - sim.fatal_credit + 0.5 * (1.0 - state.credit)
+    value = (p_ok * ((1.0 - early) * (work_value - jnp.where(in_answer, 0.0, p_fatal * fatal_loss))
+                     + early * early_value) - setback)
     cost = expected_turn_costs(sim, state) / p["cost_scale"]
     return masked_argmax(value - p["lam"] * cost, affordable_mask(state, sim), cheapest_now(state, sim))
 
@@ -166,6 +175,57 @@ def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
     """Privileged router: sees the hidden phase and true capabilities; maximises expected progress
     this turn minus ``lam`` x expected cost (in units of ``cost_scale`` USD)."""
     return Policy("oracle", _oracle_apply, {"lam": jnp.float32(lam), "cost_scale": jnp.float32(cost_scale)})
+
+
+# --- the learned router ------------------------------------------------------------------------
+
+def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback):
+    """MTRouter's rule with a budget: argmax(score - lam * cost) over models whose worst-case cost
+    for this turn fits ``remaining`` (USD). Ties -> lowest index; nothing fits -> ``fallback``."""
+    return masked_argmax(score - lam * cost_norm, worst_turn_cost <= remaining, fallback)
+
+
+@functools.lru_cache(maxsize=32)
+def _learned_apply_for(graphdef, layout: FeatureLayout, text_dim: int, future_cost: bool) -> Callable:
+    # one static apply per (architecture, layout): params, lambda and vocab maps stay traced
+    def apply(key, state, sim, p):
+        s = remap_summary(state.summary, p["task_map"], p["tool_map"], p["kind_map"], p["model_map"])
+        x = history_features(s, layout)
+        if text_dim:
+            x = jnp.concatenate([x, jnp.zeros((text_dim,), x.dtype)])  # simulated turns carry no text
+        out = nnx.merge(graphdef, p["params"]).score_all(x[None])[0]  # (M, 2) in checkpoint model order
+        out = out[p["sim_to_ckpt"]]  # -> simulator model order
+        costs = jax.vmap(lambda m, o: turn_cost(sim, state.summary, state.last_input_tokens, m, o)[0],
+                         in_axes=(0, 1))(jnp.arange(sim.n_models), jnp.stack([p["out_mean"], p["out_hi"]]))
+        expected, worst = costs[:, 0], costs[:, 1]
+        cost_norm = out[:, 1] + (expected / p["cost_scale"] if future_cost else 0.0)
+        remaining = state.summary.budget - state.summary.cost
+        return route_decision(out[:, 0], cost_norm, p["lam"], worst, remaining, cheapest_now(state, sim))
+
+    return apply
+
+
+def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter") -> Policy:
+    """The MTRouter policy from a ``LoadedEstimator`` (or anything with graphdef/params/layout/meta),
+    run inside the simulator whose vocabularies are ``sim_layout``."""
+    L = estimator.layout
+    missing = [m for m in sim_layout.models if m not in L.models]
+    if missing:
+        raise ValueError(f"checkpoint has no model(s) {missing}; it knows {list(L.models)}")
+    maps = {
+        "task_map": jnp.asarray(vocab_index(L.task_types, sim_layout.task_types)),
+        "tool_map": jnp.asarray(vocab_index(L.tools, sim_layout.tools)),
+        "kind_map": jnp.asarray(vocab_index(L.error_kinds, sim_layout.error_kinds)),
+        "model_map": jnp.asarray(vocab_index(L.models, sim_layout.models)),
+    }
+    sim_to_ckpt = maps["model_map"]
+    order = np.asarray(sim_to_ckpt)
+    out_hi = jnp.asarray(np.asarray(estimator.output_tokens_hi)[order], jnp.float32)
+    out_mean = jnp.asarray(np.asarray(estimator.output_tokens_mean)[order], jnp.float32)
+    apply = _learned_apply_for(estimator.graphdef, L, int(estimator.text_dim), estimator.cost_target == "future")
+    return Policy(name, apply, {**maps, "sim_to_ckpt": sim_to_ckpt, "out_hi": out_hi, "out_mean": out_mean,
+                                "cost_scale": jnp.float32(estimator.cost_scale),
+                                "params": estimator.params, "lam": jnp.float32(lam)})
 
 
 def baseline_policies(pool: Pool) -> list[Policy]:
@@ -177,5 +237,6 @@ def baseline_policies(pool: Pool) -> list[Policy]:
 __all__ = [
     "Policy", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy", "random_policy",
     "cheapest_policy", "escalation_policy", "tool_heuristic_policy", "oracle_policy", "baseline_policies",
+    "route_decision", "learned_policy",
     "NO_VALUE",
 ]

@@ -11,28 +11,57 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from flax import struct
+
+from mtrouter_jax.features import HistorySummary
 from mtrouter_jax.sim.core import EpisodeState, TurnRecord, reset, step
 from mtrouter_jax.sim.params import SimParams
 
 
+@struct.dataclass
+class Decisions:
+    """What the policy saw and how sure it was, per step (stacked along time by the scan)."""
+
+    summary: HistorySummary  # observable summary before the step
+    propensity: jnp.ndarray  # () probability the policy gave to its action (1.0 if deterministic)
+
+
 def rollout(key, apply, policy_params, sim: SimParams, budget=jnp.inf):
-    """One episode: returns (final_state, records with leading axis max_steps, propensities-free)."""
+    """One episode: ``(final_state, records, decisions)``, the last two stacked over max_steps.
+
+    ``apply`` may return an action or ``(action, propensity)`` (stochastic behaviour policies).
+    """
     k_reset, k_loop = jax.random.split(key)
     state = reset(k_reset, sim, budget)
 
     def body(state, k):
         k_pol, k_env = jax.random.split(k)
-        action = apply(k_pol, state, sim, policy_params)
-        state, record, _ = step(k_env, state, action, sim)
-        return state, record
+        out = apply(k_pol, state, sim, policy_params)
+        action, prop = out if isinstance(out, tuple) else (out, jnp.float32(1.0))
+        new_state, record, _ = step(k_env, state, action, sim)
+        return new_state, (record, Decisions(state.summary, jnp.asarray(prop, jnp.float32)))
 
-    final, records = jax.lax.scan(body, state, jax.random.split(k_loop, sim.max_steps))
+    final, (records, decisions) = jax.lax.scan(body, state, jax.random.split(k_loop, sim.max_steps))
+    return final, records, decisions
+
+
+def batch_rollout(key, apply, policy_params, sim: SimParams, budgets):
+    """``len(budgets)`` independent episodes in one compiled call (budgets: (N,) USD, inf = none).
+
+    Returns ``(final, records)``; use ``batch_rollout_with_decisions`` to also get what the policy saw.
+    """
+    final, records, _ = batch_rollout_with_decisions(key, apply, policy_params, sim, budgets)
     return final, records
 
 
+def batch_rollout_with_decisions(key, apply, policy_params, sim: SimParams, budgets):
+    """Like ``batch_rollout`` but returns ``(final, records, decisions)``."""
+    # strong float32 budgets: a weak-typed array would compile a second variant
+    return _batch_rollout(key, apply, policy_params, sim, jnp.asarray(budgets, jnp.float32))
+
+
 @partial(jax.jit, static_argnums=(1,))
-def batch_rollout(key, apply, policy_params, sim: SimParams, budgets) -> tuple[EpisodeState, TurnRecord]:
-    """``len(budgets)`` independent episodes in one compiled call (budgets: (N,) USD, inf = none)."""
+def _batch_rollout(key, apply, policy_params, sim: SimParams, budgets):
     keys = jax.random.split(key, budgets.shape[0])
     return jax.vmap(rollout, in_axes=(0, None, None, None, 0))(keys, apply, policy_params, sim, budgets)
 

@@ -25,7 +25,7 @@ class EpisodeState:
     credit: jnp.ndarray  # () float32, fraction of the task completed (score / 100)
     last_input_tokens: jnp.ndarray  # () float32, prompt of the previous call (the cacheable prefix)
     cache_miss_cost: jnp.ndarray  # () float32, USD lost to re-billing history after switches
-    terminated: jnp.ndarray  # () bool, answered (correctly or not)
+    terminated: jnp.ndarray  # () bool, answered (correctly or not) or failed fatally
     truncated: jnp.ndarray  # () bool, step limit or budget exhausted
 
     @property
@@ -84,7 +84,8 @@ def turn_cost(params: SimParams, summary: HistorySummary, last_input_tokens, mod
 def expected_turn_costs(params: SimParams, state: EpisodeState, upper: bool = False) -> jnp.ndarray:
     """(M,) cost of this turn for every model at mean (or, with ``upper``, maximum) output length."""
     models = jnp.arange(params.n_models)
-    out = params.output_tokens * jnp.where(upper, 1.0 + params.output_token_spread, 1.0)
+    # ceil: sampled output tokens are rounded, so the worst case must round up too
+    out = jnp.where(upper, jnp.ceil(params.output_tokens * (1.0 + params.output_token_spread)), params.output_tokens)
     cost, _, _ = jax.vmap(lambda m, o: turn_cost(params, state.summary, state.last_input_tokens, m, o))(models, out)
     return cost
 
@@ -97,7 +98,7 @@ def step(key: jax.Array, state: EpisodeState, action, params: SimParams):
     """
     m = jnp.asarray(action, jnp.int32)
     s = state.summary
-    k_tool, k_early, k_out, k_err, k_sev, k_kind, k_succ = jax.random.split(key, 7)
+    k_tool, k_early, k_out, k_err, k_sev, k_succ = jax.random.split(key, 6)
     task, phase = s.task, state.phase
     last_phase = phase >= params.n_phases[task] - 1
     premature = ~last_phase & (jax.random.uniform(k_early) < params.early_submit[m])
@@ -111,17 +112,29 @@ def step(key: jax.Array, state: EpisodeState, action, params: SimParams):
     executed = ~state.done & affordable
 
     switched = (s.prev_model >= 0) & (s.prev_model != m)
-    p_err = jnp.clip(params.error_rate[m] + params.switch_error_bump * switched, 0.0, 1.0)
-    is_err = jax.random.uniform(k_err) < p_err
-    severity = jnp.where(is_err, jax.random.choice(k_sev, 3, p=params.severity_mix[m]), NO_VALUE)
-    kind = jnp.where(is_err, jax.random.bernoulli(k_kind).astype(jnp.int32), NO_VALUE)
-
+    # Two error sources, both drawn fresh every turn (transient: no dependence on past errors).
+    # 1) format violations: a per-model rate, raised on the first turn after a switch (prompt drift)
+    p_fmt = jnp.clip(params.error_rate[m] + params.switch_error_bump * switched, 0.0, 1.0)
+    fmt_err = jax.random.uniform(k_err) < p_fmt
+    # 2) a failed tool action surfaces as an invalid action (traceback, HTTP error, unknown command)
+    #    with probability visible_failure; the rest fail silently. A wrong answer is only seen at the end.
     is_answer = tool == params.answer_tool
     p_succ = params.success[m, tool] * jnp.where(premature, params.premature_answer_success, 1.0)
-    success = ~is_err & (jax.random.uniform(k_succ) < p_succ)
+    k_succ, k_vis, k_fatal = jax.random.split(k_succ, 3)
+    attempt_ok = jax.random.uniform(k_succ) < p_succ
+    visible_fail = ~fmt_err & ~attempt_ok & ~is_answer & (jax.random.uniform(k_vis) < params.visible_failure)
+    is_err = fmt_err | visible_fail
+    fmt_sev = jax.random.choice(k_sev, 3, p=params.severity_mix[m])
+    severity = jnp.where(fmt_err, fmt_sev, jnp.where(visible_fail, params.failure_severity[tool], NO_VALUE))
+    kind = jnp.where(fmt_err, 0, jnp.where(visible_fail, 1, NO_VALUE))
+    success = ~fmt_err & attempt_ok
+    # a high-severity failed action is sometimes irreversible (ScienceWorld: a wrong "focus on"
+    # ends the task at -100; a destructive command): the episode ends with the fatal score
+    fatal = visible_fail & (severity == 2) & (jax.random.uniform(k_fatal) < params.fatal_rate)
 
-    # Task progress: successes fill the phase; a high-severity error undoes one unit.
-    setback = is_err & (severity == 2) & params.high_error_setback
+    # Task progress: successes fill the phase; a high-severity format violation (a malformed,
+    # destructive action) undoes one unit.
+    setback = fmt_err & (fmt_sev == 2) & params.high_error_setback
     progress = jnp.where(success & ~is_answer, state.phase_progress + 1,
                          jnp.maximum(state.phase_progress - setback.astype(jnp.int32), 0))
     phase_done = progress >= params.phase_required[task, phase]
@@ -131,7 +144,8 @@ def step(key: jax.Array, state: EpisodeState, action, params: SimParams):
                      jnp.where(phase_done, params.phase_credit[task, phase], 0.0))
     new_phase = jnp.where(~is_answer & phase_done, phase + 1, phase)
     new_progress = jnp.where(~is_answer & phase_done, 0, progress)
-    answered = is_answer & ~is_err  # an answer with a format error is not accepted
+    gain = jnp.where(fatal, params.fatal_credit - state.credit, gain)
+    answered = (is_answer & ~is_err) | fatal  # an answer with a format error is not accepted
 
     next_context = s.context_tokens + out_tokens + params.observation_tokens[tool]
     new_summary = advance_summary(s, m, tool, kind, severity, s.context_tokens, out_tokens, cost, next_context)

@@ -16,7 +16,7 @@ from flax import struct
 from mtrouter_jax.pool import Pool, default_pool
 
 TOOLS = ("search", "file", "python", "reasoning", "answer")
-ERROR_KINDS = ("format_violation", "invalid_action")
+ERROR_KINDS = ("format_violation", "invalid_action")  # index 0: model-level, 1: failed tool action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,12 @@ class WorldConfig:
     observation_tokens: Mapping[str, float] = dataclasses.field(default_factory=lambda: {
         "search": 1800.0, "file": 1400.0, "python": 700.0, "reasoning": 150.0, "answer": 50.0})
     max_steps: int = 35
+    visible_failure: float = 0.8  # share of failed tool actions that show up as an invalid-action error
+    fatal_rate: float = 0.06  # P(a high-severity failed action ends the task) — irreversible mistakes
+    fatal_score: float = -100.0  # terminal score of a fatal mistake (ScienceWorld's -100)
+    # severity of a visible failed action, by tool (a Python traceback is worse than an empty search)
+    failure_severity: Mapping[str, str] = dataclasses.field(default_factory=lambda: {
+        "search": "low", "file": "medium", "python": "high", "reasoning": "medium", "answer": "high"})
     switch_error_bump: float = 0.12  # extra error chance on the first turn after a switch
     output_token_spread: float = 0.3  # output tokens ~ mean * U(1 - s, 1 + s)
     premature_answer_success: float = 0.25  # answer success multiplier when answering early
@@ -104,6 +110,10 @@ class SimParams:
     premature_answer_success: jnp.ndarray  # ()
     high_error_setback: jnp.ndarray  # () bool
     wrong_answer_penalty: jnp.ndarray  # ()
+    visible_failure: jnp.ndarray  # ()
+    fatal_rate: jnp.ndarray  # ()
+    fatal_credit: jnp.ndarray  # () fatal score / 100
+    failure_severity: jnp.ndarray  # (K,) int32 severity of a visible failed action per tool
     answer_tool: int = struct.field(pytree_node=False, default=4)
     max_steps: int = struct.field(pytree_node=False, default=40)
 
@@ -146,10 +156,21 @@ def make_sim_params(pool: Pool | None = None, world: WorldConfig | None = None) 
         total = sum(ph.credit for ph in task.phases)
         for pi, ph in enumerate(task.phases):
             for tool, w in ph.tool_mix.items():
+                if tool not in tools:
+                    raise ValueError(f"task {task.name}, phase {ph.name}: unknown tool {tool!r} (world tools: {tools})")
                 mix[ti, pi, tools.index(tool)] = w
             mix[ti, pi] /= mix[ti, pi].sum()
             req[ti, pi] = ph.required
             credit[ti, pi] = ph.credit / total
+    missing_obs = [t for t in tools if t not in world.observation_tokens]
+    if missing_obs:
+        raise ValueError(f"world.observation_tokens lacks tool(s) {missing_obs}")
+    if len(world.error_kinds) != 2:
+        raise ValueError("world.error_kinds must name exactly two kinds: (model-level format errors, "
+                         f"failed tool actions), got {world.error_kinds!r}")
+    bad_sev = {t: v for t, v in world.failure_severity.items() if v not in ("low", "medium", "high")}
+    if bad_sev or any(t not in world.failure_severity for t in tools):
+        raise ValueError(f"world.failure_severity needs low/medium/high for every tool {tools}, got {dict(world.failure_severity)}")
     per_tok = lambda x: jnp.asarray(x, jnp.float32) / 1e6  # noqa: E731
     return SimParams(
         price_input=per_tok([m.price_input for m in pool.models]),
@@ -172,6 +193,11 @@ def make_sim_params(pool: Pool | None = None, world: WorldConfig | None = None) 
         premature_answer_success=jnp.float32(world.premature_answer_success),
         high_error_setback=jnp.asarray(world.high_error_setback),
         wrong_answer_penalty=jnp.float32(world.wrong_answer_penalty),
+        visible_failure=jnp.float32(world.visible_failure),
+        fatal_rate=jnp.float32(world.fatal_rate),
+        fatal_credit=jnp.float32(world.fatal_score / 100.0),
+        failure_severity=jnp.asarray([("low", "medium", "high").index(world.failure_severity[t]) for t in tools],
+                                     jnp.int32),
         answer_tool=tools.index("answer"),
         max_steps=world.max_steps,
     )

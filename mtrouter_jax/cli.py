@@ -1,0 +1,269 @@
+"""`mtrouter` command line: run | simulate | train | sweep | serve | route | inspect.
+
+A thin shell: parse arguments, call ``workflow``/library functions, print, exit with a clear
+message (and status 2) on bad input instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "runs/default"
+
+
+def _pool(path):
+    from mtrouter_jax.pool import load_pool
+
+    return load_pool(path)
+
+
+def _console():
+    from rich.console import Console
+
+    # wide tables even when stdout is a pipe or a CI log
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _train_cfg(a):
+    from mtrouter_jax.train import TrainConfig
+
+    return TrainConfig(max_epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, learning_rate=a.lr,
+                       patience=a.patience, max_seconds=a.max_train_seconds)
+
+
+def cmd_simulate(a) -> int:
+    from mtrouter_jax.collect import mixed_policy
+    from mtrouter_jax.policy import baseline_policies
+    from mtrouter_jax.sim.params import WorldConfig
+    from mtrouter_jax.workflow import simulate_dataset
+
+    pool = _pool(a.pool)
+    behaviour = None
+    if a.behaviour != "uniform":
+        base_name, _, eps = a.behaviour.partition(":")
+        bases = {p.name: p for p in baseline_policies(pool)}
+        if base_name not in bases:
+            raise SystemExit(f"--behaviour: unknown base policy {base_name!r}; choose uniform or one of "
+                             f"{', '.join(bases)} (optionally ':EPS', e.g. tool-heuristic:0.3)")
+        behaviour = mixed_policy(bases[base_name], float(eps or 0.3))
+    out = Path(a.out)
+    if out.exists() and not a.append:
+        raise SystemExit(f"{out} exists; pass --append to add episodes to it")
+    eps = simulate_dataset(a.seed, a.n, pool, WorldConfig(), behaviour=behaviour, out=out,
+                           budget_range=None if a.no_budgets else "auto", with_features=not a.no_features)
+    print(f"wrote {len(eps)} episodes ({sum(len(e.turns) for e in eps)} turns) to {out}")
+    return 0
+
+
+def _load_training_episodes(a, pool):
+    from mtrouter_jax.logs import read_episodes
+
+    episodes = []
+    if a.data:
+        episodes += read_episodes(a.data, pool_models=set(pool.names))
+    if a.import_official:
+        from mtrouter_jax.importers import import_official_trajectories
+
+        imported, report = import_official_trajectories(a.import_official, models=list(pool.names))
+        print(report.summary())
+        episodes += imported
+    if a.simulate:
+        from mtrouter_jax.sim.params import WorldConfig
+        from mtrouter_jax.workflow import simulate_dataset
+
+        episodes += simulate_dataset(a.seed, a.simulate, pool, WorldConfig(), with_features=False)
+    if not episodes:
+        raise SystemExit("no training data: give --data FILE.jsonl, --import-official DIR or --simulate N")
+    return episodes
+
+
+def cmd_train(a) -> int:
+    from mtrouter_jax.dataset import TargetConfig
+    from mtrouter_jax.workflow import train_checkpoint
+
+    pool = _pool(a.pool)
+    episodes = _load_training_episodes(a, pool)
+    text = None
+    if a.text:
+        from mtrouter_jax.text_embed import HashedNgramEncoder
+
+        text = HashedNgramEncoder(dim=a.text_dim)
+    tcfg = TargetConfig(propensity_weighting=a.propensity_weighting)
+    est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text)
+    print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
+          f"{res.val_loss:.4f} (per-model-mean baseline {res.baseline_val_loss:.4f}), "
+          f"{res.turns_per_second:,.0f} turns/s")
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    import numpy as np
+
+    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.report import print_results, write_results
+    from mtrouter_jax.sim.params import WorldConfig
+    from mtrouter_jax.workflow import default_budgets, sweep
+
+    est = load_checkpoint(a.ckpt)
+    pool = _pool(a.pool) if a.pool else est.pool
+    world = WorldConfig()
+    budgets = np.asarray(a.budgets, np.float32) if a.budgets else default_budgets(pool, world, a.n_budgets, a.seed)
+    if (budgets <= 0).any():
+        raise SystemExit(f"--budgets must be > 0 USD, got {budgets.tolist()}")
+    results = sweep(est, pool, world, budgets, a.episodes, a.seed)
+    print_results(results, console=_console())
+    paths = write_results(results, a.out)
+    print("\n".join(f"wrote {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def cmd_run(a) -> int:
+    """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
+    from mtrouter_jax.report import print_results, summary_markdown, write_results
+    from mtrouter_jax.workflow import run_main_job
+
+    results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
+                                  n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
+                                  pool=_pool(a.pool), beta=a.beta)
+    console = _console()
+    print_results(results, console=console)
+    console.print(summary_markdown(results))
+    print("\n".join(f"wrote {k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    import logging
+
+    from mtrouter_jax.live.server import serve
+
+    logging.basicConfig(level=logging.INFO)
+    kw = {k: v for k, v in vars(a).items() if k not in ("cmd", "fn")}
+    serve(**kw)
+    return 0
+
+
+def cmd_route(a) -> int:
+    """Send a terminal score for a conversation to a running `mtrouter serve`."""
+    import httpx
+
+    body = {"score": a.score}
+    if a.score_range:
+        body["score_range"] = a.score_range
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
+    r = httpx.post(f"{a.url.rstrip('/')}/v1/mtrouter/conversations/{a.conversation}/finish", json=body,
+                   headers=headers, timeout=10)
+    if r.status_code >= 400:
+        raise SystemExit(f"server answered {r.status_code}: {r.text}")
+    print(json.dumps(r.json(), indent=2))
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from mtrouter_jax.checkpoint import read_meta
+
+    meta = read_meta(a.ckpt)
+    short = {k: meta[k] for k in ("schema", "feature_code_version", "cost_scale", "text_dim", "data") if k in meta}
+    short["models"] = [m["name"] for m in meta["pool"]["model"]]
+    short["layout"] = meta["layout"]
+    t = meta.get("training", {})
+    short["training"] = {k: t.get(k) for k in ("best_epoch", "val_loss", "baseline_val_loss", "turns_per_second")}
+    print(json.dumps(short, indent=2))
+    return 0
+
+
+def _add_train_args(p):
+    p.add_argument("--epochs", type=int, default=100, help="max epochs (early stopping, patience below)")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-train-seconds", type=float, default=None, help="stop training after this long (best kept)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mtrouter", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="main job: simulate -> train -> sweep, print a table, write a plot")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--episodes", type=int, default=8192, help="simulated episodes per data round")
+    p.add_argument("--rounds", type=int, default=2, help="data rounds (2+ adds the paper's beta-mixed rounds)")
+    p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--sweep-episodes", type=int, default=256)
+    p.add_argument("--n-budgets", type=int, default=8)
+    p.add_argument("--pool", default=None, help="pool file (default: embedded six-model pool)")
+    _add_train_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("simulate", help="generate logged episodes (JSONL) with a behaviour policy")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--append", action="store_true")
+    p.add_argument("--behaviour", default="uniform", help="uniform, or BASELINE[:EPS] mixed with uniform")
+    p.add_argument("--no-budgets", action="store_true", help="log episodes without per-episode budgets")
+    p.add_argument("--no-features", action="store_true", help="omit per-turn feature vectors")
+    p.add_argument("--pool", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("train", help="train the outcome estimator and write an orbax checkpoint")
+    p.add_argument("--data", nargs="*", default=[], help="trajectory JSONL files")
+    p.add_argument("--import-official", nargs="*", default=[], help="official *.traj.json files or dirs")
+    p.add_argument("--simulate", type=int, default=0, help="also simulate N uniform-random episodes")
+    p.add_argument("--pool", default=None)
+    p.add_argument("--out", required=True, help="checkpoint directory (must not exist)")
+    p.add_argument("--text", action="store_true", help="add the hashed n-gram embedding of observation text")
+    p.add_argument("--text-dim", type=int, default=64)
+    p.add_argument("--propensity-weighting", action="store_true")
+    _add_train_args(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("sweep", help="evaluate every router over a grid of budgets")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--pool", default=None, help="default: the checkpoint's pool")
+    p.add_argument("--budgets", type=float, nargs="*", default=None, help="USD per episode")
+    p.add_argument("--n-budgets", type=int, default=8)
+    p.add_argument("--episodes", type=int, default=256)
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible routing proxy (needs the [live] extra)")
+    from mtrouter_jax.live.server import add_serve_args
+
+    add_serve_args(p)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("route", help="report an episode's terminal score to a running server")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--conversation", required=True)
+    p.add_argument("--score", type=float, required=True)
+    p.add_argument("--score-range", type=float, nargs=2, default=None)
+    p.add_argument("--token", default=None)
+    p.set_defaults(fn=cmd_route)
+
+    p = sub.add_parser("inspect", help="print a checkpoint's metadata")
+    p.add_argument("ckpt")
+    p.set_defaults(fn=cmd_inspect)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from mtrouter_jax.checkpoint import CheckpointError
+    from mtrouter_jax.logs import LogFormatError
+    from mtrouter_jax.pool import PoolError
+
+    try:
+        return args.fn(args)
+    except (LogFormatError, PoolError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+        print(f"mtrouter {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Upstream OpenAI-compatible endpoints of the pool: one official ``openai.OpenAI`` client each.
+
+Calls go through the client (its timeout and retries), with the request body passed through as
+is (``tools``, ``response_format`` and any other field travel untouched in ``extra_body``). A call
+that still fails with a timeout, a refused connection, 408/409/429 or a 5xx is *retryable on
+another model*: :func:`call_with_fallback` then tries the next model of the decision's ranking.
+Keys are read from the environment variables the pool names and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import openai
+
+from mtrouter_jax.pool import Pool
+
+log = logging.getLogger("mtrouter_jax.live")
+
+EMPTY_KEY = "EMPTY"  # what local OpenAI-compatible servers (vLLM, llama.cpp) accept
+_FALLBACK_STATUS = {408, 409, 429}
+
+
+class BackendConfigError(ValueError):
+    """A pool model cannot be called (no endpoint, missing API key variable)."""
+
+
+class UpstreamError(Exception):
+    """An upstream call failed after the client's retries.
+
+    ``retryable`` errors (timeout, connection, 408/409/429/5xx) make the router try the next model;
+    others (e.g. 400 for a bad request) are returned to the caller with ``status`` and ``body``.
+    """
+
+    def __init__(self, model: str, kind: str, message: str, status: int | None = None,
+                 body: Any = None, retryable: bool = True):
+        super().__init__(f"{model}: {kind}: {message}")
+        self.model, self.kind, self.message = model, kind, message
+        self.status, self.body, self.retryable = status, body, retryable
+
+
+def _wrap(model: str, e: Exception) -> UpstreamError:
+    if isinstance(e, openai.APITimeoutError):
+        return UpstreamError(model, "timeout", "upstream timed out")
+    if isinstance(e, openai.APIConnectionError):
+        return UpstreamError(model, "connection", f"connection failed ({type(e.__cause__).__name__})")
+    if isinstance(e, openai.APIStatusError):
+        st = e.response.status_code
+        try:
+            body = e.response.json()
+        except Exception:  # noqa: BLE001 - non-JSON error pages
+            body = None
+        return UpstreamError(model, f"http_{st}", f"upstream returned HTTP {st}", st, body,
+                             retryable=st in _FALLBACK_STATUS or st >= 500)
+    if isinstance(e, (json.JSONDecodeError, ValueError)):
+        return UpstreamError(model, "bad_response", f"upstream sent an unreadable response ({e})")
+    raise e
+
+
+@dataclass
+class StreamCall:
+    """An open upstream SSE stream: iterate ``events()`` for decoded chunks, then ``close()``."""
+
+    model: str
+    _cm: Any
+    _resp: Any
+    _lines: Iterator[str] = field(init=False)
+
+    def __post_init__(self):
+        self._lines = self._resp.iter_lines()
+
+    def events(self) -> Iterator[dict]:
+        """Decoded ``data:`` payloads until ``[DONE]`` (malformed lines are skipped)."""
+        for line in self._lines:
+            if not line or not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                yield json.loads(data)
+            except json.JSONDecodeError:
+                log.warning("skipping malformed SSE line from %s", self.model)
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+class Backends:
+    """One ``openai.OpenAI`` client per pool model's endpoint (clients are shared by endpoint)."""
+
+    def __init__(self, pool: Pool, *, timeout: float = 120.0, max_retries: int = 2,
+                 allow_missing_keys: bool = False, models: Sequence[str] | None = None):
+        """Args:
+            pool: pool whose models have ``endpoint`` tables.
+            timeout, max_retries: passed to each client.
+            allow_missing_keys: use ``"EMPTY"`` when a key variable is unset (local servers);
+                otherwise a missing variable is a BackendConfigError naming model and variable.
+            models: only set up these models (default: all).
+        """
+        self.pool = pool
+        self.clients: dict[str, openai.OpenAI] = {}
+        self.model_ids: dict[str, str] = {}
+        self.base_urls: dict[str, str] = {}
+        shared: dict[tuple[str, str], openai.OpenAI] = {}
+        problems = []
+        for spec in pool.models:
+            if models is not None and spec.name not in models:
+                continue
+            ep = spec.endpoint
+            if ep is None:
+                problems.append(f"model {spec.name!r} has no [model.endpoint] in pool {pool.name!r}")
+                continue
+            if ep.api_key_env is None:
+                key = EMPTY_KEY
+            else:
+                key = os.environ.get(ep.api_key_env)
+                if not key:
+                    if not allow_missing_keys:
+                        problems.append(f"model {spec.name!r}: environment variable {ep.api_key_env} "
+                                        f"(its API key) is not set")
+                        continue
+                    key = EMPTY_KEY
+            ck = (ep.base_url, key)
+            if ck not in shared:
+                shared[ck] = openai.OpenAI(base_url=ep.base_url, api_key=key, timeout=timeout,
+                                           max_retries=max_retries)
+            self.clients[spec.name] = shared[ck]
+            self.model_ids[spec.name] = ep.model_id
+            self.base_urls[spec.name] = ep.base_url
+        if problems:
+            raise BackendConfigError("cannot set up upstream endpoints:\n  " + "\n  ".join(problems)
+                                     + "\n(set the variables, or pass allow_missing_keys / "
+                                     "--allow-missing-keys for local servers)")
+
+    def _args(self, model: str, body: dict) -> dict:
+        rest = {k: v for k, v in body.items() if k not in ("model", "messages", "stream")}
+        return {"model": self.model_ids[model], "messages": body["messages"], "extra_body": rest}
+
+    def chat(self, model: str, body: dict) -> dict:
+        """Non-streaming call; returns the upstream's JSON response (raises UpstreamError)."""
+        client = self.clients[model]
+        try:
+            raw = client.chat.completions.with_raw_response.create(**self._args(model, body))
+            return raw.http_response.json()
+        except (openai.APIError, ValueError) as e:
+            raise _wrap(model, e) from None
+
+    def open_stream(self, model: str, body: dict) -> StreamCall:
+        """Start a streaming call (``stream_options.include_usage`` forced on); errors raised
+        here (before any chunk) can still fall back to another model."""
+        client = self.clients[model]
+        args = self._args(model, body)
+        opts = dict(args["extra_body"].get("stream_options") or {})
+        opts["include_usage"] = True
+        args["extra_body"] = {**args["extra_body"], "stream_options": opts}
+        cm = client.chat.completions.with_streaming_response.create(stream=True, **args)
+        try:
+            resp = cm.__enter__()
+        except (openai.APIError, ValueError) as e:
+            raise _wrap(model, e) from None
+        return StreamCall(model, cm, resp)
+
+
+@dataclass
+class Attempt:
+    """Outcome of :func:`call_with_fallback`."""
+
+    model: str
+    result: Any
+    fallbacks: list[dict]  # [{"model", "error"}] of models that failed before ``model``
+    upstream_seconds: float  # time spent inside upstream calls (all attempts)
+
+
+def call_with_fallback(ranking: Sequence[str], call: Callable[[str], Any],
+                       on_fail: Callable[[str, UpstreamError], Sequence[str]] | None = None) -> Attempt:
+    """Call ``call(model)`` down ``ranking`` until one succeeds.
+
+    Non-retryable errors are raised at once. ``on_fail(model, err)`` may return a fresh ranking
+    (e.g. re-decided without the failed models); by default the next entry is tried. Raises the
+    last UpstreamError when every model failed.
+    """
+    fallbacks: list[dict] = []
+    tried: set[str] = set()
+    queue = list(ranking)
+    up = 0.0
+    last: UpstreamError | None = None
+    while queue:
+        model = queue.pop(0)
+        if model in tried:
+            continue
+        tried.add(model)
+        t0 = time.perf_counter()
+        try:
+            result = call(model)
+        except UpstreamError as e:
+            up += time.perf_counter() - t0
+            if not e.retryable:
+                raise
+            last = e
+            fallbacks.append({"model": model, "error": e.kind})
+            log.warning("upstream %s failed (%s); falling back", model, e.kind)
+            if on_fail is not None:
+                queue = [m for m in on_fail(model, e) if m not in tried]
+            continue
+        up += time.perf_counter() - t0
+        return Attempt(model, result, fallbacks, up)
+    assert last is not None
+    last.fallbacks = fallbacks  # type: ignore[attr-defined]
+    raise last
+
+
+__all__ = ["Backends", "BackendConfigError", "UpstreamError", "StreamCall", "Attempt",
+           "call_with_fallback", "EMPTY_KEY"]

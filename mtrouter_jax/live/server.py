@@ -1,0 +1,558 @@
+"""OpenAI-compatible routing proxy (FastAPI): ``POST /v1/chat/completions`` with ``model="mtrouter"``.
+
+Conversations are identified by the ``X-MTRouter-Conversation`` header, else by a hash of the
+first system and first user message. The per-episode budget comes from ``model="mtrouter-0.50"``
+or the ``X-MTRouter-Budget`` header (USD), fixed when the conversation starts. Tool results that
+arrive with a request become the previous turn's observation (error detection). A pool model name
+as ``model`` is passed through unrouted but still accounted. See docs/live.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mtrouter_jax.live.backends import Backends, UpstreamError, call_with_fallback
+from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router, parse_usage
+
+log = logging.getLogger("mtrouter_jax.live")
+
+ROUTED = "mtrouter"
+_BUDGET_MODEL = re.compile(r"^mtrouter-(.+)$")
+_MSG_OVERHEAD = 8  # chat-template tokens per message, generous
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type,
+                                       "param": self.param, "code": self.code}},
+                            status_code=self.status, headers=headers)
+
+
+def _nbytes(obj: Any) -> int:
+    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def parse_budget(text: str, where: str) -> float:
+    """USD budget from text; raises ApiError(400) unless a finite number > 0."""
+    try:
+        b = float(text)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{where}: cannot parse budget {text!r} (expected USD, e.g. 0.50)",
+                       code="invalid_budget") from None
+    if not math.isfinite(b) or b <= 0:
+        raise ApiError(400, f"{where}: budget must be a finite number > 0 USD, got {text!r}",
+                       code="invalid_budget")
+    return b
+
+
+def conversation_key(messages: list) -> str:
+    """Stable id from the first system and first user message (used without the header)."""
+    first = {}
+    for m in messages:
+        r = m.get("role")
+        if r in ("system", "developer", "user") and (r == "user" or "system" not in first):
+            first.setdefault("user" if r == "user" else "system", m.get("content"))
+        if "user" in first:
+            break
+    return "h-" + hashlib.sha256(json.dumps(first, sort_keys=True, ensure_ascii=False)
+                                 .encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass
+class _Conv:
+    episode: LiveEpisode
+    derived: bool  # id derived from a message hash (not the header)
+    n_seen: int = 0  # messages of the last request + the assistant reply
+    last_used: float = 0.0
+
+
+class ConversationStore:
+    """Open conversations (LRU-bounded; evicted ones are finished unscored) + recent finished."""
+
+    def __init__(self, router: Router, max_open: int = 10_000, keep_finished: int = 1000):
+        self.router, self.max_open, self.keep_finished = router, max_open, keep_finished
+        self.open: OrderedDict[str, _Conv] = OrderedDict()
+        self.done: OrderedDict[str, dict] = OrderedDict()
+        self.uses: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def get(self, cid: str) -> _Conv | None:
+        with self.lock:
+            return self.open.get(cid)
+
+    def get_or_start(self, cid: str, derived: bool, budget: float | None, task: str | None,
+                     lam: float | None) -> _Conv:
+        evicted = []
+        with self.lock:
+            conv = self.open.get(cid)
+            if conv is None:
+                n = self.uses.get(cid, 0) + 1
+                self.uses[cid] = n
+                eid = cid if n == 1 else f"{cid}-{n}"
+                conv = _Conv(self.router.start_episode(eid, task, budget, lam), derived)
+                self.open[cid] = conv
+                while len(self.open) > self.max_open:
+                    evicted.append(self.open.popitem(last=False))
+            self.open.move_to_end(cid)
+            conv.last_used = time.time()
+        for old_id, old in evicted:
+            self._close(old_id, old, None, None, {"closed": "evicted"})
+        return conv
+
+    def finish(self, cid: str, score=None, score_range=None, meta=None) -> dict:
+        with self.lock:
+            conv = self.open.pop(cid, None)
+        if conv is None:
+            raise ApiError(404, f"no open conversation {cid!r}", code="conversation_not_found")
+        return self._close(cid, conv, score, score_range, meta)
+
+    def _close(self, cid, conv: _Conv, score, score_range, meta) -> dict:
+        with conv.episode.lock:
+            ep = conv.episode.finish(score, score_range, meta)
+            info = {**conv.episode.info(), "logged": ep is not None and self.router.log_path is not None}
+        with self.lock:
+            self.done[cid] = info
+            while len(self.done) > self.keep_finished:
+                self.done.popitem(last=False)
+        return info
+
+    def restart(self, cid: str, conv: _Conv) -> None:
+        """The client started the same task over: finish the old episode (unscored)."""
+        with self.lock:
+            if self.open.get(cid) is conv:
+                del self.open[cid]
+        self._close(cid, conv, None, None, {"closed": "restarted"})
+
+    def close_all(self) -> None:
+        with self.lock:
+            items = list(self.open.items())
+            self.open.clear()
+        for cid, conv in items:
+            self._close(cid, conv, None, None, {"closed": "shutdown"})
+
+
+class Proxy:
+    """The request handling behind the FastAPI app (synchronous, runs in worker threads)."""
+
+    def __init__(self, router: Router, backends: Backends, log_text: bool = False,
+                 max_open: int = 10_000):
+        self.router, self.backends, self.log_text = router, backends, log_text
+        self.store = ConversationStore(router, max_open)
+
+    # --------------------------------------------------------------- request parsing
+    def resolve_model(self, body: dict, headers) -> tuple[str | None, float | None]:
+        """(pool model for a pass-through, or None when routed; budget in USD or None)."""
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "model: expected a string such as 'mtrouter' or 'mtrouter-0.50'",
+                           param="model")
+        budget = None
+        hb = headers.get("x-mtrouter-budget")
+        if hb is not None:
+            budget = parse_budget(hb, "X-MTRouter-Budget header")
+        if name == ROUTED:
+            return None, budget
+        m = _BUDGET_MODEL.match(name)
+        if m and name not in self.router.pool.names:
+            b = parse_budget(m.group(1), f"model {name!r}")
+            return None, b if budget is None else budget
+        if name in self.router.pool.names:
+            return name, budget
+        raise ApiError(404, f"The model {name!r} does not exist: use 'mtrouter', 'mtrouter-<USD budget>' "
+                            f"or one of the pool's models ({', '.join(self.router.pool.names)})",
+                       code="model_not_found", param="model")
+
+    @staticmethod
+    def check_messages(body: dict) -> list:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise ApiError(400, "messages: expected a non-empty array of message objects", param="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise ApiError(400, f"messages[{i}]: expected an object with a string 'role'",
+                               param=f"messages[{i}]")
+        return msgs
+
+    # --------------------------------------------------------------- the main handler
+    def chat(self, body: dict, headers, t_start: float):
+        """Returns a JSONResponse, or a (StreamingResponse factory) for ``stream=true``."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        msgs = self.check_messages(body)
+        passthrough, budget = self.resolve_model(body, headers)
+        lam = headers.get("x-mtrouter-lambda")
+        if lam is not None:
+            try:
+                lam = float(lam)
+                assert math.isfinite(lam) and lam >= 0
+            except (ValueError, AssertionError):
+                raise ApiError(400, f"X-MTRouter-Lambda: expected a number >= 0, got {lam!r}") from None
+        stream = bool(body.get("stream", False))
+        cid = headers.get("x-mtrouter-conversation")
+        derived = not cid
+        cid = cid or conversation_key(msgs)
+        task = headers.get("x-mtrouter-task")
+        conv = self.store.get_or_start(cid, derived, budget, task, lam)
+        ep = conv.episode
+        if not ep.lock.acquire(timeout=600):
+            raise ApiError(409, f"conversation {cid!r} is busy with another request", code="busy")
+        release = True
+        try:
+            if ep.finished:  # finished by a concurrent request while we waited
+                raise ApiError(409, f"conversation {cid!r} was just finished; retry", code="finished")
+            if derived and conv.n_seen and len(msgs) < conv.n_seen - 1:
+                ep.lock.release()
+                release = False
+                self.store.restart(cid, conv)
+                return self.chat(body, headers, t_start)
+            new = msgs[conv.n_seen:] if conv.n_seen and len(msgs) >= conv.n_seen - 1 else None
+            if new:
+                obs = [m for m in new if m.get("role") == "tool"] or [m for m in new if m.get("role") == "user"]
+                if obs:
+                    ep.attach_observation("\n".join(_text(m.get("content")) for m in obs))
+            total_hi = sum(_nbytes(m) + _MSG_OVERHEAD for m in msgs) + _nbytes(body.get("tools") or [])
+            if new is not None and ep.turns:
+                new_b = sum(_nbytes(m) + _MSG_OVERHEAD for m in new)
+                hi = min(total_hi, ep.last_prompt + ep.last_completion + new_b)
+                est = ep.last_prompt + ep.last_completion + new_b / 4
+            else:
+                hi, est = total_hi, total_hi / 4
+            if passthrough is not None:
+                i = self.router.pool.index(passthrough)
+                worst = ep.worst_costs(hi)
+                if ep.budget is not None and ep.spent + worst[i] > ep.budget + 1e-12:
+                    raise ApiError(402, f"budget exhausted: conversation {cid!r} spent ${ep.spent:.6f} of "
+                                        f"${ep.budget:.6f}; a {passthrough} turn could cost up to ${worst[i]:.6f}",
+                                   "insufficient_quota", "budget_exhausted")
+                cap = ep.completion_cap(passthrough, hi)
+                if cap == 0:
+                    raise ApiError(402, f"budget exhausted: conversation {cid!r} has ${ep.remaining:.6f} left, "
+                                        f"less than {passthrough}'s uncached input", "insufficient_quota",
+                                   "budget_exhausted")
+                ranking, caps, prop = [passthrough], {passthrough: cap}, None
+                ep.last_decision = None
+            else:
+                try:
+                    d = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam)
+                except BudgetExhausted as e:
+                    raise ApiError(402, str(e), "insufficient_quota", "budget_exhausted") from None
+                ep.last_decision = d
+                ranking, caps, prop = list(d.ranking), dict(d.max_output_tokens), 1.0
+
+            def on_fail(model, err):
+                if passthrough is not None:
+                    return []
+                try:
+                    d2 = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam,
+                                   exclude=[f["model"] for f in fallbacks_so_far] + [model])
+                except BudgetExhausted:
+                    return []
+                caps.update(d2.max_output_tokens)
+                return list(d2.ranking)
+
+            fallbacks_so_far: list[dict] = []
+
+            def body_for(model):
+                b = dict(body)
+                cap = caps.get(model)
+                if cap is not None:
+                    field = "max_completion_tokens" if ("max_completion_tokens" in body or (
+                        "max_tokens" not in body and "api.openai.com" in self.backends.base_urls.get(model, ""))) \
+                        else "max_tokens"
+                    b[field] = min(cap, int(body.get(field) or cap))
+                return b
+
+            def call(model):
+                try:
+                    if stream:
+                        return self.backends.open_stream(model, body_for(model))
+                    return self.backends.chat(model, body_for(model))
+                except UpstreamError as e:
+                    if e.retryable:
+                        fallbacks_so_far.append({"model": model, "error": e.kind})
+                    raise
+
+            try:
+                att = call_with_fallback(ranking, call, on_fail)
+            except UpstreamError as e:
+                if not e.retryable:
+                    raise ApiError(e.status or 502, f"upstream {e.model} rejected the request: "
+                                   + _upstream_message(e), "upstream_error", e.kind) from None
+                raise ApiError(502, f"all upstream models failed: {fallbacks_so_far}", "upstream_error",
+                               "upstream_unavailable") from None
+            meta = {"fallbacks": att.fallbacks} if att.fallbacks else {}
+            if passthrough is not None:
+                meta["passthrough"] = True
+            hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": cid,
+                   "X-MTRouter-Fallbacks": ",".join(f"{f['model']}:{f['error']}" for f in att.fallbacks)}
+            if stream:
+                release = False
+                return self._stream(att, conv, msgs, hi, prop, meta, hdr, body, t_start)
+            resp = att.result
+            usage = resp.get("usage") or {}
+            name, action = _tool_and_action(resp)
+            ep.record(att.model, usage, tool_name=name, action=action,
+                      propensity=prop, meta=meta)
+            conv.n_seen = len(msgs) + 1
+            resp["model"] = att.model
+            hdr.update(self._money_headers(ep))
+            hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
+            hdr["X-MTRouter-Overhead-Ms"] = f"{(time.perf_counter() - t_start - att.upstream_seconds) * 1e3:.3f}"
+            return JSONResponse(resp, headers=hdr)
+        finally:
+            if release:
+                ep.lock.release()
+
+    @staticmethod
+    def _money_headers(ep: LiveEpisode) -> dict:
+        return {"X-MTRouter-Spent": f"{ep.spent:.8f}",
+                "X-MTRouter-Remaining": "none" if ep.remaining is None else f"{ep.remaining:.8f}"}
+
+    def _stream(self, att, conv: _Conv, msgs, hi, prop, meta, hdr, body, t_start):
+        """SSE pass-through; the turn is recorded (and the lock released) when the stream ends."""
+        ep, sc = conv.episode, att.result
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        state = {"usage": None, "tool": None, "text": [], "nbytes": 0}
+        hdr.update(self._money_headers(ep))
+        hdr["X-MTRouter-Overhead-Ms"] = f"{(time.perf_counter() - t_start - att.upstream_seconds) * 1e3:.3f}"
+        events = sc.events()
+
+        def pull():
+            try:
+                return next(events)
+            except StopIteration:
+                return None
+
+        async def gen():
+            try:
+                while True:
+                    try:
+                        ch = await anyio.to_thread.run_sync(pull)
+                    except Exception as e:  # noqa: BLE001 - upstream died mid-stream
+                        log.warning("stream from %s broke: %s", att.model, type(e).__name__)
+                        meta["stream_error"] = type(e).__name__
+                        break
+                    if ch is None:
+                        break
+                    ch["model"] = att.model
+                    if ch.get("usage"):
+                        state["usage"] = ch["usage"]
+                    for c in ch.get("choices") or []:
+                        delta = c.get("delta") or {}
+                        if delta.get("content"):
+                            state["text"].append(delta["content"])
+                        for tc in delta.get("tool_calls") or []:
+                            fn = tc.get("function") or {}
+                            if fn.get("name") and state["tool"] is None:
+                                state["tool"] = fn["name"]
+                            state["text"].append(fn.get("arguments") or "")
+                    if not want_usage and ch.get("usage") is not None:
+                        if not ch.get("choices"):
+                            continue
+                        ch = {k: v for k, v in ch.items() if k != "usage"}
+                    yield f"data: {json.dumps(ch, ensure_ascii=False, separators=(',', ':'))}\n\n"
+                acct = self._finish_stream(ep, conv, msgs, att, hi, prop, meta, state)
+                yield f": mtrouter {json.dumps(acct)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                if ep.lock.locked() and not state.get("recorded"):
+                    self._finish_stream(ep, conv, msgs, att, hi, prop, meta, state)
+                sc.close()
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=hdr)
+
+    def _finish_stream(self, ep, conv, msgs, att, hi, prop, meta, state) -> dict:
+        if state.get("recorded"):
+            return {}
+        state["recorded"] = True
+        try:
+            usage = state["usage"]
+            if usage is None:  # no usage chunk: bill conservatively (bytes bound tokens)
+                text = "".join(state["text"])
+                usage = {"prompt_tokens": int(hi), "completion_tokens": len(text.encode("utf-8"))}
+                meta["usage_estimated"] = True
+            action = "".join(state["text"])
+            ep.record(att.model, usage, tool_name=state["tool"], action=action, propensity=prop, meta=meta)
+            conv.n_seen = len(msgs) + 1
+            return {"model": att.model, "spent": ep.spent, "remaining": ep.remaining,
+                    "turn_cost": ep.turns[-1].cost, "fallbacks": att.fallbacks}
+        finally:
+            ep.lock.release()
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return json.dumps(content)
+
+
+def _tool_and_action(resp: dict) -> tuple[str | None, str | None]:
+    """(first tool-call name, action text: content or tool-call arguments) of a completion."""
+    try:
+        msg = resp["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return None, None
+    calls = msg.get("tool_calls") or []
+    name = None
+    parts = [msg.get("content") or ""]
+    for c in calls:
+        fn = c.get("function") or {}
+        name = name or fn.get("name")
+        parts.append(f"{fn.get('name')}({fn.get('arguments')})")
+    return name, "\n".join(p for p in parts if p) or None
+
+
+def _upstream_message(e: UpstreamError) -> str:
+    if isinstance(e.body, dict) and isinstance(e.body.get("error"), dict):
+        return str(e.body["error"].get("message", e.message))
+    return e.message
+
+
+def create_app(router: Router, backends: Backends | None = None, *, token: str | None = None,
+               log_text: bool = False, allow_missing_keys: bool = False, timeout: float = 120.0,
+               max_retries: int = 2, max_threads: int = 256, max_open: int = 10_000) -> FastAPI:
+    """The proxy app. ``backends`` default: clients for every pool model (keys from env)."""
+    if backends is None:
+        backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
+                            allow_missing_keys=allow_missing_keys)
+    proxy = Proxy(router, backends, log_text, max_open)
+    limiter = anyio.CapacityLimiter(max_threads)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await anyio.to_thread.run_sync(proxy.store.close_all)  # log open conversations (unscored)
+
+    app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
+    app.state.proxy = proxy
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if token is not None and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {token}":
+                return ApiError(401, "missing or invalid bearer token (Authorization: Bearer ...)",
+                                "authentication_error", "invalid_api_key").response()
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return e.response()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        t0 = time.perf_counter()
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await anyio.to_thread.run_sync(proxy.chat, body, headers, t0, limiter=limiter)
+
+    @app.get("/v1/models")
+    async def models():
+        ids = [ROUTED, f"{ROUTED}-0.50"] + list(router.pool.names)
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": 0,
+                                            "owned_by": "mtrouter" if i.startswith(ROUTED) else "pool"}
+                                           for i in ids]}
+
+    @app.get("/v1/mtrouter/conversations/{cid}")
+    async def conversation(cid: str):
+        conv = proxy.store.get(cid)
+        if conv is not None:
+            return conv.episode.info()
+        if cid in proxy.store.done:
+            return proxy.store.done[cid]
+        raise ApiError(404, f"no conversation {cid!r}", code="conversation_not_found")
+
+    @app.post("/v1/mtrouter/conversations/{cid}/finish")
+    async def finish(cid: str, request: Request):
+        raw = await request.body()
+        try:
+            req = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        if not isinstance(req, dict) or set(req) - {"score", "score_range", "meta"}:
+            raise ApiError(400, "expected {\"score\": number, \"score_range\": [lo, hi]} (both optional)")
+        score, srange = req.get("score"), req.get("score_range")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise ApiError(400, f"score: expected a number, got {score!r}", param="score")
+        if srange is not None and (not isinstance(srange, list) or len(srange) != 2
+                                   or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              for x in srange)):
+            raise ApiError(400, f"score_range: expected [lo, hi], got {srange!r}", param="score_range")
+        try:
+            return await anyio.to_thread.run_sync(proxy.store.finish, cid, score, srange,
+                                                  req.get("meta"), limiter=limiter)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "open_conversations": len(proxy.store.open)}
+
+    return app
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server``)."""
+    p.add_argument("--checkpoint", required=True, help="trained estimator checkpoint")
+    p.add_argument("--pool", default=None, help="pool file with endpoints (default: the checkpoint's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--lam", type=float, default=1.0, help="cost weight λ (default 1.0)")
+    p.add_argument("--log", dest="log_path", default=None, help="JSONL file for routed episodes")
+    p.add_argument("--log-text", action="store_true", help="also log observations/actions")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--allow-missing-keys", action="store_true", help="use 'EMPTY' for unset key variables")
+    p.add_argument("--timeout", type=float, default=120.0, help="upstream timeout (s)")
+    p.add_argument("--max-retries", type=int, default=2, help="upstream retries per model")
+    p.add_argument("--strict-cache", action="store_true",
+                   help="do not assume prompt-cache hits in the worst-case cost")
+
+
+def serve(checkpoint, pool=None, host="127.0.0.1", port=8000, lam=1.0, log_path=None, log_text=False,
+          token=None, allow_missing_keys=False, timeout=120.0, max_retries=2, strict_cache=False) -> None:
+    """Load the checkpoint and run the proxy with uvicorn (blocks)."""
+    import uvicorn
+    router = Router.from_checkpoint(checkpoint, pool=pool, lam=lam, log_path=log_path,
+                                    log_text=log_text, assume_cache_hits=not strict_cache)
+    app = create_app(router, token=token, log_text=log_text, allow_missing_keys=allow_missing_keys,
+                     timeout=timeout, max_retries=max_retries)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="mtrouter serve", description=__doc__.splitlines()[0])
+    add_serve_args(p)
+    logging.basicConfig(level=logging.INFO)
+    serve(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

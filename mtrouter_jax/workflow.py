@@ -1,0 +1,241 @@
+"""End-to-end jobs composed from the functional core: simulate -> train -> sweep -> report.
+
+The CLI and scripts are thin argument parsers over these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtrouter_jax.checkpoint import LoadedEstimator, load_checkpoint, save_checkpoint
+from mtrouter_jax.collect import mixed_policy, sample_budgets, simulate_batches, to_episodes, uniform_behaviour
+from mtrouter_jax.dataset import TargetConfig, build_training_data
+from mtrouter_jax.evaluate import calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
+from mtrouter_jax.logs import Episode, append_episodes
+from mtrouter_jax.policy import (Policy, baseline_policies, escalation_policy, fixed_policy, learned_policy,
+                                 oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
+from mtrouter_jax.pool import Pool, default_pool
+from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
+from mtrouter_jax.train import TrainConfig, TrainResult, fit
+
+
+def _bar(enabled: bool, total: int, label: str):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    p.start()
+    return p, p.add_task(label, total=total)
+
+
+def reference_cost(pool: Pool, world: WorldConfig, seed: int = 0, n: int = 512) -> float:
+    """Mean episode cost of the most expensive single model, uncapped (the budget scale)."""
+    sim = make_sim_params(pool, world)
+    costs = []
+    for name in pool.names:
+        res = evaluate_budgets(jax.random.PRNGKey(seed + 7), fixed_policy(pool, name), sim, [np.inf], n)
+        costs.append(float(res["cost"][0]))
+    return max(costs)
+
+
+def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world: WorldConfig | None = None,
+                     behaviour: Policy | None = None, budget_range: tuple[float, float] | None = "auto",
+                     out: str | Path | None = None, progress: bool = True, with_features: bool = True,
+                     id_prefix: str = "sim", batch_size: int = 2048) -> list[Episode]:
+    """Generate ``n_episodes`` logged episodes with a behaviour policy (default: uniform per turn).
+
+    Budgets are drawn log-uniformly in ``budget_range`` USD (``"auto"``: 2%..150% of the most
+    expensive single model's mean episode cost; ``None``: no budgets). Appends to ``out`` if given.
+    """
+    pool = pool or default_pool()
+    world = world or WorldConfig()
+    sim = make_sim_params(pool, world)
+    behaviour = behaviour or uniform_behaviour()
+    if budget_range == "auto":
+        ref = reference_cost(pool, world, seed)
+        budget_range = (0.02 * ref, 1.5 * ref)
+    key = jax.random.PRNGKey(seed)
+    k_budget, k_sim = jax.random.split(key)
+    budgets = sample_budgets(k_budget, n_episodes, *(budget_range or (None, None)))
+    episodes: list[Episode] = []
+    bar = _bar(progress, n_episodes, "simulate")
+    done = 0
+    for host, n in simulate_batches(k_sim, behaviour, sim, budgets, batch_size=min(batch_size, n_episodes)):
+        batch = to_episodes(host, n, pool, world, start_id=done, with_features=with_features, id_prefix=id_prefix)
+        done += n
+        episodes += batch
+        if out is not None:
+            append_episodes(out, batch)
+        if bar:
+            bar[0].update(bar[1], completed=done)
+    if bar:
+        bar[0].stop()
+    return episodes
+
+
+def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
+                     train_cfg: TrainConfig = TrainConfig(), target_cfg: TargetConfig = TargetConfig(),
+                     text_encoder=None, progress: bool = True) -> tuple[LoadedEstimator, TrainResult]:
+    """Build targets, fit the estimator, save an orbax checkpoint with full metadata, reload it."""
+    data = build_training_data(episodes, pool, target_cfg, text_encoder=text_encoder)
+    result = fit(data, pool, train_cfg, progress=progress)
+    meta = {
+        "pool": pool.to_dict(),
+        "layout": data.layout.to_dict(),
+        "layout_blocks": [list(b) for b in data.layout.blocks],
+        "estimator": result.model.cfg.to_dict(),
+        "text_dim": data.text_dim,
+        "text_encoder": text_encoder.config() if text_encoder is not None and hasattr(text_encoder, "config") else None,
+        "cost_scale": data.cost_scale,
+        "output_tokens_hi": [float(x) for x in data.output_tokens_hi],
+        "output_tokens_mean": [float(x) for x in data.output_tokens_mean],
+        "cost_target": target_cfg.cost_target,
+        "attributes": {"names": result.attr_names, "mean": [float(x) for x in result.attr_mean],
+                       "std": [float(x) for x in result.attr_std]},
+        "targets": {"default_score_range": list(target_cfg.default_score_range),
+                    "expected_steps": data.expected_steps, "success_threshold": target_cfg.success_threshold,
+                    "aec": dataclasses.asdict(target_cfg.aec), "propensity_weighting": target_cfg.propensity_weighting},
+        "training": {**dataclasses.asdict(train_cfg), "best_epoch": result.best_epoch,
+                     "val_loss": result.val_loss, "baseline_val_loss": result.baseline_val_loss,
+                     "history": result.history, "turns_per_second": result.turns_per_second},
+        "data": {"fingerprint": data.fingerprint, "n_episodes": data.n_episodes, "n_turns": data.n},
+    }
+    save_checkpoint(out, result.model, _finite(meta))
+    return load_checkpoint(out), result
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def default_budgets(pool: Pool, world: WorldConfig, n: int = 8, seed: int = 0) -> np.ndarray:
+    """Log-spaced per-episode budgets from 5% to 120% of the priciest single model's mean cost."""
+    ref = reference_cost(pool, world, seed)
+    return np.geomspace(0.05 * ref, 1.2 * ref, n).astype(np.float32)
+
+
+def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, budgets, n_episodes: int = 256,
+          seed: int = 0, lambda_grid=None, progress: bool = True, include: Sequence[str] | None = None) -> dict:
+    """Every router over every budget -> the results dict consumed by ``report``.
+
+    Learned router and oracle get a per-budget lambda calibrated on separate episodes; single
+    models run uncapped (one point each); the other baselines run under each hard budget.
+    """
+    sim = make_sim_params(pool, world)
+    layout = sim_feature_layout(pool, world)
+    budgets = np.asarray(budgets, np.float32)
+    k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
+    grid = lambda_grid or None
+    routers: dict[str, dict] = {}
+    jobs: list[tuple[str, str, Policy, bool]] = []
+    if estimator is not None:
+        jobs.append(("mtrouter", "learned", learned_policy(estimator, layout), True))
+    cost_scale = estimator.cost_scale if estimator is not None else 0.25
+    jobs.append(("oracle", "oracle", oracle_policy(0.0, cost_scale), True))
+    jobs.append(("tool-heuristic", "heuristic", tool_heuristic_policy(pool, world.tools), False))
+    jobs.append(("error-escalation", "baseline", escalation_policy(pool), False))
+    jobs.append(("random", "baseline", random_policy(), False))
+    jobs.append(("cheapest", "baseline", cheapest_policy(), False))
+    singles = [(n, "single", fixed_policy(pool, n), False) for n in pool.names]
+    all_jobs = [j for j in jobs + singles if include is None or j[0] in include]
+    bar = _bar(progress, len(all_jobs), "sweep")
+    t0 = time.perf_counter()
+    for i, (name, kind, pol, tune) in enumerate(all_jobs):
+        if kind == "single":
+            res = evaluate_budgets(k_eval, pol, sim, [np.inf], n_episodes)
+            points = [summarise_point(res, 0, None, None, pool.names, world.tools)]
+        elif tune:
+            lams = calibrate_lambda(k_cal, pol, sim, budgets, max(64, n_episodes // 2),
+                                    **({"grid": grid} if grid else {}))
+            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes, with_lambdas(pol, lams))
+            points = [summarise_point(res, j, float(b), float(l), pool.names, world.tools)
+                      for j, (b, l) in enumerate(zip(budgets, lams))]
+        else:
+            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes)
+            points = [summarise_point(res, j, float(b), None, pool.names, world.tools) for j, b in enumerate(budgets)]
+        routers[name] = {"kind": kind, "points": points}
+        if bar:
+            bar[0].update(bar[1], completed=i + 1)
+    if bar:
+        bar[0].stop()
+    return {
+        "meta": {"n_episodes": int(n_episodes), "seed": int(seed), "pool": list(pool.names),
+                 "tools": list(world.tools), "budgets": [float(b) for b in budgets], "currency": "USD",
+                 "seconds": time.perf_counter() - t0,
+                 "checkpoint": str(estimator.path) if estimator is not None else None},
+        "routers": routers,
+    }
+
+
+def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig, seed: int, n_episodes: int,
+                     beta: float = 0.5, lam: float = 1.0, progress: bool = True, out=None) -> list[Episode]:
+    """The paper's second data round: greedy w.r.t. the current estimator with prob. beta, else uniform."""
+    layout = sim_feature_layout(pool, world)
+    behaviour = mixed_policy(learned_policy(estimator, layout, lam=lam), eps=1.0 - beta)
+    return simulate_dataset(seed, n_episodes, pool, world, behaviour=behaviour, out=out, progress=progress,
+                            id_prefix=f"sim-beta{beta:g}")
+
+
+__all__ = ["simulate_dataset", "train_checkpoint", "sweep", "default_budgets", "reference_cost",
+           "beta_mixed_round", "jnp", "baseline_policies"]
+
+
+def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, sweep_episodes: int = 256,
+                 n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
+                 pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
+                 progress: bool = True) -> tuple[dict, dict]:
+    """simulate (uniform) -> train -> [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
+
+    Writes ``data_round{k}.jsonl``, ``ckpt_round{k}/``, and the sweep report into ``out_dir``.
+    Returns ``(results, written paths)``; ``results["meta"]["rounds"]`` has per-round numbers.
+    """
+    import shutil
+
+    from mtrouter_jax.report import write_results
+
+    pool = pool or default_pool()
+    world = world or WorldConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    budgets = default_budgets(pool, world, n_budgets, seed)
+    episodes: list[Episode] = []
+    round_info = []
+    est = None
+    for r in range(1, max(rounds, 1) + 1):
+        data_path = out / f"data_round{r}.jsonl"
+        data_path.unlink(missing_ok=True)
+        if r == 1:
+            new = simulate_dataset(seed, n_episodes, pool, world, out=data_path, progress=progress)
+        else:
+            new = beta_mixed_round(est, pool, world, seed + r, n_episodes, beta=beta, progress=progress,
+                                   out=data_path)
+        episodes += new
+        ckpt = out / f"ckpt_round{r}"
+        shutil.rmtree(ckpt, ignore_errors=True)
+        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, progress=progress)
+        quick = sweep(est, pool, world, budgets[-1:], max(128, sweep_episodes // 2), seed + 1000,
+                      progress=False, include=["mtrouter"])
+        p = quick["routers"]["mtrouter"]["points"][0]
+        round_info.append({"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
+                           "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch,
+                           "score_at_max_budget": p["score"], "cost_at_max_budget": p["cost"],
+                           "checkpoint": str(ckpt)})
+    results = sweep(est, pool, world, budgets, sweep_episodes, seed, progress=progress)
+    results["meta"]["rounds"] = round_info
+    paths = write_results(results, out)
+    return results, paths

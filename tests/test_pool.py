@@ -1,0 +1,88 @@
+"""Pool files: the default pool loads; every class of bad input names file, field and problem."""
+
+import pytest
+
+from mtrouter_jax.pool import PoolError, default_pool, load_pool
+
+GOOD = """
+[pool]
+name = "tiny"
+
+[[model]]
+name = "a"
+price_input = 1.0
+price_cached_input = 0.1
+price_output = 4.0
+[model.sim]
+success = { search = 0.5, file = 0.5, python = 0.5, reasoning = 0.5, answer = 0.5 }
+error_rate = 0.1
+severity_mix = [0.5, 0.3, 0.2]
+output_tokens = 400
+[model.endpoint]
+base_url = "https://example.invalid/v1"
+model_id = "a-1"
+api_key_env = "A_API_KEY"
+
+[[model]]
+name = "b"
+price_input = 0.2
+price_output = 0.8
+"""
+
+
+def test_default_pool_loads():
+    pool = default_pool()
+    assert pool.names == ("gpt-5", "deepseek-v3.2", "minimax-m2", "kimi-k2", "gemini-2.5-flash-lite",
+                          "gpt-oss-120b")
+    assert all(m.sim is not None and m.price_cached_input <= m.price_input for m in pool.models)
+    assert all(m.endpoint is not None and m.endpoint.api_key_env for m in pool.models)
+
+
+def test_good_file_loads(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text(GOOD)
+    pool = load_pool(path)
+    assert pool.name == "tiny" and pool.names == ("a", "b")
+    assert pool["b"].price_cached_input == 0.2  # defaults to the uncached price
+    assert load_pool(str(path)).to_dict() == pool.to_dict()
+
+
+BAD = {
+    # case: (edit of GOOD, field the message must name, problem the message must state)
+    "missing price": (("price_output = 4.0\n", ""), "price_output", "missing"),
+    "negative price": (("price_input = 1.0", "price_input = -1.0"), "price_input", ">= 0"),
+    "cached above input": (("price_cached_input = 0.1", "price_cached_input = 2.0"), "price_cached_input",
+                           "exceeds price_input"),
+    "severity_mix sum": (("[0.5, 0.3, 0.2]", "[0.5, 0.3, 0.3]"), "severity_mix", "summing to 1"),
+    "severity_mix length": (("[0.5, 0.3, 0.2]", "[0.5, 0.5]"), "severity_mix", "3 non-negative"),
+    "inline api key": (('api_key_env = "A_API_KEY"', 'api_key = "sk-secret"'), "api_key",
+                       "must not be stored"),
+    "duplicate names": (('name = "b"', 'name = "a"'), "model", "duplicate model name 'a'"),
+    "invalid toml": (("price_output = 0.8", "price_output = = 0.8"), "", "not valid TOML"),
+    "unknown field": (("price_output = 0.8", "price_output = 0.8\nprice_outptu = 1.0"), "model[1]",
+                      "unknown field(s) ['price_outptu']"),
+    "success out of range": (("python = 0.5", "python = 1.5"), "success.python", "<= 1.0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_pool_file_gives_clear_error(tmp_path, case):
+    (old, new), field, problem = BAD[case]
+    assert old in GOOD
+    path = tmp_path / "bad_pool.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(PoolError) as e:
+        load_pool(path)
+    msg = str(e.value)
+    assert str(path) in msg and field in msg and problem in msg, msg
+    if case == "inline api key":
+        assert "sk-secret" not in msg  # never echo a secret
+
+
+def test_missing_file_and_empty_pool(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_pool(tmp_path / "nope.toml")
+    path = tmp_path / "empty.toml"
+    path.write_text('[pool]\nname = "x"\n')
+    with pytest.raises(PoolError, match="non-empty array"):
+        load_pool(path)
