@@ -14,6 +14,10 @@ from pathlib import Path
 DEFAULT_OUT = "runs/default"
 
 
+class UsageError(ValueError):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
 def _pool(path):
     from mtrouter_jax.pool import load_pool
 
@@ -42,18 +46,29 @@ def cmd_simulate(a) -> int:
 
     pool = _pool(a.pool)
     behaviour = None
-    if a.behaviour != "uniform":
+    if a.behaviour.startswith("sticky"):
+        from mtrouter_jax.collect import sticky_behaviour
+
+        _, _, rho = a.behaviour.partition(":")
+        behaviour = sticky_behaviour(float(rho or 0.9))
+    elif a.behaviour != "uniform":
         base_name, _, eps = a.behaviour.partition(":")
         bases = {p.name: p for p in baseline_policies(pool)}
         if base_name not in bases:
-            raise SystemExit(f"--behaviour: unknown base policy {base_name!r}; choose uniform or one of "
+            raise UsageError(f"--behaviour: unknown base policy {base_name!r}; choose uniform, sticky[:RHO] or one of "
                              f"{', '.join(bases)} (optionally ':EPS', e.g. tool-heuristic:0.3)")
         behaviour = mixed_policy(bases[base_name], float(eps or 0.3))
     out = Path(a.out)
     if out.exists() and not a.append:
-        raise SystemExit(f"{out} exists; pass --append to add episodes to it")
+        raise UsageError(f"{out} exists; pass --append to add episodes to it")
+    start = 0
+    if out.exists():
+        from mtrouter_jax.logs import iter_episodes
+
+        start = sum(1 for _ in iter_episodes(out))  # appended episodes get fresh ids
     eps = simulate_dataset(a.seed, a.n, pool, WorldConfig(), behaviour=behaviour, out=out,
-                           budget_range=None if a.no_budgets else "auto", with_features=not a.no_features)
+                           budget_range=None if a.no_budgets else "auto", with_features=not a.no_features,
+                           start_id=start, id_prefix=f"sim-s{a.seed}")
     print(f"wrote {len(eps)} episodes ({sum(len(e.turns) for e in eps)} turns) to {out}")
     return 0
 
@@ -76,7 +91,7 @@ def _load_training_episodes(a, pool):
 
         episodes += simulate_dataset(a.seed, a.simulate, pool, WorldConfig(), with_features=False)
     if not episodes:
-        raise SystemExit("no training data: give --data FILE.jsonl, --import-official DIR or --simulate N")
+        raise UsageError("no training data: give --data FILE.jsonl, --import-official DIR or --simulate N")
     return episodes
 
 
@@ -112,7 +127,7 @@ def cmd_sweep(a) -> int:
     world = WorldConfig()
     budgets = np.asarray(a.budgets, np.float32) if a.budgets else default_budgets(pool, world, a.n_budgets, a.seed)
     if (budgets <= 0).any():
-        raise SystemExit(f"--budgets must be > 0 USD, got {budgets.tolist()}")
+        raise UsageError(f"--budgets must be > 0 USD, got {budgets.tolist()}")
     results = sweep(est, pool, world, budgets, a.episodes, a.seed)
     print_results(results, console=_console())
     paths = write_results(results, a.out)
@@ -127,7 +142,7 @@ def cmd_run(a) -> int:
 
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
                                   n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
-                                  pool=_pool(a.pool), beta=a.beta)
+                                  pool=_pool(a.pool), beta=a.beta, rho=a.rho)
     console = _console()
     print_results(results, console=console)
     console.print(summary_markdown(results))
@@ -157,7 +172,7 @@ def cmd_route(a) -> int:
     r = httpx.post(f"{a.url.rstrip('/')}/v1/mtrouter/conversations/{a.conversation}/finish", json=body,
                    headers=headers, timeout=10)
     if r.status_code >= 400:
-        raise SystemExit(f"server answered {r.status_code}: {r.text}")
+        raise UsageError(f"server answered {r.status_code}: {r.text}")
     print(json.dumps(r.json(), indent=2))
     return 0
 
@@ -190,20 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="main job: simulate -> train -> sweep, print a table, write a plot")
     p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--episodes", type=int, default=8192, help="simulated episodes per data round")
+    p.add_argument("--episodes", type=int, default=6144, help="simulated episodes per data round")
     p.add_argument("--rounds", type=int, default=2, help="data rounds (2+ adds the paper's beta-mixed rounds)")
-    p.add_argument("--beta", type=float, default=0.5)
-    p.add_argument("--sweep-episodes", type=int, default=256)
+    p.add_argument("--beta", type=float, default=0.5, help="greedy share of the beta-mixed rounds")
+    p.add_argument("--rho", type=float, default=0.9,
+                   help="stickiness of the logging roulette (0 = the paper's uniform per turn)")
+    p.add_argument("--sweep-episodes", type=int, default=192)
     p.add_argument("--n-budgets", type=int, default=8)
     p.add_argument("--pool", default=None, help="pool file (default: embedded six-model pool)")
     _add_train_args(p)
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=cmd_run, epochs=8)
 
     p = sub.add_parser("simulate", help="generate logged episodes (JSONL) with a behaviour policy")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--append", action="store_true")
-    p.add_argument("--behaviour", default="uniform", help="uniform, or BASELINE[:EPS] mixed with uniform")
+    p.add_argument("--behaviour", default="uniform",
+                   help="uniform (the paper's roulette), sticky[:RHO] (keep the last model w.p. RHO), "
+                        "or BASELINE[:EPS] mixed with uniform")
     p.add_argument("--no-budgets", action="store_true", help="log episodes without per-episode budgets")
     p.add_argument("--no-features", action="store_true", help="omit per-turn feature vectors")
     p.add_argument("--pool", default=None)
@@ -260,7 +279,7 @@ def main(argv=None) -> int:
 
     try:
         return args.fn(args)
-    except (LogFormatError, PoolError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+    except (UsageError, LogFormatError, PoolError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         print(f"mtrouter {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -89,7 +89,7 @@ def _pad(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool) -> dict
     other_tool = len(layout.tools)
     for i, e in enumerate(episodes):
         n = len(e.turns)
-        for name in e.models:
+        for name in set(e.models) | {t.model for t in e.turns}:
             if name not in model_pos:
                 raise ValueError(f"episode {e.episode_id}: model {name!r} is not in the pool ({', '.join(pool.names)})")
         arr["mask"][i, :n] = True

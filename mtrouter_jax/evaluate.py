@@ -19,7 +19,7 @@ from mtrouter_jax.policy import Policy
 from mtrouter_jax.rollout import episode_metrics, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
 
-LAMBDA_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+LAMBDA_GRID = (0.0, 0.03, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
 @partial(jax.jit, static_argnums=(1, 5, 6))

@@ -657,7 +657,13 @@ def summary_markdown(results: dict, learned: str = "mtrouter", heuristic: str = 
             hp = _best_point(H_router)
             where = f"at its best point ({_budget_str(hp.get('budget'))}, vs {learned}'s best at {_budget_str(b_star)})"
         H = _num(hp["score"])
-        if L - S <= 0:
+        ci = (_num(l_best.get("score_ci")) or 0.0) if l_best is not None else 0.0
+        if 0 < L - S <= ci:
+            findings.append(
+                f"**{learned}**'s gain over {best_single} ({L:.1f} vs {S:.1f}) is within its 95% CI "
+                f"(±{ci:.1f}), so the share of it recovered by **{heuristic}** is not meaningful; "
+                f"{heuristic} scores {H:.1f} {where}.")
+        elif L - S <= 0:
             findings.append(
                 f"**{learned}** has no gain over {best_single} (best {L:.1f} vs {S:.1f}), so the share of "
                 f"its gain recovered by **{heuristic}** is undefined; {heuristic} scores {H:.1f} {where}.")

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.checkpoint import LoadedEstimator, load_checkpoint, save_checkpoint
-from mtrouter_jax.collect import mixed_policy, sample_budgets, simulate_batches, to_episodes, uniform_behaviour
+from mtrouter_jax.collect import (mixed_policy, sample_budgets, simulate_batches, sticky_behaviour, to_episodes,
+                                  uniform_behaviour)
 from mtrouter_jax.dataset import TargetConfig, build_training_data
 from mtrouter_jax.evaluate import calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
 from mtrouter_jax.logs import Episode, append_episodes
@@ -50,7 +51,7 @@ def reference_cost(pool: Pool, world: WorldConfig, seed: int = 0, n: int = 512) 
 def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world: WorldConfig | None = None,
                      behaviour: Policy | None = None, budget_range: tuple[float, float] | None = "auto",
                      out: str | Path | None = None, progress: bool = True, with_features: bool = True,
-                     id_prefix: str = "sim", batch_size: int = 2048) -> list[Episode]:
+                     id_prefix: str = "sim", batch_size: int = 2048, start_id: int = 0) -> list[Episode]:
     """Generate ``n_episodes`` logged episodes with a behaviour policy (default: uniform per turn).
 
     Budgets are drawn log-uniformly in ``budget_range`` USD (``"auto"``: 2%..150% of the most
@@ -70,7 +71,8 @@ def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world
     bar = _bar(progress, n_episodes, "simulate")
     done = 0
     for host, n in simulate_batches(k_sim, behaviour, sim, budgets, batch_size=min(batch_size, n_episodes)):
-        batch = to_episodes(host, n, pool, world, start_id=done, with_features=with_features, id_prefix=id_prefix)
+        batch = to_episodes(host, n, pool, world, start_id=start_id + done, with_features=with_features,
+                            id_prefix=id_prefix)
         done += n
         episodes += batch
         if out is not None:
@@ -183,23 +185,41 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
 
 
 def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig, seed: int, n_episodes: int,
-                     beta: float = 0.5, lam: float = 1.0, progress: bool = True, out=None) -> list[Episode]:
-    """The paper's second data round: greedy w.r.t. the current estimator with prob. beta, else uniform."""
+                     beta: float = 0.5, lams: Sequence[float] = (0.0, 0.03, 0.1, 0.3), rho: float = 0.0,
+                     per_episode: bool = True, progress: bool = True, out=None) -> list[Episode]:
+    """The paper's second data round: the current estimator's greedy choice with probability beta,
+    else the roulette (sticky with ``rho``; 0 = the paper's uniform).
+
+    ``per_episode=True`` flips the coin once per episode (a beta share of whole episodes routed
+    greedily, spread over ``lams``; the rest by the roulette) so logged futures stay coherent —
+    per-turn mixing makes every logged trajectory switch models constantly. ``False`` mixes per
+    turn as in the paper, with the mixture's propensities.
+    """
     layout = sim_feature_layout(pool, world)
-    behaviour = mixed_policy(learned_policy(estimator, layout, lam=lam), eps=1.0 - beta)
-    return simulate_dataset(seed, n_episodes, pool, world, behaviour=behaviour, out=out, progress=progress,
-                            id_prefix=f"sim-beta{beta:g}")
-
-
-__all__ = ["simulate_dataset", "train_checkpoint", "sweep", "default_budgets", "reference_cost",
-           "beta_mixed_round", "jnp", "baseline_policies"]
+    if not per_episode:
+        behaviour = mixed_policy(learned_policy(estimator, layout, lam=lams[0]), eps=1.0 - beta, rho=rho)
+        return simulate_dataset(seed, n_episodes, pool, world, behaviour=behaviour, out=out, progress=progress,
+                                id_prefix=f"sim-beta{beta:g}")
+    n_greedy = int(round(beta * n_episodes))
+    episodes: list[Episode] = []
+    per_lam = [n_greedy // len(lams) + (i < n_greedy % len(lams)) for i in range(len(lams))]
+    for i, (lam, n) in enumerate(zip(lams, per_lam)):
+        if n:
+            episodes += simulate_dataset(seed * 1000 + i, n, pool, world, out=out, progress=progress,
+                                         behaviour=learned_policy(estimator, layout, lam=lam),
+                                         id_prefix=f"sim-greedy-lam{lam:g}-s{seed}")
+    roulette = sticky_behaviour(rho) if rho > 0 else None
+    episodes += simulate_dataset(seed * 1000 + 999, n_episodes - n_greedy, pool, world, behaviour=roulette,
+                                 out=out, progress=progress, id_prefix=f"sim-roulette-s{seed}")
+    return episodes
 
 
 def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, sweep_episodes: int = 256,
                  n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
                  pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
-                 progress: bool = True) -> tuple[dict, dict]:
-    """simulate (uniform) -> train -> [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
+                 rho: float = 0.9, progress: bool = True) -> tuple[dict, dict]:
+    """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train ->
+    [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
 
     Writes ``data_round{k}.jsonl``, ``ckpt_round{k}/``, and the sweep report into ``out_dir``.
     Returns ``(results, written paths)``; ``results["meta"]["rounds"]`` has per-round numbers.
@@ -220,10 +240,11 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         data_path = out / f"data_round{r}.jsonl"
         data_path.unlink(missing_ok=True)
         if r == 1:
-            new = simulate_dataset(seed, n_episodes, pool, world, out=data_path, progress=progress)
+            new = simulate_dataset(seed, n_episodes, pool, world, out=data_path, progress=progress,
+                                   behaviour=sticky_behaviour(rho) if rho > 0 else None)
         else:
-            new = beta_mixed_round(est, pool, world, seed + r, n_episodes, beta=beta, progress=progress,
-                                   out=data_path)
+            new = beta_mixed_round(est, pool, world, seed + r, n_episodes, beta=beta, rho=rho,
+                                   progress=progress, out=data_path)
         episodes += new
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -186,6 +186,9 @@ class Router:
         if hi.shape != (len(m),):
             raise PoolMismatchError(f"checkpoint output_tokens_hi has {hi.shape[0]} entries, pool has {len(m)} models")
         self.output_tokens_hi = hi
+        # checkpoints whose cost head excludes this turn ("future") need this turn's expected cost
+        self.future_cost = getattr(estimator, "cost_target", "remaining") == "future"
+        self.output_tokens_mean = np.asarray(getattr(estimator, "output_tokens_mean", hi), np.float64).reshape(-1)
         self.max_output = np.array([s.attributes.get("max_output_k", default_max_output / 1000) * 1000
                                     for s in m])
         self._feats, self._advance = _compiled(self.layout)
@@ -302,15 +305,17 @@ class LiveEpisode:
             t = np.asarray(r.text_encoder.encode([obs]), np.float32).reshape(-1)
         return np.concatenate([x, t])
 
-    def worst_costs(self, input_tokens_hi: float) -> np.ndarray:
-        """(M,) worst-case USD cost of this turn for each model."""
+    def worst_costs(self, input_tokens_hi: float, completion_tokens=None) -> np.ndarray:
+        """(M,) worst-case USD cost of this turn for each model (or, with ``completion_tokens``
+        per model, the cost at that completion length)."""
         r = self.router
         inp = np.full(len(r.pool), float(input_tokens_hi))
         cached = np.zeros(len(r.pool))
         if r.assume_cache_hits and self.turns:
             i = r.pool.index(self.turns[-1].model)
             cached[i] = min(self.last_prompt + self.last_completion, input_tokens_hi)
-        return (inp - cached) * r.price_in + cached * r.price_cached + r.output_tokens_hi * r.price_out
+        out = r.output_tokens_hi if completion_tokens is None else completion_tokens
+        return (inp - cached) * r.price_in + cached * r.price_cached + out * r.price_out
 
     # ------------------------------------------------------------------ decisions
     def decide(self, input_tokens_hi: float | None = None, context_tokens: float | None = None,
@@ -333,7 +338,10 @@ class LiveEpisode:
             self.summary = self.summary.replace(context_tokens=jnp.asarray(context_tokens, jnp.float32))
         hi = max(base, float(self.summary.context_tokens)) if input_tokens_hi is None else float(input_tokens_hi)
         feats = self.features()
-        score, rem_cost = r.estimator.predict(feats)
+        if r.future_cost:
+            score, rem_cost = r.estimator.predict(feats, turn_cost=self.worst_costs(hi, r.output_tokens_mean))
+        else:
+            score, rem_cost = r.estimator.predict(feats)
         lam = self.lam if lam is None else float(lam)
         values = np.asarray(score, np.float64) - lam * np.asarray(rem_cost, np.float64) / r.cost_scale
         worst = self.worst_costs(hi)

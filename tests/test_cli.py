@@ -1,0 +1,162 @@
+"""End-to-end tests of the `mtrouter` command line on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from _shared_artifacts import once
+from mtrouter_jax.cli import main
+from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.pool import default_pool
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
+                                        "ignore::ResourceWarning")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """simulate -> train once per test run (shared by xdist workers): ``(dir, data file, checkpoint dir)``."""
+
+    def build(d):
+        d.mkdir()
+        assert main(["simulate", "--n", "32", "--out", str(d / "f.jsonl"), "--seed", "3"]) == 0
+        assert main(["train", "--data", str(d / "f.jsonl"), "--out", str(d / "ck"), "--epochs", "2",
+                     "--batch-size", "32"]) == 0
+
+    d = once(tmp_path_factory, "cli-work", build)
+    return d, d / "f.jsonl", d / "ck"
+
+
+def test_simulate_writes_valid_jsonl(work):
+    _, data, _ = work
+    eps = read_episodes(data, pool_models=set(default_pool().names))
+    assert 0 < len(eps) <= 32
+    assert len({e.episode_id for e in eps}) == len(eps)
+    assert all(e.turns and e.source == "sim" for e in eps)
+    assert all(t.features is not None for e in eps for t in e.turns)
+
+
+def test_simulate_refuses_to_overwrite_without_append(work, tmp_path, capsys):
+    _, data, _ = work
+    before = data.read_bytes()
+    assert main(["simulate", "--n", "4", "--out", str(data)]) == 2
+    assert "--append" in capsys.readouterr().err
+    assert data.read_bytes() == before
+
+
+def test_simulate_append_adds_episodes(tmp_path):
+    from mtrouter_jax.logs import LogFormatError
+
+    out = tmp_path / "a.jsonl"
+    args = ["simulate", "--n", "4", "--out", str(out), "--no-budgets", "--no-features"]
+    assert main(args) == 0
+    n1 = len(read_episodes(out))
+    assert main(args + ["--append", "--seed", "1"]) == 0
+    try:
+        n2 = len(read_episodes(out))
+    except LogFormatError as e:
+        pytest.fail(f"appended log is unreadable: {e}")
+    assert n2 > n1
+
+
+def test_train_writes_a_loadable_checkpoint(work):
+    from mtrouter_jax.checkpoint import load_checkpoint
+
+    _, data, ck = work
+    est = load_checkpoint(ck)
+    assert est.pool.names == default_pool().names
+    assert est.meta["data"]["n_episodes"] == len(read_episodes(data))
+    assert est.meta["training"]["batch_size"] == 32 and est.meta["training"]["max_epochs"] == 2
+
+
+def test_inspect_prints_metadata(work, capsys):
+    _, _, ck = work
+    capsys.readouterr()
+    assert main(["inspect", str(ck)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["schema"] == "mtrouter-ckpt/1"
+    assert info["models"] == list(default_pool().names)
+    assert set(info["training"]) == {"best_epoch", "val_loss", "baseline_val_loss", "turns_per_second"}
+
+
+def test_sweep_writes_results(work, tmp_path):
+    _, _, ck = work
+    out = tmp_path / "sw"
+    assert main(["sweep", "--ckpt", str(ck), "--budgets", "0.05", "0.2", "--episodes", "16", "--out", str(out)]) == 0
+    for name in ("results.json", "results.csv", "cost_score.png", "summary.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["budgets"] == pytest.approx([0.05, 0.2])
+    pts = res["routers"]["mtrouter"]["points"]
+    assert len(pts) == 2 and all(p["over_budget_rate"] == 0 for p in pts)
+    assert {"oracle", "random", "cheapest"} <= set(res["routers"])
+
+
+def _error(capsys, argv):
+    capsys.readouterr()
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_bad_jsonl_line_is_reported_with_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "f.jsonl"
+    bad.write_text("{not json}\n")
+    rc, err = _error(capsys, ["train", "--data", str(bad), "--out", str(tmp_path / "ck")])
+    assert rc == 2 and "f.jsonl:1:" in err and "Traceback" not in err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_missing_data_file(tmp_path, capsys):
+    rc, err = _error(capsys, ["train", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "ck")])
+    assert rc == 2 and "nope.jsonl" in err and "not found" in err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    rc, err = _error(capsys, ["sweep", "--ckpt", str(tmp_path / "nock"), "--budgets", "0.1", "--episodes", "16",
+                              "--out", str(tmp_path / "sw")])
+    assert rc == 2 and "no such checkpoint" in err
+    rc, err = _error(capsys, ["inspect", str(tmp_path / "nock")])
+    assert rc == 2 and "nock" in err
+
+
+def test_non_positive_budget(work, tmp_path, capsys):
+    _, _, ck = work
+    argv = ["sweep", "--ckpt", str(ck), "--budgets", "0.1", "0", "--episodes", "16", "--out", str(tmp_path / "sw")]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+        assert "> 0" in str(e.code)
+    assert rc not in (0, None)
+    assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("content", ["[[model]\nname = ", '[[model]]\nname = "x"\n'], ids=["toml", "schema"])
+def test_bad_pool_file(tmp_path, capsys, content):
+    pool = tmp_path / "pool.toml"
+    pool.write_text(content)
+    rc, err = _error(capsys, ["simulate", "--n", "4", "--out", str(tmp_path / "o.jsonl"), "--pool", str(pool)])
+    assert rc == 2 and "pool.toml" in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_missing_pool_file(tmp_path, capsys):
+    rc, err = _error(capsys, ["simulate", "--n", "4", "--out", str(tmp_path / "o.jsonl"),
+                              "--pool", str(tmp_path / "none.toml")])
+    assert rc == 2 and "none.toml" in err
+
+
+@pytest.mark.skipif(not os.environ.get("MTROUTER_SLOW_TESTS"),
+                    reason="~40 s even at the tiniest sizes (many router compiles); set MTROUTER_SLOW_TESTS=1")
+def test_run_main_job_tiny(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--episodes", "64", "--rounds", "1", "--sweep-episodes", "16",
+                 "--n-budgets", "2", "--epochs", "1", "--batch-size", "32"]) == 0
+    for name in ("data_round1.jsonl", "ckpt_round1", "results.json", "summary.md", "cost_score.png"):
+        assert (out / name).exists(), name
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["meta"]["budgets"]) == 2 and len(res["meta"]["rounds"]) == 1
+    assert len(res["routers"]["mtrouter"]["points"]) == 2

@@ -1,0 +1,119 @@
+"""Tests for mtrouter_jax.evaluate: compiled budget sweeps, hard-budget safety, lambda calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from _shared_artifacts import trained_checkpoint
+from mtrouter_jax.checkpoint import load_checkpoint
+from mtrouter_jax.evaluate import (_sweep, calibrate_lambda, evaluate_budgets, lambda_for_mean_cost,
+                                   summarise_point, with_lambdas)
+from mtrouter_jax.policy import escalation_policy, learned_policy, oracle_policy
+from mtrouter_jax.pool import default_pool
+from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
+
+TIGHT = [0.005, 0.02, 0.06]  # USD per episode: well below the ~0.3 USD a typical episode costs
+N_SAFETY = 1024  # episodes per budget: 3072 per router
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return default_pool()
+
+
+@pytest.fixture(scope="module")
+def sim(pool):
+    return make_sim_params(pool)
+
+
+@pytest.fixture(scope="module")
+def est(tmp_path_factory):
+    return load_checkpoint(trained_checkpoint(tmp_path_factory))
+
+
+def test_one_compile_serves_every_budget_value(pool, sim):
+    pol = escalation_policy(pool)
+    key = jax.random.PRNGKey(0)
+    first = evaluate_budgets(key, pol, sim, [0.05, 0.1, 0.4], 16)
+    size = _sweep._cache_size()
+    second = evaluate_budgets(key, pol, sim, [0.07, 0.3, np.inf], 16)
+    evaluate_budgets(jax.random.PRNGKey(1), pol, sim, np.array([1.0, 2.0, 3.0], np.float64), 16)
+    assert _sweep._cache_size() == size
+    assert first["score"].shape == second["score"].shape == (3,)
+    assert first["tool_model_counts"].shape == (3, sim.n_tools, sim.n_models)
+    # a looser budget never lowers spending in this sweep (same episodes for every budget)
+    assert np.all(np.diff(first["cost"]) >= -1e-6)
+
+
+@pytest.mark.parametrize("router", ["learned", "oracle"])
+def test_hard_budget_is_never_exceeded(router, est, pool, sim):
+    if router == "learned":
+        pol = learned_policy(est, sim_feature_layout(pool), lam=0.0)  # lam=0: spends as much as allowed
+    else:
+        pol = oracle_policy(0.0, est.cost_scale)
+    res = evaluate_budgets(jax.random.PRNGKey(7), pol, sim, TIGHT, N_SAFETY)
+    assert np.all(res["over_budget_rate"] == 0.0), res["over_budget_rate"]
+    assert np.all(res["max_cost_over_budget"] <= 1e-6), res["max_cost_over_budget"]
+    assert np.all(res["cost"] <= np.asarray(TIGHT) + 1e-6)
+    assert np.all(res["cost"] > 0) and np.all(np.isfinite(res["score"]))
+
+
+def test_calibrate_lambda_picks_one_grid_value_per_budget(est, sim):
+    grid = (0.0, 0.5, 2.0)
+    budgets = [0.02, 0.1, 0.5]
+    lams = calibrate_lambda(jax.random.PRNGKey(2), oracle_policy(0.0, est.cost_scale), sim, budgets, 32, grid=grid)
+    assert lams.shape == (3,) and set(lams.tolist()) <= set(grid)
+
+
+def test_lambda_for_mean_cost_meets_the_target(est, sim):
+    oracle = oracle_policy(0.0, est.cost_scale)
+    key = jax.random.PRNGKey(3)
+    # with_lambdas everywhere: the bisection's compiled sweep serves these two evaluations too
+    free = float(evaluate_budgets(key, oracle, sim, [np.inf], 128, with_lambdas(oracle, [0.0]))["cost"][0])
+    target = np.array([0.5 * free], np.float32)
+    lam = lambda_for_mean_cost(key, oracle, sim, target, 128, iters=8)
+    assert lam.shape == (1,) and lam[0] > 0
+    cost = evaluate_budgets(key, oracle, sim, [np.inf], 128, with_lambdas(oracle, lam))["cost"]
+    # bisection keeps the cheaper side: at most the target, and not far below it
+    assert cost[0] <= target[0] * (1 + 1e-5)
+    assert cost[0] >= 0.75 * target[0]
+
+
+def test_summarise_point_shares_sum_to_one(pool, sim):
+    world = WorldConfig()
+    budgets = [0.05, 0.2, np.inf]  # three budgets of 16 episodes: the compile of the tests above
+    res = evaluate_budgets(jax.random.PRNGKey(0), escalation_policy(pool), sim, budgets, 16)
+    for i, b in enumerate(budgets):
+        p = summarise_point(res, i, b, 0.5, pool.names, world.tools)
+        assert p["budget"] == (None if np.isinf(b) else pytest.approx(b)) and p["lam"] == 0.5
+        assert sum(p["model_share"].values()) == pytest.approx(1.0)
+        assert p["tool_model_share"]
+        for row in p["tool_model_share"].values():
+            assert sum(row.values()) == pytest.approx(1.0)
+        assert set(p["model_share"]) == set(pool.names)
+        assert 0.0 <= p["over_budget_rate"] <= 1.0
+
+
+def test_same_seed_gives_identical_results(pool, sim):
+    pol = escalation_policy(pool)
+    a = evaluate_budgets(jax.random.PRNGKey(11), pol, sim, [0.05, 0.1, 0.4], 16)
+    b = evaluate_budgets(jax.random.PRNGKey(11), pol, sim, [0.05, 0.1, 0.4], 16)
+    c = evaluate_budgets(jax.random.PRNGKey(12), pol, sim, [0.05, 0.1, 0.4], 16)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_learned_policy_needs_every_sim_model(est, pool):
+    layout = est.layout
+    fewer = types.SimpleNamespace(**{k: getattr(est, k) for k in (
+        "graphdef", "params", "meta", "cost_scale", "output_tokens_hi", "output_tokens_mean", "cost_target",
+        "text_dim")}, layout=dataclasses.replace(layout, models=layout.models[:-1]))
+    with pytest.raises(ValueError, match=pool.names[-1]):
+        learned_policy(fewer, sim_feature_layout(pool))
