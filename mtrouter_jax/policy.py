@@ -179,10 +179,20 @@ def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
 
 # --- the learned router ------------------------------------------------------------------------
 
-def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback):
+DEFAULT_SWITCH_MARGIN = 0.01  # 2 points on a -100..100 scale; see route_decision
+
+
+def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback, prev_model=-1, switch_margin=0.0):
     """MTRouter's rule with a budget: argmax(score - lam * cost) over models whose worst-case cost
-    for this turn fits ``remaining`` (USD). Ties -> lowest index; nothing fits -> ``fallback``."""
-    return masked_argmax(score - lam * cost_norm, worst_turn_cost <= remaining, fallback)
+    for this turn fits ``remaining`` (USD). Ties -> lowest index; nothing fits -> ``fallback``.
+
+    ``switch_margin`` (normalised score units) is added to the previous model's value: a switch
+    must beat staying by more than the estimator's noise on per-model differences, otherwise
+    argmax over near-equal noisy estimates flips models turn after turn (each flip re-bills the
+    prompt and risks a drift error). 0 gives the paper's plain argmax.
+    """
+    bonus = jnp.where((jnp.arange(score.shape[0]) == prev_model) & (prev_model >= 0), switch_margin, 0.0)
+    return masked_argmax(score + bonus - lam * cost_norm, worst_turn_cost <= remaining, fallback)
 
 
 @functools.lru_cache(maxsize=32)
@@ -200,12 +210,14 @@ def _learned_apply_for(graphdef, layout: FeatureLayout, text_dim: int, future_co
         expected, worst = costs[:, 0], costs[:, 1]
         cost_norm = out[:, 1] + (expected / p["cost_scale"] if future_cost else 0.0)
         remaining = state.summary.budget - state.summary.cost
-        return route_decision(out[:, 0], cost_norm, p["lam"], worst, remaining, cheapest_now(state, sim))
+        return route_decision(out[:, 0], cost_norm, p["lam"], worst, remaining, cheapest_now(state, sim),
+                              state.summary.prev_model, p["switch_margin"])
 
     return apply
 
 
-def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter") -> Policy:
+def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter",
+                   switch_margin: float | None = None) -> Policy:
     """The MTRouter policy from a ``LoadedEstimator`` (or anything with graphdef/params/layout/meta),
     run inside the simulator whose vocabularies are ``sim_layout``."""
     L = estimator.layout
@@ -225,7 +237,9 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
     apply = _learned_apply_for(estimator.graphdef, L, int(estimator.text_dim), estimator.cost_target == "future")
     return Policy(name, apply, {**maps, "sim_to_ckpt": sim_to_ckpt, "out_hi": out_hi, "out_mean": out_mean,
                                 "cost_scale": jnp.float32(estimator.cost_scale),
-                                "params": estimator.params, "lam": jnp.float32(lam)})
+                                "params": estimator.params, "lam": jnp.float32(lam),
+                                "switch_margin": jnp.float32(DEFAULT_SWITCH_MARGIN if switch_margin is None
+                                                             else switch_margin)})
 
 
 def baseline_policies(pool: Pool) -> list[Policy]:
