@@ -355,3 +355,21 @@ def scienceworld_action_type(command: str | None) -> str:
 __all__ = ["ErrorRule", "ErrorRuleSet", "RuleFileError", "scienceworld_rules", "hle_rules",
            "default_rules", "SCIENCEWORLD_RULES", "HLE_RULES", "ToolTypeMap", "default_tool_map",
            "TOOL_TYPES", "scienceworld_action_type", "SCIENCEWORLD_ACTION_TYPES"]
+
+
+def message_text(content) -> str:
+    """Chat message content as text: a str, or a list of {"type": "text", "text": ...} parts
+    (what rules and tool classifiers read, for imported logs and live requests alike)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    return str(content)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .detect import (ErrorRuleSet, ToolTypeMap, default_tool_map, hle_rules,
+from .detect import (message_text, ErrorRuleSet, ToolTypeMap, default_tool_map, hle_rules,
                      scienceworld_action_type, scienceworld_rules)
 from .logs import Episode, LogFormatError, Turn, parse_episode
 
@@ -79,23 +79,6 @@ def _find_files(paths: str | os.PathLike | Sequence) -> list[Path]:
         else:  # an input the user named that is not there is a usage error, not data
             raise FileNotFoundError(f"trajectory path not found: {p}")
     return out
-
-
-def _text(content: Any) -> str:
-    """Message content as text: a str, or a list of {"type": "text", "text": ...} parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "\n".join(parts)
-    return str(content)
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -199,9 +182,9 @@ def _turns(messages: list, is_hle: bool, rules: ErrorRuleSet, tool_map: ToolType
             if not isinstance(nxt, dict) or nxt.get("role") == "assistant":
                 break
             if nxt.get("role") in ("user", "tool"):
-                obs_parts.append(_text(nxt.get("content")))
+                obs_parts.append(message_text(nxt.get("content")))
         obs = "\n".join(obs_parts) if obs_parts else None
-        action = _text(msg.get("content"))
+        action = message_text(msg.get("content"))
         if is_hle:
             tool = tool_map.classify(hle_tool_name(action, obs, msg))
         else:

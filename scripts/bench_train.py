@@ -34,16 +34,6 @@ def rss_mb() -> float:
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 ARRAYS = ("features", "model", "score_target", "cost_target", "weight", "episode")
 
 
@@ -84,6 +74,8 @@ def main(argv=None) -> dict:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={a.devices}".strip()
 
     import jax
+
+    from bench_sweep import cpu_model  # after XLA_FLAGS: bench_sweep imports jax
     import numpy as np
     from rich.console import Console
     from rich.table import Table

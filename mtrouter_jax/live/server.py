@@ -26,6 +26,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from mtrouter_jax.detect import message_text
 from mtrouter_jax.live.backends import Backends, UpstreamError, call_with_fallback
 from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router, parse_usage
 
@@ -231,7 +232,7 @@ class Proxy:
             if new:
                 obs = [m for m in new if m.get("role") == "tool"] or [m for m in new if m.get("role") == "user"]
                 if obs:
-                    ep.attach_observation("\n".join(_text(m.get("content")) for m in obs))
+                    ep.attach_observation("\n".join(message_text(m.get("content")) for m in obs))
             total_hi = sum(_nbytes(m) + _MSG_OVERHEAD for m in msgs) + _nbytes(body.get("tools") or [])
             if new is not None and ep.turns:
                 new_b = sum(_nbytes(m) + _MSG_OVERHEAD for m in new)
@@ -400,16 +401,6 @@ class Proxy:
                     "turn_cost": ep.turns[-1].cost, "fallbacks": att.fallbacks}
         finally:
             ep.lock.release()
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return json.dumps(content)
 
 
 def _tool_and_action(resp: dict) -> tuple[str | None, str | None]:
