@@ -147,7 +147,7 @@ def test_live_e2e_checkpoint_proxy_log_retrain(live, tmp_path, tmp_path_factory)
 
     # the proxy's log (plus simulated episodes, for enough turns) trains a new checkpoint
     sim = simulated_episodes(tmp_path_factory)[:32]
-    est2, res = train_checkpoint([ep, ep2] + sim, default_pool(), tmp_path / "ckpt2",
+    _, res = train_checkpoint([ep, ep2] + sim, default_pool(), tmp_path / "ckpt2",
                                  TrainConfig(max_epochs=1, batch_size=16), progress=False)
     loaded = load_checkpoint(tmp_path / "ckpt2")
     lay = loaded.layout
