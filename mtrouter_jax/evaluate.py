@@ -19,7 +19,7 @@ from mtrouter_jax.policy import Policy
 from mtrouter_jax.rollout import episode_metrics, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
 
-LAMBDA_GRID = (0.0, 0.03, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
+LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
 @partial(jax.jit, static_argnums=(1, 5, 6))

@@ -217,7 +217,8 @@ def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig,
 def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, sweep_episodes: int = 256,
                  n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
                  pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
-                 rho: float = 0.9, progress: bool = True) -> tuple[dict, dict]:
+                 rho: float = 0.9, target_cfg: TargetConfig = TargetConfig(),
+                 progress: bool = True) -> tuple[dict, dict]:
     """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train ->
     [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
 
@@ -248,7 +249,7 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         episodes += new
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
-        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, progress=progress)
+        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress)
         quick = sweep(est, pool, world, budgets[-1:], max(128, sweep_episodes // 2), seed + 1000,
                       progress=False, include=["mtrouter"])
         p = quick["routers"]["mtrouter"]["points"][0]
