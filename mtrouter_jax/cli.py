@@ -74,11 +74,13 @@ def cmd_simulate(a) -> int:
 
 
 def _load_training_episodes(a, pool):
-    from mtrouter_jax.logs import read_episodes
+    from mtrouter_jax.logs import drop_unscored, read_episodes
 
     episodes = []
     if a.data:
-        episodes += read_episodes(a.data, pool_models=set(pool.names))
+        episodes, n_unscored = drop_unscored(read_episodes(a.data, pool_models=set(pool.names)))
+        if n_unscored:
+            print(f"dropped {n_unscored} unscored episode(s) (meta.unscored: no terminal score reported)")
     if a.import_official:
         from mtrouter_jax.importers import import_official_trajectories
 

@@ -533,3 +533,18 @@ def episode_from_dict(obj: dict) -> Episode:
 __all__ = ["SCHEMA_VERSION", "SEVERITIES", "LogFormatError", "TurnError", "Turn", "Episode",
            "parse_episode", "read_episodes", "iter_episodes", "append_episodes", "write_episodes",
            "episode_from_dict"]
+
+
+def drop_unscored(episodes: Iterable[Episode]) -> tuple[list[Episode], int]:
+    """Episodes whose terminal score is known, and how many were dropped.
+
+    Live episodes that ended without a reported score are logged with ``meta.unscored = true``
+    (and a placeholder score); training on them would teach the estimator a fake outcome.
+    """
+    kept, dropped = [], 0
+    for e in episodes:
+        if isinstance(e.meta, dict) and e.meta.get("unscored"):
+            dropped += 1
+        else:
+            kept.append(e)
+    return kept, dropped

@@ -313,3 +313,12 @@ def test_roundtrip_property(tmp_path, data):
     assert read_episodes(p) == eps
     assert list(iter_episodes(p)) == eps
     p.unlink()
+
+
+def test_drop_unscored_live_episodes():
+    from mtrouter_jax.logs import Episode, Turn, drop_unscored
+
+    t = Turn("a", 10, 0, 5, 0.1, "search", None, None)
+    scored = Episode("1", "x", 1.0, None, ("a",), (t,))
+    unscored = Episode("2", "x", 0.0, None, ("a",), (t,), meta={"unscored": True})
+    assert drop_unscored([scored, unscored]) == ([scored], 1)
