@@ -140,7 +140,7 @@ def cmd_sweep(a) -> int:
 def cmd_run(a) -> int:
     """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
     from mtrouter_jax.dataset import TargetConfig
-    from mtrouter_jax.report import print_results, summary_markdown, write_results
+    from mtrouter_jax.report import print_results, summary_markdown
     from mtrouter_jax.workflow import run_main_job
 
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.checkpoint import LoadedEstimator, load_checkpoint, save_checkpoint
@@ -21,7 +20,7 @@ from mtrouter_jax.collect import (mixed_policy, sample_budgets, simulate_batches
 from mtrouter_jax.dataset import TargetConfig, build_training_data
 from mtrouter_jax.evaluate import calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
 from mtrouter_jax.logs import Episode, append_episodes
-from mtrouter_jax.policy import (Policy, baseline_policies, escalation_policy, fixed_policy, learned_policy,
+from mtrouter_jax.policy import (Policy, escalation_policy, fixed_policy, learned_policy,
                                  oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
 from mtrouter_jax.pool import Pool, default_pool
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout

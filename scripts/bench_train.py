@@ -27,6 +27,8 @@ import resource
 import sys
 import time
 
+import numpy as np
+
 
 def rss_mb() -> float:
     """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
@@ -40,8 +42,6 @@ ARRAYS = ("features", "model", "score_target", "cost_target", "weight", "episode
 def tile_to(data, n_turns: int):
     """``data`` replicated (episode ids offset per copy) and cut to exactly ``n_turns`` rows."""
     import dataclasses
-
-    import numpy as np
 
     reps = -(-n_turns // data.n)
     if reps <= 1:
@@ -76,7 +76,6 @@ def main(argv=None) -> dict:
     import jax
 
     from bench_sweep import cpu_model  # after XLA_FLAGS: bench_sweep imports jax
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 

@@ -11,14 +11,8 @@ import pytest
 from _shared_artifacts import simulated_episodes
 from mtrouter_jax.dataset import TargetConfig, build_layout, build_training_data, split_by_episode
 from mtrouter_jax.features import NO_VALUE, vocab_index
-from mtrouter_jax.pool import default_pool
 from mtrouter_jax.sim.params import sim_feature_layout
 from mtrouter_jax.text_embed import HashedNgramEncoder
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return default_pool()
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,10 @@ from mtrouter_jax.checkpoint import load_checkpoint
 from mtrouter_jax.evaluate import (_sweep, calibrate_lambda, evaluate_budgets, lambda_for_mean_cost,
                                    summarise_point, with_lambdas)
 from mtrouter_jax.policy import escalation_policy, learned_policy, oracle_policy
-from mtrouter_jax.pool import default_pool
-from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
+from mtrouter_jax.sim.params import WorldConfig, sim_feature_layout
 
 TIGHT = [0.005, 0.02, 0.06]  # USD per episode: well below the ~0.3 USD a typical episode costs
 N_SAFETY = 1024  # episodes per budget: 3072 per router
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return default_pool()
-
-
-@pytest.fixture(scope="module")
-def sim(pool):
-    return make_sim_params(pool)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from mtrouter_jax import policy as P
 from mtrouter_jax.features import initial_summary
-from mtrouter_jax.pool import ModelSpec, Pool, SimProfile, default_pool
+from mtrouter_jax.pool import ModelSpec, Pool, SimProfile
 from mtrouter_jax.rollout import _batch_rollout, batch_rollout, episode_metrics
 from mtrouter_jax.sim import DEFAULT_TASKS, Phase, TaskType, WorldConfig, core, make_sim_params
 
@@ -19,16 +19,6 @@ N = 4096  # episodes per batched rollout; budgets are float32 (a weak-typed arra
 
 def budgets(x, n=N):
     return jnp.asarray(np.broadcast_to(np.asarray(x, np.float32), (n,)))
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return default_pool()
-
-
-@pytest.fixture(scope="module")
-def sim(pool):
-    return make_sim_params(pool)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,9 @@ from flax import nnx
 
 from _shared_artifacts import simulated_episodes
 from mtrouter_jax.dataset import build_training_data
-from mtrouter_jax.pool import default_pool
 from mtrouter_jax.train import TrainConfig, fit
 
 CFG = TrainConfig(max_epochs=3, patience=3, batch_size=64, seed=5)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return default_pool()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mtrouter_jax.detect import message_text
 from mtrouter_jax.live.backends import Backends, UpstreamError, call_with_fallback
-from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router, parse_usage
+from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router
 
 log = logging.getLogger("mtrouter_jax.live")
 

@@ -13,7 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from typing import TYPE_CHECKING
+
 from mtrouter_jax.pool import Pool, default_pool
+
+if TYPE_CHECKING:  # features imports nothing from sim, but keep the runtime import lazy
+    from mtrouter_jax.features import FeatureLayout
 
 TOOLS = ("search", "file", "python", "reasoning", "answer")
 ERROR_KINDS = ("format_violation", "invalid_action")  # index 0: model-level, 1: failed tool action
