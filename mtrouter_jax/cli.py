@@ -91,7 +91,10 @@ def _load_training_episodes(a, pool):
         from mtrouter_jax.sim.params import WorldConfig
         from mtrouter_jax.workflow import simulate_dataset
 
-        episodes += simulate_dataset(a.seed, a.simulate, pool, WorldConfig(), with_features=False)
+        from mtrouter_jax.collect import sticky_behaviour
+
+        episodes += simulate_dataset(a.seed, a.simulate, pool, WorldConfig(), with_features=False,
+                                     behaviour=sticky_behaviour(a.rho) if a.rho > 0 else None)
     if not episodes:
         raise UsageError("no training data: give --data FILE.jsonl, --import-official DIR or --simulate N")
     return episodes
@@ -252,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the outcome estimator and write an orbax checkpoint")
     p.add_argument("--data", nargs="*", default=[], help="trajectory JSONL files")
     p.add_argument("--import-official", nargs="*", default=[], help="official *.traj.json files or dirs")
-    p.add_argument("--simulate", type=int, default=0, help="also simulate N uniform-random episodes")
+    p.add_argument("--simulate", type=int, default=0, help="also simulate N episodes (sticky roulette, --rho)")
+    p.add_argument("--rho", type=float, default=0.9,
+                   help="stickiness of the simulated logging roulette (0 = the paper's uniform per turn)")
     p.add_argument("--pool", default=None)
     p.add_argument("--out", required=True, help="checkpoint directory (must not exist)")
     p.add_argument("--text", action="store_true", help="add the hashed n-gram embedding of observation text")
