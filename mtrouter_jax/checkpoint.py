@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +160,3 @@ def load_checkpoint(path: str | Path) -> LoadedEstimator:
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
     return LoadedEstimator(model, meta, path)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

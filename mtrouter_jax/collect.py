@@ -2,8 +2,9 @@
 
 The paper collects "roulette" data (uniform model per turn, propensity 1/M) and then a second
 round with a beta-mixed policy (greedy w.r.t. the current estimator with probability beta, else
-uniform). ``mixed_policy`` covers both: base policy with probability ``1 - eps``, uniform otherwise,
-and logs the exact probability of the chosen model.
+uniform). ``sticky_behaviour`` generalises the roulette (keep the last model with probability rho;
+rho = 0 is the paper's uniform) and ``mixed_policy`` mixes any base policy with it; both log the
+exact probability of the chosen model.
 """
 
 from __future__ import annotations
@@ -56,16 +57,6 @@ def mixed_policy(base: Policy, eps: float, rho: float = 0.0) -> Policy:
                   {"base": base.params, "eps": jnp.float32(eps), "rho": jnp.float32(rho)})
 
 
-def _uniform_apply(key, state, sim, p):
-    action = jax.random.randint(key, (), 0, sim.n_models, dtype=jnp.int32)
-    return action, jnp.float32(1.0) / sim.n_models
-
-
-def uniform_behaviour() -> Policy:
-    """The paper's roulette logging policy with propensity 1/M."""
-    return Policy("uniform", _uniform_apply, {})
-
-
 def _sticky_apply(key, state, sim, p):
     k_stay, k_unif = jax.random.split(key)
     prev = state.summary.prev_model
@@ -73,6 +64,11 @@ def _sticky_apply(key, state, sim, p):
     stay = (prev >= 0) & (jax.random.uniform(k_stay) < p["rho"])
     action = jnp.where(stay, prev, unif).astype(jnp.int32)
     return action, _explore_prob(action, prev, p["rho"], sim.n_models)
+
+
+def uniform_behaviour() -> Policy:
+    """The paper's roulette logging policy: a uniform model every turn, propensity 1/M."""
+    return Policy("uniform", _sticky_apply, {"rho": jnp.float32(0.0)})
 
 
 def sticky_behaviour(rho: float = 0.9) -> Policy:

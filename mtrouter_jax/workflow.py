@@ -6,7 +6,6 @@ The CLI and scripts are thin argument parsers over these functions.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,11 +17,12 @@ from mtrouter_jax.checkpoint import LoadedEstimator, load_checkpoint, save_check
 from mtrouter_jax.collect import (mixed_policy, sample_budgets, simulate_batches, sticky_behaviour, to_episodes,
                                   uniform_behaviour)
 from mtrouter_jax.dataset import TargetConfig, build_training_data
-from mtrouter_jax.evaluate import calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
+from mtrouter_jax.evaluate import LAMBDA_GRID, calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
 from mtrouter_jax.logs import Episode, append_episodes
 from mtrouter_jax.policy import (Policy, escalation_policy, fixed_policy, learned_policy,
                                  oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
 from mtrouter_jax.pool import Pool, default_pool
+from mtrouter_jax.report import to_jsonable
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
 from mtrouter_jax.train import TrainConfig, TrainResult, fit
 
@@ -47,22 +47,26 @@ def reference_cost(pool: Pool, world: WorldConfig, seed: int = 0, n: int = 512) 
     return max(costs)
 
 
+def logging_budget_range(ref: float) -> tuple[float, float]:
+    """Budgets for logged episodes: 2%..150% of the reference cost (the priciest model's mean)."""
+    return 0.02 * ref, 1.5 * ref
+
+
 def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world: WorldConfig | None = None,
                      behaviour: Policy | None = None, budget_range: tuple[float, float] | None = "auto",
                      out: str | Path | None = None, progress: bool = True, with_features: bool = True,
                      id_prefix: str = "sim", batch_size: int = 2048, start_id: int = 0) -> list[Episode]:
     """Generate ``n_episodes`` logged episodes with a behaviour policy (default: uniform per turn).
 
-    Budgets are drawn log-uniformly in ``budget_range`` USD (``"auto"``: 2%..150% of the most
-    expensive single model's mean episode cost; ``None``: no budgets). Appends to ``out`` if given.
+    Budgets are drawn log-uniformly in ``budget_range`` USD (``"auto"``: ``logging_budget_range``
+    of the reference cost; ``None``: no budgets). Appends to ``out`` if given.
     """
     pool = pool or default_pool()
     world = world or WorldConfig()
     sim = make_sim_params(pool, world)
     behaviour = behaviour or uniform_behaviour()
     if budget_range == "auto":
-        ref = reference_cost(pool, world, seed)
-        budget_range = (0.02 * ref, 1.5 * ref)
+        budget_range = logging_budget_range(reference_cost(pool, world, seed))
     key = jax.random.PRNGKey(seed)
     k_budget, k_sim = jax.random.split(key)
     budgets = sample_budgets(k_budget, n_episodes, *(budget_range or (None, None)))
@@ -110,23 +114,15 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      "history": result.history, "turns_per_second": result.turns_per_second},
         "data": {"fingerprint": data.fingerprint, "n_episodes": data.n_episodes, "n_turns": data.n},
     }
-    save_checkpoint(out, result.model, _finite(meta))
+    save_checkpoint(out, result.model, to_jsonable(meta))
     return load_checkpoint(out), result
 
 
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def default_budgets(pool: Pool, world: WorldConfig, n: int = 8, seed: int = 0) -> np.ndarray:
-    """Log-spaced per-episode budgets from 5% to 120% of the priciest single model's mean cost."""
-    ref = reference_cost(pool, world, seed)
+def default_budgets(pool: Pool, world: WorldConfig, n: int = 8, seed: int = 0, ref: float | None = None
+                    ) -> np.ndarray:
+    """Log-spaced per-episode budgets from 5% to 120% of the priciest single model's mean cost
+    (``ref``, computed with ``reference_cost`` when not given)."""
+    ref = reference_cost(pool, world, seed) if ref is None else ref
     return np.geomspace(0.05 * ref, 1.2 * ref, n).astype(np.float32)
 
 
@@ -141,7 +137,6 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     layout = sim_feature_layout(pool, world)
     budgets = np.asarray(budgets, np.float32)
     k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-    grid = lambda_grid or None
     routers: dict[str, dict] = {}
     jobs: list[tuple[str, str, Policy, bool]] = []
     if estimator is not None:
@@ -162,7 +157,7 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
             points = [summarise_point(res, 0, None, None, pool.names, world.tools)]
         elif tune:
             lams = calibrate_lambda(k_cal, pol, sim, budgets, max(64, n_episodes // 2),
-                                    **({"grid": grid} if grid else {}))
+                                    grid=lambda_grid or LAMBDA_GRID)
             res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes, with_lambdas(pol, lams))
             points = [summarise_point(res, j, float(b), float(l), pool.names, world.tools)
                       for j, (b, l) in enumerate(zip(budgets, lams))]
@@ -185,7 +180,8 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
 
 def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig, seed: int, n_episodes: int,
                      beta: float = 0.5, lams: Sequence[float] = (0.0, 0.03, 0.1, 0.3), rho: float = 0.0,
-                     per_episode: bool = True, progress: bool = True, out=None) -> list[Episode]:
+                     per_episode: bool = True, progress: bool = True, out=None,
+                     budget_range: tuple[float, float] | None | str = "auto") -> list[Episode]:
     """The paper's second data round: the current estimator's greedy choice with probability beta,
     else the roulette (sticky with ``rho``; 0 = the paper's uniform).
 
@@ -195,10 +191,12 @@ def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig,
     turn as in the paper, with the mixture's propensities.
     """
     layout = sim_feature_layout(pool, world)
+    if budget_range == "auto":  # once for all the simulate calls below
+        budget_range = logging_budget_range(reference_cost(pool, world, seed))
     if not per_episode:
         behaviour = mixed_policy(learned_policy(estimator, layout, lam=lams[0]), eps=1.0 - beta, rho=rho)
         return simulate_dataset(seed, n_episodes, pool, world, behaviour=behaviour, out=out, progress=progress,
-                                id_prefix=f"sim-beta{beta:g}")
+                                id_prefix=f"sim-beta{beta:g}", budget_range=budget_range)
     n_greedy = int(round(beta * n_episodes))
     episodes: list[Episode] = []
     per_lam = [n_greedy // len(lams) + (i < n_greedy % len(lams)) for i in range(len(lams))]
@@ -206,10 +204,11 @@ def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig,
         if n:
             episodes += simulate_dataset(seed * 1000 + i, n, pool, world, out=out, progress=progress,
                                          behaviour=learned_policy(estimator, layout, lam=lam),
-                                         id_prefix=f"sim-greedy-lam{lam:g}-s{seed}")
+                                         id_prefix=f"sim-greedy-lam{lam:g}-s{seed}", budget_range=budget_range)
     roulette = sticky_behaviour(rho) if rho > 0 else None
     episodes += simulate_dataset(seed * 1000 + 999, n_episodes - n_greedy, pool, world, behaviour=roulette,
-                                 out=out, progress=progress, id_prefix=f"sim-roulette-s{seed}")
+                                 out=out, progress=progress, id_prefix=f"sim-roulette-s{seed}",
+                                 budget_range=budget_range)
     return episodes
 
 
@@ -232,7 +231,9 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
     world = world or WorldConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    budgets = default_budgets(pool, world, n_budgets, seed)
+    ref = reference_cost(pool, world, seed)  # once: it sets both the sweep's and the logs' budgets
+    budgets = default_budgets(pool, world, n_budgets, seed, ref=ref)
+    log_budgets = logging_budget_range(ref)
     episodes: list[Episode] = []
     round_info = []
     est = None
@@ -241,21 +242,23 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         data_path.unlink(missing_ok=True)
         if r == 1:
             new = simulate_dataset(seed, n_episodes, pool, world, out=data_path, progress=progress,
-                                   behaviour=sticky_behaviour(rho) if rho > 0 else None)
+                                   behaviour=sticky_behaviour(rho) if rho > 0 else None,
+                                   budget_range=log_budgets)
         else:
             new = beta_mixed_round(est, pool, world, seed + r, n_episodes, beta=beta, rho=rho,
-                                   progress=progress, out=data_path)
+                                   progress=progress, out=data_path, budget_range=log_budgets)
         episodes += new
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
         est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress)
-        quick = sweep(est, pool, world, budgets[-1:], max(128, sweep_episodes // 2), seed + 1000,
-                      progress=False, include=["mtrouter"])
-        p = quick["routers"]["mtrouter"]["points"][0]
-        round_info.append({"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
-                           "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch,
-                           "score_at_max_budget": p["score"], "cost_at_max_budget": p["cost"],
-                           "checkpoint": str(ckpt)})
+        info = {"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
+                "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch, "checkpoint": str(ckpt)}
+        if rounds > 1:  # the gain per round, on the same held-out episodes for every round
+            quick = sweep(est, pool, world, budgets[-1:], max(128, sweep_episodes // 2), seed + 1000,
+                          progress=False, include=["mtrouter"])
+            p = quick["routers"]["mtrouter"]["points"][0]
+            info.update(score_at_max_budget=p["score"], cost_at_max_budget=p["cost"])
+        round_info.append(info)
     results = sweep(est, pool, world, budgets, sweep_episodes, seed, progress=progress)
     results["meta"]["rounds"] = round_info
     paths = write_results(results, out)

@@ -79,7 +79,7 @@ def python_loop(policy: Policy, env: MultiTurnRoutingEnv, budgets, n_episodes: i
     def run(i):
         env.reset(seed=seed * 100_003 + i, options={"budget": float(budgets[i % len(budgets)])})
         k_ep = jax.random.fold_in(base, i)
-        turns, score, cost = 0, 0.0, 0.0
+        turns = 0
         while True:
             a = int(decide_jit(jax.random.fold_in(k_ep, turns), env.state, env.sim, policy.params))
             _, _, term, trunc, info = env.step(a)
