@@ -101,7 +101,6 @@ def _load_training_episodes(a, pool):
 
 
 def cmd_train(a) -> int:
-    from mtrouter_jax.dataset import TargetConfig
     from mtrouter_jax.workflow import train_checkpoint
 
     pool = _pool(a.pool)
@@ -111,7 +110,7 @@ def cmd_train(a) -> int:
         from mtrouter_jax.text_embed import HashedNgramEncoder
 
         text = HashedNgramEncoder(dim=a.text_dim)
-    tcfg = TargetConfig(propensity_weighting=a.propensity_weighting, aec=_aec(a.aec_scale))
+    tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting)
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text)
     print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
           f"{res.val_loss:.4f} (per-model-mean baseline {res.baseline_val_loss:.4f}), "
@@ -142,14 +141,13 @@ def cmd_sweep(a) -> int:
 
 def cmd_run(a) -> int:
     """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
-    from mtrouter_jax.dataset import TargetConfig
     from mtrouter_jax.report import print_results, summary_markdown
     from mtrouter_jax.workflow import run_main_job
 
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
                                   n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
                                   pool=_pool(a.pool), beta=a.beta, rho=a.rho,
-                                  target_cfg=TargetConfig(aec=_aec(a.aec_scale)))
+                                  target_cfg=_target_cfg(a))
     console = _console()
     print_results(results, console=console)
     console.print(summary_markdown(results))
@@ -208,9 +206,26 @@ def _aec(scale: float):
                      min_penalty_frac=scale * d.min_penalty_frac)
 
 
+def _target_cfg(a, **kw):
+    from mtrouter_jax.dataset import TargetConfig
+
+    if a.bootstrap_steps < 0 or a.bootstrap_iterations < 0:
+        raise UsageError(f"--bootstrap-steps and --bootstrap-iterations must be >= 0, got "
+                         f"{a.bootstrap_steps} and {a.bootstrap_iterations}")
+    iters = a.bootstrap_iterations if a.bootstrap_steps else 0
+    return TargetConfig(aec=_aec(a.aec_scale), bootstrap_steps=a.bootstrap_steps if iters else 0,
+                        bootstrap_iterations=iters, **kw)
+
+
 def _add_train_args(p):
     p.add_argument("--aec-scale", type=float, default=1.0,
                    help="multiply the annealed error penalties (1 = the paper's; 0 = plain terminal score)")
+    # Measured on the simulator (docs/benchmarks.md): Monte-Carlo targets carry the whole logged
+    # future's noise; refitting on n-step bootstrapped targets is the largest single gain.
+    p.add_argument("--bootstrap-steps", type=int, default=10,
+                   help="n of the n-step bootstrapped score targets (0 = the paper's Monte-Carlo targets)")
+    p.add_argument("--bootstrap-iterations", type=int, default=3,
+                   help="refits on bootstrapped targets after the Monte-Carlo fit (0 = none)")
     # Defaults measured on the simulator (docs/benchmarks.md): a full cosine schedule over 10 epochs
     # with large batches beats the paper's up-to-100 epochs / patience 3 / batch 64, whose early
     # stops keep a high learning rate and noisy per-model differences. The best epoch is kept.

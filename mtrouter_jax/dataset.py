@@ -20,6 +20,7 @@ import numpy as np
 from mtrouter_jax.features import (NO_VALUE, FeatureLayout, advance_summary, history_features,
                                    initial_summary, vocab_index)
 from mtrouter_jax.logs import Episode
+from mtrouter_jax.policy import pace_costs
 from mtrouter_jax.pool import Pool
 from mtrouter_jax.targets import (AECConfig, annealed_error_targets, expected_steps_by_task,
                                   remaining_cost_targets)
@@ -42,6 +43,18 @@ class TargetConfig:
     cost_target: str = "future"
     propensity_weighting: bool = False  # importance-weight off-policy logs by 1/(M * propensity)
     max_weight: float = 10.0
+    # n-step bootstrapped score targets (targets.bootstrapped_score_targets): 0 = the paper's pure
+    # Monte-Carlo targets; n > 0 refits the estimator ``bootstrap_iterations`` times, each time on
+    # targets that keep n logged turns and bootstrap the rest from the previous fit.
+    bootstrap_steps: int = 0
+    bootstrap_iterations: int = 0
+
+    def __post_init__(self):
+        if self.bootstrap_steps < 0 or self.bootstrap_iterations < 0:
+            raise ValueError(f"bootstrap_steps and bootstrap_iterations must be >= 0, got "
+                             f"{self.bootstrap_steps} and {self.bootstrap_iterations}")
+        if self.bootstrap_iterations and not self.bootstrap_steps:
+            raise ValueError("bootstrap_iterations > 0 needs bootstrap_steps >= 1")
 
 
 @dataclasses.dataclass
@@ -62,6 +75,12 @@ class TrainingData:
     output_tokens_mean: np.ndarray  # (M,) mean completion tokens per model (expected turn cost)
     fingerprint: str
     n_episodes: int
+    # per row, for bootstrapping: each model's worst-case cost (USD) of this turn from this state,
+    # and the budget left before it (USD, inf = none); a model whose turn does not fit is not a
+    # choice the router has
+    turn_cost_hi: np.ndarray | None = None  # (N, M)
+    remaining_budget: np.ndarray | None = None  # (N,)
+    pace_cost: np.ndarray | None = None  # (N, M) USD to finish on each model at its pace (policy.pace_costs)
 
     @property
     def n(self) -> int:
@@ -221,6 +240,13 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
         out_mean[m] = sel.mean() if sel.size else (all_out.mean() if all_out.size else 1000.0)
 
     idx = np.nonzero(mask)
+    spent_before = np.cumsum(arr["cost"], axis=1) - arr["cost"]
+    remaining = arr["budget"][:, None] - spent_before
+    # the router's budget pacing (policy.budget_allowed), for the bootstrap value of each state
+    turn = np.arange(mask.shape[1], dtype=np.float32)[None, :, None]
+    pace = np.asarray(pace_costs(state_turn_costs(arr, pool, out_mean), arr["input"][..., None], turn,
+                                 n_ep[:, None, None] - turn - 1, _per_token(pool, "price_cached_input"),
+                                 _per_token(pool, "price_output"), out_mean))
     return TrainingData(
         features=feats[idx].astype(np.float32), model=arr["model"][idx].astype(np.int32),
         score_target=score_t[idx].astype(np.float32), cost_target=cost_t[idx].astype(np.float32),
@@ -228,7 +254,24 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
         text_dim=text_dim, cost_scale=cost_scale, expected_steps=n_by_task, output_tokens_hi=out_hi,
         output_tokens_mean=out_mean,
         fingerprint=fingerprint(episodes), n_episodes=E,
+        turn_cost_hi=state_turn_costs(arr, pool, out_hi)[idx].astype(np.float32),
+        remaining_budget=remaining[idx].astype(np.float32), pace_cost=pace[idx].astype(np.float32),
     )
+
+
+def _per_token(pool: Pool, attr: str) -> np.ndarray:
+    return np.array([getattr(m, attr) for m in pool.models], np.float64) / 1e6
+
+
+def state_turn_costs(arr: dict[str, np.ndarray], pool: Pool, output_tokens: np.ndarray) -> np.ndarray:
+    """(E, T, M) USD cost of calling each model at each logged state with ``output_tokens`` (M,),
+    billed like the simulator: the previous prompt is cached only when the model stays."""
+    p_in, p_cached, p_out = (_per_token(pool, a) for a in ("price_input", "price_cached_input", "price_output"))
+    inp = arr["input"].astype(np.float64)
+    last = np.concatenate([np.zeros_like(inp[:, :1]), inp[:, :-1]], axis=1)
+    prev = np.concatenate([np.full_like(arr["model"][:, :1], NO_VALUE), arr["model"][:, :-1]], axis=1)
+    cached = np.where(prev[..., None] == np.arange(len(pool)), last[..., None], 0.0)
+    return (inp[..., None] - cached) * p_in + cached * p_cached + np.asarray(output_tokens, np.float64) * p_out
 
 
 def split_by_episode(data: TrainingData, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,4 +284,5 @@ def split_by_episode(data: TrainingData, val_frac: float, seed: int) -> tuple[np
 
 
 __all__ = ["TargetConfig", "TrainingData", "build_layout", "build_training_data", "split_by_episode",
-           "replay_features", "fingerprint"]
+           "replay_features", "fingerprint",
+           "state_turn_costs"]

@@ -179,20 +179,60 @@ def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
 
 # --- the learned router ------------------------------------------------------------------------
 
-DEFAULT_SWITCH_MARGIN = 0.01  # 2 points on a -100..100 scale; see route_decision
+DEFAULT_SWITCH_MARGIN = 0.03  # 6 points on a -100..100 scale; see decision_values (docs/benchmarks.md)
 
 
-def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback, prev_model=-1, switch_margin=0.0):
-    """MTRouter's rule with a budget: argmax(score - lam * cost) over models whose worst-case cost
-    for this turn fits ``remaining`` (USD). Ties -> lowest index; nothing fits -> ``fallback``.
+def decision_values(score, cost_norm, lam, prev_model=-1, switch_margin=0.0):
+    """MTRouter's decision value ``score - lam * cost`` per model, plus ``switch_margin`` on the
+    previous model (normalised score units): a switch must beat staying by more than the
+    estimator's noise on per-model differences, otherwise argmax over near-equal noisy estimates
+    flips models turn after turn (each flip re-bills the prompt and risks a drift error)."""
+    score = jnp.asarray(score, jnp.float32)
+    prev_model = jnp.asarray(prev_model)
+    bonus = jnp.where((jnp.arange(score.shape[-1]) == prev_model) & (prev_model >= 0), switch_margin, 0.0)
+    return score + bonus - lam * jnp.asarray(cost_norm, jnp.float32)
 
-    ``switch_margin`` (normalised score units) is added to the previous model's value: a switch
-    must beat staying by more than the estimator's noise on per-model differences, otherwise
-    argmax over near-equal noisy estimates flips models turn after turn (each flip re-bills the
-    prompt and risks a drift error). 0 gives the paper's plain argmax.
-    """
-    bonus = jnp.where((jnp.arange(score.shape[0]) == prev_model) & (prev_model >= 0), switch_margin, 0.0)
-    return masked_argmax(score + bonus - lam * cost_norm, worst_turn_cost <= remaining, fallback)
+
+def pace_costs(expected_turn_cost, context_tokens, turn, turns_left, price_cached, price_output, output_tokens):
+    """(M,) USD to finish the episode on each model at its pace: this turn's expected cost plus
+    ``turns_left`` more turns billed at the cached input price (the context keeps growing at its
+    average rate so far, ``context_tokens / (turn + 1)`` per turn) and the mean completion length."""
+    n = jnp.maximum(jnp.asarray(turns_left, jnp.float32), 0.0)
+    ctx = jnp.asarray(context_tokens, jnp.float32)
+    growth = ctx / (jnp.asarray(turn, jnp.float32) + 1.0)
+    future_input = n * ctx + growth * n * (n + 1.0) / 2.0
+    return jnp.asarray(expected_turn_cost) + future_input * price_cached + n * output_tokens * price_output
+
+
+PACE_SWITCH_SLACK = 0.8  # a model other than the current one must pace within 80% of what is left
+
+
+def budget_allowed(worst_turn_cost, remaining, pace_cost=None, prev_model=-1):
+    """(M,) models the budget allows this turn: the worst case of this turn fits ``remaining``
+    (the hard rule: the budget is never exceeded). With ``pace_cost`` (budget pacing), only the
+    models that could also finish the episode at their pace, unless none could: a model that
+    would exhaust the budget halfway is a poor choice even when its next turn fits. Switching to a
+    model needs ``PACE_SWITCH_SLACK`` of the remaining budget to cover its pace, staying needs all
+    of it — without this hysteresis a model whose pace sits at the limit is dropped and re-picked
+    turn after turn."""
+    worst_turn_cost = jnp.asarray(worst_turn_cost)
+    fits = worst_turn_cost <= remaining
+    if pace_cost is None:
+        return fits
+    prev_model = jnp.asarray(prev_model)
+    stays = jnp.arange(worst_turn_cost.shape[-1]) == jnp.expand_dims(prev_model, -1)
+    limit = jnp.where(stays, 1.0, PACE_SWITCH_SLACK) * jnp.asarray(remaining)
+    paced = fits & (jnp.asarray(pace_cost) <= limit)
+    return jnp.where(paced.any(-1, keepdims=True), paced, fits)
+
+
+def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback, prev_model=-1, switch_margin=0.0,
+                   pace_cost=None):
+    """MTRouter's rule with a budget: argmax of ``decision_values`` over ``budget_allowed`` models.
+    Ties -> lowest index; nothing fits -> ``fallback``. ``switch_margin=0`` and ``pace_cost=None``
+    give the paper's plain rule."""
+    return masked_argmax(decision_values(score, cost_norm, lam, prev_model, switch_margin),
+                         budget_allowed(worst_turn_cost, remaining, pace_cost, prev_model), fallback)
 
 
 @functools.lru_cache(maxsize=32)
@@ -209,17 +249,30 @@ def _learned_apply_for(graphdef, layout: FeatureLayout, text_dim: int, future_co
                          in_axes=(0, 1))(jnp.arange(sim.n_models), jnp.stack([p["out_mean"], p["out_hi"]]))
         expected, worst = costs[:, 0], costs[:, 1]
         cost_norm = out[:, 1] + (expected / p["cost_scale"] if future_cost else 0.0)
-        remaining = state.summary.budget - state.summary.cost
+        summ = state.summary
+        remaining = summ.budget - summ.cost
+        pace = pace_costs(expected, summ.context_tokens, summ.turn, p["expected_steps"][summ.task] - summ.turn - 1,
+                          sim.price_cached, sim.price_output, p["out_mean"])
+        pace = jnp.where(p["pacing"], pace, 0.0)  # 0: pacing off, only the hard rule binds
         return route_decision(out[:, 0], cost_norm, p["lam"], worst, remaining, cheapest_now(state, sim),
-                              state.summary.prev_model, p["switch_margin"])
+                              summ.prev_model, p["switch_margin"], pace)
 
     return apply
 
 
+def expected_steps_for(meta: Mapping | None, task_types: Sequence[str]) -> np.ndarray:
+    """Expected episode length per task type from checkpoint metadata (``targets.expected_steps``);
+    task types it does not know get the median of the known ones (30 when there are none)."""
+    known = dict(((meta or {}).get("targets") or {}).get("expected_steps") or {})
+    default = float(np.median(list(known.values()))) if known else 30.0
+    return np.array([float(known.get(t, default)) for t in task_types], np.float32)
+
+
 def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter",
-                   switch_margin: float | None = None) -> Policy:
+                   switch_margin: float | None = None, pacing: bool = True) -> Policy:
     """The MTRouter policy from a ``LoadedEstimator`` (or anything with graphdef/params/layout/meta),
-    run inside the simulator whose vocabularies are ``sim_layout``."""
+    run inside the simulator whose vocabularies are ``sim_layout``. ``pacing``: budget pacing
+    (``budget_allowed``), using the checkpoint's expected episode lengths."""
     L = estimator.layout
     missing = [m for m in sim_layout.models if m not in L.models]
     if missing:
@@ -239,7 +292,10 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
                                 "cost_scale": jnp.float32(estimator.cost_scale),
                                 "params": estimator.params, "lam": jnp.float32(lam),
                                 "switch_margin": jnp.float32(DEFAULT_SWITCH_MARGIN if switch_margin is None
-                                                             else switch_margin)})
+                                                             else switch_margin),
+                                "pacing": jnp.bool_(pacing),
+                                "expected_steps": jnp.asarray(expected_steps_for(getattr(estimator, "meta", None),
+                                                                                 sim_layout.task_types))})
 
 
 def baseline_policies(pool: Pool) -> list[Policy]:
@@ -251,6 +307,6 @@ def baseline_policies(pool: Pool) -> list[Policy]:
 __all__ = [
     "Policy", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy", "random_policy",
     "cheapest_policy", "escalation_policy", "tool_heuristic_policy", "oracle_policy", "baseline_policies",
-    "route_decision", "learned_policy",
+    "route_decision", "decision_values", "budget_allowed", "PACE_SWITCH_SLACK", "pace_costs", "expected_steps_for", "learned_policy",
     "NO_VALUE",
 ]

@@ -174,3 +174,46 @@ def expected_steps_by_task(
         elif in_task.any():
             out[k] = np.median(lengths[in_task])
     return out.astype(np.float32)
+
+
+# --- bootstrapped (fitted-Q) score targets ---------------------------------------------------
+# Monte-Carlo AEC targets carry the whole future's randomness: in the simulator one turn's model
+# moves the final score by ~1 point while outcomes spread ~40 points (docs/benchmarks.md). An
+# n-step bootstrapped target keeps the logged penalties of the next n turns and replaces the rest
+# of the logged future by the estimator's own value of the state n turns later, under the router's
+# greedy choice: lower variance, and it evaluates the router's future rather than the logger's.
+
+def nstep_successors(episode, n: int):
+    """For flat per-turn rows ordered by (episode, turn): the row ``n`` turns later in the same
+    episode and whether it exists. Returns ``(index (N,) int32, valid (N,) bool)``; invalid rows
+    point at themselves."""
+    episode = jnp.asarray(episode, jnp.int32)
+    if n < 1:
+        raise ValueError(f"n-step horizon must be >= 1, got {n}")
+    N = episode.shape[0]
+    rows = jnp.arange(N, dtype=jnp.int32)
+    succ = rows + n
+    inside = succ < N
+    valid = inside & (episode[jnp.minimum(succ, N - 1)] == episode)
+    return jnp.where(valid, succ, rows), valid
+
+
+def greedy_state_values(score, allowed):
+    """V(h) = max over allowed models of the predicted score, (N, M) -> (N,). Rows with no allowed
+    model fall back to the max over all models."""
+    score = jnp.asarray(score, jnp.float32)
+    allowed = jnp.asarray(allowed, bool)
+    allowed = jnp.where(allowed.any(-1, keepdims=True), allowed, True)
+    return jnp.max(jnp.where(allowed, score, -jnp.inf), axis=-1)
+
+
+def bootstrapped_score_targets(mc_targets, successor, has_successor, successor_values):
+    """n-step targets ``S'_t - S'_{t+n} + V(h_{t+n})`` where a successor exists, else ``S'_t``.
+
+    ``S'_t - S'_{t+n}`` is minus the AEC penalties of turns t..t+n-1, so those stay as logged;
+    ``successor_values`` (N,) is V at every row (only rows that are someone's successor matter).
+    With V equal to the Monte-Carlo targets the result is the Monte-Carlo targets.
+    """
+    mc = jnp.asarray(mc_targets, jnp.float32)
+    v = jnp.asarray(successor_values, jnp.float32)
+    return jnp.where(has_successor, mc - mc[successor] + v[successor], mc)

@@ -5,6 +5,7 @@ loop with validation split by episode and early stopping, optional data parallel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
@@ -18,7 +19,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mtrouter_jax.dataset import TrainingData, split_by_episode
 from mtrouter_jax.model import (EstimatorConfig, OutcomeEstimator, make_estimator, model_attribute_matrix,
                                 normalise_attributes)
+from mtrouter_jax.policy import budget_allowed
 from mtrouter_jax.pool import Pool
+from mtrouter_jax.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +204,58 @@ def fit(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, pro
     rate = per_epoch * len(steady) / max(sum(h["seconds"] for h in steady), 1e-9) if steady else 0.0
     return TrainResult(final, history, best_epoch, best, baseline, attr_mean, attr_std, attr_names,
                        rate, cost_weight)
+
+
+def predict_scores(model: OutcomeEstimator, features: np.ndarray, chunk: int = 32768) -> np.ndarray:
+    """Score head for every model at every row: (N, F) -> (N, M), in fixed-size jitted chunks."""
+    graphdef, params = nnx.split(model)
+    fn = _score_fn(graphdef)
+    n = features.shape[0]
+    chunk = min(chunk, max(n, 1))
+    out = []
+    for s in range(0, n, chunk):
+        x = features[s:s + chunk]
+        k = x.shape[0]
+        if k < chunk:  # pad to the one compiled shape
+            x = np.concatenate([x, np.zeros((chunk - k, x.shape[1]), x.dtype)])
+        out.append(np.asarray(fn(params, x))[:k])
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.n_models), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _score_fn(graphdef):
+    return jax.jit(lambda params, x: nnx.merge(graphdef, params).score_all(x)[..., 0])
+
+
+def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, n_steps: int,
+                     iterations: int, progress: bool = True, devices: list | None = None
+                     ) -> tuple[TrainResult, list[dict]]:
+    """Fitted-Q training: fit on the Monte-Carlo AEC targets, then ``iterations`` times refit on
+    n-step targets bootstrapped from the previous fit (targets.bootstrapped_score_targets).
+
+    The bootstrap value of a state is the previous fit's best score over the models the router's
+    budget rule allows there (``policy.budget_allowed``, paced) — its own greedy choice at
+    lambda = 0. The cost head keeps its Monte-Carlo target. Returns the last fit and one summary dict per fit.
+    """
+    if data.turn_cost_hi is None or data.remaining_budget is None:
+        raise ValueError("bootstrapping needs TrainingData.turn_cost_hi and remaining_budget "
+                         "(build it with dataset.build_training_data)")
+    mc = np.asarray(data.score_target, np.float32)
+    succ, valid = (np.asarray(a) for a in nstep_successors(data.episode, n_steps))
+    first = np.r_[True, data.episode[1:] != data.episode[:-1]]
+    prev = np.where(first, -1, np.r_[-1, data.model[:-1]])  # model of the turn before each row
+    allowed = np.asarray(budget_allowed(data.turn_cost_hi, data.remaining_budget[:, None], data.pace_cost, prev))
+    result = fit(data, pool, cfg, progress=progress, devices=devices)
+    log = [{"iteration": 0, "targets": "monte-carlo", "val_loss": result.val_loss,
+            "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch}]
+    for it in range(1, iterations + 1):
+        values = greedy_state_values(predict_scores(result.model, data.features), allowed)
+        targets = np.asarray(bootstrapped_score_targets(mc, succ, valid, values), np.float32)
+        result = fit(dataclasses.replace(data, score_target=targets), pool, cfg, progress=progress, devices=devices)
+        log.append({"iteration": it, "targets": f"{n_steps}-step bootstrapped", "val_loss": result.val_loss,
+                    "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch,
+                    "mean_target_shift": float(np.mean(targets - mc))})
+    return result, log
 
 
 def _model_params(graphdef, state):

@@ -24,7 +24,7 @@ from mtrouter_jax.policy import (Policy, escalation_policy, fixed_policy, learne
 from mtrouter_jax.pool import Pool, default_pool
 from mtrouter_jax.report import to_jsonable
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
-from mtrouter_jax.train import TrainConfig, TrainResult, fit
+from mtrouter_jax.train import TrainConfig, TrainResult, fit, fit_bootstrapped
 
 
 def _bar(enabled: bool, total: int, label: str):
@@ -92,7 +92,12 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      text_encoder=None, progress: bool = True) -> tuple[LoadedEstimator, TrainResult]:
     """Build targets, fit the estimator, save an orbax checkpoint with full metadata, reload it."""
     data = build_training_data(episodes, pool, target_cfg, text_encoder=text_encoder)
-    result = fit(data, pool, train_cfg, progress=progress)
+    if target_cfg.bootstrap_iterations:
+        result, fits = fit_bootstrapped(data, pool, train_cfg, n_steps=target_cfg.bootstrap_steps,
+                                        iterations=target_cfg.bootstrap_iterations, progress=progress)
+    else:
+        result = fit(data, pool, train_cfg, progress=progress)
+        fits = []
     meta = {
         "pool": pool.to_dict(),
         "layout": data.layout.to_dict(),
@@ -108,7 +113,9 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                        "std": [float(x) for x in result.attr_std]},
         "targets": {"default_score_range": list(target_cfg.default_score_range),
                     "expected_steps": data.expected_steps, "success_threshold": target_cfg.success_threshold,
-                    "aec": dataclasses.asdict(target_cfg.aec), "propensity_weighting": target_cfg.propensity_weighting},
+                    "aec": dataclasses.asdict(target_cfg.aec), "propensity_weighting": target_cfg.propensity_weighting,
+                    "bootstrap_steps": target_cfg.bootstrap_steps,
+                    "bootstrap_iterations": target_cfg.bootstrap_iterations, "fits": fits},
         "training": {**dataclasses.asdict(train_cfg), "best_epoch": result.best_epoch,
                      "val_loss": result.val_loss, "baseline_val_loss": result.baseline_val_loss,
                      "history": result.history, "turns_per_second": result.turns_per_second},

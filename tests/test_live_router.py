@@ -162,21 +162,44 @@ def test_finish_logs_episode(tmp_path):
         r.start_episode().finish(score=5, score_range=(0, 1))
 
 
-def test_ranking_matches_policy_route_decision(router):
-    policy = pytest.importorskip("mtrouter_jax.policy")
-    if not hasattr(policy, "route_decision"):
-        pytest.skip("policy.route_decision not available")
+def test_ranking_matches_policy_route_decision():
+    from mtrouter_jax import policy
+
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for _ in range(40):
         score = rng.choice([0.1, 0.5, 0.9], 3)  # ties on purpose
         cost = rng.uniform(0, 1, 3)
         worst = rng.uniform(0, 0.01, 3)
+        pace = worst * rng.uniform(1, 3, 3)
         remaining = float(rng.uniform(0, 0.012))
+        prev = int(rng.integers(-1, 3))
         ok = worst <= remaining
-        values = score - 1.0 * cost
+        paced = ok & (pace <= remaining * np.where(np.arange(3) == prev, 1.0, policy.PACE_SWITCH_SLACK))
+        ok = paced if paced.any() else ok
+        values = score - 1.0 * cost + 0.3 * ((np.arange(3) == prev) & (prev >= 0))
         mine = [int(i) for i in np.argsort(-values, kind="stable") if ok[i]]
-        theirs = int(policy.route_decision(score, cost, 1.0, worst, remaining, -1))
+        theirs = int(policy.route_decision(score, cost, 1.0, worst, remaining, -1, prev, 0.3, pace))
         assert theirs == (mine[0] if mine else -1)
+
+
+def test_live_decision_uses_the_simulated_policy_rule(router):
+    """The live ranking's top model is policy.route_decision's pick on the same inputs (margin, pacing)."""
+    from mtrouter_jax import policy
+
+    ep = router.start_episode(budget=0.004)
+    for tool in ("search", "python", "search", "reasoning"):
+        d = ep.decide()
+        score, rem = router.estimator.predict(d.features)
+        hi = float(ep.last_prompt + ep.last_completion)
+        n = len(ep.turns)
+        pace = np.asarray(policy.pace_costs(ep.worst_costs(hi, router.output_tokens_mean), hi, n,
+                                            ep.expected_steps - n - 1, router.price_cached, router.price_out,
+                                            router.output_tokens_mean))
+        prev = router.pool.index(ep.prev_model) if ep.turns else -1
+        pick = int(policy.route_decision(score, np.asarray(rem) / router.cost_scale, router.lam, d.worst_cost,
+                                         ep.budget - ep.spent + 1e-12, -1, prev, router.switch_margin, pace))
+        assert d.model == router.pool.names[pick]
+        ep.record(d.model, usage(200 + 50 * len(ep.turns), 40), tool_name=tool)
 
 
 def tiny_checkpoint(path, pool, text_dim=8):

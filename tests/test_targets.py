@@ -245,3 +245,61 @@ def test_expected_steps_by_task():
         expected_steps_by_task(lengths, score, tasks, n_tasks=2)
     with pytest.raises(ValueError):
         expected_steps_by_task([], [], [], n_tasks=2)
+
+
+# --- n-step bootstrapped targets ---------------------------------------------------------------
+
+from mtrouter_jax.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors  # noqa: E402
+
+
+@st.composite
+def flat_episodes(draw):
+    lengths = draw(st.lists(st.integers(1, 8), min_size=1, max_size=6))
+    episode = np.repeat(np.arange(len(lengths)), lengths).astype(np.int32)
+    n = episode.shape[0]
+    mc = draw(hnp.arrays(np.float32, (n,), elements=st.floats(-1, 1, width=32)))
+    return episode, mc
+
+
+@PROPS
+@given(flat_episodes(), st.integers(1, 5))
+def test_nstep_successor_is_n_turns_later_in_the_same_episode(ep_mc, n):
+    episode, _ = ep_mc
+    succ, valid = (np.asarray(a) for a in nstep_successors(episode, n))
+    turn = np.arange(len(episode)) - np.searchsorted(episode, episode)  # position within its episode
+    length = np.bincount(episode)[episode]
+    np.testing.assert_array_equal(valid, turn + n < length)
+    assert np.all(episode[succ] == episode)
+    np.testing.assert_array_equal(succ[valid], np.flatnonzero(valid) + n)
+    np.testing.assert_array_equal(succ[~valid], np.flatnonzero(~valid))  # no successor: points at itself
+
+
+@PROPS
+@given(flat_episodes(), st.integers(1, 5))
+def test_bootstrapping_with_the_monte_carlo_value_changes_nothing(ep_mc, n):
+    episode, mc = ep_mc
+    succ, valid = nstep_successors(episode, n)
+    out = np.asarray(bootstrapped_score_targets(mc, succ, valid, mc))
+    np.testing.assert_allclose(out, mc, atol=TOL)
+
+
+@PROPS
+@given(flat_episodes(), st.integers(1, 5), st.floats(-1, 1, width=32))
+def test_bootstrapped_target_moves_with_the_successor_value_only(ep_mc, n, shift):
+    episode, mc = ep_mc
+    succ, valid = (np.asarray(a) for a in nstep_successors(episode, n))
+    out = np.asarray(bootstrapped_score_targets(mc, succ, valid, mc + shift))
+    # rows with a successor move by exactly the value shift; the episode tails keep their targets
+    np.testing.assert_allclose(out[valid], mc[valid] + shift, atol=1e-5)
+    np.testing.assert_allclose(out[~valid], mc[~valid], atol=TOL)
+
+
+def test_nstep_horizon_must_be_positive():
+    with pytest.raises(ValueError, match="n-step"):
+        nstep_successors(np.zeros(3, np.int32), 0)
+
+
+def test_greedy_value_is_the_best_allowed_model_and_ignores_the_mask_when_nothing_fits():
+    score = np.array([[0.1, 0.9, 0.5], [0.2, 0.8, 0.4]], np.float32)
+    allowed = np.array([[True, False, True], [False, False, False]])
+    np.testing.assert_allclose(np.asarray(greedy_state_values(score, allowed)), [0.5, 0.8])

@@ -108,3 +108,28 @@ def test_data_parallel_over_four_devices_matches_one_device(data, tmp_path):
     assert len(r["val_many"]) == len(r["val_one"]) == CFG.max_epochs
     np.testing.assert_allclose(r["val_many"], r["val_one"], rtol=1e-3)
     assert r["max_param_diff"] < 1e-3
+
+
+def test_fitted_q_refits_on_bootstrapped_targets(data, pool):
+    from mtrouter_jax.train import fit_bootstrapped
+
+    cfg = TrainConfig(max_epochs=1, patience=1, batch_size=64, seed=5)
+    mc_before = data.score_target.copy()
+    res, log = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=2, progress=False)
+    assert [f["iteration"] for f in log] == [0, 1, 2]
+    assert log[0]["targets"] == "monte-carlo" and log[2]["targets"] == "3-step bootstrapped"
+    assert all(np.isfinite(f["val_loss"]) for f in log)
+    assert np.isfinite(log[1]["mean_target_shift"]) and log[1]["mean_target_shift"] != 0.0
+    np.testing.assert_array_equal(data.score_target, mc_before)  # the caller's data is left as it was
+
+
+def test_training_data_carries_budget_and_worst_case_turn_costs(data, pool):
+    assert data.turn_cost_hi.shape == (data.n, len(pool))
+    assert np.all(data.turn_cost_hi > 0)
+    first = np.r_[True, data.episode[1:] != data.episode[:-1]]
+    # before an episode's first turn nothing is spent: remaining = budget (inf when none)
+    assert np.all(data.remaining_budget[first] > 0)
+    finite = np.isfinite(data.remaining_budget)
+    same_ep = ~first[1:] & finite[1:]
+    left = np.where(finite, data.remaining_budget, 0.0)
+    assert same_ep.any() and np.all(np.diff(left)[same_ep] <= 1e-7)  # spending only goes down

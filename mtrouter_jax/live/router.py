@@ -5,9 +5,11 @@
 its spend and its turn records, chooses the next model under a hard per-episode budget and writes
 the finished episode as a ``mtrouter-traj/1`` line (``source="live"``) so it becomes training data.
 
-Decision rule (the learned policy of ``policy.py``): among models whose worst-case cost for this
-turn fits the remaining budget, ``argmax(score - lam * remaining_cost / cost_scale)``, ties to the
-lowest pool index. Worst case = input tokens (upper bound) at the input price, except the prefix
+Decision rule (the learned policy of ``policy.py``, through the same functions): among models
+the budget allows (``policy.budget_allowed``: the worst-case cost of this turn fits the remaining
+budget and, with pacing, the model could finish the episode at its pace), the highest
+``policy.decision_values`` (``score - lam * remaining_cost / cost_scale`` plus the switch margin
+on the previous model), ties to the lowest pool index. Worst case = input tokens (upper bound) at the input price, except the prefix
 cached by the model that served the previous turn (at the cached price, unless
 ``assume_cache_hits=False``), plus ``output_tokens_hi`` at the output price. The completion cap
 returned with each decision is computed *without* any cache assumption, so a turn stays within
@@ -35,6 +37,8 @@ from mtrouter_jax.detect import ErrorRuleSet, ToolTypeMap, default_rules, defaul
 from mtrouter_jax.features import (NO_VALUE, FeatureLayout, HistorySummary, advance_summary,
                                    history_features, initial_summary, vocab_index)
 from mtrouter_jax.logs import SEVERITIES, Episode, Turn, TurnError, append_episodes
+from mtrouter_jax.policy import (DEFAULT_SWITCH_MARGIN, budget_allowed, decision_values, expected_steps_for,
+                                 pace_costs)
 from mtrouter_jax.pool import Pool, PoolError, load_pool
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -143,7 +147,8 @@ class Router:
                  tool_map: ToolTypeMap | None = None, rules: ErrorRuleSet | None = None,
                  log_path: str | Path | None = None, *, log_text: bool = False,
                  log_features: bool = True, assume_cache_hits: bool = True,
-                 default_max_output: int = 131_072, text_encoder: Any = None):
+                 default_max_output: int = 131_072, text_encoder: Any = None,
+                 switch_margin: float = DEFAULT_SWITCH_MARGIN, pacing: bool = True):
         """Args:
             estimator: a ``LoadedEstimator`` (or anything with the same interface).
             pool: pool for prices and endpoints (a Pool or a pool-file path); its model names must
@@ -157,6 +162,8 @@ class Router:
             default_max_output: completion limit assumed for a model without ``max_output_k``.
             text_encoder: encoder of the latest observation for checkpoints trained with text
                 features (``text_dim > 0``); default: rebuilt from the checkpoint's config.
+            switch_margin: bonus of the previous model in normalised score units (as in simulation).
+            pacing: budget pacing with the checkpoint's expected episode lengths (as in simulation).
         """
         self.estimator = estimator
         self.layout: FeatureLayout = estimator.layout
@@ -170,6 +177,7 @@ class Router:
         if not np.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam}")
         self.lam = float(lam)
+        self.switch_margin, self.pacing = float(switch_margin), bool(pacing)
         self.tool_map = tool_map or default_tool_map()
         self.rules = rules or default_rules()
         self.log_path = None if log_path is None else Path(log_path)
@@ -267,6 +275,7 @@ class LiveEpisode:
         self.budget, self.lam = budget, float(lam)
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
+        self.expected_steps = float(expected_steps_for(getattr(router.estimator, "meta", None), [task_type])[0])
         self.summary: HistorySummary = initial_summary(
             np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
         self._before_last: HistorySummary | None = None
@@ -343,10 +352,19 @@ class LiveEpisode:
         else:
             score, rem_cost = r.estimator.predict(feats)
         lam = self.lam if lam is None else float(lam)
-        values = np.asarray(score, np.float64) - lam * np.asarray(rem_cost, np.float64) / r.cost_scale
+        prev = r.pool.index(self.prev_model) if self.turns else -1
+        values = np.asarray(decision_values(score, np.asarray(rem_cost) / r.cost_scale, lam, prev, r.switch_margin))
         worst = self.worst_costs(hi)
-        ok = np.ones(len(r.pool), bool) if self.budget is None else (
-            self.spent + worst <= self.budget + _EPS_USD)
+        if self.budget is None:
+            ok = np.ones(len(r.pool), bool)
+        else:
+            pace = None
+            if r.pacing:
+                n = len(self.turns)
+                pace = np.asarray(pace_costs(self.worst_costs(hi, r.output_tokens_mean), hi, n,
+                                             self.expected_steps - n - 1, r.price_cached, r.price_out,
+                                             r.output_tokens_mean))
+            ok = np.array(budget_allowed(worst, self.budget - self.spent + _EPS_USD, pace, prev))
         for name in exclude:
             ok[r.pool.index(name)] = False
         order = [int(i) for i in np.argsort(-values, kind="stable") if ok[i]]

@@ -1,0 +1,121 @@
+"""What each change to the paper's recipe buys, on the same logs and the same evaluation episodes.
+
+Trains on one set of simulated sticky-roulette logs (the main job's data):
+  - ``mc``: the paper's Monte-Carlo AEC targets,
+  - ``boot``: n-step bootstrapped (fitted-Q) targets, ``--bootstrap-iterations`` refits,
+then sweeps the main job's budgets for each checkpoint with budget pacing on and off, next to
+the oracle, gpt-5 and error escalation. Per budget: score, $/episode, switches, stay-after-error,
+score / oracle; per router: AIQ over [0, gpt-5's cost]. Also uncapped points at a few lambdas.
+
+    python scripts/bench_router_ablation.py --episodes 8192 --sweep-episodes 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mtrouter_jax.collect import sticky_behaviour
+from mtrouter_jax.curves import aiq
+from mtrouter_jax.dataset import TargetConfig
+from mtrouter_jax.evaluate import (calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas)
+from mtrouter_jax.policy import escalation_policy, fixed_policy, learned_policy, oracle_policy
+from mtrouter_jax.pool import default_pool
+from mtrouter_jax.sim import WorldConfig, make_sim_params, sim_feature_layout
+from mtrouter_jax.train import TrainConfig
+from mtrouter_jax.workflow import (default_budgets, logging_budget_range, reference_cost, simulate_dataset,
+                                   train_checkpoint)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=8192, help="logged episodes (sticky roulette)")
+    ap.add_argument("--rho", type=float, default=0.9)
+    ap.add_argument("--bootstrap-steps", type=int, default=10)
+    ap.add_argument("--bootstrap-iterations", type=int, default=3)
+    ap.add_argument("--sweep-episodes", type=int, default=1024)
+    ap.add_argument("--n-budgets", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+
+    pool, world = default_pool(), WorldConfig()
+    sim, layout = make_sim_params(pool, world), sim_feature_layout(pool, world)
+    t0 = time.perf_counter()
+    ref = reference_cost(pool, world, a.seed)
+    budgets = default_budgets(pool, world, a.n_budgets, a.seed, ref=ref)
+    eps = simulate_dataset(a.seed, a.episodes, pool, world, behaviour=sticky_behaviour(a.rho), progress=False,
+                           budget_range=logging_budget_range(ref))
+    k_cal, k_eval = jax.random.split(jax.random.PRNGKey(a.seed + 1))
+    n, n_cal = a.sweep_episodes, max(64, a.sweep_episodes // 2)
+    cfg = TrainConfig(max_epochs=10, patience=10, batch_size=1024)
+    variants = {"mc": TargetConfig(),
+                "boot": TargetConfig(bootstrap_steps=a.bootstrap_steps, bootstrap_iterations=a.bootstrap_iterations)}
+    routers: dict[str, list[dict]] = {}
+    uncapped: dict[str, list[dict]] = {}
+    lams_unc = [0.0, 0.02, 0.04, 0.08]
+
+    def curve(name, pol, tune=True):
+        lams = calibrate_lambda(k_cal, pol, sim, budgets, n_cal) if tune else None
+        res = evaluate_budgets(k_eval, pol, sim, budgets, n, with_lambdas(pol, lams) if tune else None)
+        routers[name] = [summarise_point(res, j, float(b), None if lams is None else float(lams[j]), pool.names,
+                                         world.tools) for j, b in enumerate(budgets)]
+
+    with tempfile.TemporaryDirectory() as d:
+        for tag, tcfg in variants.items():
+            est, _ = train_checkpoint(eps, pool, Path(d) / tag, cfg, tcfg, progress=False)
+            for pacing in (True, False):
+                pol = learned_policy(est, layout, pacing=pacing)
+                name = f"mtrouter {tag}{'' if pacing else ' no-pacing'}"
+                curve(name, pol)
+                r = evaluate_budgets(k_eval, pol, sim, [np.inf] * len(lams_unc), n, with_lambdas(pol, lams_unc))
+                uncapped[name] = [{"lam": l, "score": float(r["score"][i]), "cost": float(r["cost"][i]),
+                                   "switches": float(r["switches"][i])} for i, l in enumerate(lams_unc)]
+    curve("oracle", oracle_policy(0.0, 0.25))
+    curve("error-escalation", escalation_policy(pool), tune=False)
+    g5 = evaluate_budgets(k_eval, fixed_policy(pool, "gpt-5"), sim, [np.inf], n)
+    g5_score, g5_cost = float(g5["score"][0]), float(g5["cost"][0])
+
+    con = Console(width=200)
+    oracle = routers["oracle"]
+    esc = routers["error-escalation"]
+    t = Table(title=f"score (score/oracle) · switches · stay-after-error per budget; {n} episodes per point; "
+                    f"gpt-5 alone {g5_score:.1f} at ${g5_cost:.3f}")
+    t.add_column("router")
+    for b in budgets:
+        t.add_column(f"${b:.3f}", justify="right")
+    t.add_column("AIQ", justify="right")
+    for name, pts in routers.items():
+        cells = []
+        for p, o, e in zip(pts, oracle, esc):
+            ratio = p["score"] / o["score"] if o["score"] > 0 else float("nan")
+            stay = p["stay_after_error"]
+            cells.append(f"{p['score']:.1f} ({ratio:.2f})\n{p['switches']:.2f} sw ({p['switches'] / max(e['switches'], 1e-9):.2f}× esc)"
+                         f"\n{'—' if stay is None else f'{100 * stay:.0f}%'} · ${p['cost']:.3f}")
+        score = aiq([p["cost"] for p in pts], [p["score"] for p in pts], max_cost=g5_cost)
+        t.add_row(name, *cells, f"{score:.2f}")
+    con.print(t)
+    u = Table(title="uncapped, fixed lambda: score @ $/episode (switches)")
+    u.add_column("router")
+    for l in lams_unc:
+        u.add_column(f"λ={l:g}", justify="right")
+    for name, pts in uncapped.items():
+        u.add_row(name, *[f"{p['score']:.1f} @ ${p['cost']:.3f} ({p['switches']:.1f})" for p in pts])
+    con.print(u)
+    con.print(f"{time.perf_counter() - t0:.0f} s in all")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"budgets": [float(b) for b in budgets], "routers": routers,
+                                            "uncapped": uncapped, "gpt5": {"score": g5_score, "cost": g5_cost}},
+                                           indent=2))
+
+
+if __name__ == "__main__":
+    main()
