@@ -3,8 +3,8 @@
 Trains on one set of simulated sticky-roulette logs (the main job's data):
   - ``mc``: the paper's Monte-Carlo AEC targets,
   - ``boot``: n-step bootstrapped (fitted-Q) targets, ``--bootstrap-iterations`` refits,
-then sweeps the main job's budgets for each checkpoint with budget pacing on and off, next to
-the oracle, gpt-5 and error escalation. Per budget: score, $/episode, switches, stay-after-error,
+then sweeps the main job's budgets for each checkpoint with budget pacing on and off (and, for
+the bootstrapped one, the old 0.01 switch margin), next to the oracle, gpt-5 and error escalation. Per budget: score, $/episode, switches, stay-after-error,
 score / oracle; per router: AIQ over [0, gpt-5's cost]. Also uncapped points at a few lambdas.
 
     python scripts/bench_router_ablation.py --episodes 8192 --sweep-episodes 1024
@@ -44,8 +44,12 @@ def main() -> None:
     ap.add_argument("--sweep-episodes", type=int, default=1024)
     ap.add_argument("--n-budgets", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--show", default=None, help="only print the tables of a --json file written earlier")
     a = ap.parse_args()
+    if a.show:
+        print_tables(json.loads(Path(a.show).read_text()))
+        return
 
     pool, world = default_pool(), WorldConfig()
     sim, layout = make_sim_params(pool, world), sim_feature_layout(pool, world)
@@ -72,9 +76,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for tag, tcfg in variants.items():
             est, _ = train_checkpoint(eps, pool, Path(d) / tag, cfg, tcfg, progress=False)
-            for pacing in (True, False):
-                pol = learned_policy(est, layout, pacing=pacing)
-                name = f"mtrouter {tag}{'' if pacing else ' no-pacing'}"
+            # pacing on/off at the default switch margin; for the bootstrapped estimator also the
+            # previous default margin (0.01, i.e. 2 points)
+            for pacing, margin in [(True, None), (False, None)] + ([(True, 0.01)] if tag == "boot" else []):
+                pol = learned_policy(est, layout, pacing=pacing, switch_margin=margin)
+                name = f"mtrouter {tag}{'' if pacing else ' no-pacing'}{'' if margin is None else f' margin {margin:g}'}"
                 curve(name, pol)
                 r = evaluate_budgets(k_eval, pol, sim, [np.inf] * len(lams_unc), n, with_lambdas(pol, lams_unc))
                 uncapped[name] = [{"lam": l, "score": float(r["score"][i]), "cost": float(r["cost"][i]),
@@ -84,37 +90,51 @@ def main() -> None:
     g5 = evaluate_budgets(k_eval, fixed_policy(pool, "gpt-5"), sim, [np.inf], n)
     g5_score, g5_cost = float(g5["score"][0]), float(g5["cost"][0])
 
-    con = Console(width=200)
-    oracle = routers["oracle"]
-    esc = routers["error-escalation"]
-    t = Table(title=f"score (score/oracle) · switches · stay-after-error per budget; {n} episodes per point; "
-                    f"gpt-5 alone {g5_score:.1f} at ${g5_cost:.3f}")
-    t.add_column("router")
-    for b in budgets:
-        t.add_column(f"${b:.3f}", justify="right")
-    t.add_column("AIQ", justify="right")
-    for name, pts in routers.items():
-        cells = []
-        for p, o, e in zip(pts, oracle, esc):
-            ratio = p["score"] / o["score"] if o["score"] > 0 else float("nan")
-            stay = p["stay_after_error"]
-            cells.append(f"{p['score']:.1f} ({ratio:.2f})\n{p['switches']:.2f} sw ({p['switches'] / max(e['switches'], 1e-9):.2f}× esc)"
-                         f"\n{'—' if stay is None else f'{100 * stay:.0f}%'} · ${p['cost']:.3f}")
-        score = aiq([p["cost"] for p in pts], [p["score"] for p in pts], max_cost=g5_cost)
-        t.add_row(name, *cells, f"{score:.2f}")
-    con.print(t)
-    u = Table(title="uncapped, fixed lambda: score @ $/episode (switches)")
+    data = {"budgets": [float(b) for b in budgets], "routers": routers, "uncapped": uncapped,
+            "gpt5": {"score": g5_score, "cost": g5_cost}, "sweep_episodes": n, "seconds": time.perf_counter() - t0}
+    print_tables(data)
+    if a.json:
+        Path(a.json).write_text(json.dumps(data, indent=2))
+
+
+def print_tables(data: dict, console: Console | None = None) -> None:
+    """Three compact router x budget tables (score, switches, cost) and the uncapped points."""
+    con = console or Console(width=160)
+    budgets, routers = data["budgets"], data["routers"]
+    oracle, esc = routers["oracle"], routers["error-escalation"]
+    g5 = data["gpt5"]
+
+    def table(title, cell, extra=None):
+        t = Table(title=title)
+        t.add_column("router")
+        for b in budgets:
+            t.add_column(f"${b:.3f}", justify="right")
+        if extra:
+            t.add_column(extra[0], justify="right")
+        for name, pts in routers.items():
+            row = [cell(p, o, e) for p, o, e in zip(pts, oracle, esc)]
+            t.add_row(name, *row, *([extra[1](pts)] if extra else []))
+        con.print(t)
+
+    n = data["sweep_episodes"]
+    table(f"score (÷ oracle) under a hard budget, {n} episodes per point; gpt-5 alone {g5['score']:.1f} at "
+          f"${g5['cost']:.3f}",
+          lambda p, o, e: f"{p['score']:.1f} ({p['score'] / o['score']:.2f})" if o["score"] > 0 else f"{p['score']:.1f}",
+          ("AIQ", lambda pts: f"{aiq([p['cost'] for p in pts], [p['score'] for p in pts], max_cost=g5['cost']):.2f}"))
+    table("switches per episode (÷ error escalation's)",
+          lambda p, o, e: f"{p['switches']:.2f} ({p['switches'] / max(e['switches'], 1e-9):.2f})")
+    table("USD per episode · stay-after-error",
+          lambda p, o, e: f"${p['cost']:.3f} · " + ("—" if p["stay_after_error"] is None
+                                                     else f"{100 * p['stay_after_error']:.0f}%"))
+    u = Table(title="uncapped, fixed λ: score @ USD/episode (switches)")
     u.add_column("router")
-    for l in lams_unc:
-        u.add_column(f"λ={l:g}", justify="right")
-    for name, pts in uncapped.items():
+    lams = [p["lam"] for p in next(iter(data["uncapped"].values()))]
+    for lam in lams:
+        u.add_column(f"λ={lam:g}", justify="right")
+    for name, pts in data["uncapped"].items():
         u.add_row(name, *[f"{p['score']:.1f} @ ${p['cost']:.3f} ({p['switches']:.1f})" for p in pts])
     con.print(u)
-    con.print(f"{time.perf_counter() - t0:.0f} s in all")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"budgets": [float(b) for b in budgets], "routers": routers,
-                                            "uncapped": uncapped, "gpt5": {"score": g5_score, "cost": g5_cost}},
-                                           indent=2))
+    con.print(f"{data.get('seconds', float('nan')):.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,17 @@ def _compiled(layout: FeatureLayout):
     return feats, jax.jit(advance_summary)
 
 
+@jax.jit
+def _decision_rule(score, cost_norm, lam, prev, switch_margin, worst, expected, remaining, context, turn,
+                   turns_left, price_cached, price_output, output_tokens, pacing):
+    """(decision values, allowed mask) exactly as the simulated policy computes them, in one jitted
+    call (eager jnp ops on 6-element arrays would cost more than the estimator)."""
+    values = decision_values(score, cost_norm, lam, prev, switch_margin)
+    pace = pace_costs(expected, context, turn, turns_left, price_cached, price_output, output_tokens)
+    pace = jnp.where(pacing, pace, 0.0)  # 0: pacing off, only the hard rule binds
+    return values, budget_allowed(worst, remaining, pace, prev)
+
+
 def _usage_get(usage: Any, key: str, default=0):
     if usage is None:
         return default
@@ -353,18 +364,17 @@ class LiveEpisode:
             score, rem_cost = r.estimator.predict(feats)
         lam = self.lam if lam is None else float(lam)
         prev = r.pool.index(self.prev_model) if self.turns else -1
-        values = np.asarray(decision_values(score, np.asarray(rem_cost) / r.cost_scale, lam, prev, r.switch_margin))
         worst = self.worst_costs(hi)
-        if self.budget is None:
-            ok = np.ones(len(r.pool), bool)
+        n = len(self.turns)
+        remaining = np.inf if self.budget is None else self.budget - self.spent + _EPS_USD
+        values, ok = (np.asarray(v) for v in _decision_rule(
+            np.asarray(score, np.float32), np.asarray(rem_cost, np.float32) / r.cost_scale, lam, prev,
+            r.switch_margin, worst, self.worst_costs(hi, r.output_tokens_mean), remaining, hi, n,
+            self.expected_steps - n - 1, r.price_cached, r.price_out, r.output_tokens_mean, r.pacing))
+        if self.budget is not None:  # the hard rule once more in float64: the guarantee must not hinge on float32
+            ok = ok & (self.spent + worst <= self.budget + _EPS_USD)
         else:
-            pace = None
-            if r.pacing:
-                n = len(self.turns)
-                pace = np.asarray(pace_costs(self.worst_costs(hi, r.output_tokens_mean), hi, n,
-                                             self.expected_steps - n - 1, r.price_cached, r.price_out,
-                                             r.output_tokens_mean))
-            ok = np.array(budget_allowed(worst, self.budget - self.spent + _EPS_USD, pace, prev))
+            ok = np.ones(len(r.pool), bool)
         for name in exclude:
             ok[r.pool.index(name)] = False
         order = [int(i) for i in np.argsort(-values, kind="stable") if ok[i]]
