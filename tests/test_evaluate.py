@@ -39,10 +39,10 @@ def test_one_compile_serves_every_budget_value(pool, sim):
     assert np.all(np.diff(first["cost"]) >= -1e-6)
 
 
-@pytest.mark.parametrize("router", ["learned", "oracle"])
+@pytest.mark.parametrize("router", ["learned", "learned-no-pacing", "oracle"])
 def test_hard_budget_is_never_exceeded(router, est, pool, sim):
-    if router == "learned":
-        pol = learned_policy(est, sim_feature_layout(pool), lam=0.0)  # lam=0: spends as much as allowed
+    if router.startswith("learned"):  # lam=0: spends as much as allowed; the hard rule alone must hold too
+        pol = learned_policy(est, sim_feature_layout(pool), lam=0.0, pacing=router == "learned")
     else:
         pol = oracle_policy(0.0, est.cost_scale)
     res = evaluate_budgets(jax.random.PRNGKey(7), pol, sim, TIGHT, N_SAFETY)
@@ -106,3 +106,43 @@ def test_learned_policy_needs_every_sim_model(est, pool):
         "text_dim")}, layout=dataclasses.replace(layout, models=layout.models[:-1]))
     with pytest.raises(ValueError, match=pool.names[-1]):
         learned_policy(fewer, sim_feature_layout(pool))
+
+
+# --- budget pacing (policy.budget_allowed / pace_costs) ------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mtrouter_jax.policy import PACE_SWITCH_SLACK, budget_allowed, pace_costs, route_decision  # noqa: E402
+
+
+def test_pacing_drops_models_that_cannot_finish_unless_none_can():
+    worst = np.array([0.01, 0.01, 0.01])
+    pace = np.array([0.50, 0.05, 0.20])
+    np.testing.assert_array_equal(budget_allowed(worst, 0.1, pace), [False, True, False])
+    np.testing.assert_array_equal(budget_allowed(worst, 0.1), [True, True, True])  # no pacing: hard rule only
+    # nobody can finish at their pace: fall back to the hard rule, never to nothing
+    np.testing.assert_array_equal(budget_allowed(worst, 0.02, pace), [True, True, True])
+    # the hard rule always binds, pacing or not
+    np.testing.assert_array_equal(budget_allowed(np.array([0.2, 0.01, 0.01]), 0.1, np.zeros(3)), [False, True, True])
+
+
+def test_pacing_hysteresis_keeps_the_current_model_but_not_a_newcomer():
+    worst = np.full(2, 0.001)
+    pace = np.array([0.09, 0.09])  # both within the budget, neither within the switch slack of it
+    remaining = 0.09 / PACE_SWITCH_SLACK - 0.01
+    np.testing.assert_array_equal(budget_allowed(worst, remaining, pace, prev_model=0), [True, False])
+    np.testing.assert_array_equal(budget_allowed(worst, remaining, pace, prev_model=1), [False, True])
+    # the better-scored model 1 is not switched to; staying on 0 is allowed
+    assert int(route_decision(np.array([0.1, 0.9]), np.zeros(2), 0.0, worst, remaining, -1, 0, 0.0, pace)) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0, 1e-2), st.floats(1e3, 1e5), st.integers(0, 30), st.integers(0, 30))
+def test_pace_cost_covers_this_turn_and_grows_with_the_turns_left(expected, context, turn, left):
+    price_cached, price_out, out = np.array([1e-7]), np.array([1e-5]), np.array([500.0])
+    p = float(pace_costs(np.array([expected]), context, turn, left, price_cached, price_out, out)[0])
+    p_more = float(pace_costs(np.array([expected]), context, turn, left + 1, price_cached, price_out, out)[0])
+    assert p >= expected * (1 - 1e-6)
+    assert p_more > p
+    assert float(pace_costs(np.array([expected]), context, turn, 0, price_cached, price_out, out)[0]) == pytest.approx(expected)
