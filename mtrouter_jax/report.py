@@ -637,9 +637,13 @@ def summary_markdown(results: dict, learned: str = "mtrouter", heuristic: str = 
             fb = _num(first.get("budget"))
             budget_txt = (f"; the smallest budget whose point reaches it is {_usd(fb)}/episode "
                           f"(score {_num(first['score']):.1f} at {_usd(first['cost'])})") if fb is not None else ""
+            ci = _num(first.get("score_ci")) if first.get("score_ci") is not None else None
+            noisy = (f" The margin ({_num(first['score']) - S:+.1f}) is inside that point's 95% CI (±{ci:.1f}): "
+                     f"re-sweep with more episodes (`mtrouter sweep --episodes 1024`) before relying on it."
+                     if ci is not None and _num(first["score"]) - S < ci else "")
             findings.append(
                 f"**{learned}** reaches {best_single}'s {S:.1f} at {_usd(c_hit)}/episode{rel} "
-                f"(interpolated along its cost-sorted points){budget_txt}.")
+                f"(interpolated along its cost-sorted points){budget_txt}.{noisy}")
         else:
             last = max(l_pts, key=lambda p: (_budget_key(p.get("budget")), _num(p["cost"])))
             gap = _num(last["score"]) - S

@@ -144,6 +144,13 @@ def test_summary_numbers(results):
     assert "No episode of any router exceeded its budget." in md
 
 
+def test_summary_flags_a_match_inside_the_ci():
+    assert "inside that point's 95% CI" not in report.summary_markdown(make_results())  # 60 vs 50, CI 1.5
+    r = make_results(learned_scores=(30.0, 40.0, 51.0, 52.0))  # first reaching point beats 50 by 1 < CI 1.5
+    md = report.summary_markdown(r)
+    assert "The margin (+1.0) is inside that point's 95% CI (±1.5)" in md and "--episodes 1024" in md
+
+
 def test_summary_never_matches_and_no_gain():
     r = make_results(learned_scores=(20.0, 30.0, 40.0, 45.0))
     md = report.summary_markdown(r)
