@@ -224,13 +224,13 @@ def _add_train_args(p):
     # future's noise; refitting on n-step bootstrapped targets is the largest single gain.
     p.add_argument("--bootstrap-steps", type=int, default=10,
                    help="n of the n-step bootstrapped score targets (0 = the paper's Monte-Carlo targets)")
-    p.add_argument("--bootstrap-iterations", type=int, default=3,
+    p.add_argument("--bootstrap-iterations", type=int, default=2,
                    help="refits on bootstrapped targets after the Monte-Carlo fit (0 = none)")
-    # Defaults measured on the simulator (docs/benchmarks.md): a full cosine schedule over 10 epochs
+    # Defaults measured on the simulator (docs/benchmarks.md): a full cosine schedule over 8-10 epochs
     # with large batches beats the paper's up-to-100 epochs / patience 3 / batch 64, whose early
     # stops keep a high learning rate and noisy per-model differences. The best epoch is kept.
-    p.add_argument("--epochs", type=int, default=10, help="epochs (cosine schedule over them; best kept)")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per fit (cosine schedule over them; best kept)")
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop training after this long (best kept)")
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="main job: simulate -> train -> sweep, print a table, write a plot")
     p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--episodes", type=int, default=8192, help="simulated episodes per data round")
+    p.add_argument("--episodes", type=int, default=16384, help="simulated episodes per data round")
     p.add_argument("--rounds", type=int, default=1, help="data rounds (2+ adds the paper's beta-mixed rounds)")
     p.add_argument("--beta", type=float, default=0.5, help="greedy share of the beta-mixed rounds")
     p.add_argument("--rho", type=float, default=0.9,
