@@ -1,13 +1,14 @@
 """What each change to the paper's recipe buys, on the same logs and the same evaluation episodes.
 
-Trains on one set of simulated sticky-roulette logs (the main job's data):
+Trains on one set of simulated sticky-roulette logs (the main job's data and training defaults):
   - ``mc``: the paper's Monte-Carlo AEC targets,
   - ``boot``: n-step bootstrapped (fitted-Q) targets, ``--bootstrap-iterations`` refits,
 then sweeps the main job's budgets for each checkpoint with budget pacing on and off (and, for
-the bootstrapped one, the old 0.01 switch margin), next to the oracle, gpt-5 and error escalation. Per budget: score, $/episode, switches, stay-after-error,
-score / oracle; per router: AIQ over [0, gpt-5's cost]. Also uncapped points at a few lambdas.
+the bootstrapped one, the old 0.01 switch margin), next to the oracle, gpt-5 and error
+escalation. Per budget: score, $/episode, switches, stay-after-error, score / oracle; per router:
+AIQ over [0, gpt-5's cost]. Also uncapped points at a few lambdas.
 
-    python scripts/bench_router_ablation.py --episodes 8192 --sweep-episodes 1024
+    python scripts/bench_router_ablation.py --sweep-episodes 1024
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from mtrouter_jax.workflow import (default_budgets, logging_budget_range, refere
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--episodes", type=int, default=8192, help="logged episodes (sticky roulette)")
+    ap.add_argument("--episodes", type=int, default=16384, help="logged episodes (sticky roulette)")
     ap.add_argument("--rho", type=float, default=0.9)
     ap.add_argument("--bootstrap-steps", type=int, default=10)
-    ap.add_argument("--bootstrap-iterations", type=int, default=3)
+    ap.add_argument("--bootstrap-iterations", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=8, help="epochs per fit")
     ap.add_argument("--sweep-episodes", type=int, default=1024)
     ap.add_argument("--n-budgets", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -60,7 +62,7 @@ def main() -> None:
                            budget_range=logging_budget_range(ref))
     k_cal, k_eval = jax.random.split(jax.random.PRNGKey(a.seed + 1))
     n, n_cal = a.sweep_episodes, max(64, a.sweep_episodes // 2)
-    cfg = TrainConfig(max_epochs=10, patience=10, batch_size=1024)
+    cfg = TrainConfig(max_epochs=a.epochs, patience=a.epochs, batch_size=1024)
     variants = {"mc": TargetConfig(),
                 "boot": TargetConfig(bootstrap_steps=a.bootstrap_steps, bootstrap_iterations=a.bootstrap_iterations)}
     routers: dict[str, list[dict]] = {}
