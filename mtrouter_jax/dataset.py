@@ -22,6 +22,7 @@ from mtrouter_jax.features import (NO_VALUE, FeatureLayout, advance_summary, his
 from mtrouter_jax.logs import Episode
 from mtrouter_jax.policy import pace_costs
 from mtrouter_jax.pool import Pool
+from mtrouter_jax.sim.core import call_cost
 from mtrouter_jax.targets import (AECConfig, annealed_error_targets, expected_steps_by_task,
                                   remaining_cost_targets)
 from mtrouter_jax.text_embed import TextEncoder
@@ -271,7 +272,7 @@ def state_turn_costs(arr: dict[str, np.ndarray], pool: Pool, output_tokens: np.n
     last = np.concatenate([np.zeros_like(inp[:, :1]), inp[:, :-1]], axis=1)
     prev = np.concatenate([np.full_like(arr["model"][:, :1], NO_VALUE), arr["model"][:, :-1]], axis=1)
     cached = np.where(prev[..., None] == np.arange(len(pool)), last[..., None], 0.0)
-    return (inp[..., None] - cached) * p_in + cached * p_cached + np.asarray(output_tokens, np.float64) * p_out
+    return call_cost(inp[..., None], cached, np.asarray(output_tokens, np.float64), p_in, p_cached, p_out)
 
 
 def split_by_episode(data: TrainingData, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -235,6 +235,17 @@ def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback, 
                          budget_allowed(worst_turn_cost, remaining, pace_cost, prev_model), fallback)
 
 
+def learned_rule(score, cost_norm, lam, prev_model, switch_margin, worst_turn_cost, expected_turn_cost, remaining,
+                 context_tokens, turn, turns_left, price_cached, price_output, output_tokens, pacing):
+    """``(decision values, allowed mask)`` of the learned router from the estimator's outputs and the
+    episode's state — the one rule the simulated policy and the live router both apply. ``pacing``
+    (traceable bool) switches budget pacing; off, only the hard rule binds."""
+    pace = pace_costs(expected_turn_cost, context_tokens, turn, turns_left, price_cached, price_output, output_tokens)
+    pace = jnp.where(pacing, pace, 0.0)  # a zero pace always fits: budget_allowed reduces to the hard rule
+    return (decision_values(score, cost_norm, lam, prev_model, switch_margin),
+            budget_allowed(worst_turn_cost, remaining, pace, prev_model))
+
+
 @functools.lru_cache(maxsize=32)
 def _learned_apply_for(graphdef, layout: FeatureLayout, text_dim: int, future_cost: bool) -> Callable:
     # one static apply per (architecture, layout): params, lambda and vocab maps stay traced
@@ -250,12 +261,11 @@ def _learned_apply_for(graphdef, layout: FeatureLayout, text_dim: int, future_co
         expected, worst = costs[:, 0], costs[:, 1]
         cost_norm = out[:, 1] + (expected / p["cost_scale"] if future_cost else 0.0)
         summ = state.summary
-        remaining = summ.budget - summ.cost
-        pace = pace_costs(expected, summ.context_tokens, summ.turn, p["expected_steps"][summ.task] - summ.turn - 1,
-                          sim.price_cached, sim.price_output, p["out_mean"])
-        pace = jnp.where(p["pacing"], pace, 0.0)  # 0: pacing off, only the hard rule binds
-        return route_decision(out[:, 0], cost_norm, p["lam"], worst, remaining, cheapest_now(state, sim),
-                              summ.prev_model, p["switch_margin"], pace)
+        values, allowed = learned_rule(
+            out[:, 0], cost_norm, p["lam"], summ.prev_model, p["switch_margin"], worst, expected,
+            summ.budget - summ.cost, summ.context_tokens, summ.turn, p["expected_steps"][summ.task] - summ.turn - 1,
+            sim.price_cached, sim.price_output, p["out_mean"], p["pacing"])
+        return masked_argmax(values, allowed, cheapest_now(state, sim))
 
     return apply
 
@@ -307,6 +317,7 @@ def baseline_policies(pool: Pool) -> list[Policy]:
 __all__ = [
     "Policy", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy", "random_policy",
     "cheapest_policy", "escalation_policy", "tool_heuristic_policy", "oracle_policy", "baseline_policies",
-    "route_decision", "decision_values", "budget_allowed", "PACE_SWITCH_SLACK", "pace_costs", "expected_steps_for", "learned_policy",
+    "route_decision", "decision_values", "budget_allowed", "PACE_SWITCH_SLACK", "pace_costs", "learned_rule",
+    "expected_steps_for", "learned_policy",
     "NO_VALUE",
 ]

@@ -37,9 +37,9 @@ from mtrouter_jax.detect import ErrorRuleSet, ToolTypeMap, default_rules, defaul
 from mtrouter_jax.features import (NO_VALUE, FeatureLayout, HistorySummary, advance_summary,
                                    history_features, initial_summary, vocab_index)
 from mtrouter_jax.logs import SEVERITIES, Episode, Turn, TurnError, append_episodes
-from mtrouter_jax.policy import (DEFAULT_SWITCH_MARGIN, budget_allowed, decision_values, expected_steps_for,
-                                 pace_costs)
+from mtrouter_jax.policy import DEFAULT_SWITCH_MARGIN, expected_steps_for, learned_rule
 from mtrouter_jax.pool import Pool, PoolError, load_pool
+from mtrouter_jax.sim.core import call_cost
 
 log = logging.getLogger("mtrouter_jax.live")
 
@@ -75,15 +75,9 @@ def _compiled(layout: FeatureLayout):
     return feats, jax.jit(advance_summary)
 
 
-@jax.jit
-def _decision_rule(score, cost_norm, lam, prev, switch_margin, worst, expected, remaining, context, turn,
-                   turns_left, price_cached, price_output, output_tokens, pacing):
-    """(decision values, allowed mask) exactly as the simulated policy computes them, in one jitted
-    call (eager jnp ops on 6-element arrays would cost more than the estimator)."""
-    values = decision_values(score, cost_norm, lam, prev, switch_margin)
-    pace = pace_costs(expected, context, turn, turns_left, price_cached, price_output, output_tokens)
-    pace = jnp.where(pacing, pace, 0.0)  # 0: pacing off, only the hard rule binds
-    return values, budget_allowed(worst, remaining, pace, prev)
+# the simulated policy's rule in one jitted call: eager jnp ops on 6-element arrays would cost more
+# than the estimator itself
+_decision_rule = jax.jit(learned_rule)
 
 
 def _usage_get(usage: Any, key: str, default=0):
@@ -260,8 +254,7 @@ class Router:
     def turn_cost(self, model: str, prompt: int, cached: int, completion: int) -> float:
         """USD cost of a turn from the pool's prices (never the provider's ``usage.cost``)."""
         i = self.pool.index(model)
-        return float((prompt - cached) * self.price_in[i] + cached * self.price_cached[i]
-                     + completion * self.price_out[i])
+        return float(call_cost(prompt, cached, completion, self.price_in[i], self.price_cached[i], self.price_out[i]))
 
     def start_episode(self, episode_id: str | None = None, task_type: str | None = None,
                       budget: float | None = None, lam: float | None = None,
@@ -335,7 +328,7 @@ class LiveEpisode:
             i = r.pool.index(self.turns[-1].model)
             cached[i] = min(self.last_prompt + self.last_completion, input_tokens_hi)
         out = r.output_tokens_hi if completion_tokens is None else completion_tokens
-        return (inp - cached) * r.price_in + cached * r.price_cached + out * r.price_out
+        return call_cost(inp, cached, out, r.price_in, r.price_cached, r.price_out)
 
     # ------------------------------------------------------------------ decisions
     def decide(self, input_tokens_hi: float | None = None, context_tokens: float | None = None,
@@ -367,14 +360,13 @@ class LiveEpisode:
         worst = self.worst_costs(hi)
         n = len(self.turns)
         remaining = np.inf if self.budget is None else self.budget - self.spent + _EPS_USD
-        values, ok = (np.asarray(v) for v in _decision_rule(
+        values, ok = _decision_rule(
             np.asarray(score, np.float32), np.asarray(rem_cost, np.float32) / r.cost_scale, lam, prev,
             r.switch_margin, worst, self.worst_costs(hi, r.output_tokens_mean), remaining, hi, n,
-            self.expected_steps - n - 1, r.price_cached, r.price_out, r.output_tokens_mean, r.pacing))
+            self.expected_steps - n - 1, r.price_cached, r.price_out, r.output_tokens_mean, r.pacing)
+        values, ok = np.asarray(values), np.array(ok)  # a writable mask: exclusions are applied below
         if self.budget is not None:  # the hard rule once more in float64: the guarantee must not hinge on float32
-            ok = ok & (self.spent + worst <= self.budget + _EPS_USD)
-        else:
-            ok = np.ones(len(r.pool), bool)
+            ok &= self.spent + worst <= self.budget + _EPS_USD
         for name in exclude:
             ok[r.pool.index(name)] = False
         order = [int(i) for i in np.argsort(-values, kind="stable") if ok[i]]

@@ -69,13 +69,19 @@ def reset(key: jax.Array, params: SimParams, budget=jnp.inf) -> EpisodeState:
     )
 
 
+def call_cost(input_tokens, cached_tokens, output_tokens, price_input, price_cached, price_output):
+    """USD of one call: the uncached input, the cached input and the completion, each at its per-token
+    price. Plain arithmetic (numpy, jax or floats): the simulator, log replay and the live router
+    all bill with it."""
+    return (input_tokens - cached_tokens) * price_input + cached_tokens * price_cached + output_tokens * price_output
+
+
 def turn_cost(params: SimParams, summary: HistorySummary, last_input_tokens, model, output_tokens):
     """(cost, cached_tokens, cache_miss_cost) of calling ``model`` now with ``output_tokens``."""
     same = summary.prev_model == model
     cached = jnp.where(same, last_input_tokens, 0.0)
-    uncached = summary.context_tokens - cached
-    cost = (uncached * params.price_input[model] + cached * params.price_cached[model]
-            + output_tokens * params.price_output[model])
+    cost = call_cost(summary.context_tokens, cached, output_tokens, params.price_input[model],
+                     params.price_cached[model], params.price_output[model])
     switched = (summary.prev_model >= 0) & ~same
     miss = jnp.where(switched, last_input_tokens * (params.price_input[model] - params.price_cached[model]), 0.0)
     return cost, cached, miss
