@@ -1,15 +1,23 @@
 """Estimator checkpoints: orbax parameters + JSON metadata; restore on CPU with no training code.
 
-A checkpoint directory holds ``state`` (the estimator's variables) and ``meta`` (schema version,
+A checkpoint directory holds ``state`` (the estimator's variables), ``meta`` (schema version,
 pool, feature layout, encoder config, normalisation constants, training config, data
-fingerprint). Loading refuses mismatched schema/feature code and corrupted files with a clear
-``CheckpointError`` instead of crashing the caller.
+fingerprint, and an ``integrity`` section with a sha256 per parameter array) and
+``integrity.json`` (written after orbax has committed: the sha256 and size of every file orbax
+wrote and of the metadata). Loading verifies all of it and refuses damaged files, mismatched
+schema/feature code and non-finite parameters with a ``CheckpointError`` naming what is wrong,
+instead of crashing the caller or predicting NaN. Checkpoints written before the digests existed
+still load, with a :class:`CheckpointIntegrityWarning`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,16 @@ from mtrouter_jax.model import EstimatorConfig, OutcomeEstimator, abstract_estim
 from mtrouter_jax.pool import Pool, pool_from_dict
 
 CHECKPOINT_SCHEMA = "mtrouter-ckpt/1"
+INTEGRITY_FILE = "integrity.json"
+INTEGRITY_SCHEMA = "mtrouter-ckpt-integrity/1"
 
 
 class CheckpointError(Exception):
     """The checkpoint cannot be used (missing, corrupted, or made by incompatible code)."""
+
+
+class CheckpointIntegrityWarning(UserWarning):
+    """The checkpoint predates integrity digests, so its files cannot be verified."""
 
 
 def _ocp():
@@ -41,13 +55,153 @@ def save_checkpoint(path: str | Path, model: OutcomeEstimator, meta: dict[str, A
     path = Path(path).absolute()
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"checkpoint directory {path} exists and is not empty")
-    meta = {**meta, "schema": CHECKPOINT_SCHEMA, "feature_code_version": FEATURE_CODE_VERSION}
-    json.dumps(meta, allow_nan=False)  # fail before writing anything
     state = nnx.to_pure_dict(nnx.state(model))
+    arrays = {name: array_digest(a) for name, a in _flat_arrays(state).items()}
+    meta = {**meta, "schema": CHECKPOINT_SCHEMA, "feature_code_version": FEATURE_CODE_VERSION,
+            "integrity": {"algorithm": "sha256", "arrays": arrays, "manifest": INTEGRITY_FILE}}
+    # fail (NaN, non-JSON types) before writing anything; keep the key order, take the form read back
+    meta = json.loads(json.dumps(meta, allow_nan=False))
+    # Synchronous: orbax writes into "<path>.orbax-checkpoint-tmp*" and renames it to ``path`` on
+    # commit, so once save() returns every file is final and can be digested.
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(path, ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)))
+    _write_manifest(path, meta)
     return path
+
+
+# ----------------------------------------------------------------------------- integrity
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(f: Path) -> str:
+    with open(f, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _flat_arrays(state: dict) -> dict[str, Any]:
+    """``{"hist1/kernel": array, ...}`` of a pure state dict."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in kp): v for kp, v in leaves}
+
+
+def array_digest(a: Any) -> dict:
+    """``{"dtype", "shape", "sha256"}`` of one array; the digest covers dtype, shape and bytes."""
+    dtype, shape = str(a.dtype), [int(n) for n in np.shape(a)]
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a = jax.random.key_data(a)  # typed PRNG keys have no bytes of their own
+    x = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256(f"{dtype}|{shape}|".encode())
+    h.update(x.tobytes())
+    return {"dtype": dtype, "shape": shape, "sha256": h.hexdigest()}
+
+
+def _write_manifest(path: Path, meta: dict) -> None:
+    """Write ``integrity.json``: size and sha256 of every file orbax wrote, the metadata digest,
+    and the digest of all that (so a damaged manifest is detected too). Atomic (temp + rename)."""
+    files = {}
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path).as_posix()
+        if f.is_file() and rel != INTEGRITY_FILE:
+            files[rel] = {"size": f.stat().st_size, "sha256": _file_sha256(f)}
+    body = {"schema": INTEGRITY_SCHEMA, "algorithm": "sha256", "meta_sha256": _sha256(_canonical(meta)),
+            "files": files}
+    data = json.dumps({**body, "sha256": _sha256(_canonical(body))}, indent=1, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{INTEGRITY_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path / INTEGRITY_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _short(digest: Any) -> str:
+    return f"{str(digest)[:16]}…"
+
+
+def _lines(problems: list[str], limit: int = 12) -> str:
+    more = [f"... and {len(problems) - limit} more"] if len(problems) > limit else []
+    return "".join(f"\n  {p}" for p in problems[:limit] + more)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The verified ``integrity.json`` of ``path``; None if there is none (an older checkpoint)."""
+    f = path / INTEGRITY_FILE
+    if not f.exists():
+        return None
+    try:
+        doc = json.loads(f.read_bytes())
+        body = {k: v for k, v in doc.items() if k != "sha256"}
+        ok = doc.get("schema") == INTEGRITY_SCHEMA and _sha256(_canonical(body)) == doc.get("sha256")
+        files = doc["files"]
+        ok = ok and isinstance(files, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+            and not Path(k).is_absolute() and ".." not in Path(k).parts for k, v in files.items())
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: corrupted integrity manifest ({type(e).__name__}: {e})") from None
+    if not ok:
+        raise CheckpointError(f"{f}: integrity manifest damaged or modified (its own sha256 or schema "
+                              f"does not match {INTEGRITY_SCHEMA!r})")
+    return doc
+
+
+def verify_files(path: str | Path) -> dict | None:
+    """Check every file listed in ``integrity.json`` (present, size, sha256).
+
+    Returns the manifest, or None for a checkpoint written before manifests existed. Raises
+    ``CheckpointError`` listing each missing, truncated or altered file (expected vs got).
+    """
+    path = Path(path)
+    doc = _read_manifest(path)
+    if doc is None:
+        return None
+    problems = []
+    for rel, want in sorted(doc["files"].items()):
+        f = path / rel
+        if not f.is_file():
+            problems.append(f"{rel}: missing (expected {want['size']} bytes)")
+            continue
+        size = f.stat().st_size
+        if size != want["size"]:
+            what = "truncated" if size < want["size"] else "grown"
+            problems.append(f"{rel}: {what}: {size} bytes, expected {want['size']}")
+            continue
+        got = _file_sha256(f)
+        if got != want["sha256"]:
+            problems.append(f"{rel}: content altered: sha256 {_short(got)}, expected {_short(want['sha256'])}")
+    if problems:
+        raise CheckpointError(f"{path}: {len(problems)} damaged file(s):" + _lines(problems))
+    return doc
+
+
+def _verify_arrays(path: Path, state: dict, expected: Any) -> None:
+    """Compare the restored arrays with the digests recorded at save time."""
+    if not isinstance(expected, dict) or not all(isinstance(v, dict) for v in expected.values()):
+        raise CheckpointError(f"{path}: metadata integrity.arrays is malformed")
+    got = {name: array_digest(a) for name, a in _flat_arrays(state).items()}
+    problems = []
+    for name in sorted(expected.keys() | got.keys()):
+        e, g = expected.get(name), got.get(name)
+        if g is None:
+            problems.append(f"array {name!r}: recorded at save but not restored")
+        elif e is None:
+            problems.append(f"array {name!r}: restored but not recorded at save")
+        elif (e.get("dtype"), e.get("shape")) != (g["dtype"], g["shape"]):
+            problems.append(f"array {name!r}: {g['dtype']}{g['shape']}, expected {e.get('dtype')}{e.get('shape')}")
+        elif e.get("sha256") != g["sha256"]:
+            problems.append(f"array {name!r}: sha256 {_short(g['sha256'])}, expected {_short(e.get('sha256'))}")
+    if problems:
+        raise CheckpointError(f"{path}: {len(problems)} parameter array(s) differ from those saved:" + _lines(problems))
 
 
 class LoadedEstimator:
@@ -102,7 +256,7 @@ def _make_predict(graphdef):
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """Checkpoint metadata only (cheap; no arrays restored)."""
+    """Checkpoint metadata only (cheap; no arrays restored, nothing verified)."""
     path = Path(path)
     f = path / "meta" / "metadata"
     if not path.is_dir():
@@ -110,9 +264,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not f.exists():
         raise CheckpointError(f"{path}: not an mtrouter checkpoint (missing meta/metadata)")
     try:
-        return json.loads(f.read_text())
+        meta = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f}: corrupted metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{f}: corrupted metadata (expected a JSON object, got {type(meta).__name__})")
+    return meta
 
 
 def check_compatible(meta: dict[str, Any], path: Path | str = "<checkpoint>") -> None:
@@ -133,9 +290,28 @@ def check_compatible(meta: dict[str, Any], path: Path | str = "<checkpoint>") ->
 
 
 def load_checkpoint(path: str | Path) -> LoadedEstimator:
-    """Restore an estimator on CPU. Raises ``CheckpointError`` for anything unusable."""
+    """Restore an estimator on CPU, verifying every file and array against the digests saved with it.
+
+    Raises ``CheckpointError`` for anything unusable (missing, truncated or altered files, arrays
+    that differ from those saved, incompatible code, NaN parameters). A checkpoint saved before
+    digests existed loads with a :class:`CheckpointIntegrityWarning`.
+    """
     path = Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    manifest = verify_files(path)  # before orbax reads a byte: damaged files never reach it
     meta = read_meta(path)
+    sealed = meta.get("integrity")
+    if manifest is None and sealed is not None:
+        raise CheckpointError(f"{path}: {INTEGRITY_FILE} is missing (the metadata says it was written); "
+                              "the checkpoint cannot be verified")
+    if manifest is not None and manifest.get("meta_sha256") != _sha256(_canonical(meta)):
+        raise CheckpointError(f"{path}: metadata sha256 {_short(_sha256(_canonical(meta)))}, expected "
+                              f"{_short(manifest.get('meta_sha256'))}")
+    if manifest is None:
+        warnings.warn(f"{path}: checkpoint has no integrity digests (saved by an older mtrouter-jax): its "
+                      "files cannot be verified; re-save it with save_checkpoint to add them",
+                      CheckpointIntegrityWarning, stacklevel=2)
     check_compatible(meta, path)
     try:
         cfg = EstimatorConfig(**meta["estimator"])
@@ -152,6 +328,8 @@ def load_checkpoint(path: str | Path) -> LoadedEstimator:
         state = restored["state"]
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(f"{path}: could not restore parameters ({type(e).__name__}: {e})") from None
+    if sealed is not None:
+        _verify_arrays(path, state, sealed.get("arrays") if isinstance(sealed, dict) else None)
     graphdef, abstract_state = nnx.split(abstract)
     nnx.replace_by_pure_dict(abstract_state, state)
     leaves = jax.tree_util.tree_leaves(abstract_state)

@@ -179,6 +179,10 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
     """Turn validated episodes into per-turn training arrays (features, targets, weights)."""
     if not episodes:
         raise ValueError("no episodes to train on")
+    unscored = [e.episode_id for e in episodes if e.score is None]
+    if unscored:  # a null score is an unknown outcome, never a target
+        raise ValueError(f"{len(unscored)} episode(s) have no score (score is null), e.g. {unscored[:3]}; "
+                         "drop them first with mtrouter_jax.logs.drop_unscored")
     costs_per_ep = np.array([e.total_cost for e in episodes], np.float64)
     cost_scale = float(costs_per_ep.mean()) if costs_per_ep.mean() > 0 else 1.0
     if layout is None:

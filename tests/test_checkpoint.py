@@ -1,4 +1,7 @@
-"""Tests for mtrouter_jax.checkpoint: exact round trips, refusal of mismatched or damaged checkpoints."""
+"""Tests for mtrouter_jax.checkpoint: exact round trips, refusal of mismatched or damaged checkpoints.
+
+Integrity digests (every file damaged in every way, legacy checkpoints): tests/test_checkpoint_integrity.py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import pytest
 from flax import nnx
 
 from _shared_artifacts import simulated_episodes, trained_checkpoint
-from mtrouter_jax.checkpoint import (CHECKPOINT_SCHEMA, CheckpointError, LoadedEstimator, load_checkpoint,
-                                     read_meta, save_checkpoint)
+from mtrouter_jax.checkpoint import (CHECKPOINT_SCHEMA, CheckpointError, LoadedEstimator, _write_manifest,
+                                     load_checkpoint, read_meta, save_checkpoint)
 from mtrouter_jax.features import FEATURE_CODE_VERSION
 
 # orbax/tensorstore leave unclosed handles behind when a damaged checkpoint fails to restore
@@ -57,10 +60,12 @@ def _leaves(model):
 
 
 def _edit_meta(path, fn):
+    """Edit the metadata and re-seal the digests: a consistent checkpoint made by other code."""
     f = path / "meta" / "metadata"
     meta = json.loads(f.read_text())
     fn(meta)
     f.write_text(json.dumps(meta))
+    _write_manifest(path, meta)
 
 
 def test_save_load_round_trip_is_bit_identical(est, x, tmp_path):
@@ -178,8 +183,9 @@ def _garble_metadata(path):
     lambda p: (p / "state" / "manifest.ocdbt").write_bytes(b""),
     lambda p: (p / "meta" / "metadata").write_text("{not json"),
     lambda p: (p / "meta" / "metadata").unlink(),
+    lambda p: ((p / "meta" / "metadata").write_text("[1]"), (p / "integrity.json").unlink()),
 ], ids=["no-state", "no-data", "truncated", "nan-filled", "garbled-metadata", "empty-manifest",
-        "garbled-meta", "no-meta"])
+        "garbled-meta", "no-meta", "meta-not-an-object"])
 def test_damaged_checkpoint_raises_checkpoint_error(copy, damage):
     damage(copy)
     with pytest.raises(CheckpointError):
