@@ -2,24 +2,25 @@
 
 The paper collects "roulette" data (uniform model per turn, propensity 1/M) and then a second
 round with a beta-mixed policy (greedy w.r.t. the current estimator with probability beta, else
-uniform). ``sticky_behaviour`` generalises the roulette (keep the last model with probability rho;
-rho = 0 is the paper's uniform) and ``mixed_policy`` mixes any base policy with it; both log the
-exact probability of the chosen model.
+uniform). Both, and every other behaviour, are ``routing`` policies (``routing.roulette``,
+``routing.explore``) — the same definitions the live router serves — so the logged propensity is
+the exact probability of the chosen model given the models the budget allowed.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtrouter_jax import routing
 from mtrouter_jax.features import history_features
 from mtrouter_jax.logs import Episode, Turn, TurnError
-from mtrouter_jax.policy import Policy, random_policy
+from mtrouter_jax.policy import Policy, random_policy, simulated
 from mtrouter_jax.pool import Pool
 from mtrouter_jax.rollout import batch_rollout_with_decisions
 from mtrouter_jax.sim.params import SimParams, WorldConfig, sim_feature_layout
@@ -27,48 +28,9 @@ from mtrouter_jax.sim.params import SimParams, WorldConfig, sim_feature_layout
 SEVERITY_NAMES = ("low", "medium", "high")
 
 
-def _explore_prob(action, prev, rho, n_models):
-    """P(action) under sticky roulette (rho = 0: uniform)."""
-    rho = jnp.where(prev >= 0, rho, 0.0)
-    return rho * (action == prev) + (1.0 - rho) / n_models
-
-
-@functools.lru_cache(maxsize=None)
-def _mixed_apply_for(base_apply: Callable) -> Callable:
-    # cached so the same base policy always yields the same (static, hashable) apply function
-    def apply(key, state, sim, p):
-        k_base, k_coin, k_explore = jax.random.split(key, 3)
-        base = base_apply(k_base, state, sim, p["base"])
-        base = base[0] if isinstance(base, tuple) else base
-        explore = jax.random.uniform(k_coin) < p["eps"]
-        other, _ = _sticky_apply(k_explore, state, sim, {"rho": p["rho"]})
-        action = jnp.where(explore, other, base).astype(jnp.int32)
-        prev = state.summary.prev_model
-        prop = p["eps"] * _explore_prob(action, prev, p["rho"], sim.n_models) + (1.0 - p["eps"]) * (action == base)
-        return action, prop
-
-    return apply
-
-
-def mixed_policy(base: Policy, eps: float, rho: float = 0.0) -> Policy:
-    """Behaviour policy: ``base`` with probability ``1 - eps``, else sticky roulette (``rho``;
-    0 = a uniform model). Logs the exact probability of the chosen model."""
-    return Policy(f"{base.name}+eps{eps:g}", _mixed_apply_for(base.apply),
-                  {"base": base.params, "eps": jnp.float32(eps), "rho": jnp.float32(rho)})
-
-
-def _sticky_apply(key, state, sim, p):
-    k_stay, k_unif = jax.random.split(key)
-    prev = state.summary.prev_model
-    unif = jax.random.randint(k_unif, (), 0, sim.n_models, dtype=jnp.int32)
-    stay = (prev >= 0) & (jax.random.uniform(k_stay) < p["rho"])
-    action = jnp.where(stay, prev, unif).astype(jnp.int32)
-    return action, _explore_prob(action, prev, p["rho"], sim.n_models)
-
-
 def uniform_behaviour() -> Policy:
-    """The paper's roulette logging policy: a uniform model every turn, propensity 1/M."""
-    return Policy("uniform", _sticky_apply, {"rho": jnp.float32(0.0)})
+    """The paper's roulette logging policy: a uniform affordable model every turn."""
+    return simulated(routing.roulette(0.0))
 
 
 def sticky_behaviour(rho: float = 0.9) -> Policy:
@@ -78,9 +40,17 @@ def sticky_behaviour(rho: float = 0.9) -> Policy:
     logs differ between models by a point or two against an outcome noise of ~40 points (see
     docs/benchmarks.md). A sticky logging policy keeps each choice for ~1/(1-rho) turns, so the
     return of choosing m reflects a stretch of m — the decision a low-switching router actually makes.
-    Propensities are exact: rho*[a == prev] + (1 - rho)/M.
+    Propensities are exact: rho*[a == prev] + (1 - rho)/|allowed|.
     """
-    return Policy(f"sticky{rho:g}", _sticky_apply, {"rho": jnp.float32(rho)})
+    return simulated(routing.roulette(rho))
+
+
+def behaviour_policy(router: str, pool: Pool, world: WorldConfig, explore: str | None = None) -> Policy:
+    """A behaviour policy by spec (``routers.build_router`` + ``with_exploration``) for the simulator."""
+    from mtrouter_jax.routers import build_router, with_exploration
+
+    rp = with_exploration(build_router(router, pool, world.tools, flag="--router"), explore)
+    return simulated(rp)
 
 
 def sample_budgets(key, n: int, low: float | None, high: float | None, p_none: float = 0.25) -> jax.Array:
@@ -151,4 +121,4 @@ def _features_fn(layout):
     return jax.jit(jax.vmap(jax.vmap(lambda s: history_features(s, layout))))
 
 
-__all__ = ["mixed_policy", "uniform_behaviour", "sticky_behaviour", "random_policy", "sample_budgets", "simulate_batches", "to_episodes"]
+__all__ = ["behaviour_policy", "uniform_behaviour", "sticky_behaviour", "random_policy", "sample_budgets", "simulate_batches", "to_episodes"]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.policy import Policy
+from mtrouter_jax.routing import set_lam
 from mtrouter_jax.rollout import episode_metrics, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
 
@@ -65,7 +66,7 @@ def with_lambdas(policy: Policy, lams) -> dict:
     """Policy params broadcast along a leading axis with one lambda per entry."""
     lams = jnp.asarray(lams, jnp.float32)
     p = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (lams.shape[0],) + jnp.shape(x)), policy.params)
-    return {**p, "lam": lams}
+    return set_lam(p, lams)
 
 
 def calibrate_lambda(key, policy: Policy, sim: SimParams, budgets, n_episodes: int,

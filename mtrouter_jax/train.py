@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from typing import Callable
 
@@ -22,6 +23,8 @@ from mtrouter_jax.model import (EstimatorConfig, OutcomeEstimator, make_estimato
 from mtrouter_jax.policy import budget_allowed
 from mtrouter_jax.pool import Pool
 from mtrouter_jax.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors
+
+log = logging.getLogger("mtrouter_jax.train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,21 @@ def per_model_mean_loss(train: dict, val: dict, n_models: int, cost_weight: floa
     return loss / max(float(w.sum()), 1e-9)
 
 
+MIN_STEPS_PER_EPOCH = 8  # small logs (a few hundred episodes) still get real optimisation steps
+
+
+def effective_batch_size(n_train: int, requested: int, n_devices: int = 1) -> int:
+    """``requested``, or a power of two small enough for ``MIN_STEPS_PER_EPOCH`` steps per epoch
+    on ``n_train`` turns (never below 8 per device). Raises when there is not one batch of data."""
+    b = requested
+    while b > 8 * n_devices and n_train // b < MIN_STEPS_PER_EPOCH:
+        b //= 2
+    b = max(b - b % n_devices, n_devices)
+    if n_train < b:
+        raise ValueError(f"only {n_train} training turns; need at least one batch of {b}")
+    return b
+
+
 def fit(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, progress: bool = True,
         devices: list | None = None, estimator_overrides: dict | None = None) -> TrainResult:
     """Train an estimator on ``data``; validation split by episode; early stopping on val loss.
@@ -148,8 +166,11 @@ def fit(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, pro
     model = make_estimator(ecfg, attrs, cfg.seed)
 
     train_idx, val_idx = split_by_episode(data, cfg.val_frac, cfg.seed)
-    if len(train_idx) < cfg.batch_size:
-        raise ValueError(f"only {len(train_idx)} training turns; need at least one batch of {cfg.batch_size}")
+    batch = effective_batch_size(len(train_idx), cfg.batch_size, len(devices))
+    if batch != cfg.batch_size:
+        log.info("%d training turns: batch size %d instead of %d (at least %d steps per epoch)",
+                 len(train_idx), batch, cfg.batch_size, MIN_STEPS_PER_EPOCH)
+        cfg = dataclasses.replace(cfg, batch_size=batch)
     train, val = _subset(data, train_idx), _subset(data, val_idx)
     n_batches = len(train_idx) // cfg.batch_size
     tx = make_optimizer(cfg, n_batches * cfg.max_epochs)

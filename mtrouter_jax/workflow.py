@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from mtrouter_jax.checkpoint import LoadedEstimator, load_checkpoint, save_checkpoint
-from mtrouter_jax.collect import (mixed_policy, sample_budgets, simulate_batches, sticky_behaviour, to_episodes,
+from mtrouter_jax.collect import (sample_budgets, simulate_batches, sticky_behaviour, to_episodes,
                                   uniform_behaviour)
 from mtrouter_jax.dataset import TargetConfig, build_training_data
 from mtrouter_jax.evaluate import LAMBDA_GRID, calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
@@ -22,7 +22,7 @@ from mtrouter_jax.logs import Episode, append_episodes
 from mtrouter_jax.policy import (Policy, escalation_policy, fixed_policy, learned_policy,
                                  oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
 from mtrouter_jax.pool import Pool, default_pool
-from mtrouter_jax.report import to_jsonable
+from mtrouter_jax.jsonable import to_jsonable
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
 from mtrouter_jax.train import TrainConfig, TrainResult, fit, fit_bootstrapped
 
@@ -201,7 +201,8 @@ def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig,
     if budget_range == "auto":  # once for all the simulate calls below
         budget_range = logging_budget_range(reference_cost(pool, world, seed))
     if not per_episode:
-        behaviour = mixed_policy(learned_policy(estimator, layout, lam=lams[0]), eps=1.0 - beta, rho=rho)
+        spec = f"beta:{beta:g}" if rho == 0 else f"sticky:{rho:g}:{1.0 - beta:g}"
+        behaviour = learned_policy(estimator, layout, lam=lams[0], explore=spec)
         return simulate_dataset(seed, n_episodes, pool, world, behaviour=behaviour, out=out, progress=progress,
                                 id_prefix=f"sim-beta{beta:g}", budget_range=budget_range)
     n_greedy = int(round(beta * n_episodes))

@@ -132,8 +132,10 @@ def test_propensity_weighting_is_inverse_and_clipped(episodes, pool):
     np.testing.assert_allclose(w, expected, rtol=1e-6)
     assert w.min() >= 0.1 - 1e-7 and w.max() <= 10.0 + 1e-6
     assert {10.0, 1.0}.issubset(set(np.round(w, 5)))  # both the cap and the on-policy weight occur
-    # uniform logging (propensity 1/M) gives weight 1 everywhere; weighting off gives ones too
-    assert np.allclose(build_training_data(episodes[:8], pool, cfg).weight, 1.0)
+    # uniform logging over the affordable models: weight 1/(M p) = |allowed|/M (1 when all fit);
+    # weighting off gives ones
+    logged = np.array([t.propensity for e in episodes[:8] for t in e.turns])
+    assert np.allclose(build_training_data(episodes[:8], pool, cfg).weight, np.clip(1.0 / (M * logged), 0.1, 10.0))
     assert np.all(build_training_data(eps, pool).weight == 1.0)
 
 
@@ -146,6 +148,12 @@ def test_episode_with_model_outside_the_pool_is_refused(episodes, pool):
         build_training_data([episodes[1], bad], pool)
     with pytest.raises(ValueError, match="no episodes"):
         build_training_data([], pool)
+
+
+def test_unscored_episode_is_refused(episodes, pool):
+    bad = dataclasses.replace(episodes[0], episode_id="nul", score=None)
+    with pytest.raises(ValueError, match=r"1 episode\(s\) have no score .*\['nul'\].*drop_unscored"):
+        build_training_data([episodes[1], bad], pool)
 
 
 def test_turn_with_model_outside_the_pool_is_refused(episodes, pool):

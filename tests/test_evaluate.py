@@ -138,7 +138,7 @@ def test_pacing_hysteresis_keeps_the_current_model_but_not_a_newcomer():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.floats(0, 1e-2), st.floats(1e3, 1e5), st.integers(0, 30), st.integers(0, 30))
+@given(st.one_of(st.just(0.0), st.floats(1e-30, 1e-2)), st.floats(1e3, 1e5), st.integers(0, 30), st.integers(0, 30))
 def test_pace_cost_covers_this_turn_and_grows_with_the_turns_left(expected, context, turn, left):
     price_cached, price_out, out = np.array([1e-7]), np.array([1e-5]), np.array([500.0])
     p = float(pace_costs(np.array([expected]), context, turn, left, price_cached, price_out, out)[0])

@@ -22,7 +22,7 @@ from live_fakes import FakeUpstream, ServerThread
 from mtrouter_jax.checkpoint import load_checkpoint
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server import create_app
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.logs import drop_unscored, read_episodes
 from mtrouter_jax.pool import Endpoint, Pool, default_pool
 from mtrouter_jax.train import TrainConfig
 from mtrouter_jax.workflow import train_checkpoint
@@ -137,23 +137,25 @@ def test_live_e2e_checkpoint_proxy_log_retrain(live, tmp_path, tmp_path_factory)
     assert len(ep.turns) == 20 and [t.model for t in ep.turns] == served
     assert ep.total_cost == pytest.approx(spends[-1]) and ep.total_cost <= budget
     assert ep.score == 60.0 and ep.score_range == (0.0, 100.0)
-    assert all(t.propensity == 1.0 for t in ep.turns)
+    assert all(t.propensity == 1.0 for t in ep.turns)  # the greedy learned router: deterministic
     assert sum(t.error is not None for t in ep.turns) == n_err
     assert {t.error.kind for t in ep.turns if t.error} == {"python_error"}
     assert {"search", "python", "file", "reasoning", "browse", "bash"} <= {t.tool for t in ep.turns}
     assert all(t.features is not None and all(map(math.isfinite, t.features)) for t in ep.turns)
-    assert len(ep2.turns) == len(served2) and ep2.total_cost <= tight and ep2.meta["unscored"]
+    assert len(ep2.turns) == len(served2) and ep2.total_cost <= tight and ep2.score is None
     assert all(t.propensity == 1.0 for t in ep2.turns)
 
     # the proxy's log (plus simulated episodes, for enough turns) trains a new checkpoint
     sim = simulated_episodes(tmp_path_factory)[:32]
-    _, res = train_checkpoint([ep, ep2] + sim, default_pool(), tmp_path / "ckpt2",
+    kept, n_unscored = drop_unscored([ep, ep2] + sim)
+    assert n_unscored == 1  # the tight episode was never scored: training drops it
+    _, res = train_checkpoint(kept, default_pool(), tmp_path / "ckpt2",
                                  TrainConfig(max_epochs=1, batch_size=16), progress=False)
     loaded = load_checkpoint(tmp_path / "ckpt2")
     lay = loaded.layout
     assert {"browse", "bash", "search", "python", "file", "reasoning"} <= set(lay.tools)
     assert "python_error" in lay.error_kinds and "other" in lay.task_types
-    assert lay.models == names and loaded.meta["data"]["n_episodes"] == len(sim) + 2
+    assert lay.models == names and loaded.meta["data"]["n_episodes"] == len(sim) + 1
     assert math.isfinite(res.val_loss)
     # the new checkpoint routes live conversations: predictions on the new layout are finite
     r2 = Router(loaded, pool=live_pool("http://127.0.0.1:9/v1"))

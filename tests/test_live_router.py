@@ -17,7 +17,7 @@ from mtrouter_jax.logs import read_episodes
 
 @pytest.fixture(scope="module")
 def router():
-    return Router(FakeEstimator(make_pool()))
+    return Router(FakeEstimator(make_pool()), lam=1.0)
 
 
 def usage(p, c, cached=0):
@@ -93,13 +93,13 @@ def test_budget_mask_exhaustion_and_validation(router):
 
 
 def test_cache_assumption_only_in_mask_not_in_cap():
-    r = Router(FakeEstimator(make_pool()))
+    r = Router(FakeEstimator(make_pool()), lam=1.0)
     ep = r.start_episode(budget=0.01)
     ep.record("strong", usage(1000, 100, cached=0))  # 0.007
     # strong served the last turn: its 1100-token prefix is priced as cached in the mask...
     d = ep.decide(input_tokens_hi=1150)
     assert "strong" not in d.ranking  # uncached 1150*5e-6 = 0.00575 > 0.003 left: dropped by the cap
-    r2 = Router(FakeEstimator(make_pool()), assume_cache_hits=False)
+    r2 = Router(FakeEstimator(make_pool()), lam=1.0, assume_cache_hits=False)
     ep2 = r2.start_episode(budget=0.01)
     ep2.record("strong", usage(1000, 100))
     assert "strong" not in ep2.decide(input_tokens_hi=1150).ranking
@@ -109,7 +109,7 @@ def test_cache_assumption_only_in_mask_not_in_cap():
 @given(budget=st.floats(1e-4, 0.05), turns=st.lists(
     st.tuples(st.integers(1, 5000), st.integers(0, 20000), st.floats(0, 1)), min_size=1, max_size=15))
 def test_budget_never_exceeded_when_calls_obey_the_bounds(budget, turns):
-    r = Router(FakeEstimator(make_pool()))
+    r = Router(FakeEstimator(make_pool()), lam=1.0)
     ep = r.start_episode(budget=budget)
     for hi, natural, cache_frac in turns:
         try:
@@ -151,13 +151,13 @@ def test_finish_logs_episode(tmp_path):
     t = back.turns[0]
     assert t.error.kind == "invalid_action" and t.observation is None and t.action is None
     assert t.features is not None and len(t.features) == r.layout.n_features
-    assert back.meta["unscored"] is False and back.models == r.pool.names
+    assert back.score == 0.75 and back.models == r.pool.names
     r_text = Router(FakeEstimator(make_pool()), log_path=tmp_path / "t.jsonl", log_text=True)
     e = r_text.start_episode("txt")
     e.record("cheap", usage(10, 1), observation="obs", action="act")
     e.finish()
     (b,) = read_episodes(tmp_path / "t.jsonl")
-    assert b.turns[0].observation == "obs" and b.meta["unscored"] and b.score == 0.0
+    assert b.turns[0].observation == "obs" and b.score is None
     with pytest.raises(ValueError, match="score_range"):
         r.start_episode().finish(score=5, score_range=(0, 1))
 
@@ -183,23 +183,27 @@ def test_ranking_matches_policy_route_decision():
 
 
 def test_live_decision_uses_the_simulated_policy_rule(router):
-    """The live ranking's top model is policy.route_decision's pick on the same inputs (margin, pacing)."""
+    """The live decision is the routing module's learned rule (the simulator's) on the same inputs
+    (margin, pacing, the float64 hard rule)."""
     from mtrouter_jax import policy
 
     ep = router.start_episode(budget=0.004)
+    steps = float(policy.expected_steps_for(router.estimator.meta, ["other"])[0])
     for tool in ("search", "python", "search", "reasoning"):
         d = ep.decide()
         score, rem = router.estimator.predict(d.features)
         hi = float(ep.last_prompt + ep.last_completion)
         n = len(ep.turns)
         pace = np.asarray(policy.pace_costs(ep.worst_costs(hi, router.output_tokens_mean), hi, n,
-                                            ep.expected_steps - n - 1, router.price_cached, router.price_out,
+                                            steps - n - 1, router.price_cached, router.price_out,
                                             router.output_tokens_mean))
         prev = router.pool.index(ep.prev_model) if ep.turns else -1
         pick = int(policy.route_decision(score, np.asarray(rem) / router.cost_scale, router.lam, d.worst_cost,
                                          ep.budget - ep.spent + 1e-12, -1, prev, router.switch_margin, pace))
-        assert d.model == router.pool.names[pick]
+        assert d.model == router.pool.names[pick] and d.propensity == 1.0
+        assert d.probs[pick] == 1.0 and d.ranking[0] == d.model
         ep.record(d.model, usage(200 + 50 * len(ep.turns), 40), tool_name=tool)
+        assert ep.turns[-1].propensity == 1.0
 
 
 def tiny_checkpoint(path, pool, text_dim=8):
@@ -237,3 +241,22 @@ def test_real_checkpoint_loader(tmp_path):
     ep.finish(score=1.0)
     with pytest.raises(PoolMismatchError):
         Router.from_checkpoint(path, pool=make_pool(names=("cheap", "mid")))
+
+
+def test_lambda_comes_from_the_checkpoint_table_and_lam_overrides(caplog):
+    est = FakeEstimator(make_pool())
+    r0 = Router(est)  # no table: the documented default, and it says so
+    assert r0.start_episode(budget=0.5).lam == pytest.approx(0.1) and "no budget->λ table" in r0.lam_source()
+    est.meta = {"lam_tables": {"scienceworld": [{"budget": 0.1, "lam": 0.4}, {"budget": 1.0, "lam": 0.0}]}}
+    r = Router(est)
+    assert r.start_episode(budget=0.1).lam == pytest.approx(0.4)
+    assert r.start_episode(budget=1.0).lam == pytest.approx(0.0)
+    assert r.start_episode(budget=np.sqrt(0.1)).lam == pytest.approx(0.2, abs=1e-6)  # log-linear in between
+    assert r.start_episode(budget=5.0).lam == 0.0 and r.start_episode(budget=0.01).lam == pytest.approx(0.4)
+    assert r.start_episode().lam == 0.0  # no budget: the largest budget's λ
+    assert "scienceworld" in r.describe()["lam"]
+    fixed = Router(est, lam=0.7)
+    assert fixed.start_episode(budget=0.1).lam == 0.7 and "--lam" in fixed.lam_source()
+    from mtrouter_jax.routers import RouterSpecError
+    with pytest.raises(RouterSpecError, match="no λ table for 'sim'"):
+        Router(est, lam_table="sim")

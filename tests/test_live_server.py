@@ -156,7 +156,7 @@ def test_budget_never_exceeded_then_402(proxy, upstream):
         assert cid.startswith("h-")  # derived from the first messages
         httpx.post(f"{url}/v1/mtrouter/conversations/{cid}/finish")
         (ep,) = read_episodes(log)
-        assert ep.total_cost <= budget and ep.meta["unscored"] and "budget exhausted" in ep.meta["ended"]
+        assert ep.total_cost <= budget and ep.score is None and "budget exhausted" in ep.meta["ended"]
     finally:
         upstream.natural_tokens = 120
 
@@ -219,7 +219,10 @@ def test_fallback_on_upstream_failure(proxy, upstream, failure):
     assert raw.parse().model == raw.headers["x-mtrouter-model"] != "strong"
     httpx.post(f"{url}/v1/mtrouter/conversations/fb-{failure}/finish", json={"score": 0.5})
     (ep,) = read_episodes(log)
-    assert ep.turns[0].meta == {"fallbacks": [{"model": "strong", "error": kind}]}
+    # the fallback is a fresh draw with the failed model excluded: its propensity is conditional on that
+    assert ep.turns[0].meta == {"fallbacks": [{"model": "strong", "error": kind}], "fallback_for": ["strong"],
+                                "allowed": ["cheap", "mid"]}
+    assert ep.turns[0].propensity == 1.0
 
 
 def test_all_upstreams_fail_is_502_and_turn_not_billed(proxy, upstream):
@@ -295,3 +298,112 @@ def test_pool_mismatch_is_refused():
         Router(est, pool=make_pool(names=("mid", "cheap", "strong")))
     r = Router(est, pool=make_pool(scale=2.0))  # same names, new prices: accounting uses them
     assert r.turn_cost("mid", 1000, 0, 0) == pytest.approx(2 * 1000 * 1.0 / 1e6)
+
+
+# ----------------------------------------------------------------------------- checkpoint-free routers, exploration
+
+@pytest.fixture
+def free_proxy(upstream, tmp_path):
+    """Factory: a proxy with no checkpoint (``build_router``, as ``mtrouter serve`` builds it)."""
+    from mtrouter_jax.live.server import build_router
+
+    started = []
+
+    def make(**kw):
+        upstream.fail.clear()
+        log = tmp_path / f"free{len(started)}.jsonl"
+        router = build_router(pool=make_pool(upstream.url + "/v1"), log_path=log, **kw)
+        srv = ServerThread(create_app(router, timeout=5.0, max_retries=0)).__enter__()
+        started.append(srv)
+        return srv.url, router, log
+
+    yield make
+    for s in started:
+        s.__exit__(None, None, None)
+
+
+def test_heuristic_with_sticky_exploration_no_checkpoint_twenty_turns(free_proxy):
+    url, router, log = free_proxy(router="tool-heuristic", explore="sticky:0.9")
+    ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert {"mtrouter", "mtrouter-explore", "mtrouter-explore-0.50", "mtrouter-greedy"} <= set(ids)
+    info = httpx.get(f"{url}/v1/mtrouter/router").json()
+    assert info["policy"] == "tool-heuristic" and info["explore"] == "sticky:0.9"
+    assert info["tool_mapping"]["web_search"] == "search" and info["checkpoint"] is None
+    c = client(url)
+    msgs = [{"role": "user", "content": "explore twenty turns"}]
+    for i in range(20):
+        r = c.chat.completions.create(model="mtrouter-explore", messages=msgs, tools=TOOLS_SPEC,
+                                      extra_headers={"X-MTRouter-Conversation": "explore-20", "X-MTRouter-Seed": "5"})
+        m = r.choices[0].message
+        msgs.append(m.model_dump(exclude_none=True))
+        for tc in m.tool_calls or []:
+            msgs.append({"role": "tool", "tool_call_id": tc.id, "content": tool_result(i, tc.function.name)})
+    httpx.post(f"{url}/v1/mtrouter/conversations/explore-20/finish", json={"score": 1.0})
+    (ep,) = read_episodes(log)
+    assert len(ep.turns) == 20 and ep.meta["seed"] == 5 and ep.meta["explore"]
+    assert all(0 < t.propensity <= 1 for t in ep.turns)
+    assert any(t.propensity < 1 for t in ep.turns)  # stochastic choices were made and logged as such
+    for t in ep.turns:
+        if t.meta and "probs" in t.meta:
+            assert t.meta["probs"][router.pool.index(t.model)] == pytest.approx(t.propensity, abs=1e-6)
+
+
+def test_tight_budget_under_exploration_is_never_exceeded(free_proxy):
+    url, router, log = free_proxy(router="tool-heuristic", explore="sticky:0.5:0.5")
+    c = client(url)
+    budget, spent = 0.02, []
+    msgs = [{"role": "user", "content": "tight"}]
+    with pytest.raises(openai.APIStatusError) as ei:
+        for _ in range(200):
+            raw = c.chat.completions.with_raw_response.create(
+                model=f"mtrouter-explore-{budget}", messages=msgs, tools=TOOLS_SPEC,
+                extra_headers={"X-MTRouter-Conversation": "tight-explore"})
+            spent.append(float(raw.headers["x-mtrouter-spent"]))
+            m = raw.parse().choices[0].message
+            msgs.append(m.model_dump(exclude_none=True))
+            for tc in m.tool_calls or []:
+                msgs.append({"role": "tool", "tool_call_id": tc.id, "content": "ok"})
+    assert ei.value.status_code == 402 and spent and max(spent) <= budget
+    httpx.post(f"{url}/v1/mtrouter/conversations/tight-explore/finish")
+    (ep,) = read_episodes(log)
+    assert ep.total_cost <= budget and ep.score is None
+    for t in ep.turns:  # every explored model was among the allowed ones
+        assert t.model in (t.meta or {}).get("allowed", router.pool.names)
+
+
+@pytest.mark.parametrize("model,headers,status,code", [
+    ("mtrouter-explore", {}, 400, "explore_not_configured"),
+    ("mtrouter", {"X-MTRouter-Explore": "maybe"}, 400, None),
+    ("mtrouter", {"X-MTRouter-Seed": "-3"}, 400, None),
+    ("mtrouter-explore-abc", {}, 400, "invalid_budget"),
+    ("mtrouterx", {}, 404, "model_not_found"),
+])
+def test_bad_routing_requests_are_4xx_in_openai_shape(free_proxy, model, headers, status, code):
+    url, _, _ = free_proxy(router="fixed:mid")
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+                   headers=headers)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code:
+        assert err["code"] == code
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--router", "learned"], "--checkpoint"), (["--router", "frobnicate"], "--router"),
+    (["--explore", "sticky:2"], "--explore"), (["--explore", "beta:-1"], "--explore"),
+    (["--router", "fixed:nope"], "--router"), (["--router", "error-escalation:cheap,cheap"], "--router"),
+    (["--tool-map", "BAD_MAP"], "--tool-map"), (["--tool-map", "MISSING"], "--tool-map"),
+])
+def test_serve_bad_options_exit_2_naming_the_flag(argv, flag, tmp_path, capsys):
+    from mtrouter_jax import cli
+
+    bad_map = tmp_path / "map.toml"
+    bad_map.write_text('[tools]\nsearch = "claude"\n')
+    pool = tmp_path / "pool.toml"
+    pool.write_text('[[model]]\nname = "cheap"\nprice_input = 1\nprice_output = 2\n'
+                    '[[model]]\nname = "mid"\nprice_input = 2\nprice_output = 4\n')
+    argv = [str(bad_map) if a == "BAD_MAP" else str(tmp_path / "nope.toml") if a == "MISSING" else a for a in argv]
+    assert cli.main(["serve", "--pool", str(pool), *argv]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "error" in err

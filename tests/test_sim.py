@@ -67,10 +67,16 @@ def test_same_key_same_numbers_different_keys_differ(sim, gpt5_run, pool):
     assert not np.array_equal(other[0].credit, gpt5_run[0].credit)
 
 
+def pool_default():
+    from mtrouter_jax.pool import default_pool
+
+    return default_pool()
+
+
 @chex.assert_max_traces(n=1)
 def _traced_once_apply(key, state, sim, p):
     """A policy whose body runs once per trace of the rollout: counts compiles of batch_rollout."""
-    return P._fixed_apply(key, state, sim, p)
+    return P.fixed_policy(pool_default(), "gpt-5").apply(key, state, sim, p)
 
 
 def test_one_compile_for_all_budgets_and_params(sim, pool):

@@ -65,9 +65,15 @@ def test_validation_loss_beats_per_model_mean_baseline(two_fits):
     assert res.cost_weight > 0 and res.turns_per_second > 0
 
 
-def test_batch_larger_than_training_set_is_refused(data, pool):
+def test_small_logs_shrink_the_batch_and_too_few_turns_are_refused():
+    from mtrouter_jax.train import MIN_STEPS_PER_EPOCH, effective_batch_size
+
+    assert effective_batch_size(100_000, 1024) == 1024
+    assert effective_batch_size(1000, 1024) == 64 and 1000 // 64 >= MIN_STEPS_PER_EPOCH
+    assert effective_batch_size(100, 1024) == 8  # never below 8 per device
+    assert effective_batch_size(1000, 1024, n_devices=3) % 3 == 0
     with pytest.raises(ValueError, match="training turns"):
-        fit(data, pool, TrainConfig(batch_size=data.n + 1), progress=False)
+        effective_batch_size(5, 1024)
 
 
 _MULTI_DEVICE = textwrap.dedent("""

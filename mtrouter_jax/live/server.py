@@ -2,7 +2,9 @@
 
 Conversations are identified by the ``X-MTRouter-Conversation`` header, else by a hash of the
 first system and first user message. The per-episode budget comes from ``model="mtrouter-0.50"``
-or the ``X-MTRouter-Budget`` header (USD), fixed when the conversation starts. Tool results that
+or the ``X-MTRouter-Budget`` header (USD), fixed when the conversation starts. With ``--explore``,
+``model="mtrouter-explore[-0.50]"`` (or ``X-MTRouter-Explore: true``) routes the conversation with
+the exploration policy; every turn logs the exact propensity of its model. Tool results that
 arrive with a request become the previous turn's observation (error detection). A pool model name
 as ``model`` is passed through unrouted but still accounted. See docs/live.md.
 """
@@ -33,7 +35,8 @@ from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router
 log = logging.getLogger("mtrouter_jax.live")
 
 ROUTED = "mtrouter"
-_BUDGET_MODEL = re.compile(r"^mtrouter-(.+)$")
+EXPLORE = "explore"
+_ROUTED_MODEL = re.compile(r"^mtrouter(?:-(explore|greedy))?(?:-(.+))?$")
 _MSG_OVERHEAD = 8  # chat-template tokens per message, generous
 
 
@@ -104,7 +107,7 @@ class ConversationStore:
             return self.open.get(cid)
 
     def get_or_start(self, cid: str, derived: bool, budget: float | None, task: str | None,
-                     lam: float | None) -> _Conv:
+                     lam: float | None, explore: bool = False, seed: int | None = None) -> _Conv:
         evicted = []
         with self.lock:
             conv = self.open.get(cid)
@@ -112,7 +115,8 @@ class ConversationStore:
                 n = self.uses.get(cid, 0) + 1
                 self.uses[cid] = n
                 eid = cid if n == 1 else f"{cid}-{n}"
-                conv = _Conv(self.router.start_episode(eid, task, budget, lam), derived)
+                conv = _Conv(self.router.start_episode(eid, task, budget, lam, explore=explore, seed=seed),
+                             derived)
                 self.open[cid] = conv
                 while len(self.open) > self.max_open:
                     evicted.append(self.open.popitem(last=False))
@@ -163,8 +167,8 @@ class Proxy:
         self.store = ConversationStore(router, max_open)
 
     # --------------------------------------------------------------- request parsing
-    def resolve_model(self, body: dict, headers) -> tuple[str | None, float | None]:
-        """(pool model for a pass-through, or None when routed; budget in USD or None)."""
+    def resolve_model(self, body: dict, headers) -> tuple[str | None, float | None, bool]:
+        """(pool model for a pass-through, or None when routed; budget in USD or None; explore)."""
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise ApiError(400, "model: expected a string such as 'mtrouter' or 'mtrouter-0.50'",
@@ -173,17 +177,28 @@ class Proxy:
         hb = headers.get("x-mtrouter-budget")
         if hb is not None:
             budget = parse_budget(hb, "X-MTRouter-Budget header")
-        if name == ROUTED:
-            return None, budget
-        m = _BUDGET_MODEL.match(name)
-        if m and name not in self.router.pool.names:
-            b = parse_budget(m.group(1), f"model {name!r}")
-            return None, b if budget is None else budget
         if name in self.router.pool.names:
-            return name, budget
-        raise ApiError(404, f"The model {name!r} does not exist: use 'mtrouter', 'mtrouter-<USD budget>' "
-                            f"or one of the pool's models ({', '.join(self.router.pool.names)})",
-                       code="model_not_found", param="model")
+            return name, budget, False
+        m = _ROUTED_MODEL.match(name)
+        if m is None:
+            raise ApiError(404, f"The model {name!r} does not exist: use 'mtrouter', 'mtrouter-<USD budget>', "
+                                f"'mtrouter-explore[-<USD budget>]' or one of the pool's models "
+                                f"({', '.join(self.router.pool.names)})", code="model_not_found", param="model")
+        mode, btext = m.group(1), m.group(2)
+        if btext is not None:
+            b = parse_budget(btext, f"model {name!r}")
+            budget = b if budget is None else budget
+        explore = mode == EXPLORE
+        he = headers.get("x-mtrouter-explore")
+        if he is not None and mode is None:
+            if he.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ApiError(400, f"X-MTRouter-Explore: expected true or false, got {he!r}")
+            explore = he.strip().lower() in ("1", "true", "yes")
+        if explore and self.router.explore_policy is None:
+            raise ApiError(400, f"model {name!r}: this server routes without exploration; start it with "
+                                "--explore (eps:E, beta:B or sticky:RHO[:E])", code="explore_not_configured",
+                           param="model")
+        return None, budget, explore
 
     @staticmethod
     def check_messages(body: dict) -> list:
@@ -202,7 +217,7 @@ class Proxy:
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         msgs = self.check_messages(body)
-        passthrough, budget = self.resolve_model(body, headers)
+        passthrough, budget, explore = self.resolve_model(body, headers)
         lam = headers.get("x-mtrouter-lambda")
         if lam is not None:
             try:
@@ -215,7 +230,14 @@ class Proxy:
         derived = not cid
         cid = cid or conversation_key(msgs)
         task = headers.get("x-mtrouter-task")
-        conv = self.store.get_or_start(cid, derived, budget, task, lam)
+        seed = headers.get("x-mtrouter-seed")
+        if seed is not None:
+            try:
+                seed = int(seed)
+                assert 0 <= seed < 2**31
+            except (ValueError, AssertionError):
+                raise ApiError(400, f"X-MTRouter-Seed: expected an integer in [0, 2^31), got {seed!r}") from None
+        conv = self.store.get_or_start(cid, derived, budget, task, lam, explore, seed)
         ep = conv.episode
         if not ep.lock.acquire(timeout=600):
             raise ApiError(409, f"conversation {cid!r} is busy with another request", code="busy")
@@ -240,6 +262,7 @@ class Proxy:
                 est = ep.last_prompt + ep.last_completion + new_b / 4
             else:
                 hi, est = total_hi, total_hi / 4
+            decisions: dict = {}
             if passthrough is not None:
                 i = self.router.pool.index(passthrough)
                 worst = ep.worst_costs(hi)
@@ -252,26 +275,27 @@ class Proxy:
                     raise ApiError(402, f"budget exhausted: conversation {cid!r} has ${ep.remaining:.6f} left, "
                                         f"less than {passthrough}'s uncached input", "insufficient_quota",
                                    "budget_exhausted")
-                ranking, caps, prop = [passthrough], {passthrough: cap}, None
+                ranking, caps = [passthrough], {passthrough: cap}
                 ep.last_decision = None
             else:
                 try:
                     d = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam)
                 except BudgetExhausted as e:
                     raise ApiError(402, str(e), "insufficient_quota", "budget_exhausted") from None
-                ep.last_decision = d
-                ranking, caps, prop = list(d.ranking), dict(d.max_output_tokens), 1.0
+                decisions[d.model] = d
+                ranking, caps = [d.model], dict(d.max_output_tokens)
 
             def on_fail(model, err):
                 if passthrough is not None:
                     return []
                 try:
                     d2 = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam,
-                                   exclude=[f["model"] for f in fallbacks_so_far] + [model])
+                                   exclude=list(dict.fromkeys([f["model"] for f in fallbacks_so_far] + [model])))
                 except BudgetExhausted:
                     return []
                 caps.update(d2.max_output_tokens)
-                return list(d2.ranking)
+                decisions[d2.model] = d2
+                return [d2.model]  # a fresh draw among the models still allowed: its own propensity
 
             fallbacks_so_far: list[dict] = []
 
@@ -306,6 +330,8 @@ class Proxy:
             meta = {"fallbacks": att.fallbacks} if att.fallbacks else {}
             if passthrough is not None:
                 meta["passthrough"] = True
+            ep.last_decision = decisions.get(att.model)
+            prop = None if ep.last_decision is None else ep.last_decision.propensity
             hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": cid,
                    "X-MTRouter-Fallbacks": ",".join(f"{f['model']}:{f['error']}" for f in att.fallbacks)}
             if stream:
@@ -467,7 +493,10 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     @app.get("/v1/models")
     async def models():
-        ids = [ROUTED, f"{ROUTED}-0.50"] + list(router.pool.names)
+        ids = [ROUTED, f"{ROUTED}-0.50", f"{ROUTED}-greedy"]
+        if router.explore_policy is not None:
+            ids += [f"{ROUTED}-{EXPLORE}", f"{ROUTED}-{EXPLORE}-0.50"]
+        ids += list(router.pool.names)
         return {"object": "list", "data": [{"id": i, "object": "model", "created": 0,
                                             "owned_by": "mtrouter" if i.startswith(ROUTED) else "pool"}
                                            for i in ids]}
@@ -503,6 +532,11 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         except ValueError as e:
             raise ApiError(400, str(e)) from None
 
+    @app.get("/v1/mtrouter/router")
+    async def router_info():
+        """The served policy, exploration, vocabularies and the effective tool-name mapping."""
+        return router.describe()
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "open_conversations": len(proxy.store.open)}
@@ -512,11 +546,24 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server``)."""
-    p.add_argument("--checkpoint", required=True, help="trained estimator checkpoint")
-    p.add_argument("--pool", default=None, help="pool file with endpoints (default: the checkpoint's)")
+    p.add_argument("--router", default=None,
+                   help="routing policy: learned (needs --checkpoint; the default with one), tool-heuristic (the "
+                        "default without), fixed:MODEL, cheapest, error-escalation[:M1,M2,..], uniform, sticky:RHO")
+    p.add_argument("--checkpoint", default=None, help="trained estimator checkpoint (for --router learned)")
+    p.add_argument("--explore", default=None,
+                   help="exploration for 'mtrouter-explore' requests: eps:E, beta:B (the paper's stage B) or "
+                        "sticky:RHO[:E]; propensities are logged")
+    p.add_argument("--tool-map", default=None,
+                   help="tool type -> model map of the tool heuristic (TOML with [tools]/[classes], or a pool file "
+                        "with [tool_heuristic])")
+    p.add_argument("--pool", default=None, help="pool file with endpoints (default: the checkpoint's, else the "
+                                                "embedded six-model pool)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--lam", type=float, default=1.0, help="cost weight λ (default 1.0)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="cost weight λ of the learned rule (default: the checkpoint's budget->λ table, else 0.1)")
+    p.add_argument("--lam-table", default=None, help="which of the checkpoint's λ tables (scienceworld, sim, ...)")
+    p.add_argument("--seed", type=int, default=0, help="base of the per-conversation seeds (each is logged)")
     p.add_argument("--log", dest="log_path", default=None, help="JSONL file for routed episodes")
     p.add_argument("--log-text", action="store_true", help="also log observations/actions")
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
@@ -527,13 +574,46 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="do not assume prompt-cache hits in the worst-case cost")
 
 
-def serve(checkpoint, pool=None, host="127.0.0.1", port=8000, lam=1.0, log_path=None, log_text=False,
-          token=None, allow_missing_keys=False, timeout=120.0, max_retries=2, strict_cache=False) -> None:
-    """Load the checkpoint and run the proxy with uvicorn (blocks)."""
+def build_router(checkpoint=None, pool=None, router=None, explore=None, tool_map=None, lam=None, seed=0,
+                 log_path=None, log_text=False, strict_cache=False, lam_table=None) -> Router:
+    """The ``Router`` that ``mtrouter serve`` options describe (raises ``RouterSpecError`` naming the
+    flag on bad input)."""
+    from mtrouter_jax.routers import RouterSpecError, ToolModelMap
+
+    if router is None:
+        router = "learned" if checkpoint else "tool-heuristic"
+    if router.strip() == "learned" and not checkpoint:
+        raise RouterSpecError("--router learned needs --checkpoint CKPT (a trained estimator); without one use "
+                              "--router tool-heuristic, fixed:MODEL, error-escalation, cheapest, uniform or sticky:RHO",
+                              "--checkpoint")
+    if lam is not None and (not math.isfinite(lam) or lam < 0):
+        raise RouterSpecError(f"--lam must be a finite number >= 0, got {lam}", "--lam")
+    kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
+              assume_cache_hits=not strict_cache,
+              tool_models=ToolModelMap.from_file(tool_map) if tool_map else None)
+    if lam is not None:
+        kw["lam"] = lam
+    if checkpoint:
+        kw["lam_table"] = lam_table
+        return Router.from_checkpoint(checkpoint, pool=pool, **kw)
+    return Router(None, pool, **kw)
+
+
+def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log_path=None, log_text=False,
+          token=None, allow_missing_keys=False, timeout=120.0, max_retries=2, strict_cache=False,
+          router=None, explore=None, tool_map=None, seed=0, lam_table=None) -> None:
+    """Build the router and run the proxy with uvicorn (blocks)."""
     import uvicorn
-    router = Router.from_checkpoint(checkpoint, pool=pool, lam=lam, log_path=log_path,
-                                    log_text=log_text, assume_cache_hits=not strict_cache)
-    app = create_app(router, token=token, log_text=log_text, allow_missing_keys=allow_missing_keys,
+    r = build_router(checkpoint, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
+                     lam_table)
+    info = r.describe()
+    if checkpoint:
+        log.info("λ: %s", info["lam"])
+    log.info("routing with %s%s over %s", info["policy"], f" (explore: {info['explore']})" if info["explore"] else "",
+             ", ".join(info["pool"]))
+    log.info("tool-name mapping (name -> vocabulary entry): %s",
+             ", ".join(f"{k}->{v}" for k, v in info["tool_mapping"].items()))
+    app = create_app(r, token=token, log_text=log_text, allow_missing_keys=allow_missing_keys,
                      timeout=timeout, max_retries=max_retries)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
