@@ -2,10 +2,19 @@
 
 ``router`` is the HTTP-free library (``Router``), ``episode`` one conversation (``LiveEpisode``),
 ``backends`` the upstream clients with fallback, ``server`` the OpenAI-compatible proxy (import it
-explicitly; it needs the ``[live]`` extra).
+explicitly; it needs the ``[live]`` extra), ``options`` the ``mtrouter serve`` flags.
 """
 
-from mtrouter_jax.live.episode import Decision, LiveEpisode
-from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router
+_EXPORTS = {"Router": "router", "BudgetExhausted": "router", "PoolMismatchError": "router",
+            "LiveEpisode": "episode", "Decision": "episode"}
 
-__all__ = ["Router", "LiveEpisode", "Decision", "BudgetExhausted", "PoolMismatchError"]
+
+def __getattr__(name):  # lazy: `mtrouter route --help` must not import JAX
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"mtrouter_jax.live.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)
+
+
+__all__ = list(_EXPORTS)

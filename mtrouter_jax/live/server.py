@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mtrouter_jax.detect import message_text
 from mtrouter_jax.live.backends import Backends, UpstreamError, call_with_fallback
+from mtrouter_jax.live.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.router import BudgetExhausted, LiveEpisode, Router
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -421,7 +422,8 @@ class Proxy:
                 usage = {"prompt_tokens": int(hi), "completion_tokens": len(text.encode("utf-8"))}
                 meta["usage_estimated"] = True
             action = "".join(state["text"])
-            ep.record(att.model, usage, tool_name=state["tool"], action=action, propensity=prop, meta=meta)
+            tool = state["tool"] or text_tool(action)
+            ep.record(att.model, usage, tool_name=tool, action=action, propensity=prop, meta=meta)
             conv.n_seen = len(msgs) + 1
             return {"model": att.model, "spent": ep.spent, "remaining": ep.remaining,
                     "turn_cost": ep.turns[-1].cost, "fallbacks": att.fallbacks}
@@ -429,14 +431,27 @@ class Proxy:
             ep.lock.release()
 
 
+_FENCE_LANG = re.compile(r"```([A-Za-z_][\w-]*)[ \t]*\n")
+# text-mode agents (mini-swe-agent, the official MTRouter harness) put the command in a fenced block
+_FENCE_TOOLS = {"bash": "bash", "sh": "bash", "shell": "bash", "console": "bash", "mswea_bash_command": "bash",
+                "python": "python", "py": "python", "ipython": "python"}
+
+
+def text_tool(content: str | None) -> str | None:
+    """The tool a text-mode reply invokes through its first fenced block's language (```bash -> bash)."""
+    m = _FENCE_LANG.search(content or "")
+    return _FENCE_TOOLS.get(m.group(1).lower()) if m else None
+
+
 def _tool_and_action(resp: dict) -> tuple[str | None, str | None]:
-    """(first tool-call name, action text: content or tool-call arguments) of a completion."""
+    """(first tool-call name — else the language of a fenced command block —, action text: content
+    or tool-call arguments) of a completion."""
     try:
         msg = resp["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
         return None, None
     calls = msg.get("tool_calls") or []
-    name = None
+    name = None if calls else text_tool(msg.get("content") if isinstance(msg.get("content"), str) else None)
     parts = [msg.get("content") or ""]
     for c in calls:
         fn = c.get("function") or {}
@@ -501,6 +516,15 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                                             "owned_by": "mtrouter" if i.startswith(ROUTED) else "pool"}
                                            for i in ids]}
 
+    @app.get("/v1/mtrouter/conversations")
+    async def conversations():
+        """Open conversations (most recently used last): id, turns, spend — to find a derived id."""
+        with proxy.store.lock:
+            items = list(proxy.store.open.items())
+        return {"object": "list", "data": [{"id": cid, "derived": c.derived, "turns": len(c.episode.turns),
+                                            "spent": c.episode.spent, "last_used": c.last_used}
+                                           for cid, c in items]}
+
     @app.get("/v1/mtrouter/conversations/{cid}")
     async def conversation(cid: str):
         conv = proxy.store.get(cid)
@@ -542,36 +566,6 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         return {"status": "ok", "open_conversations": len(proxy.store.open)}
 
     return app
-
-
-def add_serve_args(p: argparse.ArgumentParser) -> None:
-    """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server``)."""
-    p.add_argument("--router", default=None,
-                   help="routing policy: learned (needs --checkpoint; the default with one), tool-heuristic (the "
-                        "default without), fixed:MODEL, cheapest, error-escalation[:M1,M2,..], uniform, sticky:RHO")
-    p.add_argument("--checkpoint", default=None, help="trained estimator checkpoint (for --router learned)")
-    p.add_argument("--explore", default=None,
-                   help="exploration for 'mtrouter-explore' requests: eps:E, beta:B (the paper's stage B) or "
-                        "sticky:RHO[:E]; propensities are logged")
-    p.add_argument("--tool-map", default=None,
-                   help="tool type -> model map of the tool heuristic (TOML with [tools]/[classes], or a pool file "
-                        "with [tool_heuristic])")
-    p.add_argument("--pool", default=None, help="pool file with endpoints (default: the checkpoint's, else the "
-                                                "embedded six-model pool)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--lam", type=float, default=None,
-                   help="cost weight λ of the learned rule (default: the checkpoint's budget->λ table, else 0.1)")
-    p.add_argument("--lam-table", default=None, help="which of the checkpoint's λ tables (scienceworld, sim, ...)")
-    p.add_argument("--seed", type=int, default=0, help="base of the per-conversation seeds (each is logged)")
-    p.add_argument("--log", dest="log_path", default=None, help="JSONL file for routed episodes")
-    p.add_argument("--log-text", action="store_true", help="also log observations/actions")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
-    p.add_argument("--allow-missing-keys", action="store_true", help="use 'EMPTY' for unset key variables")
-    p.add_argument("--timeout", type=float, default=120.0, help="upstream timeout (s)")
-    p.add_argument("--max-retries", type=int, default=2, help="upstream retries per model")
-    p.add_argument("--strict-cache", action="store_true",
-                   help="do not assume prompt-cache hits in the worst-case cost")
 
 
 def build_router(checkpoint=None, pool=None, router=None, explore=None, tool_map=None, lam=None, seed=0,
