@@ -49,15 +49,18 @@ def _ocp():
     return ocp
 
 
-def save_checkpoint(path: str | Path, model: OutcomeEstimator, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s variables and ``meta`` to a fresh directory ``path`` (synchronously)."""
+def save_checkpoint(path: str | Path, model: OutcomeEstimator, meta: dict[str, Any], members: Any = None) -> Path:
+    """Write ``model``'s variables (or, for an ensemble, ``members``: every member's params stacked
+    along a leading axis) and ``meta`` to a fresh directory ``path`` (synchronously)."""
     ocp = _ocp()
     path = Path(path).absolute()
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"checkpoint directory {path} exists and is not empty")
-    state = nnx.to_pure_dict(nnx.state(model))
+    state = nnx.to_pure_dict(nnx.state(model) if members is None else members)
+    k = 1 if members is None else int(jax.tree_util.tree_leaves(members)[0].shape[0])
     arrays = {name: array_digest(a) for name, a in _flat_arrays(state).items()}
     meta = {**meta, "schema": CHECKPOINT_SCHEMA, "feature_code_version": FEATURE_CODE_VERSION,
+            "ensemble": {"k": k, "stacked": members is not None},
             "integrity": {"algorithm": "sha256", "arrays": arrays, "manifest": INTEGRITY_FILE}}
     # fail (NaN, non-JSON types) before writing anything; keep the key order, take the form read back
     meta = json.loads(json.dumps(meta, allow_nan=False))
@@ -68,6 +71,29 @@ def save_checkpoint(path: str | Path, model: OutcomeEstimator, meta: dict[str, A
                                             meta=ocp.args.JsonSave(meta)))
     _write_manifest(path, meta)
     return path
+
+
+def update_meta(path: str | Path, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``patch`` into a checkpoint's metadata (top-level keys replaced) and re-seal its
+    integrity manifest; the files are verified first, so a damaged checkpoint is never re-sealed."""
+    path = Path(path).absolute()
+    if verify_files(path) is None:
+        raise CheckpointError(f"{path}: no integrity manifest; re-save the checkpoint before updating it")
+    meta = read_meta(path)
+    meta = json.loads(json.dumps({**meta, **patch}, allow_nan=False))
+    f = path / "meta" / "metadata"
+    fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=".metadata.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(meta))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, f)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _write_manifest(path, meta)
+    return meta
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -207,7 +233,7 @@ def _verify_arrays(path: Path, state: dict, expected: Any) -> None:
 class LoadedEstimator:
     """A restored estimator ready for routing: ``predict(features) -> (score, remaining_cost_usd)``."""
 
-    def __init__(self, model: OutcomeEstimator, meta: dict[str, Any], path: Path):
+    def __init__(self, model: OutcomeEstimator, meta: dict[str, Any], path: Path, members: Any = None):
         self.model = model
         self.meta = meta
         self.path = path
@@ -220,8 +246,12 @@ class LoadedEstimator:
         self.cost_target = meta.get("cost_target", "remaining")
         self.text_dim = int(meta.get("text_dim", 0))
         self.text_encoder_config = meta.get("text_encoder")
-        self.graphdef, self.params = nnx.split(model)
-        self._predict = _make_predict(self.graphdef)
+        self.graphdef, params = nnx.split(model)
+        # an ensemble keeps every member's params stacked on a leading axis (``k`` members)
+        self.stacked = members is not None
+        self.params = members if self.stacked else params
+        self.k = int(jax.tree_util.tree_leaves(members)[0].shape[0]) if self.stacked else 1
+        self._predict = _make_predict(self.graphdef, self.stacked)
 
     @property
     def n_features(self) -> int:
@@ -239,18 +269,28 @@ class LoadedEstimator:
         if x.shape[-1] != self.n_features:
             raise ValueError(f"expected {self.n_features} features (layout {self.layout.n_features} + text "
                              f"{self.text_dim}), got {x.shape[-1]}")
-        out = np.asarray(self._predict(self.params, x[None] if single else x))
+        out = np.asarray(self._predict(self.params, x[None] if single else x)).mean(0)  # member mean
         score, cost = out[..., 0], out[..., 1] * self.cost_scale
         if self.cost_target == "future" and turn_cost is not None:
             cost = cost + np.asarray(turn_cost, np.float32)
         return (score[0], cost[0]) if single else (score, cost)
 
 
+    def predict_members(self, features) -> np.ndarray:
+        """Every member's raw outputs: (F,) -> (K, M, 2), (B, F) -> (K, B, M, 2) [score, cost / cost_scale]."""
+        x = np.asarray(features, np.float32)
+        out = np.asarray(self._predict(self.params, x[None] if x.ndim == 1 else x))
+        return out[:, 0] if x.ndim == 1 else out
+
+
 @functools.lru_cache(maxsize=16)
-def _make_predict(graphdef):
+def _make_predict(graphdef, stacked: bool = False):
+    """(params, x) -> (K, B, M, 2) member predictions (K = 1 for a single estimator)."""
     @jax.jit
     def predict(params, x):
-        return nnx.merge(graphdef, params).score_all(x)
+        if stacked:
+            return jax.vmap(lambda p: nnx.merge(graphdef, p).score_all(x))(params)
+        return nnx.merge(graphdef, params).score_all(x)[None]
 
     return predict
 
@@ -319,9 +359,15 @@ def load_checkpoint(path: str | Path) -> LoadedEstimator:
         raise CheckpointError(f"{path}: metadata has no valid estimator config ({e})") from None
     ocp = _ocp()
     abstract = abstract_estimator(cfg)
+    ens = meta.get("ensemble") or {}
+    stacked = bool(ens.get("stacked"))
+    if stacked:
+        from mtrouter_jax.ensemble import abstract_members
+
+        abstract_stack = abstract_members(cfg, int(ens["k"]))
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu),
-                                    nnx.to_pure_dict(nnx.state(abstract)))
+                                    nnx.to_pure_dict(abstract_stack if stacked else nnx.state(abstract)))
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(path, ocp.args.Composite(state=ocp.args.StandardRestore(target)))
@@ -331,10 +377,15 @@ def load_checkpoint(path: str | Path) -> LoadedEstimator:
     if sealed is not None:
         _verify_arrays(path, state, sealed.get("arrays") if isinstance(sealed, dict) else None)
     graphdef, abstract_state = nnx.split(abstract)
+    members = None
+    if stacked:
+        members = jax.tree_util.tree_map(lambda x: x, abstract_stack)
+        nnx.replace_by_pure_dict(members, state)
+        state = jax.tree_util.tree_map(lambda x: x[0], state)  # member 0 as the module (config, layout)
     nnx.replace_by_pure_dict(abstract_state, state)
-    leaves = jax.tree_util.tree_leaves(abstract_state)
+    leaves = jax.tree_util.tree_leaves(members if stacked else abstract_state)
     if any(not bool(jnp.all(jnp.isfinite(x))) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)):
         raise CheckpointError(f"{path}: parameters contain NaN/inf (corrupted or diverged training)")
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
-    return LoadedEstimator(model, meta, path)
+    return LoadedEstimator(model, meta, path, members)

@@ -153,22 +153,28 @@ def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
 # --- the learned router ------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=32)
-def _estimator_head_for(graphdef, layout: FeatureLayout, text_dim: int, future_cost: bool) -> Callable:
-    # one static head per (architecture, layout): params and vocab maps stay traced
+def _estimator_head_for(graphdef, layout: FeatureLayout, text_dim: int, future_cost: bool,
+                        stacked: bool = False) -> Callable:
+    # one static head per (architecture, layout, ensemble or not): params and vocab maps stay traced
     def head(state, sim, q, inputs):
         s = remap_summary(state.summary, q["task_map"], q["tool_map"], q["kind_map"], q["model_map"])
         x = history_features(s, layout)
         if text_dim:
             x = jnp.concatenate([x, jnp.zeros((text_dim,), x.dtype)])  # simulated turns carry no text
-        out = nnx.merge(graphdef, q["params"]).score_all(x[None])[0]  # (M, 2) in checkpoint model order
-        out = out[q["sim_to_ckpt"]]  # -> simulator model order
+        if stacked:  # (K, M, 2): every ensemble member
+            members = jax.vmap(lambda p: nnx.merge(graphdef, p).score_all(x[None])[0])(q["params"])
+        else:
+            members = nnx.merge(graphdef, q["params"]).score_all(x[None])  # (1, M, 2)
+        members = members[:, q["sim_to_ckpt"]]  # checkpoint model order -> simulator model order
+        out = members.mean(0)
         # the router knows completion lengths from its training logs, not the simulator's hidden ones
         costs = jax.vmap(lambda m, o: turn_cost(sim, state.summary, state.last_input_tokens, m, o)[0],
                          in_axes=(0, 1))(jnp.arange(sim.n_models), jnp.stack([q["out_mean"], q["out_hi"]]))
         expected, worst = costs[:, 0], costs[:, 1]
         cost_norm = out[:, 1] + (expected / q["cost_scale"] if future_cost else 0.0)
         summ = state.summary
-        return routing.turn_inputs(worst, expected, summ.budget - summ.cost, score=out[:, 0], cost_norm=cost_norm)
+        return routing.turn_inputs(worst, expected, summ.budget - summ.cost, score=out[:, 0], cost_norm=cost_norm,
+                                   member_score=members[..., 0])
 
     return head
 
@@ -182,7 +188,9 @@ def expected_steps_for(meta: Mapping | None, task_types: Sequence[str]) -> np.nd
 
 
 def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter",
-                   switch_margin: float | None = None, pacing: bool = True, explore: str | None = None) -> Policy:
+                   switch_margin: float | None = None, pacing: bool = True, explore: str | None = None,
+                   safe: bool = False, kappa: float = routing.DEFAULT_KAPPA,
+                   n_min: float = routing.DEFAULT_N_MIN) -> Policy:
     """The MTRouter policy from a ``LoadedEstimator`` (or anything with graphdef/params/layout/meta),
     run inside the simulator whose vocabularies are ``sim_layout``. ``pacing``: budget pacing
     (``budget_allowed``), using the checkpoint's expected episode lengths. ``explore``: an
@@ -203,7 +211,8 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
     order = np.asarray(sim_to_ckpt)
     out_hi = jnp.asarray(np.asarray(estimator.output_tokens_hi)[order], jnp.float32)
     out_mean = jnp.asarray(np.asarray(estimator.output_tokens_mean)[order], jnp.float32)
-    head = _estimator_head_for(estimator.graphdef, L, int(estimator.text_dim), estimator.cost_target == "future")
+    head = _estimator_head_for(estimator.graphdef, L, int(estimator.text_dim), estimator.cost_target == "future",
+                               bool(getattr(estimator, "stacked", False)))
     q = {**maps, "sim_to_ckpt": sim_to_ckpt, "out_hi": out_hi, "out_mean": out_mean,
          "cost_scale": jnp.float32(estimator.cost_scale), "params": estimator.params}
     pool = estimator.pool
@@ -211,8 +220,29 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
     steps = expected_steps_for(getattr(estimator, "meta", None), list(sim_layout.task_types) + ["<other>"])
     rp = routing.learned(steps, per_tok("price_cached_input"), per_tok("price_output"), out_mean, lam,
                          DEFAULT_SWITCH_MARGIN if switch_margin is None else switch_margin, pacing, name)
+    if safe:
+        rp = routing.safe(rp, *_reference_in(estimator, sim_layout, maps), n_min=n_min, kappa=kappa, name=name)
     rp = with_exploration(rp, explore)
     return Policy(name if not explore else f"{name}+{explore}", _apply_for(rp.dist, head), {"policy": rp.params, "q": q})
+
+
+def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checkpoint's reference policy (table, support, seen) re-indexed into the simulator's
+    vocabularies: rows by task, columns by last tool (+ other, first turn), models in sim order."""
+    from mtrouter_jax.reference import Reference
+
+    ref = (getattr(estimator, "meta", None) or {}).get("reference")
+    if not ref:
+        raise ValueError("this checkpoint has no reference policy (train it with this version of mtrouter train)")
+    r = Reference.from_meta(ref)
+    L = estimator.layout
+    n_tc, n_kc = len(L.task_types), len(L.tools)
+    rows = np.r_[np.asarray(maps["task_map"]), n_tc]  # sim task -> ckpt row; the other bucket last
+    cols = np.r_[np.asarray(maps["tool_map"]), n_kc, n_kc + 1]  # sim tool -> ckpt column; other; first turn
+    sim_of_ckpt = np.argsort(np.asarray(maps["model_map"]))  # ckpt model index -> sim model index
+    table = sim_of_ckpt[r.table[np.ix_(rows, cols)]]
+    support = r.support[np.ix_(rows, cols)][..., np.asarray(maps["model_map"])]
+    return table, support, r.seen[rows]
 
 
 def baseline_policies(pool: Pool) -> list[Policy]:

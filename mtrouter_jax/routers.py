@@ -28,7 +28,7 @@ import numpy as np
 from mtrouter_jax import routing
 from mtrouter_jax.pool import Pool
 
-ROUTERS = ("learned", "fixed:MODEL", "cheapest", "tool-heuristic", "error-escalation[:M1,M2,..]", "uniform",
+ROUTERS = ("learned", "safe", "fixed:MODEL", "cheapest", "tool-heuristic", "error-escalation[:M1,M2,..]", "uniform",
            "sticky:RHO")
 EXPLORES = ("eps:E", "beta:B", "sticky:RHO[:E]")
 DEFAULT_STICKY_EPS = 0.1  # fresh exploratory draws of `sticky:RHO` (docs/live_loop.md measures the share)
@@ -166,10 +166,16 @@ def _model(name: str, pool: Pool, flag: str) -> int:
 
 
 def build_router(spec: str, pool: Pool, tools: Sequence[str], *, tool_map: ToolModelMap | None = None,
-                 learned: routing.RoutingPolicy | None = None, flag: str = "--router") -> routing.RoutingPolicy:
+                 learned: routing.RoutingPolicy | None = None, safe: routing.RoutingPolicy | None = None,
+                 flag: str = "--router") -> routing.RoutingPolicy:
     """The routing policy named by ``spec`` over ``pool`` for summaries whose tool vocabulary is
-    ``tools``. ``learned``: the policy ``spec == "learned"`` means (needs a checkpoint)."""
+    ``tools``. ``learned``/``safe``: the policies ``learned`` and ``safe`` mean (need a checkpoint)."""
     kind, _, arg = spec.strip().partition(":")
+    if kind == "safe":
+        if safe is None:
+            raise RouterSpecError(f"{flag} safe needs a checkpoint trained with a reference policy (mtrouter train "
+                                  "writes one); without a checkpoint use tool-heuristic or fixed:MODEL", flag)
+        return safe
     if kind == "learned":
         if learned is None:
             raise RouterSpecError(f"{flag} learned needs a trained checkpoint (--checkpoint CKPT); without one "
@@ -197,7 +203,7 @@ def build_router(spec: str, pool: Pool, tools: Sequence[str], *, tool_map: ToolM
     if kind == "sticky":
         return routing.roulette(_number(arg, "RHO", flag))
     raise RouterSpecError(f"{flag}: unknown router {spec!r}; choose one of {', '.join(ROUTERS)}"
-                          + _did_you_mean(kind, ["learned", "fixed", "cheapest", "tool-heuristic",
+                          + _did_you_mean(kind, ["learned", "safe", "fixed", "cheapest", "tool-heuristic",
                                                  "error-escalation", "uniform", "sticky"]), flag)
 
 

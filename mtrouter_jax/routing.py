@@ -321,6 +321,7 @@ def learned(expected_steps, price_cached, price_output, out_mean, lam: float = 0
 # --- the safe learned router --------------------------------------------------------------------
 
 DEFAULT_KAPPA = 1.0  # LCB width, in ensemble standard deviations of the gain (docs/benchmarks.md)
+DEFAULT_N_MIN = 5.0  # logged turns of a model after the same tool in the same task type (SPIBB's threshold)
 
 
 def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -354,7 +355,7 @@ def _safe_dist(summary, inputs, p):
     return one_hot(safe_choice(summary, inputs, p)[0], inputs.allowed.shape[-1])
 
 
-def safe(learned_policy: RoutingPolicy, ref_table, support, seen, n_min: float = 0.0,
+def safe(learned_policy: RoutingPolicy, ref_table, support, seen, n_min: float = DEFAULT_N_MIN,
          kappa: float = DEFAULT_KAPPA, name: str = "mtrouter-safe") -> RoutingPolicy:
     """The learned router made conservative (``safe_choice``): it keeps to a reference policy the logs
     vouch for and departs only on a confident, supported gain. ``ref_table`` (T+1, K+2) int32;
@@ -375,5 +376,5 @@ def set_lam(params: Any, lam) -> Any:
 
 __all__ = ["TurnInputs", "turn_inputs", "RoutingPolicy", "sample", "one_hot", "uniform_over", "masked_argmax",
            "cheapest_allowed", "fixed", "cheapest", "tool_heuristic", "error_escalation", "roulette", "explore",
-           "learned", "learned_values", "safe", "safe_choice", "DEFAULT_KAPPA", "decision_values", "pace_costs", "budget_allowed", "route_decision",
+           "learned", "learned_values", "safe", "safe_choice", "DEFAULT_KAPPA", "DEFAULT_N_MIN", "decision_values", "pace_costs", "budget_allowed", "route_decision",
            "DEFAULT_SWITCH_MARGIN", "PACE_SWITCH_SLACK", "START", "set_lam"]

@@ -248,34 +248,84 @@ def _score_fn(graphdef):
     return jax.jit(lambda params, x: nnx.merge(graphdef, params).score_all(x)[..., 0])
 
 
+AGGREGATES = ("mean", "min", "lcb")  # how an ensemble's members make one bootstrap value
+
+
+def ensemble_scores(result: TrainResult, features: np.ndarray, aggregate: str = "mean", chunk: int = 32768
+                    ) -> np.ndarray:
+    """(N, M) score predictions of a fit for bootstrapping: a single model's, or an ensemble's
+    members aggregated — ``mean``, ``min`` (ensemble-min: the clipped double-Q remedy for the
+    optimism of a max over noisy estimates) or ``lcb`` (mean - one member std)."""
+    members = getattr(result, "members", None)
+    if members is None:
+        return predict_scores(result.model, features, chunk)
+    from mtrouter_jax.ensemble import member_predictions
+
+    fn = _members_fn(result.graphdef)
+    n = features.shape[0]
+    chunk = min(chunk, max(n, 1))
+    out = []
+    for s in range(0, n, chunk):
+        x = features[s:s + chunk]
+        k = x.shape[0]
+        if k < chunk:
+            x = np.concatenate([x, np.zeros((chunk - k, x.shape[1]), x.dtype)])
+        out.append(np.asarray(fn(members, x))[:, :k])
+    pred = np.concatenate(out, axis=1)  # (K, N, M)
+    if aggregate == "min":
+        return pred.min(0)
+    if aggregate == "lcb":
+        return pred.mean(0) - pred.std(0)
+    return pred.mean(0)
+
+
+@functools.lru_cache(maxsize=8)
+def _members_fn(graphdef):
+    from mtrouter_jax.ensemble import member_predictions
+
+    return jax.jit(lambda members, x: member_predictions(graphdef, members, x)[..., 0])
+
+
 def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, n_steps: int,
-                     iterations: int, progress: bool = True, devices: list | None = None
-                     ) -> tuple[TrainResult, list[dict]]:
+                     iterations: int, progress: bool = True, devices: list | None = None, ensemble: int = 1,
+                     aggregate: str = "mean") -> tuple[TrainResult, list[dict]]:
     """Fitted-Q training: fit on the Monte-Carlo AEC targets, then ``iterations`` times refit on
     n-step targets bootstrapped from the previous fit (targets.bootstrapped_score_targets).
 
     The bootstrap value of a state is the previous fit's best score over the models the router's
     budget rule allows there (``policy.budget_allowed``, paced) — its own greedy choice at
-    lambda = 0. The cost head keeps its Monte-Carlo target. Returns the last fit and one summary dict per fit.
+    lambda = 0; with an ensemble (``ensemble > 1``) the members' predictions are aggregated by
+    ``aggregate`` first (``ensemble_scores``). The cost head keeps its Monte-Carlo target. Returns
+    the last fit and one summary dict per fit.
     """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     if data.turn_cost_hi is None or data.remaining_budget is None:
         raise ValueError("bootstrapping needs TrainingData.turn_cost_hi and remaining_budget "
                          "(build it with dataset.build_training_data)")
+
+    def one_fit(d):
+        if ensemble > 1:
+            from mtrouter_jax.ensemble import fit_ensemble
+
+            return fit_ensemble(d, pool, cfg, ensemble, progress=progress)
+        return fit(d, pool, cfg, progress=progress, devices=devices)
+
     mc = np.asarray(data.score_target, np.float32)
     succ, valid = (np.asarray(a) for a in nstep_successors(data.episode, n_steps))
     first = np.r_[True, data.episode[1:] != data.episode[:-1]]
     prev = np.where(first, -1, np.r_[-1, data.model[:-1]])  # model of the turn before each row
     allowed = np.asarray(budget_allowed(data.turn_cost_hi, data.remaining_budget[:, None], data.pace_cost, prev))
-    result = fit(data, pool, cfg, progress=progress, devices=devices)
+    result = one_fit(data)
     log = [{"iteration": 0, "targets": "monte-carlo", "val_loss": result.val_loss,
             "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch}]
     for it in range(1, iterations + 1):
-        values = greedy_state_values(predict_scores(result.model, data.features), allowed)
+        values = greedy_state_values(ensemble_scores(result, data.features, aggregate), allowed)
         targets = np.asarray(bootstrapped_score_targets(mc, succ, valid, values), np.float32)
-        result = fit(dataclasses.replace(data, score_target=targets), pool, cfg, progress=progress, devices=devices)
+        result = one_fit(dataclasses.replace(data, score_target=targets))
         log.append({"iteration": it, "targets": f"{n_steps}-step bootstrapped", "val_loss": result.val_loss,
                     "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch,
-                    "mean_target_shift": float(np.mean(targets - mc))})
+                    "mean_target_shift": float(np.mean(targets - mc)), "aggregate": aggregate})
     return result, log
 
 

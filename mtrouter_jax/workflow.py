@@ -89,15 +89,26 @@ def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world
 
 def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), target_cfg: TargetConfig = TargetConfig(),
-                     text_encoder=None, progress: bool = True) -> tuple[LoadedEstimator, TrainResult]:
-    """Build targets, fit the estimator, save an orbax checkpoint with full metadata, reload it."""
+                     text_encoder=None, progress: bool = True, ensemble: int = 1,
+                     aggregate: str = "mean") -> tuple[LoadedEstimator, TrainResult]:
+    """Build targets, fit the estimator (an ensemble of ``ensemble`` members trained in one vmapped
+    step when > 1), fit the reference policy the logs vouch for (``reference.fit_reference``, for
+    the safe router), save an orbax checkpoint with full metadata, reload it."""
+    from mtrouter_jax.reference import fit_reference
+
     data = build_training_data(episodes, pool, target_cfg, text_encoder=text_encoder)
     if target_cfg.bootstrap_iterations:
         result, fits = fit_bootstrapped(data, pool, train_cfg, n_steps=target_cfg.bootstrap_steps,
-                                        iterations=target_cfg.bootstrap_iterations, progress=progress)
+                                        iterations=target_cfg.bootstrap_iterations, progress=progress,
+                                        ensemble=ensemble, aggregate=aggregate)
+    elif ensemble > 1:
+        from mtrouter_jax.ensemble import fit_ensemble
+
+        result, fits = fit_ensemble(data, pool, train_cfg, ensemble, progress=progress), []
     else:
         result = fit(data, pool, train_cfg, progress=progress)
         fits = []
+    reference = fit_reference(episodes, data.layout, pool, target_cfg.default_score_range)
     meta = {
         "pool": pool.to_dict(),
         "layout": data.layout.to_dict(),
@@ -119,9 +130,14 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
         "training": {**dataclasses.asdict(train_cfg), "best_epoch": result.best_epoch,
                      "val_loss": result.val_loss, "baseline_val_loss": result.baseline_val_loss,
                      "history": result.history, "turns_per_second": result.turns_per_second},
-        "data": {"fingerprint": data.fingerprint, "n_episodes": data.n_episodes, "n_turns": data.n},
+        "data": {"fingerprint": data.fingerprint, "n_episodes": data.n_episodes, "n_turns": data.n,
+                 "sources": sorted({e.source or "?" for e in episodes})},
+        "reference": reference.to_meta(),
+        "bootstrap_aggregate": aggregate,
     }
-    save_checkpoint(out, result.model, to_jsonable(meta))
+    if getattr(result, "members", None) is not None:
+        meta["training"]["member_val_loss"] = result.member_val_loss
+    save_checkpoint(out, result.model, to_jsonable(meta), members=getattr(result, "members", None))
     return load_checkpoint(out), result
 
 

@@ -148,7 +148,8 @@ class Router:
                  default_max_output: int = 131_072, text_encoder: Any = None,
                  switch_margin: float = routing.DEFAULT_SWITCH_MARGIN, pacing: bool = True,
                  output_tokens_hi: float | Sequence[float] | None = None,
-                 output_tokens_mean: float | Sequence[float] | None = None, lam_table: str | None = None):
+                 output_tokens_mean: float | Sequence[float] | None = None, lam_table: str | None = None,
+                 kappa: float = routing.DEFAULT_KAPPA, n_min: float = routing.DEFAULT_N_MIN):
         """Args:
             estimator: a ``LoadedEstimator`` (or anything with the same interface); None for
                 checkpoint-free routers (``policy`` other than ``learned``).
@@ -180,6 +181,7 @@ class Router:
                 (default: the checkpoint's, else 4096 / 1024).
             lam_table: which of the checkpoint's λ tables to use ("scienceworld", "sim", ...;
                 default: the only one, else scienceworld before sim).
+            kappa, n_min: the safe router's LCB width and minimum logged support (``routing.safe``).
         """
         self.estimator = estimator
         self.tool_map = tool_map or default_tool_map()
@@ -240,6 +242,7 @@ class Router:
         self._tool_cache: dict[str | None, tuple[str, int]] = {}
         self._tool_lock = threading.Lock()
         self.learned_policy = self._learned() if estimator is not None else None
+        self.safe_policy = self._safe(kappa, n_min) if estimator is not None else None
         if tool_models is None and getattr(self.pool, "tool_heuristic", None):
             tool_models = ToolModelMap.from_dict(self.pool.tool_heuristic, f"pool {self.pool.name!r}: tool_heuristic")
         self.tool_models = tool_models
@@ -247,7 +250,7 @@ class Router:
             policy = "learned" if estimator is not None else "tool-heuristic"
         if isinstance(policy, str):
             policy = build_router(policy, self.pool, self.layout.tools, tool_map=tool_models,
-                                  learned=self.learned_policy)
+                                  learned=self.learned_policy, safe=self.safe_policy)
         self.policy: routing.RoutingPolicy = policy
         self.explore_spec = explore or None
         self.explore_policy = with_exploration(policy, explore) if explore else None
@@ -266,6 +269,15 @@ class Router:
         steps = expected_steps_for(getattr(self.estimator, "meta", None), list(self.layout.task_types) + ["<other>"])
         return routing.learned(steps, self.price_cached, self.price_out, self.output_tokens_mean, self.lam,
                                self.switch_margin, self.pacing)
+
+    def _safe(self, kappa: float, n_min: float) -> routing.RoutingPolicy | None:
+        ref = (getattr(self.estimator, "meta", None) or {}).get("reference")
+        if not ref:
+            return None
+        from mtrouter_jax.reference import Reference
+
+        r = Reference.from_meta(ref)
+        return routing.safe(self.learned_policy, r.table, r.support, r.seen, n_min, kappa)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, pool: Pool | str | Path | None = None, lam: float = 1.0,

@@ -1,0 +1,165 @@
+"""Ensembles (one vmapped training step), the reference policy, the safe rule and λ tables."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from _shared_artifacts import simulated_episodes
+from mtrouter_jax import routing
+from mtrouter_jax.features import initial_summary
+from mtrouter_jax.logs import Episode, Turn
+
+M, T, K = 4, 3, 5
+LEARNED = routing.learned(np.full(T + 1, 30.0), np.full(M, 1e-7), np.full(M, 1e-6), np.full(M, 300.0), lam=0.0,
+                          switch_margin=0.0, pacing=False)
+
+
+@st.composite
+def safe_case(draw, k=K):
+    s = initial_summary(draw(st.integers(0, T)), 500.0, np.inf).replace(
+        turn=jnp.int32(draw(st.integers(0, 20))), prev_model=jnp.int32(draw(st.integers(-1, M - 1))),
+        recent_tools=jnp.asarray([draw(st.integers(-1, 3))] * 4, jnp.int32))
+    allowed = np.array(draw(st.lists(st.booleans(), min_size=M, max_size=M)))
+    if not allowed.any():
+        allowed[0] = True
+    members = np.array(draw(st.lists(st.lists(st.floats(0, 1, width=32), min_size=M, max_size=M),
+                                     min_size=k, max_size=k)), np.float32)
+    inputs = routing.turn_inputs(np.full(M, 1e-3), np.full(M, 5e-4), 1.0, allowed=allowed,
+                                 score=members.mean(0), member_score=members)
+    table = np.array(draw(st.lists(st.integers(0, M - 1), min_size=(T + 1) * 6, max_size=(T + 1) * 6))).reshape(T + 1, 6)
+    return s, inputs, table
+
+
+_choice = jax.jit(routing.safe_choice)
+_greedy = jax.jit(lambda s, i, p: routing.learned_values(s, i, p))
+
+
+def _safe(table, seen=True, n_min=0.0, support=10.0, kappa=1.0):
+    return routing.safe(LEARNED, table, np.full((T + 1, 6, M), support), np.full(T + 1, seen), n_min, kappa)
+
+
+@settings(max_examples=60, deadline=None)
+@given(safe_case(k=1))
+def test_one_member_zero_spread_is_the_greedy_rule(case):
+    s, inputs, table = case
+    values, allowed = (np.asarray(x) for x in _greedy(s, inputs, LEARNED.params))
+    v = values[allowed]
+    assume(len(np.unique(v)) == len(v))  # ties broken differently is not a disagreement
+    pol = _safe(table)
+    choice = int(_choice(s, inputs, pol.params)[0])
+    assert choice == int(np.flatnonzero(allowed)[np.argmax(v)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(safe_case())
+def test_the_rule_never_leaves_the_budget_mask(case):
+    s, inputs, table = case
+    choice = int(_choice(s, inputs, _safe(table).params)[0])
+    assert bool(inputs.allowed[choice])
+
+
+@settings(max_examples=40, deadline=None)
+@given(safe_case())
+def test_unseen_task_types_and_unsupported_models_route_to_the_reference(case):
+    s, inputs, table = case
+    for pol in (_safe(table, seen=False), _safe(table, n_min=100.0, support=3.0)):
+        choice, ref, _ = _choice(s, inputs, pol.params)
+        assert int(choice) == int(ref)
+
+
+def test_disagreeing_members_keep_the_reference():
+    s = initial_summary(0, 500.0, np.inf)
+    table = np.zeros((T + 1, 6), np.int32)  # the reference is model 0
+    agree = np.tile(np.array([0.5, 0.6, 0.4, 0.4], np.float32), (K, 1))  # everyone says model 1 is better
+    split = agree.copy()
+    split[:, 1] = [0.9, 0.3, 0.9, 0.3, 0.6]  # same mean, large spread
+    for members, want in ((agree, 1), (split, 0)):
+        inputs = routing.turn_inputs(np.full(M, 1e-3), np.full(M, 5e-4), np.inf, score=members.mean(0),
+                                     member_score=members)
+        assert int(_choice(s, inputs, _safe(table).params)[0]) == want
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool):
+    from mtrouter_jax.dataset import build_training_data
+    from mtrouter_jax.ensemble import fit_ensemble, make_ensemble_epoch
+    from mtrouter_jax.train import TrainConfig
+
+    data = build_training_data(simulated_episodes(tmp_path_factory)[:48], pool)
+    cfg = TrainConfig(max_epochs=3, patience=5, batch_size=64)
+    calls = []
+    import mtrouter_jax.ensemble as E
+
+    real = E.make_ensemble_epoch
+
+    def spy(*a, **kw):
+        calls.append(real(*a, **kw))
+        return calls[-1]
+
+    E.make_ensemble_epoch = spy
+    try:
+        res = fit_ensemble(data, pool, cfg, k=3, progress=False)
+    finally:
+        E.make_ensemble_epoch = real
+    (epoch,) = calls
+    assert epoch._cache_size() == 1  # three epochs, three members: one compile
+    assert res.k == 3 and len(res.member_val_loss) == 3 and np.isfinite(res.val_loss)
+    w = jax.tree_util.tree_leaves(res.members)
+    assert all(x.shape[0] == 3 for x in w)
+    assert any(not np.allclose(np.asarray(x[0]), np.asarray(x[1])) for x in w if x.dtype == jnp.float32)
+    assert make_ensemble_epoch is real
+
+
+def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_path, pool):
+    from mtrouter_jax.checkpoint import load_checkpoint, read_meta, update_meta
+    from mtrouter_jax.train import TrainConfig
+    from mtrouter_jax.workflow import train_checkpoint
+
+    eps = simulated_episodes(tmp_path_factory)[:48]
+    est, res = train_checkpoint(eps, pool, tmp_path / "ens", TrainConfig(max_epochs=2, batch_size=64),
+                                progress=False, ensemble=3)
+    again = load_checkpoint(tmp_path / "ens")
+    x = np.stack([np.asarray(t.features, np.float32) for t in eps[0].turns[:3]])
+    members = again.predict_members(x)
+    assert again.k == 3 and members.shape == (3, 3, len(pool), 2)
+    np.testing.assert_allclose(again.predict(x)[0], members[..., 0].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(est.predict(x)[0], again.predict(x)[0], rtol=1e-6)
+    assert members[..., 0].std(0).max() > 0  # members disagree somewhere
+    ref = read_meta(tmp_path / "ens")["reference"]
+    assert ref["name"] and len(ref["table"]) == len(again.layout.task_types) + 1
+    # metadata updates are re-sealed: the checkpoint still verifies
+    update_meta(tmp_path / "ens", {"lam_tables": {"sim": [{"budget": 0.1, "lam": 0.2}]}})
+    assert load_checkpoint(tmp_path / "ens").meta["lam_tables"]["sim"][0]["lam"] == 0.2
+
+
+# ----------------------------------------------------------------------------- the reference policy
+
+def _episode(i, model, score, task="t"):
+    turns = tuple(Turn(model, 100, 0, 10, 0.001, "search" if j % 2 else "python", None, 0.5) for j in range(6))
+    return Episode(f"e{i}", task, score, None, ("a", "b"), turns, (0.0, 1.0), "sim", None)
+
+
+def test_reference_is_the_best_vouched_single_model():
+    from mtrouter_jax.dataset import build_layout
+    from mtrouter_jax.pool import ModelSpec, Pool
+    from mtrouter_jax.reference import fit_reference
+
+    p = Pool("p", (ModelSpec("a", 1.0, 0.1, 2.0), ModelSpec("b", 0.1, 0.01, 0.2)))
+    rng = np.random.default_rng(0)
+    eps = [_episode(i, "a", float(rng.uniform(0.6, 0.9))) for i in range(12)]
+    eps += [_episode(100 + i, "b", float(rng.uniform(0.1, 0.4))) for i in range(12)]
+    eps += [dataclasses.replace(_episode(200 + i, "b", 0.99), turns=_episode(0, "a", 0).turns[:1]
+                                + _episode(0, "b", 0).turns[1:]) for i in range(3)]  # too few to vouch
+    ref = fit_reference(eps, build_layout(eps, p), p, (0.0, 1.0))
+    assert ref.name == "single:a" and (ref.table == 0).all()
+    cand = {c["name"]: c for c in ref.candidates}
+    assert cand["single:a"]["n"] == 12 and cand["single:a"]["mean"] > cand["single:b"]["mean"]
+    assert ref.seen[0] and not ref.seen[-1] and ref.support.sum() == sum(len(e.turns) for e in eps)
