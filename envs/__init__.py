@@ -1,4 +1,5 @@
-"""Gymnasium shells over the pure-JAX simulator; importing registers ``mtrouter/MultiTurnRouting-v0``."""
+"""Gymnasium shells: importing registers ``mtrouter/MultiTurnRouting-v0`` (the pure-JAX simulator) and
+``mtrouter/ScienceWorldRouting-v0`` (real ScienceWorld)."""
 
 import gymnasium
 
@@ -16,4 +17,10 @@ if ENV_ID not in gymnasium.registry:
         max_episode_steps=None,  # the core enforces WorldConfig.max_steps itself
     )
 
-__all__ = ["ENV_ID", "MultiTurnRoutingEnv", "MultiTurnRoutingVectorEnv"]
+SCIENCEWORLD_ENV_ID = "mtrouter/ScienceWorldRouting-v0"
+if SCIENCEWORLD_ENV_ID not in gymnasium.registry:
+    # real ScienceWorld (optional extra `scienceworld`, needs Java 17); imported only on make()
+    gymnasium.register(id=SCIENCEWORLD_ENV_ID, entry_point="envs.scienceworld_env:ScienceWorldRoutingEnv",
+                       max_episode_steps=None)  # the env enforces its own step limit
+
+__all__ = ["ENV_ID", "SCIENCEWORLD_ENV_ID", "MultiTurnRoutingEnv", "MultiTurnRoutingVectorEnv"]

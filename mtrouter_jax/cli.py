@@ -1,4 +1,4 @@
-"""`mtrouter` command line: run | simulate | train | sweep | serve | route | inspect.
+"""`mtrouter` command line: run | simulate | train | sweep | serve | collect | eval | route | inspect.
 
 A thin shell: parse arguments, call ``workflow``/library functions, print, exit with a clear
 message (and status 2) on bad input instead of a traceback.
@@ -39,25 +39,25 @@ def _train_cfg(a):
 
 
 def cmd_simulate(a) -> int:
-    from mtrouter_jax.collect import mixed_policy
-    from mtrouter_jax.policy import baseline_policies
+    from mtrouter_jax.collect import behaviour_policy
+    from mtrouter_jax.routers import RouterSpecError
     from mtrouter_jax.sim.params import WorldConfig
     from mtrouter_jax.workflow import simulate_dataset
 
     pool = _pool(a.pool)
-    behaviour = None
-    if a.behaviour.startswith("sticky"):
-        from mtrouter_jax.collect import sticky_behaviour
-
-        _, _, rho = a.behaviour.partition(":")
-        behaviour = sticky_behaviour(float(rho or 0.9))
-    elif a.behaviour != "uniform":
-        base_name, _, eps = a.behaviour.partition(":")
-        bases = {p.name: p for p in baseline_policies(pool)}
-        if base_name not in bases:
-            raise UsageError(f"--behaviour: unknown base policy {base_name!r}; choose uniform, sticky[:RHO] or one of "
-                             f"{', '.join(bases)} (optionally ':EPS', e.g. tool-heuristic:0.3)")
-        behaviour = mixed_policy(bases[base_name], float(eps or 0.3))
+    router, explore = a.router, a.explore
+    if a.behaviour is not None:  # the older single-flag form: uniform | sticky[:RHO] | BASELINE[:EPS]
+        kind, _, arg = a.behaviour.partition(":")
+        if kind == "sticky":
+            router, explore = f"sticky:{arg or 0.9}", None
+        elif kind == "uniform":
+            router, explore = "uniform", None
+        else:
+            router, explore = kind, f"eps:{arg or 0.3}"
+    try:
+        behaviour = behaviour_policy(router, pool, WorldConfig(), explore)
+    except RouterSpecError as e:
+        raise UsageError(str(e)) from None
     out = Path(a.out)
     if out.exists() and not a.append:
         raise UsageError(f"{out} exists; pass --append to add episodes to it")
@@ -78,9 +78,9 @@ def _load_training_episodes(a, pool):
 
     episodes = []
     if a.data:
-        episodes, n_unscored = drop_unscored(read_episodes(a.data, pool_models=set(pool.names)))
+        episodes, n_unscored = drop_unscored(read_episodes(a.data, pool_models=set(pool.names), strict=a.strict))
         if n_unscored:
-            print(f"dropped {n_unscored} unscored episode(s) (meta.unscored: no terminal score reported)")
+            print(f"dropped {n_unscored} unscored episode(s) (score null: no terminal score was reported)")
     if a.import_official:
         from mtrouter_jax.importers import import_official_trajectories
 
@@ -111,11 +111,38 @@ def cmd_train(a) -> int:
 
         text = HashedNgramEncoder(dim=a.text_dim)
     tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting)
-    est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text)
+    _print_coverage(episodes, pool)
+    if a.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {a.ensemble}")
+    est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
+                                aggregate=a.bootstrap_aggregate)
     print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
           f"{res.val_loss:.4f} (per-model-mean baseline {res.baseline_val_loss:.4f}), "
           f"{res.turns_per_second:,.0f} turns/s")
     return 0
+
+
+def _print_coverage(episodes, pool) -> None:
+    """Per-model turns, exploration and effective sample size of the training logs; warnings."""
+    from rich.table import Table
+
+    from mtrouter_jax.coverage import coverage_warnings, exploration_report
+
+    rep = exploration_report(episodes, pool.names)
+    sources: dict[str, int] = {}
+    for e in episodes:
+        sources[e.source or "?"] = sources.get(e.source or "?", 0) + 1
+    t = Table(title=f"training logs: {len(episodes)} episodes ("
+                    + ", ".join(f"{n} {s}" for s, n in sorted(sources.items())) + ")")
+    for col in ("model", "turns", "share", "with propensity", "explored (p<1)", "ESS of 1/p"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for c in rep:
+        t.add_row(c.model, f"{c.turns:,}", f"{100 * c.share:.1f}%", f"{c.with_propensity:,}", f"{c.explored:,}",
+                  f"{c.ess:,.0f}")
+    console = _console()
+    console.print(t)
+    for w in coverage_warnings(rep):
+        console.print(f"[yellow]warning:[/yellow] {w}")
 
 
 def cmd_sweep(a) -> int:
@@ -191,6 +218,14 @@ def cmd_inspect(a) -> int:
     short["layout"] = meta["layout"]
     t = meta.get("training", {})
     short["training"] = {k: t.get(k) for k in ("best_epoch", "val_loss", "baseline_val_loss", "turns_per_second")}
+    short["ensemble_size"] = int((meta.get("ensemble") or {}).get("k", 1))
+    ref = meta.get("reference") or {}
+    short["reference_policy"] = ref.get("name")
+    short["reference_candidates"] = ref.get("candidates")
+    from mtrouter_jax.routers import DEFAULT_LAM
+
+    tables = meta.get("lam_tables") or {}
+    short["lam_tables"] = tables or f"none: the learned router uses λ = {DEFAULT_LAM:g} unless --lam is given"
     print(json.dumps(short, indent=2))
     return 0
 
@@ -258,9 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--append", action="store_true")
-    p.add_argument("--behaviour", default="uniform",
-                   help="uniform (the paper's roulette), sticky[:RHO] (keep the last model w.p. RHO), "
-                        "or BASELINE[:EPS] mixed with uniform")
+    p.add_argument("--router", default="uniform",
+                   help="behaviour policy: uniform (the paper's roulette), sticky:RHO, tool-heuristic, fixed:MODEL, "
+                        "cheapest, error-escalation[:M1,M2,..]")
+    p.add_argument("--explore", default=None, help="exploration around --router: eps:E, beta:B or sticky:RHO[:E]")
+    p.add_argument("--behaviour", default=None, help=argparse.SUPPRESS)  # older form, kept working
     p.add_argument("--no-budgets", action="store_true", help="log episodes without per-episode budgets")
     p.add_argument("--no-features", action="store_true", help="omit per-turn feature vectors")
     p.add_argument("--pool", default=None)
@@ -278,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="add the hashed n-gram embedding of observation text")
     p.add_argument("--text-dim", type=int, default=64)
     p.add_argument("--propensity-weighting", action="store_true")
+    p.add_argument("--ensemble", type=int, default=5,
+                   help="estimators trained together (one vmapped step) for the safe router's uncertainty (1 = one)")
+    p.add_argument("--bootstrap-aggregate", choices=["mean", "min", "lcb"], default="mean",
+                   help="how ensemble members make a bootstrap value (min: ensemble-min / clipped double-Q)")
+    p.add_argument("--strict", action="store_true",
+                   help="unknown fields in the logs are errors (default: kept, one warning per file)")
     _add_train_args(p)
     p.set_defaults(fn=cmd_train)
 
@@ -292,10 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("serve", help="OpenAI-compatible routing proxy (needs the [live] extra)")
-    from mtrouter_jax.live.server import add_serve_args
+    from mtrouter_jax.live.options import add_serve_args
 
     add_serve_args(p)
     p.set_defaults(fn=cmd_serve)
+
+    from mtrouter_jax.scienceworld.commands import add_collect_args, add_eval_args, cmd_collect, cmd_eval
+
+    p = sub.add_parser("collect", help="collect routed episodes of a real benchmark (scienceworld) into a log")
+    add_collect_args(p)
+    p.set_defaults(fn=cmd_collect)
+
+    p = sub.add_parser("eval", help="evaluate routers on a real benchmark (scienceworld): table, plots, summary")
+    add_eval_args(p)
+    p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("route", help="report an episode's terminal score to a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -311,15 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _usage_error_types() -> tuple[type, ...]:
+    """Exceptions that mean bad input (one line, exit 2). Imported only when something failed, so a
+    light command (route, --help) never pays for JAX/orbax imports."""
     from mtrouter_jax.checkpoint import CheckpointError
     from mtrouter_jax.logs import LogFormatError
     from mtrouter_jax.pool import PoolError
+    from mtrouter_jax.routers import RouterSpecError
+    from mtrouter_jax.scienceworld.engine import ScienceWorldArgumentError, ScienceWorldUnavailable
+    from mtrouter_jax.scienceworld.scripted import ProfileError
 
+    return (UsageError, LogFormatError, PoolError, CheckpointError, FileNotFoundError, FileExistsError,
+            RouterSpecError, ScienceWorldArgumentError, ScienceWorldUnavailable, ProfileError)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, LogFormatError, PoolError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+    except Exception as e:  # noqa: BLE001 - narrowed right below
+        if not isinstance(e, (UsageError, FileNotFoundError, FileExistsError)) and not isinstance(e, _usage_error_types()):
+            raise
         print(f"mtrouter {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

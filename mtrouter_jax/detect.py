@@ -160,7 +160,8 @@ def _rs(rows: Iterable[tuple[str, ...]]) -> ErrorRuleSet:
 
 # Rule rows are kept as module constants so they are easy to audit; order matters.
 SCIENCEWORLD_RULES = (
-    (r"No known action matches that input", "invalid_action", "high"),
+    # the second form answers a non-number typed at an "Ambiguous request" prompt
+    (r"No known action matches that input|Unknown action\.\s+Type 'help'", "invalid_action", "high"),
     # mini-agent style format complaints (no / several action blocks in the reply)
     (r"(provide|include) EXACTLY ONE action|found \d+ actions|no action (found|provided)",
      "action_format", "medium"),
@@ -325,13 +326,15 @@ class ToolTypeMap:
 # ----------------------------------------------------------------------------- ScienceWorld
 
 # ScienceWorld command verb -> coarse action type (documented in docs/formats_logs.md).
-# explore: gathering information; act: changing the world; focus: the scoring-critical
-# "focus on" (a wrong focus ends the task at -100); answer: ending the episode.
+# explore: gathering information; navigate: moving between rooms (a third of a typical gold
+# path, and a different skill from manipulating objects); act: changing the world; focus: the
+# scoring-critical "focus on" (a wrong focus ends the task at -100); answer: ending the episode.
 SCIENCEWORLD_ACTION_TYPES: tuple[tuple[str, str], ...] = (
     (r"focus on\b", "focus"),
     (r"(look (around|at|in)|look$|inventory|read|task|examine|check)\b", "explore"),
     (r"(submit|finish|exit|quit|complete_task|done)\b|echo\s+complete", "answer"),
-    (r"(go to|teleport to|open|close|pick up|put down|take|drop|move|pour|mix|activate|"
+    (r"(go to|walk to|teleport to|(open|close) door to)\b", "navigate"),
+    (r"(open|close|pick up|put down|take|drop|move|pour|mix|activate|"
      r"deactivate|use|connect|disconnect|eat|flush|dunk|wait1?|wait|plant|water|heat|cool|"
      r"turn on|turn off|press|reset task)\b", "act"),
 )
@@ -339,7 +342,7 @@ _SW_RX = tuple((re.compile(r"^\s*" + p, re.IGNORECASE), t) for p, t in SCIENCEWO
 
 
 def scienceworld_action_type(command: str | None) -> str:
-    """Coarse type of a ScienceWorld command: explore | act | focus | answer | other.
+    """Coarse type of a ScienceWorld command: explore | navigate | act | focus | answer | other.
 
     None/empty (no command issued) -> "reasoning".
     """

@@ -14,6 +14,8 @@ from mtrouter_jax.logs import TurnError
 
 @pytest.mark.parametrize("text,kind,sev", [
     ("No known action matches that input.", "invalid_action", "high"),
+    ("Unknown action.  Type 'help' for a list of actions, and 'objects' for a list of possible "
+     "object referents. ", "invalid_action", "high"),
     ("Ambiguous request: Please enter the number for the action you intended", "ambiguous_action", "low"),
     ("Please always provide EXACTLY ONE action in triple backticks, found 2 actions.",
      "action_format", "medium"),
@@ -137,8 +139,10 @@ def test_tool_map_overrides_and_regex(tmp_path):
 
 @pytest.mark.parametrize("cmd,typ", [
     ("look around", "explore"), ("look at thermometer", "explore"), ("inventory", "explore"),
-    ("read recipe", "explore"), ("focus on red wire", "focus"), ("go to kitchen", "act"),
-    ("pick up apple", "act"), ("open door to hallway", "act"), ("move apple to table", "act"),
+    ("read recipe", "explore"), ("focus on red wire", "focus"), ("go to kitchen", "navigate"),
+    ("teleport to kitchen", "navigate"), ("Open Door To hallway", "navigate"),
+    ("close door to kitchen", "navigate"), ("open cupboard", "act"), ("open door", "act"),
+    ("pick up apple", "act"), ("move apple to table", "act"),
     ("wait1", "act"), ("xyzzy", "other"), ("", "reasoning"), (None, "reasoning"),
 ])
 def test_scienceworld_action_type(cmd, typ):

@@ -1,0 +1,197 @@
+"""``mtrouter collect scienceworld`` and ``mtrouter eval scienceworld``: library functions + their options.
+
+collect: route episodes of training variations with a behaviour policy (default: the sticky
+roulette) and append them, with observation and action text, to a trajectory log.
+eval: run every router on the same test variations (same scripted draws: common random numbers)
+under every budget, then report them through the simulator sweep's reporting path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from mtrouter_jax.pool import Pool, load_pool
+
+from .engine import DEFAULT_TASKS, SPLITS, check_task, require_java
+from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
+
+DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"
+
+
+def _workers(n: int | None) -> int:
+    return max(1, n if n is not None else min(2, os.cpu_count() or 1))
+
+
+def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1, runs: int = 1,
+            split: str = "train", tasks: Sequence[str] = DEFAULT_TASKS, budget: float | None = None,
+            backend: str = "scripted", workers: int | None = None, seed: int = 0, step_limit: int = 100,
+            profiles: str | None = None, progress: bool = True) -> list:
+    """Collect routed episodes into ``out`` (resumable: ids already there are skipped)."""
+    require_java()
+    plan = plan_variations(tasks, split, per_task, seed)
+    jobs = make_jobs(spec, plan, split, runs, budget)
+    return list(run_jobs(jobs, pool, lambda j: out, backend=backend, workers=_workers(workers), scripted_seed=seed,
+                         step_limit=step_limit, profiles=profiles, progress=progress))
+
+
+def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | None, tool_map: str | None
+               ) -> list[tuple[str, str, RouterSpec]]:
+    """(report name, report kind, spec) per router of a comma-separated list; ``fixed:*`` = every
+    pool model; ``learned`` uses ``checkpoint``, ``learned=PATH`` another checkpoint."""
+    out = []
+    for r in [x.strip() for x in routers.split(",") if x.strip()]:
+        if r == "fixed:*":
+            out += [(m, "single", RouterSpec(f"fixed:{m}", label=m)) for m in pool.names]
+        elif r == "learned" or r.startswith("learned="):
+            path = r.partition("=")[2] or checkpoint
+            if not path:
+                from mtrouter_jax.routers import RouterSpecError
+
+                raise RouterSpecError("--routers learned needs --checkpoint CKPT (or learned=PATH)", "--checkpoint")
+            name = "mtrouter" if r == "learned" else f"mtrouter[{Path(path).name}]"
+            out.append((name, "learned", RouterSpec("learned", checkpoint=str(path), lam=lam, label=name)))
+        elif r.startswith("fixed:"):
+            out.append((r[6:], "single", RouterSpec(r, label=r[6:])))
+        else:
+            kind = "heuristic" if r == "tool-heuristic" else "baseline"
+            out.append((r, kind, RouterSpec(r, tool_map=tool_map, label=r)))
+    return out
+
+
+def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTERS, *, checkpoint: str | None = None,
+             budgets: Sequence[float] = (), per_task: int = 1, runs: int = 1, split: str = "test",
+             tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
+             seed: int = 0, step_limit: int = 100, lam: float | None = None, tool_map: str | None = None,
+             profiles: str | None = None, progress: bool = True) -> dict:
+    """Run every router on the same episodes under every budget; returns the sweep ``results`` dict
+    (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``."""
+    from mtrouter_jax.episode_metrics import point_from_episodes
+    from mtrouter_jax.logs import iter_episodes
+
+    from .routed import TOOLS
+
+    require_java()
+    if not routers.strip():
+        routers = DEFAULT_EVAL_ROUTERS if checkpoint else DEFAULT_EVAL_ROUTERS.replace("learned,", "")
+    specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "episodes.jsonl"
+    plan = plan_variations(tasks, split, per_task, seed)
+    caps: list[float | None] = [float(b) for b in budgets] or [None]
+    jobs: list[Job] = []
+    groups: dict[tuple[str, float | None], list[str]] = {}
+    for name, kind, spec in specs:
+        for b in ([None] if kind == "single" else caps):
+            js = make_jobs(spec, plan, split, runs, b)
+            jobs += js
+            groups[(name, b)] = [j.episode_id for j in js]
+    list(run_jobs(jobs, pool, lambda j: log, backend=backend, workers=_workers(workers), scripted_seed=seed,
+                  step_limit=step_limit, profiles=profiles, progress=progress))
+    by_id = {e.episode_id: e for e in iter_episodes(log)}
+    results: dict = {"routers": {}, "meta": {
+        "benchmark": "scienceworld", "backend": backend, "split": split, "n_episodes": len(plan) * runs,
+        "seed": seed, "pool": list(pool.names), "tools": list(TOOLS), "budgets": [b for b in caps if b is not None],
+        "currency": "USD", "checkpoint": checkpoint, "tasks": list(tasks), "per_task": per_task, "runs": runs,
+        "step_limit": step_limit, "episodes_log": str(log)}}
+    for name, kind, spec in specs:
+        pts = []
+        for b in ([None] if kind == "single" else caps):
+            eps = [by_id[i] for i in groups[(name, b)] if i in by_id]
+            lam_used = eps[0].meta.get("lam") if eps and kind == "learned" else None
+            pts.append(point_from_episodes(eps, b, lam_used, pool, TOOLS))
+        results["routers"][name] = {"kind": kind, "points": pts}
+    return results
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _budget(text: str) -> float:
+    b = float(text)
+    if not math.isfinite(b) or b <= 0:
+        raise argparse.ArgumentTypeError(f"budget must be a number > 0 USD, got {text!r}")
+    return b
+
+
+def _common(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("benchmark", choices=["scienceworld"], help="the benchmark (ScienceWorld, needs Java 17)")
+    p.add_argument("--pool", default=None, help="pool file (default: the embedded six-model pool)")
+    p.add_argument("--backend", choices=["scripted", "live"], default="scripted",
+                   help="scripted stand-in agents (no keys) or the pool's real endpoints")
+    p.add_argument("--profiles", default=None, help="scripted agent profiles (default: the embedded frozen file)")
+    p.add_argument("--per-task", type=int, default=1, help="variations per task")
+    p.add_argument("--runs", type=int, default=1, help="episodes per variation")
+    p.add_argument("--split", choices=SPLITS, default=split)
+    p.add_argument("--tasks", nargs="*", default=None, help=f"tasks (default: the {len(DEFAULT_TASKS)} with gold "
+                                                            "paths of at most 80 steps)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes, one JVM each (default: min(2, cores))")
+    p.add_argument("--step-limit", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_collect_args(p: argparse.ArgumentParser) -> None:
+    _common(p, "train")
+    p.add_argument("--router", default="sticky:0.9",
+                   help="behaviour policy (default: the sticky roulette); see `mtrouter serve --help`")
+    p.add_argument("--explore", default=None, help="exploration around --router: eps:E, beta:B, sticky:RHO[:E]")
+    p.add_argument("--checkpoint", default=None, help="checkpoint for --router learned")
+    p.add_argument("--tool-map", default=None)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--budget", type=_budget, default=None, help="USD per episode (default: none)")
+    p.add_argument("--out", required=True, help="trajectory JSONL (appended; ids already there are skipped)")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    _common(p, "test")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of the learned router")
+    p.add_argument("--routers", default="", help=f"comma-separated (default: {DEFAULT_EVAL_ROUTERS}; "
+                                                 "learned only with --checkpoint; learned=PATH for more)")
+    p.add_argument("--budgets", type=_budget, nargs="*", default=[], help="USD per episode (default: none)")
+    p.add_argument("--lam", type=float, default=None, help="λ of the learned router (default: the checkpoint's)")
+    p.add_argument("--tool-map", default=None)
+    p.add_argument("--out", required=True, help="output directory (episodes.jsonl, results, plots, summary)")
+
+
+def _checks(a) -> tuple[Pool, list[str]]:
+    from mtrouter_jax.cli import UsageError
+
+    for n, v in (("--per-task", a.per_task), ("--runs", a.runs), ("--step-limit", a.step_limit)):
+        if v < 1:
+            raise UsageError(f"{n} must be >= 1, got {v}")
+    if a.workers is not None and a.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {a.workers}")
+    tasks = [check_task(t) for t in (a.tasks or DEFAULT_TASKS)]
+    return load_pool(a.pool), tasks
+
+
+def cmd_collect(a) -> int:
+    pool, tasks = _checks(a)
+    spec = RouterSpec(a.router, a.explore, a.checkpoint, a.tool_map, a.lam, a.seed)
+    eps = collect(a.out, pool, spec, per_task=a.per_task, runs=a.runs, split=a.split, tasks=tasks, budget=a.budget,
+                  backend=a.backend, workers=a.workers, seed=a.seed, step_limit=a.step_limit, profiles=a.profiles)
+    n_turns = sum(len(e.turns) for e in eps)
+    print(f"appended {len(eps)} episodes ({n_turns} turns, ${sum(e.total_cost for e in eps):.4f}) to {a.out}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from mtrouter_jax.report import print_results, write_results
+    from mtrouter_jax.summary import summary_markdown
+
+    pool, tasks = _checks(a)
+    results = evaluate(a.out, pool, a.routers, checkpoint=a.checkpoint, budgets=a.budgets, per_task=a.per_task,
+                       runs=a.runs, split=a.split, tasks=tasks, backend=a.backend, workers=a.workers, seed=a.seed,
+                       step_limit=a.step_limit, lam=a.lam, tool_map=a.tool_map, profiles=a.profiles)
+    print_results(results)
+    print(summary_markdown(results))
+    for k, v in write_results(results, a.out).items():
+        print(f"wrote {k}: {v}")
+    return 0
+
+
+__all__ = ["collect", "evaluate", "eval_specs", "add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval",
+           "DEFAULT_EVAL_ROUTERS"]

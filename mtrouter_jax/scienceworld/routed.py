@@ -1,0 +1,197 @@
+"""A ScienceWorld episode routed turn by turn through the live router's episode (one feature path).
+
+``RoutedEpisode`` ties a ScienceWorld :class:`~.session.Episode`, a chat backend (scripted or real
+endpoints) and a ``LiveEpisode`` of the live router: the observation a router sees is
+``LiveEpisode.features()`` (the vector the proxy computes), the cost of a turn is billed from the
+pool's prices, the model is drawn by the router's policy (``decide``) or given (the Gymnasium env's
+action), and the finished episode is the same trajectory line the proxy logs. The Gymnasium env,
+``mtrouter collect scienceworld`` and ``mtrouter eval scienceworld`` all run this class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mtrouter_jax.live.backends import Backends, UpstreamError
+from mtrouter_jax.live.episode import Decision, LiveEpisode
+from mtrouter_jax.live.router import BudgetExhausted, Router
+from mtrouter_jax.logs import Episode as LoggedEpisode
+
+from .agent import ChatBackend
+from .engine import ScienceWorldEngine
+from .session import Episode, TurnOutcome
+
+SCORE_RANGE = (-100.0, 100.0)
+DEFAULT_STEP_LIMIT = 100
+TOOLS = ("explore", "navigate", "act", "focus", "answer", "other", "reasoning")  # action types (agent.action_type)
+_MSG_OVERHEAD = 8  # bytes allowance per chat message in the input-token bound (as the proxy's)
+
+
+def input_tokens_bound(messages: list[dict]) -> int:
+    """An upper bound on the prompt tokens of ``messages``: UTF-8 bytes (+8 per message), since a
+    BPE token is at least one byte — the proxy's bound, so the budget guarantee carries over."""
+    return sum(len(json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + _MSG_OVERHEAD
+               for m in messages)
+
+
+class LiveChatBackend:
+    """Real OpenAI-compatible endpoints of the pool (``live.backends.Backends``: retries, timeouts)."""
+
+    def __init__(self, backends: Backends):
+        self.backends = backends
+
+    def complete(self, model: str, messages: list[dict], session: Any, max_tokens: int | None = None
+                 ) -> tuple[str, dict]:
+        body: dict = {"messages": messages}
+        if max_tokens is not None:
+            body["max_tokens"] = int(max_tokens)
+        resp = self.backends.chat(model, body)
+        try:
+            text = resp["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            text = ""
+        return text, resp.get("usage") or {}
+
+
+@dataclass
+class TurnResult:
+    """One routed turn: the model, the ScienceWorld outcome and the turn's USD cost."""
+
+    model: str
+    outcome: TurnOutcome
+    cost: float
+    propensity: float | None
+    fallbacks: list
+
+
+class RoutedEpisode:
+    """One ScienceWorld episode whose turns are routed and accounted by a live router episode."""
+
+    def __init__(self, engine: ScienceWorldEngine, backend: ChatBackend, router: Router, task: str, variation: int,
+                 *, episode_id: str, budget: float | None = None, step_limit: int = DEFAULT_STEP_LIMIT,
+                 explore: bool = False, seed: int | None = None, split: str | None = None,
+                 log_id: str | None = None):
+        """``episode_id`` seeds the scripted agents' draws (keep it the same across routers for
+        common random numbers); ``log_id`` (default: ``episode_id``) names the logged episode."""
+        self.session = Episode(engine, task, variation, episode_id=episode_id)
+        self.backend, self.router = backend, router
+        self.step_limit = int(step_limit)
+        self.live: LiveEpisode = router.start_episode(log_id or episode_id, task, budget, explore=explore, seed=seed)
+        self.task, self.variation, self.split = task, variation, split
+        self.truncated = False
+        self.ended_by: str | None = None
+        self.live.summary = self.live.summary.replace(context_tokens=np.float32(self._context()))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def terminated(self) -> bool:
+        return self.session.terminated
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+    @property
+    def score(self) -> float:
+        return float(self.session.score)
+
+    def _context(self) -> int:
+        from .agent import prompt_tokens
+
+        return prompt_tokens(self.session.messages())
+
+    def features(self) -> np.ndarray:
+        """The history features the live router computes (the Gymnasium observation)."""
+        return self.live.features()
+
+    def allowed(self) -> np.ndarray:
+        """(M,) models whose worst-case next turn fits the budget (all without one)."""
+        hi = input_tokens_bound(self.session.messages())
+        worst = self.live.worst_costs(hi)
+        if self.live.budget is None:
+            return np.ones(len(worst), bool)
+        ok = self.live.spent + worst <= self.live.budget + 1e-12
+        return ok & np.array([self.live.completion_cap(m, hi) != 0 for m in self.router.pool.names])
+
+    # ------------------------------------------------------------------ turns
+    def decide(self, exclude=()) -> Decision:
+        """The router's policy draws the next model (raises BudgetExhausted when none fits)."""
+        msgs = self.session.messages()
+        return self.live.decide(input_tokens_hi=input_tokens_bound(msgs), context_tokens=float(self._context()),
+                                exclude=exclude)
+
+    def step(self, model: str | None = None) -> TurnResult:
+        """Run one turn on ``model`` (None: the router's own choice, with fallbacks after upstream
+        failures). Ends the episode (truncated) when no model fits the budget or at the step limit."""
+        if self.done:
+            raise RuntimeError(f"episode {self.live.episode_id!r} is over")
+        msgs = self.session.messages()
+        hi = input_tokens_bound(msgs)
+        fallbacks: list = []
+        if model is None:
+            try:
+                d = self.decide()
+            except BudgetExhausted as e:
+                return self._truncate(f"budget: {e}")
+        else:
+            if not self.allowed()[self.router.pool.index(model)]:
+                return self._truncate(f"budget: a {model} turn could exceed the budget")
+            self.live.last_decision = None
+            d = None
+        while True:
+            served = model if d is None else d.model
+            cap = self.live.completion_cap(served, hi)
+            try:
+                text, usage = self._complete(served, msgs, cap)
+                break
+            except UpstreamError as e:
+                if d is None or not e.retryable:
+                    raise
+                fallbacks.append({"model": served, "error": e.kind})
+                try:
+                    d = self.decide(exclude=[f["model"] for f in fallbacks])
+                except BudgetExhausted:
+                    raise e from None
+        if d is not None:
+            self.live.last_decision = d
+        outcome = self.session.apply_reply(text)
+        cost = self.live.record(served, usage, tool_name=outcome.action_type, observation=outcome.observation,
+                                action=outcome.action if outcome.action is not None else text,
+                                meta={"score": outcome.score, **({"fallbacks": fallbacks} if fallbacks else {})},
+                                next_context_tokens=float(self._context()))
+        if not self.terminated and self.session.steps >= self.step_limit:
+            self.truncated, self.ended_by = True, "step limit"
+        elif not self.terminated and not self.allowed().any():
+            self.truncated, self.ended_by = True, "budget"
+        return TurnResult(served, outcome, cost, self.live.turns[-1].propensity, fallbacks)
+
+    def _complete(self, model: str, msgs: list[dict], cap: int | None) -> tuple[str, dict]:
+        if isinstance(self.backend, LiveChatBackend):
+            return self.backend.complete(model, msgs, self.session, max_tokens=cap)
+        return self.backend.complete(model, msgs, self.session)
+
+    def _truncate(self, why: str) -> TurnResult | None:
+        self.truncated, self.ended_by = True, why
+        return None
+
+    def run(self) -> "RoutedEpisode":
+        """Route every turn with the router's policy until the episode ends."""
+        while not self.done:
+            self.step()
+        return self
+
+    def finish(self) -> LoggedEpisode | None:
+        """The episode as a trajectory line (appended to the router's log if it has one)."""
+        meta = {"benchmark": "scienceworld", "task": self.task, "variation": self.variation,
+                "base_id": str(self.session.episode_id),
+                "split": self.split, "steps": self.session.steps, "terminated": self.terminated,
+                "ended_by": self.ended_by or ("task" if self.terminated else None)}
+        return self.live.finish(self.score, SCORE_RANGE, meta)
+
+
+__all__ = ["RoutedEpisode", "LiveChatBackend", "TurnResult", "input_tokens_bound", "TOOLS", "SCORE_RANGE",
+           "DEFAULT_STEP_LIMIT"]
