@@ -26,11 +26,30 @@ def _workers(n: int | None) -> int:
     return max(1, n if n is not None else min(2, os.cpu_count() or 1))
 
 
+def validate_spec(spec: RouterSpec, pool: Pool) -> None:
+    """Fail fast (before any JVM starts) on a bad router, exploration, tool map or checkpoint."""
+    from mtrouter_jax.routers import RouterSpecError, ToolModelMap, build_router, parse_explore
+
+    from .routed import TOOLS
+
+    if spec.explore:
+        parse_explore(spec.explore)
+    if spec.router.strip() in ("learned", "safe"):
+        if not spec.checkpoint:
+            raise RouterSpecError(f"--router {spec.router} needs --checkpoint CKPT", "--checkpoint")
+        from mtrouter_jax.checkpoint import read_meta
+
+        read_meta(spec.checkpoint)
+        return
+    build_router(spec.router, pool, TOOLS, tool_map=ToolModelMap.from_file(spec.tool_map) if spec.tool_map else None)
+
+
 def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1, runs: int = 1,
             split: str = "train", tasks: Sequence[str] = DEFAULT_TASKS, budget: float | None = None,
             backend: str = "scripted", workers: int | None = None, seed: int = 0, step_limit: int = 100,
             profiles: str | None = None, progress: bool = True) -> list:
     """Collect routed episodes into ``out`` (resumable: ids already there are skipped)."""
+    validate_spec(spec, pool)
     require_java()
     plan = plan_variations(tasks, split, per_task, seed)
     jobs = make_jobs(spec, plan, split, runs, budget)
@@ -74,10 +93,12 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
 
     from .routed import TOOLS
 
-    require_java()
     if not routers.strip():
         routers = DEFAULT_EVAL_ROUTERS if checkpoint else DEFAULT_EVAL_ROUTERS.replace("learned,", "")
     specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
+    for _, _, spec in specs:
+        validate_spec(spec, pool)
+    require_java()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "episodes.jsonl"

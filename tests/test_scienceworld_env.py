@@ -1,0 +1,169 @@
+"""Real ScienceWorld as a routing environment: the Gymnasium env, routed episodes through the live
+router's feature path (scripted agents and a loopback OpenAI-compatible fake), collect/eval CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*Box observation space.*:UserWarning")]
+
+if shutil.which("java") is None:
+    pytest.skip("ScienceWorld needs a Java 17 runtime on PATH", allow_module_level=True)
+pytest.importorskip("scienceworld", reason="the scienceworld extra is not installed")
+
+from gymnasium.utils.env_checker import check_env  # noqa: E402
+
+from envs.scienceworld_env import ScienceWorldRoutingEnv, scienceworld_router  # noqa: E402
+from live_fakes import ServerThread  # noqa: E402
+from mtrouter_jax import cli  # noqa: E402
+from mtrouter_jax.logs import read_episodes  # noqa: E402
+from mtrouter_jax.pool import Endpoint, ModelSpec, Pool, default_pool  # noqa: E402
+from mtrouter_jax.scienceworld import NO_ACTION_OBSERVATION, ScienceWorldEngine  # noqa: E402
+from mtrouter_jax.scienceworld.routed import RoutedEpisode  # noqa: E402
+
+TASK = "lifespan-longest-lived"  # gold paths of 6-8 steps, loads in ~0.2 s: cheap real episodes
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with ScienceWorldEngine() as e:
+        yield e
+
+
+def test_check_env(engine):
+    env = ScienceWorldRoutingEnv(tasks=(TASK,), step_limit=5, engine=engine)
+    check_env(env, skip_render_check=True)
+
+
+def test_two_scripted_episodes_through_the_env(engine):
+    env = ScienceWorldRoutingEnv(tasks=(TASK,), step_limit=30, engine=engine)
+    pool = env.pool
+    for k, model in enumerate(("gpt-5", "gpt-oss-120b")):
+        obs, info = env.reset(seed=k, options={"variation": k, "split": "train"})
+        assert obs.shape == env.observation_space.shape and obs.dtype == np.float32
+        start, total, steps = info["score"], 0.0, 0
+        while True:
+            obs, r, term, trunc, info = env.step(pool.index(model))
+            total, steps = total + r, steps + 1
+            assert info["model"] == model and info["turn_cost"] > 0 and info["action_type"]
+            assert np.isfinite(obs).all()
+            if term or trunc:
+                break
+        assert total == pytest.approx(info["score"] - start) and steps == info["turn"]
+        assert term == env.episode.terminated and (term or info["ended_by"] == "step limit")
+        logged = env.episode.finish()
+        assert len(logged.turns) == steps and all(t.model == model for t in logged.turns)
+        assert logged.score == info["score"] and logged.meta["task"] == TASK
+        assert logged.total_cost == pytest.approx(info["cost"])
+    with pytest.raises(ValueError, match="variation"):
+        env.reset(options={"task": TASK, "variation": 10_000})
+    with pytest.raises(ValueError, match="unknown reset option"):
+        env.reset(options={"tsk": TASK})
+
+
+def test_a_turn_that_cannot_fit_the_budget_truncates_without_running(engine):
+    env = ScienceWorldRoutingEnv(tasks=(TASK,), engine=engine)
+    env.reset(seed=0, options={"budget": 1e-4})
+    _, r, term, trunc, info = env.step(env.pool.index("gpt-5"))
+    assert trunc and not term and r == 0.0 and info["cost"] == 0.0 and info["turn"] == 0
+
+
+class _FakeLLM:
+    """A loopback OpenAI-compatible upstream that answers with fixed replies."""
+
+    def __init__(self, replies):
+        self.replies, self.requests = list(replies), []
+
+    def app(self):
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(body: dict):
+            self.requests.append(body)
+            text = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 900, "completion_tokens": 40,
+                              "prompt_tokens_details": {"cached_tokens": 0}}}
+
+        return app
+
+
+def test_one_turn_through_a_loopback_openai_compatible_endpoint(engine, monkeypatch, tmp_path):
+    from mtrouter_jax.live.backends import Backends
+    from mtrouter_jax.scienceworld.routed import LiveChatBackend
+
+    monkeypatch.setenv("SW_FAKE_KEY", "sk-test")
+    fake = _FakeLLM(["THOUGHT: look first.\n```\nlook around\n```", "I would look around."])
+    with ServerThread(fake.app()) as srv:
+        base = default_pool()
+        pool = Pool(base.name, tuple(ModelSpec(m.name, m.price_input, m.price_cached_input, m.price_output,
+                                               m.attributes, None, Endpoint(srv.url + "/v1", f"fake-{m.name}", "SW_FAKE_KEY"))
+                                     for m in base.models))
+        router = scienceworld_router(pool, log_path=tmp_path / "live.jsonl", log_text=True)
+        ep = RoutedEpisode(engine, LiveChatBackend(Backends(pool)), router, TASK, 0, episode_id="loop-1", budget=0.1)
+        res = ep.step("gpt-5")  # reply -> action -> ScienceWorld step -> logged turn
+        assert res.outcome.action == "look around" and res.outcome.parsed
+        # the budget caps the completion so the turn cannot overshoot it
+        assert fake.requests[0]["model"] == "fake-gpt-5" and 0 < fake.requests[0]["max_tokens"] < 20_000
+        res2 = ep.step("gpt-5")  # a reply with no parsable action: the format-error observation
+        assert res2.outcome.action is None and res2.outcome.observation == NO_ACTION_OBSERVATION
+        ep.finish()
+    (logged,) = read_episodes(tmp_path / "live.jsonl")
+    t0, t1 = logged.turns
+    assert t0.action == "look around" and t0.tool == "explore" and t0.input_tokens == 900
+    assert t0.cost == pytest.approx((900 * 1.25 + 40 * 10.0) / 1e6)
+    assert t1.cached_tokens == 0 and t1.cost == pytest.approx(t0.cost)  # the fake reports no cache hit
+    assert t0.observation.startswith("This room is called")
+    assert t1.error is not None and t1.error.kind == "action_format" and t1.tool == "reasoning"
+
+
+def test_collect_train_and_eval_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "sw.jsonl"
+    argv = ["collect", "scienceworld", "--tasks", TASK, "--per-task", "2", "--workers", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    eps = read_episodes(out)
+    assert len(eps) == 2 and all(e.meta["split"] == "train" for e in eps)
+    assert all(t.observation and t.action and t.propensity is not None for e in eps for t in e.turns)
+    assert cli.main(argv) == 0  # resumable: both ids are there, nothing is run twice
+    assert len(read_episodes(out)) == 2 and "appended 0 episodes" in capsys.readouterr().out
+    assert cli.main(["train", "--data", str(out), "--out", str(tmp_path / "ck"), "--epochs", "1",
+                     "--bootstrap-iterations", "0", "--ensemble", "2"]) == 0
+    res_dir = tmp_path / "eval"
+    assert cli.main(["eval", "scienceworld", "--checkpoint", str(tmp_path / "ck"), "--routers",
+                     "learned,tool-heuristic,fixed:gpt-oss-120b", "--tasks", TASK, "--per-task", "2",
+                     "--workers", "1", "--budgets", "0.05", "--out", str(res_dir)]) == 0
+    results = json.loads((res_dir / "results.json").read_text())
+    assert set(results["routers"]) == {"mtrouter", "tool-heuristic", "gpt-oss-120b"}
+    assert results["routers"]["mtrouter"]["points"][0]["n_episodes"] == 2
+    for f in ("cost_score.png", "behaviour.png", "summary.md", "results.csv", "episodes.jsonl"):
+        assert (res_dir / f).exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--tasks", "boill"], "did you mean 'boil'"),
+    (["--per-task", "0"], "--per-task must be >= 1"),
+    (["--router", "fixed:gpt-6"], "unknown model 'gpt-6'"),
+])
+def test_collect_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, argv, msg):
+    out = tmp_path / "x.jsonl"
+    assert cli.main(["collect", "scienceworld", "--out", str(out), *argv]) == 2
+    assert msg in capsys.readouterr().err and not out.exists()
+
+
+def test_missing_java_and_missing_profiles_are_clear(monkeypatch):
+    from mtrouter_jax.scienceworld import ScienceWorldUnavailable, require_java
+    from mtrouter_jax.scienceworld.scripted import ProfileError, ScriptedBackend
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ScienceWorldUnavailable, match="Java"):
+        require_java()
+    with pytest.raises(ProfileError, match="claude"):
+        ScriptedBackend.from_file(models=["gpt-5", "claude"])
