@@ -145,6 +145,14 @@ def test_visible_objects_and_garble():
     assert garble("0", 0.5) == "option 0"
 
 
+def test_require_java_says_what_is_missing(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ScienceWorldUnavailable, match="needs a Java 17 runtime"):
+        require_java()
+
+
 # ----------------------------------------------------------------------------- the real simulator
 
 

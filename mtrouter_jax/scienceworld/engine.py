@@ -328,12 +328,15 @@ class ScienceWorldEngine:
             path.parent.mkdir(parents=True, exist_ok=True)
             # write-then-rename: several worker processes may share the cache
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{variation}.", suffix=".tmp")
+        except OSError:
+            return  # a read-only cache directory only costs speed
+        try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"task": task, "variation": variation, "scienceworld": self.version,
                            "actions": list(seq)}, f)
             os.replace(tmp, path)
         except OSError:
-            pass  # a read-only cache directory only costs speed
+            Path(tmp).unlink(missing_ok=True)
 
 
 __all__ = ["ScienceWorldEngine", "EpisodeStart", "StepResult", "ScienceWorldUnavailable",

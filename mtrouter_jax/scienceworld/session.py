@@ -50,24 +50,24 @@ class Episode:
     ``gold`` (default) the gold sequence is loaded too (cached per (task, variation)).
     """
 
-    engine: ScienceWorldEngine
+    engine: ScienceWorldEngine = field(repr=False)
     task: str
     variation: int
     episode_id: int | str = 0
-    window: HistoryWindow = DEFAULT_WINDOW
+    window: HistoryWindow = field(default=DEFAULT_WINDOW, repr=False)
     with_gold: bool = True
     # set at load
-    gold: tuple[str, ...] | None = field(init=False, default=None)  # privileged
-    task_description: str = field(init=False)
-    initial_observation: str = field(init=False)
+    gold: tuple[str, ...] | None = field(init=False, default=None, repr=False)  # privileged
+    task_description: str = field(init=False, repr=False)
+    initial_observation: str = field(init=False, repr=False)
     initial_score: int = field(init=False, default=0)  # already >0 in some tasks (subgoals met at start)
     score: int = field(init=False, default=0)  # initial_score + the sum of all rewards
     steps: int = field(init=False, default=0)
     terminated: bool = field(init=False, default=False)
-    history: list[tuple[str | None, str]] = field(init=False, default_factory=list)
+    history: list[tuple[str | None, str]] = field(init=False, default_factory=list, repr=False)
     gold_index: int = field(init=False, default=0)  # next gold step due
     awaiting_choice: bool = field(init=False, default=False)  # the engine asked "which one? (number)"
-    scratch: dict[str, Any] = field(init=False, default_factory=dict)  # backend-private per-episode state
+    scratch: dict[str, Any] = field(init=False, default_factory=dict, repr=False)  # backend-private per-episode state
 
     def __post_init__(self):
         start = self.engine.load(self.task, self.variation, gold=self.with_gold)
@@ -91,7 +91,7 @@ class Episode:
         """Run one already-parsed command (None: a reply without a usable command)."""
         if self.terminated:
             raise RuntimeError(f"episode {self.episode_id!r} is over (score {self.score})")
-        if self.engine.load_count != self._load_id or self.engine.task != self.task:
+        if self.engine.load_count != self._load_id:
             raise RuntimeError(f"episode {self.episode_id!r}: its engine has loaded another episode since")
         self.steps += 1
         if action is None:
