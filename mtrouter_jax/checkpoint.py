@@ -96,6 +96,16 @@ def update_meta(path: str | Path, patch: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def write_lam_table(path: str | Path, env: str, table: dict) -> None:
+    """Store a calibrated ``{budget (USD, None = uncapped): λ}`` table as the checkpoint's
+    ``lam_tables[env]`` ("sim" from ``mtrouter sweep``, "scienceworld" from ``mtrouter eval``);
+    the live router interpolates it per budget (``routers.lam_for_budget``)."""
+    tables = dict(read_meta(path).get("lam_tables") or {})
+    rows = sorted(table.items(), key=lambda kv: (kv[0] is None, kv[0] or 0.0))
+    tables[env] = [{"budget": None if b is None else float(b), "lam": float(v)} for b, v in rows]
+    update_meta(path, {"lam_tables": tables})
+
+
 # ----------------------------------------------------------------------------- integrity
 
 def _sha256(data: bytes) -> str:

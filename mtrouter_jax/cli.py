@@ -145,6 +145,26 @@ def _print_coverage(episodes, pool) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 
+def sim_incompatibility(est, world) -> str | None:
+    """Why a checkpoint's layout cannot be evaluated in the simulator (None when it can): the
+    simulator's task and tool types must all be in its vocabularies, else its features mean
+    something else (e.g. a checkpoint trained on ScienceWorld logs)."""
+    L = est.layout
+    sim_tasks = [t.name for t in world.tasks]
+    missing = {"task types": [t for t in sim_tasks if t not in L.task_types],
+               "tool types": [t for t in world.tools if t not in L.tools]}
+    missing = {k: v for k, v in missing.items() if v}
+    if not missing:
+        return None
+    what = "; ".join(f"{k} {v} (it knows {list(L.task_types if k == 'task types' else L.tools)})"
+                     for k, v in missing.items())
+    sources = ", ".join((est.meta.get("data") or {}).get("sources") or ["unknown"])
+    return (f"{est.path} was not trained on the simulator's vocabulary: it lacks the simulator's {what}. "
+            f"Its logs came from: {sources}. A sweep here would route on features that mean something else. "
+            f"Evaluate it where its logs came from, e.g. `mtrouter eval scienceworld --checkpoint {est.path}`, "
+            "or retrain with simulated episodes (mtrouter train --simulate N).")
+
+
 def cmd_sweep(a) -> int:
     import numpy as np
 
@@ -156,11 +176,20 @@ def cmd_sweep(a) -> int:
     est = load_checkpoint(a.ckpt)
     pool = _pool(a.pool) if a.pool else est.pool
     world = WorldConfig()
+    problem = sim_incompatibility(est, world)
+    if problem:
+        raise UsageError(problem)
     budgets = np.asarray(a.budgets, np.float32) if a.budgets else default_budgets(pool, world, a.n_budgets, a.seed)
     if (budgets <= 0).any():
         raise UsageError(f"--budgets must be > 0 USD, got {budgets.tolist()}")
     results = sweep(est, pool, world, budgets, a.episodes, a.seed)
     print_results(results, console=_console())
+    table = {p["budget"]: p["lam"] for p in results["routers"]["mtrouter"]["points"] if p.get("lam") is not None}
+    if table and not a.no_lam_table:
+        from mtrouter_jax.checkpoint import write_lam_table
+
+        write_lam_table(a.ckpt, "sim", table)
+        print(f"wrote the calibrated budget->λ table ({len(table)} budgets) into {a.ckpt} (lam_tables.sim)")
     paths = write_results(results, a.out)
     print("\n".join(f"wrote {k}: {v}" for k, v in paths.items()))
     return 0
@@ -330,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=float, nargs="*", default=None, help="USD per episode")
     p.add_argument("--n-budgets", type=int, default=8)
     p.add_argument("--episodes", type=int, default=256)
+    p.add_argument("--no-lam-table", action="store_true",
+                   help="do not write the calibrated budget->λ table into the checkpoint")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sweep)

@@ -285,5 +285,9 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         round_info.append(info)
     results = sweep(est, pool, world, budgets, sweep_episodes, seed, progress=progress)
     results["meta"]["rounds"] = round_info
+    from mtrouter_jax.checkpoint import write_lam_table
+
+    # `mtrouter serve --checkpoint` then brings the λ calibrated for each budget
+    write_lam_table(ckpt, "sim", {p["budget"]: p["lam"] for p in results["routers"]["mtrouter"]["points"]})
     paths = write_results(results, out)
     return results, paths

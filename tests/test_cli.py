@@ -93,6 +93,28 @@ def test_sweep_writes_results(work, tmp_path):
     pts = res["routers"]["mtrouter"]["points"]
     assert len(pts) == 2 and all(p["over_budget_rate"] == 0 for p in pts)
     assert {"oracle", "random", "cheapest"} <= set(res["routers"])
+    # the calibrated budget -> λ table went into the checkpoint (re-sealed: it still loads)
+    from mtrouter_jax.checkpoint import load_checkpoint
+
+    table = load_checkpoint(ck).meta["lam_tables"]["sim"]
+    assert [r["budget"] for r in table] == pytest.approx([0.05, 0.2])
+    assert [r["lam"] for r in table] == pytest.approx([p["lam"] for p in pts])
+
+
+def test_sweep_refuses_a_checkpoint_trained_on_another_vocabulary(tmp_path, capsys):
+    from mtrouter_jax.logs import Episode, Turn, write_episodes
+
+    turns = tuple(Turn("gpt-5" if i % 2 else "gpt-oss-120b", 900, 0, 40, 0.001, ("look", "act")[i % 2], None, 0.5)
+                  for i in range(12))
+    eps = [Episode(f"sw{i}", "boil", 50.0, None, default_pool().names, turns, (-100.0, 100.0), "scienceworld", None)
+           for i in range(16)]
+    write_episodes(tmp_path / "sw.jsonl", eps)
+    ck = tmp_path / "swck"
+    assert main(["train", "--data", str(tmp_path / "sw.jsonl"), "--out", str(ck), "--epochs", "1",
+                 "--bootstrap-iterations", "0", "--ensemble", "1"]) == 0
+    rc, err = _error(capsys, ["sweep", "--ckpt", str(ck), "--episodes", "8", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "lacks the simulator's task types" in err and "mtrouter eval scienceworld" in err
+    assert not (tmp_path / "o").exists()
 
 
 def _error(capsys, argv):

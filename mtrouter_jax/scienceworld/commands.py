@@ -16,6 +16,8 @@ from typing import Sequence
 
 from mtrouter_jax.pool import Pool, load_pool
 
+from mtrouter_jax.checkpoint import write_lam_table  # noqa: F401  (re-exported)
+
 from .engine import DEFAULT_TASKS, SPLITS, check_task, require_java
 from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
 
@@ -81,13 +83,45 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
     return out
 
 
+def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_cal, runs, pool, run, by_id_of
+                  ) -> dict:
+    """Per budget, the λ of ``lam_grid`` with the best mean score on the calibration episodes
+    (ties -> the larger λ, the cheaper router)."""
+    import dataclasses
+
+    import numpy as np
+
+    jobs, groups = [], {}
+    for lam in lam_grid:
+        s = dataclasses.replace(spec, lam=float(lam), label=f"{name}@lam{lam:g}")
+        for b in caps:
+            js = make_jobs(s, cal_plan, split_cal, runs, b)
+            jobs += js
+            groups[(lam, b)] = [j.episode_id for j in js]
+    run(jobs)
+    by_id = by_id_of()
+    chosen = {}
+    for b in caps:
+        scores = [np.mean([by_id[i].score for i in groups[(lam, b)] if i in by_id] or [-np.inf]) for lam in lam_grid]
+        best = max(range(len(lam_grid)), key=lambda k: (scores[k], lam_grid[k]))
+        chosen[b] = float(lam_grid[best])
+    return chosen
+
+
 def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTERS, *, checkpoint: str | None = None,
              budgets: Sequence[float] = (), per_task: int = 1, runs: int = 1, split: str = "test",
              tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
              seed: int = 0, step_limit: int = 100, lam: float | None = None, tool_map: str | None = None,
-             profiles: str | None = None, progress: bool = True) -> dict:
+             profiles: str | None = None, progress: bool = True, lam_grid: Sequence[float] = (),
+             calibration_split: str = "dev", calibration_per_task: int = 1) -> dict:
     """Run every router on the same episodes under every budget; returns the sweep ``results`` dict
-    (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``."""
+    (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``.
+
+    With ``lam_grid``, the λ of each learned router is first calibrated per budget on
+    ``calibration_split`` episodes (never the evaluation split) and written into its checkpoint's
+    ``lam_tables["scienceworld"]`` — what ``mtrouter serve`` then uses for budgeted requests."""
+    import dataclasses
+
     from mtrouter_jax.episode_metrics import point_from_episodes
     from mtrouter_jax.logs import iter_episodes
 
@@ -104,21 +138,40 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
     log = out / "episodes.jsonl"
     plan = plan_variations(tasks, split, per_task, seed)
     caps: list[float | None] = [float(b) for b in budgets] or [None]
+
+    def run(jobs):
+        list(run_jobs(jobs, pool, lambda j: log, backend=backend, workers=_workers(workers), scripted_seed=seed,
+                      step_limit=step_limit, profiles=profiles, progress=progress))
+
+    def by_id_of():
+        return {e.episode_id: e for e in iter_episodes(log)}
+
+    lam_tables: dict[str, dict] = {}
+    if lam_grid and lam is None:
+        cal_plan = plan_variations(tasks, calibration_split, calibration_per_task, seed + 1)
+        for name, kind, spec in specs:
+            if kind == "learned":
+                lam_tables[name] = _learned_lams(spec, name, caps, list(lam_grid), cal_plan, calibration_split, 1,
+                                                 pool, run, by_id_of)
     jobs: list[Job] = []
     groups: dict[tuple[str, float | None], list[str]] = {}
     for name, kind, spec in specs:
         for b in ([None] if kind == "single" else caps):
-            js = make_jobs(spec, plan, split, runs, b)
+            s = dataclasses.replace(spec, lam=lam_tables[name][b]) if name in lam_tables else spec
+            js = make_jobs(s, plan, split, runs, b)
             jobs += js
             groups[(name, b)] = [j.episode_id for j in js]
-    list(run_jobs(jobs, pool, lambda j: log, backend=backend, workers=_workers(workers), scripted_seed=seed,
-                  step_limit=step_limit, profiles=profiles, progress=progress))
-    by_id = {e.episode_id: e for e in iter_episodes(log)}
+    run(jobs)
+    by_id = by_id_of()
     results: dict = {"routers": {}, "meta": {
         "benchmark": "scienceworld", "backend": backend, "split": split, "n_episodes": len(plan) * runs,
         "seed": seed, "pool": list(pool.names), "tools": list(TOOLS), "budgets": [b for b in caps if b is not None],
         "currency": "USD", "checkpoint": checkpoint, "tasks": list(tasks), "per_task": per_task, "runs": runs,
-        "step_limit": step_limit, "episodes_log": str(log)}}
+        "step_limit": step_limit, "episodes_log": str(log),
+        "lam_calibration": {n: {"grid": list(lam_grid), "split": calibration_split,
+                                "per_task": calibration_per_task,
+                                "chosen": [{"budget": b, "lam": v} for b, v in t.items()]}
+                            for n, t in lam_tables.items()}}}
     for name, kind, spec in specs:
         pts = []
         for b in ([None] if kind == "single" else caps):
@@ -126,6 +179,9 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
             lam_used = eps[0].meta.get("lam") if eps and kind == "learned" else None
             pts.append(point_from_episodes(eps, b, lam_used, pool, TOOLS))
         results["routers"][name] = {"kind": kind, "points": pts}
+    for name, kind, spec in specs:
+        if name in lam_tables and spec.checkpoint:
+            write_lam_table(spec.checkpoint, "scienceworld", lam_tables[name])
     return results
 
 
@@ -173,6 +229,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                                                  "learned only with --checkpoint; learned=PATH for more)")
     p.add_argument("--budgets", type=_budget, nargs="*", default=[], help="USD per episode (default: none)")
     p.add_argument("--lam", type=float, default=None, help="λ of the learned router (default: the checkpoint's)")
+    p.add_argument("--lam-grid", type=float, nargs="*", default=[],
+                   help="calibrate λ per budget over this grid on --calibration-split episodes first, and write the "
+                        "table into the checkpoint (e.g. 0 0.1 0.3)")
+    p.add_argument("--calibration-split", choices=SPLITS, default="dev")
+    p.add_argument("--calibration-per-task", type=int, default=2)
     p.add_argument("--tool-map", default=None)
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, results, plots, summary)")
 
@@ -206,7 +267,9 @@ def cmd_eval(a) -> int:
     pool, tasks = _checks(a)
     results = evaluate(a.out, pool, a.routers, checkpoint=a.checkpoint, budgets=a.budgets, per_task=a.per_task,
                        runs=a.runs, split=a.split, tasks=tasks, backend=a.backend, workers=a.workers, seed=a.seed,
-                       step_limit=a.step_limit, lam=a.lam, tool_map=a.tool_map, profiles=a.profiles)
+                       step_limit=a.step_limit, lam=a.lam, tool_map=a.tool_map, profiles=a.profiles,
+                       lam_grid=a.lam_grid, calibration_split=a.calibration_split,
+                       calibration_per_task=a.calibration_per_task)
     print_results(results)
     print(summary_markdown(results))
     for k, v in write_results(results, a.out).items():
@@ -214,5 +277,5 @@ def cmd_eval(a) -> int:
     return 0
 
 
-__all__ = ["collect", "evaluate", "eval_specs", "add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval",
+__all__ = ["collect", "evaluate", "write_lam_table", "eval_specs", "add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval",
            "DEFAULT_EVAL_ROUTERS"]
