@@ -110,7 +110,7 @@ def cmd_train(a) -> int:
         from mtrouter_jax.text_embed import HashedNgramEncoder
 
         text = HashedNgramEncoder(dim=a.text_dim)
-    tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting)
+    tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress)
     _print_coverage(episodes, pool)
     if a.ensemble < 1:
         raise UsageError(f"--ensemble must be >= 1, got {a.ensemble}")
@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="add the hashed n-gram embedding of observation text")
     p.add_argument("--text-dim", type=int, default=64)
     p.add_argument("--propensity-weighting", action="store_true")
+    p.add_argument("--dense-progress", action="store_true",
+                   help="score targets from each turn on (needs per-turn `progress` in the logs, e.g. ScienceWorld)")
     p.add_argument("--ensemble", type=int, default=5,
                    help="estimators trained together (one vmapped step) for the safe router's uncertainty (1 = one)")
     p.add_argument("--bootstrap-aggregate", choices=["mean", "min", "lcb"], default="mean",

@@ -49,6 +49,12 @@ class TargetConfig:
     # targets that keep n logged turns and bootstrap the rest from the previous fit.
     bootstrap_steps: int = 0
     bootstrap_iterations: int = 0
+    # dense progress: where every turn of an episode carries ``progress`` (the score after it, as
+    # ScienceWorld reports every step), the score target becomes the score still to be gained from
+    # this turn on, S' - P(before the turn): the same for every model at a state, so routing is
+    # unchanged, but late turns no longer carry the whole episode's outcome noise. With
+    # bootstrapping this is an n-step TD target with per-turn rewards (docs/benchmarks.md).
+    dense_progress: bool = False
 
     def __post_init__(self):
         if self.bootstrap_steps < 0 or self.bootstrap_iterations < 0:
@@ -208,6 +214,8 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
     n_ep = np.array([n_by_task.get(e.task_type, float(np.median(lengths))) for e in episodes], np.float32)
 
     score_t = np.asarray(annealed_error_targets(score_norm, arr["sev"], mask, n_ep, config.aec))
+    if config.dense_progress:
+        score_t = score_t - progress_before(episodes, ranges, mask.shape[1])
     cost_t = np.asarray(remaining_cost_targets(arr["cost"], mask, cost_scale))
     if config.cost_target == "future":
         cost_t = (cost_t - arr["cost"] / cost_scale) * mask
@@ -266,6 +274,22 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
 
 def _per_token(pool: Pool, attr: str) -> np.ndarray:
     return np.array([getattr(m, attr) for m in pool.models], np.float64) / 1e6
+
+
+def progress_before(episodes: Sequence[Episode], ranges: np.ndarray, T: int) -> np.ndarray:
+    """(E, T) normalised score before each turn, from the turns' ``progress`` (score after each
+    turn) and ``meta.initial_score`` (before the first; the range's low end when absent, i.e. the
+    first turn keeps its Monte-Carlo target). Episodes without progress on every turn: zeros."""
+    out = np.zeros((len(episodes), T), np.float32)
+    for i, e in enumerate(episodes):
+        prog = [t.progress for t in e.turns]
+        if not prog or any(p is None for p in prog):
+            continue
+        lo, hi = ranges[i]
+        start = float((e.meta or {}).get("initial_score", lo))
+        before = (np.r_[start, np.asarray(prog[:-1], np.float64)] - lo) / (hi - lo)
+        out[i, :len(prog)] = before
+    return out
 
 
 def state_turn_costs(arr: dict[str, np.ndarray], pool: Pool, output_tokens: np.ndarray) -> np.ndarray:

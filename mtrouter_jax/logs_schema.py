@@ -24,7 +24,7 @@ _EPISODE_REQUIRED = ("schema", "episode_id", "task_type", "score", "budget", "mo
 _EPISODE_OPTIONAL = ("score_range", "source", "meta")
 _TURN_REQUIRED = ("model", "input_tokens", "cached_tokens", "output_tokens", "cost", "tool",
                   "error", "propensity")
-_TURN_OPTIONAL = ("observation", "action", "features", "meta")
+_TURN_OPTIONAL = ("observation", "action", "features", "progress", "meta")
 _ERROR_KEYS = ("kind", "severity")
 # (required, optional) keys per object level, named as warnings show it ("" = the episode)
 _FIELDS = {"": (_EPISODE_REQUIRED, _EPISODE_OPTIONAL), "turns[].": (_TURN_REQUIRED, _TURN_OPTIONAL),
@@ -97,6 +97,7 @@ class Turn:
     features: tuple[float, ...] | None = None
     meta: dict | None = None
     extra: dict | None = None  # unknown turn keys, written back at the turn's top level
+    progress: float | None = None  # the episode's score after this turn, where the environment reports one
 
     def __post_init__(self):
         if self.features is not None and not isinstance(self.features, tuple):
@@ -318,6 +319,8 @@ def _parse_turn(c: _Checker, t: Any, i: int, models: set[str] | None) -> Turn | 
             opt["features"] = tuple(c.number(x, f"{p}features[{j}]") for j, x in enumerate(f))
     if t.get("meta") is not None:
         opt["meta"] = c.meta(t["meta"], p + "meta")
+    if t.get("progress") is not None:
+        opt["progress"] = c.number(t["progress"], p + "progress")
     if len(c.problems) > n0:
         return None
     return Turn(model, tok["input_tokens"], tok["cached_tokens"], tok["output_tokens"], cost,

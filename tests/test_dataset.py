@@ -226,3 +226,23 @@ def test_imported_official_episodes_train_end_to_end(tmp_path, pool):
     assert len(res.history) == 2 and np.isfinite(res.val_loss)
     pred = np.asarray(res.model.score_all(d.features))
     assert pred.shape == (d.n, len(pool), 2) and np.all(np.isfinite(pred))
+
+
+def test_dense_progress_targets_subtract_the_score_already_earned(episodes, pool):
+    """With per-turn progress, the score target is what is still to be gained from each turn on."""
+    eps = []
+    for e in episodes[:6]:
+        prog = np.linspace(-100, e.score, len(e.turns) + 1)[1:]
+        turns = tuple(dataclasses.replace(t, progress=float(p)) for t, p in zip(e.turns, prog))
+        eps.append(dataclasses.replace(e, turns=turns, meta={**(e.meta or {}), "initial_score": -100.0}))
+    plain = build_training_data(eps, pool)
+    dense = build_training_data(eps, pool, TargetConfig(dense_progress=True))
+    before = np.concatenate([(np.r_[-100.0, [t.progress for t in e.turns][:-1]] + 100) / 200 for e in eps])
+    np.testing.assert_allclose(dense.score_target, plain.score_target - before, atol=1e-6)
+    np.testing.assert_allclose(dense.features, plain.features)  # routing inputs are unchanged
+    # an episode without progress on every turn keeps its plain targets
+    mixed = [eps[0], episodes[1]]
+    d2 = build_training_data(mixed, pool, TargetConfig(dense_progress=True))
+    p2 = build_training_data(mixed, pool)
+    n0 = len(eps[0].turns)
+    np.testing.assert_allclose(d2.score_target[n0:], p2.score_target[n0:])

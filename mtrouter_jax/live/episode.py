@@ -62,6 +62,7 @@ class _TurnRec:
     action: str | None = None
     features: tuple[float, ...] | None = None
     meta: dict = field(default_factory=dict)
+    progress: float | None = None
 
 
 class LiveEpisode:
@@ -264,7 +265,7 @@ class LiveEpisode:
     def record(self, model: str, usage: Any, tool_name: str | None = None,
                observation: str | None = None, action: str | None = None,
                propensity: float | None | str = "decision", meta: dict | None = None,
-               next_context_tokens: float | None = None) -> float:
+               next_context_tokens: float | None = None, progress: float | None = None) -> float:
         """Account one executed call and advance the summary; returns its USD cost.
 
         ``usage`` is an OpenAI usage (dict or object) with ``prompt_tokens``,
@@ -287,7 +288,7 @@ class LiveEpisode:
             feats = tuple(float(x) for x in self.last_decision.features)
         turn_meta = {**(d.meta if d is not None else {}), **(meta or {})}
         rec = _TurnRec(model, prompt, cached, completion, cost, ttype, tidx, error, propensity,
-                       observation, action, feats, turn_meta)
+                       observation, action, feats, turn_meta, progress)
         ctx = float(prompt + completion) if next_context_tokens is None else float(next_context_tokens)
         self._before_last = self.summary
         self._last_args = (np.int32(mi), np.int32(tidx), np.float32(prompt), np.float32(completion),
@@ -336,7 +337,7 @@ class LiveEpisode:
                            t.error, t.propensity,
                            observation=t.observation if text else None,
                            action=t.action if text else None, features=t.features,
-                           meta=t.meta or None) for t in self.turns)
+                           meta=t.meta or None, progress=t.progress) for t in self.turns)
         m = {"lam": self.lam, "router": "mtrouter-jax live", "policy": self.policy.spec,
              "explore": self.explore, "seed": self.seed, "started": self.started, **(meta or {})}
         if self.ended:

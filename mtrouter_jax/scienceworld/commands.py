@@ -67,14 +67,16 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
     for r in [x.strip() for x in routers.split(",") if x.strip()]:
         if r == "fixed:*":
             out += [(m, "single", RouterSpec(f"fixed:{m}", label=m)) for m in pool.names]
-        elif r == "learned" or r.startswith("learned="):
-            path = r.partition("=")[2] or checkpoint
+        elif r.partition("=")[0] in ("learned", "safe"):
+            kind_, _, path = r.partition("=")
+            path = path or checkpoint
             if not path:
                 from mtrouter_jax.routers import RouterSpecError
 
-                raise RouterSpecError("--routers learned needs --checkpoint CKPT (or learned=PATH)", "--checkpoint")
-            name = "mtrouter" if r == "learned" else f"mtrouter[{Path(path).name}]"
-            out.append((name, "learned", RouterSpec("learned", checkpoint=str(path), lam=lam, label=name)))
+                raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
+            base = "mtrouter" if kind_ == "learned" else "mtrouter-safe"
+            name = base if "=" not in r else f"{base}[{Path(path).name}]"
+            out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name)))
         elif r.startswith("fixed:"):
             out.append((r[6:], "single", RouterSpec(r, label=r[6:])))
         else:
@@ -226,7 +228,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     _common(p, "test")
     p.add_argument("--checkpoint", default=None, help="checkpoint of the learned router")
     p.add_argument("--routers", default="", help=f"comma-separated (default: {DEFAULT_EVAL_ROUTERS}; "
-                                                 "learned only with --checkpoint; learned=PATH for more)")
+                                                 "learned/safe only with --checkpoint; learned=PATH, safe=PATH "
+                                                 "for more checkpoints)")
     p.add_argument("--budgets", type=_budget, nargs="*", default=[], help="USD per episode (default: none)")
     p.add_argument("--lam", type=float, default=None, help="λ of the learned router (default: the checkpoint's)")
     p.add_argument("--lam-grid", type=float, nargs="*", default=[],

@@ -161,8 +161,8 @@ class RoutedEpisode:
         outcome = self.session.apply_reply(text)
         cost = self.live.record(served, usage, tool_name=outcome.action_type, observation=outcome.observation,
                                 action=outcome.action if outcome.action is not None else text,
-                                meta={"score": outcome.score, **({"fallbacks": fallbacks} if fallbacks else {})},
-                                next_context_tokens=float(self._context()))
+                                meta={"fallbacks": fallbacks} if fallbacks else None,
+                                next_context_tokens=float(self._context()), progress=float(outcome.score))
         if not self.terminated and self.session.steps >= self.step_limit:
             self.truncated, self.ended_by = True, "step limit"
         elif not self.terminated and not self.allowed().any():
@@ -187,7 +187,7 @@ class RoutedEpisode:
     def finish(self) -> LoggedEpisode | None:
         """The episode as a trajectory line (appended to the router's log if it has one)."""
         meta = {"benchmark": "scienceworld", "task": self.task, "variation": self.variation,
-                "base_id": str(self.session.episode_id),
+                "base_id": str(self.session.episode_id), "initial_score": self.session.initial_score,
                 "split": self.split, "steps": self.session.steps, "terminated": self.terminated,
                 "ended_by": self.ended_by or ("task" if self.terminated else None)}
         return self.live.finish(self.score, SCORE_RANGE, meta)
