@@ -1,7 +1,7 @@
 """Ensembles of outcome estimators: K members trained in one compiled ``jax.vmap`` step.
 
-Members differ by their initialisation seed, their minibatch order and (for K > 1) a bootstrap
-resample of the training *episodes* (Poisson(1) weights per episode, the online bootstrap), so
+Members differ by their initialisation seed and (for K > 1) a bootstrap resample of the training
+*episodes* (Poisson(1) weights per episode, the online bootstrap), so
 their disagreement measures how much the logs pin a prediction down. All members share the same
 validation split (by episode); each keeps its own best epoch. Parameters are stored stacked along
 a leading member axis; ``member_predictions`` evaluates every member in one call.
@@ -87,26 +87,34 @@ def bootstrap_weights(data: TrainingData, k: int, seed: int) -> np.ndarray:
 
 
 def make_ensemble_epoch(graphdef, cfg: TrainConfig, n_batches: int, cost_weight: float):
-    """One jitted epoch for all K members: ``(stacked state, data, (K,) keys, (K, N) weights) ->
-    (stacked state, (K,) mean losses)`` — ``jax.vmap`` of a single member's ``lax.scan`` epoch, so
-    one compile trains the whole ensemble."""
+    """One jitted epoch for all K members: ``(stacked state, data, key, (K, N) weights) ->
+    (stacked state, (K,) mean losses)`` — a ``lax.scan`` over minibatches whose step is the
+    ``jax.vmap`` of one member's update, so one compile trains the whole ensemble."""
     bs = cfg.batch_size
 
-    def member_epoch(state, data, key, w):
+    def member_step(state, batch, w):
+        model, opt = nnx.merge(graphdef, state)
+        batch = {**batch, "w": batch["w"] * w}
+        (_, mse), grads = nnx.value_and_grad(estimator_loss, has_aux=True)(model, batch, cfg, cost_weight)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), mse
+
+    step_all = jax.vmap(member_step, in_axes=(0, None, 0))
+
+    @jax.jit
+    def epoch(state, data, key, weights):
+        # one minibatch order for all members, gathered once: the members still differ by their
+        # initialisation and their bootstrap weights (vmapping the gather would copy it K times)
         perm = jax.random.permutation(key, data["a"].shape[0])[: n_batches * bs].reshape(n_batches, bs)
 
         def body(state, idx):
-            model, opt = nnx.merge(graphdef, state)
             batch = jax.tree_util.tree_map(lambda v: v[idx], data)
-            batch = {**batch, "w": batch["w"] * w[idx]}
-            (_, mse), grads = nnx.value_and_grad(estimator_loss, has_aux=True)(model, batch, cfg, cost_weight)
-            opt.update(model, grads)
-            return nnx.state((model, opt)), mse
+            return step_all(state, batch, weights[:, idx])
 
         state, losses = jax.lax.scan(body, state, perm)
-        return state, jnp.mean(losses)
+        return state, jnp.mean(losses, axis=0)
 
-    return jax.jit(jax.vmap(member_epoch, in_axes=(0, None, 0, 0)))
+    return epoch
 
 
 def fit_ensemble(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), k: int = 5, *,
@@ -157,8 +165,7 @@ def fit_ensemble(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(
     try:
         for epoch in range(cfg.max_epochs):
             t0 = time.perf_counter()
-            ekeys = jax.vmap(lambda key: jax.random.fold_in(key, epoch))(keys)
-            state, tl = train_epoch(state, train_dev, ekeys, weights)
+            state, tl = train_epoch(state, train_dev, jax.random.fold_in(keys[0], epoch), weights)
             vl, params = eval_losses(state, val_dev if val_dev is not None else train_dev)
             tl, vl = np.asarray(tl), np.asarray(vl)
             better = vl < best - 1e-6

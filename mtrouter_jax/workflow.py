@@ -165,6 +165,9 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     jobs: list[tuple[str, str, Policy, bool]] = []
     if estimator is not None:
         jobs.append(("mtrouter", "learned", learned_policy(estimator, layout), True))
+        if getattr(estimator, "k", 1) > 1 and (estimator.meta or {}).get("reference"):
+            # the safe rule needs an ensemble's spread; a single estimator makes it the greedy rule
+            jobs.append(("mtrouter-safe", "learned", learned_policy(estimator, layout, safe=True), True))
     cost_scale = estimator.cost_scale if estimator is not None else 0.25
     jobs.append(("oracle", "oracle", oracle_policy(0.0, cost_scale), True))
     jobs.append(("tool-heuristic", "heuristic", tool_heuristic_policy(pool, world.tools), False))
