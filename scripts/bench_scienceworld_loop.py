@@ -65,7 +65,12 @@ def main() -> None:
             sh("train", "--data", str(logs), str(logs_b), "--out", str(out / "ckpt_boot_ab"))
         routers = [f"learned={out / 'ckpt_boot_ab'}", f"safe={out / 'ckpt_boot_ab'}", "tool-heuristic",
                    "error-escalation", "fixed:*"]
-        sh(*evaluate, "--routers", ",".join(routers), "--out", str(out / "eval"))
+        eval_b = out / "eval_b"
+        eval_b.mkdir(exist_ok=True)
+        if not (eval_b / "episodes.jsonl").exists() and (out / "eval" / "episodes.jsonl").exists():
+            # the baselines' episodes are the same jobs: reuse them (the runner skips logged ids)
+            (eval_b / "episodes.jsonl").write_bytes((out / "eval" / "episodes.jsonl").read_bytes())
+        sh(*evaluate, "--routers", ",".join(routers), "--out", str(eval_b))
 
 
 if __name__ == "__main__":

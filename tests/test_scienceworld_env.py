@@ -167,3 +167,19 @@ def test_missing_java_and_missing_profiles_are_clear(monkeypatch):
         require_java()
     with pytest.raises(ProfileError, match="claude"):
         ScriptedBackend.from_file(models=["gpt-5", "claude"])
+
+
+def test_the_budget_holds_with_scripted_agents_under_exploration(engine):
+    """The scripted agents honour the completion cap as real endpoints do, so tight budgets hold."""
+    from mtrouter_jax.scienceworld.scripted import ScriptedBackend
+
+    router = scienceworld_router(policy="tool-heuristic", explore="sticky:0.5:0.5")
+    backend = ScriptedBackend.from_file(seed=3, models=router.pool.names)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        budget = float(np.exp(rng.uniform(np.log(0.003), np.log(0.05))))
+        ep = RoutedEpisode(engine, backend, router, TASK, k % 4, episode_id=f"tight-{k}", budget=budget,
+                           explore=True, step_limit=40).run()
+        assert ep.live.spent <= budget + 1e-12
+    text, usage = backend.complete("gpt-5", ep.session.messages(), ep.session, max_tokens=3)
+    assert usage["completion_tokens"] <= 3 and text == ""

@@ -195,8 +195,10 @@ class ChatBackend(Protocol):
     backends ignore it, the scripted one reads its privileged gold path.
     """
 
-    def complete(self, model: str, messages: list[dict], session: Any) -> tuple[str, dict]:
-        """Return (reply text, OpenAI-style ``usage`` dict)."""
+    def complete(self, model: str, messages: list[dict], session: Any, max_tokens: int | None = None
+                 ) -> tuple[str, dict]:
+        """Return (reply text, OpenAI-style ``usage`` dict); the completion must not exceed
+        ``max_tokens`` (the router's budget cap; None = no cap)."""
         ...
 
 

@@ -170,9 +170,8 @@ class RoutedEpisode:
         return TurnResult(served, outcome, cost, self.live.turns[-1].propensity, fallbacks)
 
     def _complete(self, model: str, msgs: list[dict], cap: int | None) -> tuple[str, dict]:
-        if isinstance(self.backend, LiveChatBackend):
-            return self.backend.complete(model, msgs, self.session, max_tokens=cap)
-        return self.backend.complete(model, msgs, self.session)
+        # the completion cap is what guarantees the budget: every backend must honour it
+        return self.backend.complete(model, msgs, self.session, max_tokens=cap)
 
     def _truncate(self, why: str) -> TurnResult | None:
         self.truncated, self.ended_by = True, why

@@ -182,8 +182,12 @@ class ScriptedBackend:
         """Backend over a profile file (None: embedded), checking that ``models`` have profiles."""
         return cls(load_profiles(path, models), seed)
 
-    def complete(self, model: str, messages: list[dict], session: Episode) -> tuple[str, dict]:
-        """Reply as ``model`` to ``messages`` in ``session`` (which the backend may read privileged)."""
+    def complete(self, model: str, messages: list[dict], session: Episode, max_tokens: int | None = None
+                 ) -> tuple[str, dict]:
+        """Reply as ``model`` to ``messages`` in ``session`` (which the backend may read privileged).
+
+        ``max_tokens`` caps the completion as a real endpoint does: a reply that would be longer is
+        cut off at the cap before it reaches its command (an empty reply: a format error)."""
         prof = self.profiles.get(model)
         if prof is None:
             raise ProfileError(f"no scripted profile for model {model!r} (have: {', '.join(self.profiles)})")
@@ -191,7 +195,13 @@ class ScriptedBackend:
         u = rng.random(4)  # mistake, variant, object, spare; fixed order: common random numbers
         z = float(rng.standard_normal())
         text = self._reply(prof, session, u)
-        return text, self._usage(prof, model, messages, session, text, z)
+        usage = self._usage(prof, model, messages, session, text, z)
+        if max_tokens is not None and usage["completion_tokens"] > max_tokens:
+            usage["completion_tokens"] = int(max_tokens)
+            usage["total_tokens"] = usage["prompt_tokens"] + int(max_tokens)
+            usage["completion_tokens_details"]["reasoning_tokens"] = int(max_tokens)
+            text = ""  # the budget cut the reply off while the model was still thinking
+        return text, usage
 
     # ----------------------------------------------------------------------------- replies
     def _reply(self, prof: AgentProfile, ep: Episode, u: np.ndarray) -> str:
