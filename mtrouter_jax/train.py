@@ -227,10 +227,9 @@ def fit(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, pro
                        rate, cost_weight)
 
 
-def predict_scores(model: OutcomeEstimator, features: np.ndarray, chunk: int = 32768) -> np.ndarray:
-    """Score head for every model at every row: (N, F) -> (N, M), in fixed-size jitted chunks."""
-    graphdef, params = nnx.split(model)
-    fn = _score_fn(graphdef)
+def chunked(fn, features: np.ndarray, chunk: int = 32768, axis: int = 0) -> np.ndarray:
+    """``fn(x)`` over fixed-size row chunks of ``features`` (the last one zero-padded, so one
+    compiled shape serves every size), concatenated along the output's row ``axis``."""
     n = features.shape[0]
     chunk = min(chunk, max(n, 1))
     out = []
@@ -239,8 +238,17 @@ def predict_scores(model: OutcomeEstimator, features: np.ndarray, chunk: int = 3
         k = x.shape[0]
         if k < chunk:  # pad to the one compiled shape
             x = np.concatenate([x, np.zeros((chunk - k, x.shape[1]), x.dtype)])
-        out.append(np.asarray(fn(params, x))[:k])
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.n_models), np.float32)
+        out.append(np.take(np.asarray(fn(x)), np.arange(k), axis=axis))
+    return np.concatenate(out, axis=axis)
+
+
+def predict_scores(model: OutcomeEstimator, features: np.ndarray, chunk: int = 32768) -> np.ndarray:
+    """Score head for every model at every row: (N, F) -> (N, M), in fixed-size jitted chunks."""
+    if features.shape[0] == 0:
+        return np.zeros((0, model.cfg.n_models), np.float32)
+    graphdef, params = nnx.split(model)
+    fn = _score_fn(graphdef)
+    return chunked(lambda x: fn(params, x), features, chunk)
 
 
 @functools.lru_cache(maxsize=8)
@@ -259,19 +267,8 @@ def ensemble_scores(result: TrainResult, features: np.ndarray, aggregate: str = 
     members = getattr(result, "members", None)
     if members is None:
         return predict_scores(result.model, features, chunk)
-    from mtrouter_jax.ensemble import member_predictions
-
     fn = _members_fn(result.graphdef)
-    n = features.shape[0]
-    chunk = min(chunk, max(n, 1))
-    out = []
-    for s in range(0, n, chunk):
-        x = features[s:s + chunk]
-        k = x.shape[0]
-        if k < chunk:
-            x = np.concatenate([x, np.zeros((chunk - k, x.shape[1]), x.dtype)])
-        out.append(np.asarray(fn(members, x))[:, :k])
-    pred = np.concatenate(out, axis=1)  # (K, N, M)
+    pred = chunked(lambda x: fn(members, x), features, chunk, axis=1)  # (K, N, M)
     if aggregate == "min":
         return pred.min(0)
     if aggregate == "lcb":
