@@ -112,7 +112,9 @@ def _pad(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool) -> dict
     arr = {k: np.zeros((E, T), np.float32) for k in ("input", "cached", "output", "cost", "prop")}
     arr.update({k: np.full((E, T), NO_VALUE, np.int32) for k in ("model", "tool", "kind", "sev")})
     arr["mask"] = np.zeros((E, T), bool)
-    other_tool = len(layout.tools)
+    # a turn without a tool call replays as the live router reads it (detect.ToolTypeMap: None ->
+    # "reasoning"), so the features match at serve time; "other" only when that type is unknown
+    no_tool = layout.tools.index("reasoning") if "reasoning" in layout.tools else len(layout.tools)
     for i, e in enumerate(episodes):
         n = len(e.turns)
         for name in set(e.models) | {t.model for t in e.turns}:
@@ -120,7 +122,7 @@ def _pad(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool) -> dict
                 raise ValueError(f"episode {e.episode_id}: model {name!r} is not in the pool ({', '.join(pool.names)})")
         arr["mask"][i, :n] = True
         arr["model"][i, :n] = [model_pos[t.model] for t in e.turns]
-        arr["tool"][i, :n] = [other_tool if t.tool is None else v
+        arr["tool"][i, :n] = [no_tool if t.tool is None else v
                               for t, v in zip(e.turns, vocab_index(layout.tools, [t.tool or "" for t in e.turns]))]
         arr["kind"][i, :n] = vocab_index(layout.error_kinds, [t.error.kind if t.error else None for t in e.turns])
         arr["sev"][i, :n] = [SEVERITY_INDEX[t.error.severity] if t.error else NO_VALUE for t in e.turns]

@@ -1,24 +1,27 @@
-"""Router overhead of the live proxy: many concurrent conversations against zero-latency fake upstreams.
+"""Router overhead and throughput of the live proxy: concurrent conversations against a zero-latency fake upstream.
 
 Overhead per request is measured inside the server (handler time minus time in upstream calls,
 header ``X-MTRouter-Overhead-Ms``). The fake upstream, the proxy and the load generator run in
-separate processes so that they do not compete for one GIL (they still share the machine's cores). Usage:
+separate processes so that they do not compete for one GIL (they still share the machine's
+cores). Every concurrency level runs against the same proxy, one after the other, so that the
+levels compare within one run. Usage:
 
-    python scripts/bench_proxy.py [--checkpoint PATH] [--conversations 200] [--turns 5]
+    python scripts/bench_proxy.py [--checkpoint PATH] [--concurrency 1 200] [--conversations N] [--turns 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -29,8 +32,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fake upstream/estimator live with
 
 from live_fakes import FakeEstimator, FakeUpstream, free_port, make_pool  # noqa: E402
 
-from mtrouter_jax.live.router import Router  # noqa: E402
-from mtrouter_jax.live.server import create_app  # noqa: E402
 from mtrouter_jax.pool import Endpoint, Pool  # noqa: E402
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {
@@ -39,13 +40,23 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "ob
 
 def _upstream(port: int) -> None:
     import uvicorn
-    uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port=port, log_level="error")
+    uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port=port, log_level="error",
+                backlog=4096)
 
 
-def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str) -> None:
+def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_aiohttp: bool) -> None:
     import logging
+    if no_aiohttp:  # as without openai's aiohttp extra: the upstream clients fall back to httpx
+        sys.modules["aiohttp"] = None  # type: ignore[assignment]
 
     import uvicorn
+
+    from mtrouter_jax.live.router import Router
+    from mtrouter_jax.live.server import create_app
+    try:
+        from mtrouter_jax.live.server import UVICORN_OPTIONS
+    except ImportError:  # measuring an older version: its serve() used uvicorn's defaults
+        UVICORN_OPTIONS = {"backlog": 4096}
     logging.getLogger("mtrouter_jax.live").setLevel(logging.ERROR)
     if checkpoint:
         from mtrouter_jax.checkpoint import load_checkpoint
@@ -54,7 +65,7 @@ def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str) -> N
     else:
         router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
     app = create_app(router, timeout=30.0, max_retries=0)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", backlog=4096)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)  # as mtrouter serve
 
 
 def _wait(url: str) -> None:
@@ -67,30 +78,78 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def conversation(http: httpx.Client, i: int, turns: int, budget: float | None) -> tuple[list, list, int]:
-    overhead, latency, errors = [], [], 0
-    msgs = [{"role": "system", "content": "bench agent"}, {"role": "user", "content": f"task {i}"}]
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Http:
+    """The load generator's HTTP client: aiohttp when installed (a tenth of httpx's CPU per request
+    at 200 in flight, so the generator does not starve the proxy of the 2 shared cores), else httpx."""
+
+    def __init__(self, base: str, connections: int):
+        self.base = base
+        try:
+            import aiohttp
+            self.aio = aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=connections),
+                                             timeout=aiohttp.ClientTimeout(total=120))
+            self.errors: tuple = (aiohttp.ClientError, asyncio.TimeoutError)
+        except ImportError:
+            self.aio = None
+            self.httpx = httpx.AsyncClient(base_url=base, timeout=120.0, limits=httpx.Limits(
+                max_connections=connections, max_keepalive_connections=connections))
+            self.errors = (httpx.HTTPError,)
+
+    async def post(self, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+        """(status, lower-case headers, JSON body) of a POST."""
+        if self.aio is not None:
+            async with self.aio.post(path, json=body, headers=headers) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.json(content_type=None)
+        r = await self.httpx.post(path, json=body, headers=headers)
+        return r.status_code, dict(r.headers), r.json()
+
+    async def close(self) -> None:
+        await (self.aio.close() if self.aio is not None else self.httpx.aclose())
+
+
+async def conversation(http: _Http, cid: str, turns: int, budget: float | None) -> tuple[list, list, list]:
+    """One conversation of ``turns`` tool-calling turns, then a scored finish; returns
+    (overheads ms, latencies ms, error kinds)."""
+    overhead, latency, errors = [], [], []
+    msgs = [{"role": "system", "content": "bench agent"}, {"role": "user", "content": f"task {cid}"}]
     model = "mtrouter" if budget is None else f"mtrouter-{budget}"
     for t in range(turns):
         t0 = time.perf_counter()
         try:
-            r = http.post("/v1/chat/completions", json={"model": model, "messages": msgs, "tools": TOOLS},
-                          headers={"X-MTRouter-Conversation": f"bench-{i}"})
-        except httpx.HTTPError:
-            errors += 1
+            status, hdr, resp = await http.post("/v1/chat/completions", {"model": model, "messages": msgs,
+                                                                          "tools": TOOLS},
+                                                {"X-MTRouter-Conversation": cid})
+        except http.errors as e:
+            errors.append(type(e).__name__)
             continue
         latency.append((time.perf_counter() - t0) * 1e3)
-        if r.status_code != 200:
-            errors += 1
+        if status != 200:
+            errors.append(f"http_{status}")
             continue
-        overhead.append(float(r.headers["x-mtrouter-overhead-ms"]))
-        msg = r.json()["choices"][0]["message"]
+        if hdr.get("x-mtrouter-fallbacks"):
+            errors.append("fallback:" + hdr["x-mtrouter-fallbacks"])  # served, but a model failed
+        overhead.append(float(hdr["x-mtrouter-overhead-ms"]))
+        msg = resp["choices"][0]["message"]
         msgs.append(msg)
         for tc in msg.get("tool_calls") or []:
             msgs.append({"role": "tool", "tool_call_id": tc["id"], "content": f"result {t}"})
         if not msg.get("tool_calls"):
             msgs.append({"role": "user", "content": "continue"})
-    http.post(f"/v1/mtrouter/conversations/bench-{i}/finish", json={"score": 0.5})
+    try:
+        status, _, _ = await http.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5})
+        if status != 200:
+            errors.append(f"finish_http_{status}")
+    except http.errors as e:
+        errors.append(f"finish_{type(e).__name__}")
     return overhead, latency, errors
 
 
@@ -99,64 +158,110 @@ def with_endpoints(pool: Pool, base_url: str) -> Pool:
                                  for m in pool.models))
 
 
+def run_level(base: str, pids: dict, level: int, n_conv: int, turns: int, budget: float, tag: str) -> dict:
+    """Drive ``n_conv`` conversations, ``level`` at a time; measures latency, overhead, CPU per request."""
+    async def drive():
+        http = _Http(base, level)
+        sem = asyncio.Semaphore(level)
+
+        async def one(i):
+            async with sem:
+                return await conversation(http, f"{tag}-{i}", turns, budget)
+        try:
+            t0 = time.perf_counter()
+            res = await asyncio.gather(*(one(i) for i in range(n_conv)))
+            return res, time.perf_counter() - t0
+        finally:
+            await http.close()
+
+    cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
+    res, wall = asyncio.run(drive())
+    cpu1 = {k: _cpu_seconds(p) for k, p in pids.items()}
+    ov = np.array([x for r in res for x in r[0]])
+    lat = np.array([x for r in res for x in r[1]])
+    kinds = collections.Counter(e for r in res for e in r[2])
+    failed = sum(v for k, v in kinds.items() if not k.startswith("fallback:"))
+    n_ok = len(ov)
+    cpu = {k: None if cpu0[k] is None or cpu1[k] is None else (cpu1[k] - cpu0[k]) * 1e3 / max(n_ok, 1)
+           for k in pids}
+    pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
+    return {"concurrency": level, "conversations": n_conv, "requests": n_conv * turns, "ok": n_ok,
+            "errors": failed, "error_kinds": dict(kinds), "seconds": wall,
+            "overhead_p50_ms": pct(ov, 50), "overhead_p99_ms": pct(ov, 99),
+            "latency_p50_ms": pct(lat, 50), "latency_p99_ms": pct(lat, 99),
+            "throughput_rps": n_ok / wall, "cpu_ms_per_request": cpu}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| concurrency | conversations × turns | router overhead p50 / p99 (ms) | end-to-end p50 / p99 (ms) "
+            "| req/s | errors | proxy CPU ms/req |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        cpu = r["cpu_ms_per_request"].get("proxy")
+        lines.append(f"| {r['concurrency']} | {r['conversations']} × {r['requests'] // r['conversations']} | "
+                     f"{r['overhead_p50_ms']:.2f} / {r['overhead_p99_ms']:.1f} | "
+                     f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.0f} | {r['throughput_rps']:.0f} | "
+                     f"{r['errors']} | {'-' if cpu is None else f'{cpu:.2f}'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="real checkpoint (default: the fake estimator)")
-    p.add_argument("--conversations", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=200, help="conversations in flight at once")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 200],
+                   help="conversations in flight at once; each level is one phase of the same run")
+    p.add_argument("--conversations", type=int, default=None,
+                   help="conversations per level (default: max(40, 2 x concurrency))")
     p.add_argument("--turns", type=int, default=5)
     p.add_argument("--budget", type=float, default=5.0, help="per-conversation budget (USD)")
-    p.add_argument("--write-docs", action="store_true", help="write the results into docs/live.md")
+    p.add_argument("--no-aiohttp", action="store_true",
+                   help="proxy without aiohttp (the upstream clients' httpx fallback)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--write-docs", action="store_true", help="write the table into docs/live.md")
     a = p.parse_args(argv)
 
     ctx = mp.get_context("spawn")
     port, pport = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}/v1"
+    upstream_base = f"http://127.0.0.1:{port}/v1"
     log = str(Path(tempfile.mkdtemp()) / "bench.jsonl")
-    procs = [ctx.Process(target=_upstream, args=(port,), daemon=True),
-             ctx.Process(target=_proxy, args=(pport, base, a.checkpoint, log), daemon=True)]
-    for pr in procs:
+    procs = {"upstream": ctx.Process(target=_upstream, args=(port,), daemon=True),
+             "proxy": ctx.Process(target=_proxy, args=(pport, upstream_base, a.checkpoint, log, a.no_aiohttp),
+                                  daemon=True)}
+    for pr in procs.values():
         pr.start()
+    rows = []
     try:
         _wait(f"http://127.0.0.1:{port}/docs")
         _wait(f"http://127.0.0.1:{pport}/health")
-        limits = httpx.Limits(max_connections=a.concurrency, max_keepalive_connections=a.concurrency)
-        with httpx.Client(base_url=f"http://127.0.0.1:{pport}", timeout=120.0, limits=limits) as http:
-            conversation(http, -1, 2, a.budget)  # warm-up (jit compile)
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(a.concurrency) as pool_:
-                res = list(pool_.map(lambda i: conversation(http, i, a.turns, a.budget),
-                                     range(a.conversations)))
-            wall = time.perf_counter() - t0
+        base = f"http://127.0.0.1:{pport}"
+        run_level(base, {}, 1, 1, 3, a.budget, "warmup")  # jit compiles
+        pids = {k: pr.pid for k, pr in procs.items()} | {"loadgen": os.getpid()}
+        for level in a.concurrency:
+            n = a.conversations or max(40, 2 * level)
+            rows.append(run_level(base, pids, level, n, a.turns, a.budget, f"c{level}"))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
-        for pr in procs:
+        for pr in procs.values():
             pr.terminate()
-    ov = np.array([x for r in res for x in r[0]])
-    lat = np.array([x for r in res for x in r[1]])
-    errors = sum(r[2] for r in res)
-    out = {"estimator": "checkpoint" if a.checkpoint else "fake", "conversations": a.conversations,
-           "concurrency": a.concurrency, "requests": int(len(lat)) + errors, "errors": errors,
-           "overhead_p50_ms": float(np.percentile(ov, 50)), "overhead_p99_ms": float(np.percentile(ov, 99)),
-           "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
-           "throughput_rps": float(len(lat) / wall), "cpus": os.cpu_count(), "python": platform.python_version()}
-    rows = [("estimator", out["estimator"]), ("conversations x turns", f"{a.conversations} x {a.turns}"),
-            ("concurrency", a.concurrency), ("requests / errors", f"{out['requests']} / {errors}"),
-            ("router overhead p50 / p99 (ms)", f"{out['overhead_p50_ms']:.2f} / {out['overhead_p99_ms']:.2f}"),
-            ("end-to-end latency p50 / p99 (ms)", f"{out['latency_p50_ms']:.1f} / {out['latency_p99_ms']:.1f}"),
-            ("throughput (req/s)", f"{out['throughput_rps']:.0f}"), ("CPU cores", out["cpus"])]
-    w = max(len(k) for k, _ in rows)
-    table = "\n".join(f"| {k:<{w}} | {v} |" for k, v in rows)
-    table = f"| {'metric':<{w}} | value |\n|{'-' * (w + 2)}|-------|\n" + table
-    print(table)
-    print(f"(mean overhead {statistics.fmean(ov):.2f} ms)")
+    out = {"estimator": "checkpoint" if a.checkpoint else "fake", "levels": rows, "cpus": os.cpu_count(),
+           "python": platform.python_version(), "no_aiohttp": a.no_aiohttp,
+           "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    if len(rows) > 1:
+        out["throughput_ratio_last_to_first"] = rows[-1]["throughput_rps"] / rows[0]["throughput_rps"]
+    md = table(rows)
+    print(md)
+    if "throughput_ratio_last_to_first" in out:
+        print(f"throughput at concurrency {rows[-1]['concurrency']} / at {rows[0]['concurrency']}: "
+              f"{out['throughput_ratio_last_to_first']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
     if a.write_docs:
         doc = ROOT / "docs" / "live.md"
         text = doc.read_text()
         start, end = "<!-- bench:start -->", "<!-- bench:end -->"
         if start in text and end in text:
             head, rest = text.split(start, 1)
-            text = head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1]
-            doc.write_text(text)
+            doc.write_text(head + start + "\n" + md + "\n" + end + rest.split(end, 1)[1])
     return out
 
 

@@ -1,10 +1,14 @@
-"""Upstream OpenAI-compatible endpoints of the pool: one official ``openai.OpenAI`` client each.
+"""Upstream OpenAI-compatible endpoints of the pool: the official ``openai`` clients, one per endpoint.
 
 Calls go through the client (its timeout and retries), with the request body passed through as
-is (``tools``, ``response_format`` and any other field travel untouched in ``extra_body``). A call
-that still fails with a timeout, a refused connection, 408/409/429 or a 5xx is *retryable on
-another model*: :func:`call_with_fallback` then tries the next model of the decision's ranking.
-Keys are read from the environment variables the pool names and are never logged.
+is (``tools``, ``response_format`` and any other field travel untouched). A call that still fails
+with a timeout, a refused connection, 408/409/429 or a 5xx is *retryable on another model*:
+:func:`call_with_fallback` (or :func:`acall_with_fallback`) then tries the next model of the
+decision's ranking. Keys are read from the environment variables the pool names and are never logged.
+
+The proxy uses the ``async`` methods (``achat``, ``aopen_stream``: ``openai.AsyncOpenAI`` on the
+server's event loop, so an in-flight upstream call costs a socket, not a thread); library callers
+(ScienceWorld runs) use the blocking ``chat``/``open_stream``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
+import httpx
 import openai
 
 from mtrouter_jax.pool import Pool
@@ -24,6 +29,23 @@ log = logging.getLogger("mtrouter_jax.live")
 
 EMPTY_KEY = "EMPTY"  # what local OpenAI-compatible servers (vLLM, llama.cpp) accept
 _FALLBACK_STATUS = {408, 409, 429}
+# Upstream connection pool of the async clients: openai's default keeps only 100 idle connections,
+# so more concurrent conversations than that would reconnect on every call. An idle connection
+# is dropped after 4 s, before common servers' 5 s keep-alive timeout closes it under our feet.
+UPSTREAM_LIMITS = httpx.Limits(max_connections=2048, max_keepalive_connections=1024, keepalive_expiry=4.0)
+
+
+def async_http_client():
+    """The async clients' transport: aiohttp when installed (``openai[aiohttp]``), else httpx.
+
+    Measured on 2 cores (docs/benchmarks.md): per upstream call the httpx pool cost 1.0 ms of CPU
+    with one call in flight and 1.9-3.8 ms with 200 (it scans every pooled connection per request);
+    the aiohttp transport 0.9-1.0 ms at both.
+    """
+    try:
+        return openai.DefaultAioHttpClient(limits=UPSTREAM_LIMITS)
+    except (AttributeError, RuntimeError):  # openai without the aiohttp extra
+        return openai.DefaultAsyncHttpxClient(limits=UPSTREAM_LIMITS)
 
 
 class BackendConfigError(ValueError):
@@ -91,6 +113,31 @@ class StreamCall:
         self._cm.__exit__(None, None, None)
 
 
+@dataclass
+class AsyncStreamCall:
+    """An open upstream SSE stream on the event loop: ``async for ch in events()``, then ``await aclose()``."""
+
+    model: str
+    _cm: Any
+    _resp: Any
+
+    async def events(self) -> AsyncIterator[dict]:
+        """Decoded ``data:`` payloads until ``[DONE]`` (malformed lines are skipped)."""
+        async for line in self._resp.iter_lines():
+            if not line or not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                yield json.loads(data)
+            except json.JSONDecodeError:
+                log.warning("skipping malformed SSE line from %s", self.model)
+
+    async def aclose(self) -> None:
+        await self._cm.__aexit__(None, None, None)
+
+
 class Backends:
     """One ``openai.OpenAI`` client per pool model's endpoint (clients are shared by endpoint)."""
 
@@ -104,10 +151,13 @@ class Backends:
             models: only set up these models (default: all).
         """
         self.pool = pool
+        self.timeout, self.max_retries = timeout, max_retries
         self.clients: dict[str, openai.OpenAI] = {}
+        self.aclients: dict[str, openai.AsyncOpenAI] = {}  # made on first use, on the running loop
         self.model_ids: dict[str, str] = {}
         self.base_urls: dict[str, str] = {}
         shared: dict[tuple[str, str], openai.OpenAI] = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # model -> (base_url, key) of its endpoint
         problems = []
         for spec in pool.models:
             if models is not None and spec.name not in models:
@@ -131,6 +181,7 @@ class Backends:
                 shared[ck] = openai.OpenAI(base_url=ep.base_url, api_key=key, timeout=timeout,
                                            max_retries=max_retries)
             self.clients[spec.name] = shared[ck]
+            self._keys[spec.name] = ck
             self.model_ids[spec.name] = ep.model_id
             self.base_urls[spec.name] = ep.base_url
         if problems:
@@ -165,6 +216,54 @@ class Backends:
         except (openai.APIError, ValueError) as e:
             raise _wrap(model, e) from None
         return StreamCall(model, cm, resp)
+
+    # ------------------------------------------------------------------ async (the proxy)
+    def _aclient(self, model: str) -> openai.AsyncOpenAI:
+        client = self.aclients.get(model)
+        if client is None:
+            ck = self._keys[model]
+            client = next((c for m, c in self.aclients.items() if self._keys[m] == ck), None)
+            if client is None:
+                client = openai.AsyncOpenAI(base_url=ck[0], api_key=ck[1], timeout=self.timeout,
+                                            max_retries=self.max_retries,
+                                            http_client=async_http_client())
+            self.aclients[model] = client
+        return client
+
+    async def achat(self, model: str, body: dict) -> dict:
+        """Non-streaming call on the event loop; returns the upstream's JSON response (raises UpstreamError).
+
+        The body goes out as is through the client's low-level ``post`` (its auth, timeout and
+        retries) rather than ``chat.completions.create``, whose client-side re-validation of every
+        message and tool schema cost more CPU than the rest of the proxy's request handling.
+        """
+        payload = {k: v for k, v in body.items() if k != "stream"}
+        payload["model"] = self.model_ids[model]
+        try:
+            resp = await self._aclient(model).post("/chat/completions", cast_to=httpx.Response, body=payload)
+            return resp.json()
+        except (openai.APIError, ValueError) as e:
+            raise _wrap(model, e) from None
+
+    async def aopen_stream(self, model: str, body: dict) -> AsyncStreamCall:
+        """Start a streaming call on the event loop (``stream_options.include_usage`` forced on);
+        errors raised here (before any chunk) can still fall back to another model."""
+        args = self._args(model, body)
+        opts = dict(args["extra_body"].get("stream_options") or {})
+        opts["include_usage"] = True
+        args["extra_body"] = {**args["extra_body"], "stream_options": opts}
+        cm = self._aclient(model).chat.completions.with_streaming_response.create(stream=True, **args)
+        try:
+            resp = await cm.__aenter__()
+        except (openai.APIError, ValueError) as e:
+            raise _wrap(model, e) from None
+        return AsyncStreamCall(model, cm, resp)
+
+    async def aclose(self) -> None:
+        """Close the async clients' connection pools."""
+        for client in {id(c): c for c in self.aclients.values()}.values():
+            await client.close()
+        self.aclients.clear()
 
 
 @dataclass
@@ -215,5 +314,38 @@ def call_with_fallback(ranking: Sequence[str], call: Callable[[str], Any],
     raise last
 
 
-__all__ = ["Backends", "BackendConfigError", "UpstreamError", "StreamCall", "Attempt",
-           "call_with_fallback", "EMPTY_KEY"]
+async def acall_with_fallback(ranking: Sequence[str], call: Callable[[str], Awaitable[Any]],
+                              on_fail: Callable[[str, UpstreamError], Sequence[str]] | None = None) -> Attempt:
+    """:func:`call_with_fallback` for an ``async`` ``call``."""
+    fallbacks: list[dict] = []
+    tried: set[str] = set()
+    queue = list(ranking)
+    up = 0.0
+    last: UpstreamError | None = None
+    while queue:
+        model = queue.pop(0)
+        if model in tried:
+            continue
+        tried.add(model)
+        t0 = time.perf_counter()
+        try:
+            result = await call(model)
+        except UpstreamError as e:
+            up += time.perf_counter() - t0
+            if not e.retryable:
+                raise
+            last = e
+            fallbacks.append({"model": model, "error": e.kind})
+            log.warning("upstream %s failed (%s); falling back", model, e.kind)
+            if on_fail is not None:
+                queue = [m for m in on_fail(model, e) if m not in tried]
+            continue
+        up += time.perf_counter() - t0
+        return Attempt(model, result, fallbacks, up)
+    assert last is not None
+    last.fallbacks = fallbacks  # type: ignore[attr-defined]
+    raise last
+
+
+__all__ = ["Backends", "BackendConfigError", "UpstreamError", "StreamCall", "AsyncStreamCall", "Attempt",
+           "call_with_fallback", "acall_with_fallback", "async_http_client", "EMPTY_KEY", "UPSTREAM_LIMITS"]

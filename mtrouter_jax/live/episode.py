@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax import routing
-from mtrouter_jax.features import HistorySummary, initial_summary, vocab_index
-from mtrouter_jax.live.router import BudgetExhausted, Router, _decide_fn, _find_learned_params, parse_usage
+from mtrouter_jax.features import HistorySummary, vocab_index
+from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, unpack_decision
+from mtrouter_jax.live.router import BudgetExhausted, Router, _decide_fn, parse_usage
 from mtrouter_jax.logs import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.sim.core import call_cost
 
@@ -86,7 +87,7 @@ class LiveEpisode:
         self._decide = _decide_fn(self.policy.dist, router.learned_policy is not None)
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
-        self.summary: HistorySummary = initial_summary(
+        self.summary: HistorySummary = initial_summary_fn(
             np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
         self._before_last: HistorySummary | None = None
         self._last_args: tuple | None = None
@@ -114,16 +115,8 @@ class LiveEpisode:
     def features(self) -> np.ndarray:
         """(F,) float32 features: the summary's, then (if the checkpoint has them) the embedding of
         the latest observation, as in training."""
-        r = self.router
-        x = np.asarray(r._feats(self.summary))
-        if not r.text_dim:
-            return x
-        obs = self.turns[-1].observation if self.turns else None
-        if r.text_encoder is None or not obs:
-            t = np.zeros(r.text_dim, np.float32)
-        else:
-            t = np.asarray(r.text_encoder.encode([obs]), np.float32).reshape(-1)
-        return np.concatenate([x, t])
+        x = np.asarray(self.router._feats(self.summary))
+        return np.concatenate([x, self._text()]) if self.router.text_dim else x
 
     def worst_costs(self, input_tokens_hi: float, completion_tokens=None) -> np.ndarray:
         """(M,) worst-case USD cost of this turn for each model (or, with ``completion_tokens``
@@ -174,33 +167,22 @@ class LiveEpisode:
             self.ended = (f"budget exhausted: episode {self.episode_id!r} spent ${self.spent:.6f} of "
                           f"${self.budget:.6f}; the cheapest next turn could cost up to ${float(worst.min()):.6f}")
             raise BudgetExhausted(self.ended)
-        feats = self.features()
-        score = cost_norm = np.zeros(len(r.pool), np.float32)
-        member = score[None]
-        meta: dict = {}
-        if r.estimator is not None:
-            if r.future_cost:
-                score, rem_cost = r.estimator.predict(feats, turn_cost=expected)
-            else:
-                score, rem_cost = r.estimator.predict(feats)
-            cost_norm = np.asarray(rem_cost, np.float32) / r.cost_scale
-            members = getattr(r.estimator, "predict_members", None)
-            member = np.asarray(members(feats)[..., 0], np.float32) if members is not None else np.asarray(score)[None]
         remaining = np.inf if self.budget is None else self.budget - self.spent + _EPS_USD
-        inputs = routing.TurnInputs(worst_cost=np.float32(worst), expected_cost=np.float32(expected),
-                                    remaining=np.float32(remaining), allowed=allowed,
-                                    score=np.asarray(score, np.float32), cost_norm=np.asarray(cost_norm, np.float32),
-                                    member_score=np.asarray(member, np.float32))
         params, lparams = self._params, self._learned_params
         if lam is not None and float(lam) != self.lam:
             params = routing.set_lam(params, jnp.float32(lam))
             lparams = routing.set_lam(lparams, jnp.float32(lam))
+        turn = (np.int32(self.seed), np.int32(len(self.turns)), np.int32(len(exclude)))
+        fused = r.fused and (r._forward is not None or r.estimator is None)
+        evaluate = self._evaluate_fused if fused else self._evaluate_host
+        feats, score, cost_norm, member, policy_out = evaluate(
+            np.float32(worst), np.float32(expected), np.float32(remaining), allowed, params, lparams, turn)
+        meta: dict = {}
         if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
             model_i, prop, probs, values = self._nonfinite_choice(allowed, expected)
             meta["nonfinite_fallback"] = True
         else:
-            probs, a, p, values = self._decide(self.summary, inputs, params, lparams, np.int32(self.seed),
-                                               np.int32(len(self.turns)), np.int32(len(exclude)))
+            probs, a, p, values = policy_out
             probs, values, model_i, prop = np.asarray(probs), np.asarray(values), int(a), float(p)
         if not allowed[model_i]:  # a fixed model that no longer fits (or just failed)
             if exclude:
@@ -224,6 +206,48 @@ class LiveEpisode:
                      time.perf_counter() - t0, meta)
         self.last_decision = d  # record() logs its propensity when the call goes to d.model
         return d
+
+    def _text(self) -> np.ndarray:
+        """(T,) embedding of the latest observation (zeros without one; (0,) without text features)."""
+        r = self.router
+        obs = self.turns[-1].observation if self.turns else None
+        if not r.text_dim or r.text_encoder is None or not obs:
+            return np.zeros(r.text_dim, np.float32)
+        return np.asarray(r.text_encoder.encode([obs]), np.float32).reshape(-1)
+
+    def _evaluate_fused(self, worst, expected, remaining, allowed, params, lparams, turn):
+        """Features, estimator outputs and the policy's draw in one jitted call (live/kernel.py)."""
+        r = self.router
+        fwd, leaves, treedef = r._forward if r._forward is not None else (None, (), None)
+        kernel = decision_kernel(r.layout, self.policy.dist, r.learned_policy is not None, fwd, treedef,
+                                 r.future_cost)
+        out = kernel(self.summary, self._text(), leaves, np.float32(r.cost_scale), np.int32(0), worst,
+                     expected, remaining, allowed, params, lparams, *turn)
+        feats, score, cost_norm, member, probs, a, p, values = unpack_decision(
+            out, r.layout.n_features + r.text_dim, len(r.pool))
+        return feats, score, cost_norm, member, (probs, a, p, values)
+
+    def _evaluate_host(self, worst, expected, remaining, allowed, params, lparams, turn):
+        """The same evaluation through the estimator's numpy ``predict`` (estimators without a JAX
+        forward pass, e.g. test fakes): four dispatches instead of one."""
+        r = self.router
+        feats = self.features()
+        score = cost_norm = np.zeros(len(r.pool), np.float32)
+        member = score[None]
+        if r.estimator is not None:
+            if r.future_cost:
+                score, rem_cost = r.estimator.predict(feats, turn_cost=expected)
+            else:
+                score, rem_cost = r.estimator.predict(feats)
+            score = np.asarray(score, np.float32)
+            cost_norm = np.asarray(rem_cost, np.float32) / r.cost_scale
+            members = getattr(r.estimator, "predict_members", None)
+            member = np.asarray(members(feats)[..., 0], np.float32) if members is not None else score[None]
+        if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
+            return feats, score, cost_norm, member, None  # decide() takes the safe choice
+        inputs = routing.TurnInputs(worst_cost=worst, expected_cost=expected, remaining=remaining, allowed=allowed,
+                                    score=score, cost_norm=cost_norm, member_score=member)
+        return feats, score, cost_norm, member, self._decide(self.summary, inputs, params, lparams, *turn)
 
     def _nonfinite_choice(self, allowed, expected):
         """Safe choice when the estimator returned NaN/inf: the previous model if allowed, else the

@@ -34,3 +34,6 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="upstream retries per model")
     p.add_argument("--strict-cache", action="store_true",
                    help="do not assume prompt-cache hits in the worst-case cost")
+    p.add_argument("--keep-alive", type=float, default=75.0,
+                   help="seconds an idle client connection is kept open (longer than clients keep theirs)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (413 above)")

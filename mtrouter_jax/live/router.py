@@ -21,17 +21,16 @@ import logging
 import threading
 import uuid
 import zlib
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax import routing
 from mtrouter_jax.detect import ErrorRuleSet, ToolTypeMap, default_rules, default_tool_map
-from mtrouter_jax.features import NO_VALUE, FeatureLayout, advance_summary, history_features, vocab_index
+from mtrouter_jax.features import NO_VALUE, FeatureLayout, vocab_index
+from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward, policy_fn
 from mtrouter_jax.logs import SEVERITIES, TurnError
 from mtrouter_jax.policy import expected_steps_for
 from mtrouter_jax.pool import Pool, PoolError, default_pool, load_pool
@@ -67,26 +66,9 @@ class PoolMismatchError(PoolError):
     """The pool passed to the router does not match the checkpoint's (names or order)."""
 
 
-@lru_cache(maxsize=None)
-def _compiled(layout: FeatureLayout):
-    """One jitted (features, advance) pair per layout (layout is hashable, hence static)."""
-    feats = jax.jit(lambda s: history_features(s, layout))
-    return feats, jax.jit(advance_summary)
-
-
-@lru_cache(maxsize=None)
-def _decide_fn(dist, with_values: bool):
-    """One jitted call per policy: distribution, the draw and its propensity (and the learned
-    rule's decision values for the ranking) — eager jnp ops on 6-element arrays would cost more
-    than the estimator itself."""
-    def decide(summary, inputs, params, learned_params, seed, turn, attempt):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), turn), attempt)
-        probs = dist(summary, inputs, params)
-        a, p = routing.sample(key, probs)
-        values = routing.learned_values(summary, inputs, learned_params)[0] if with_values else probs
-        return probs, a, p, values
-
-    return jax.jit(decide)
+# jitted pieces, shared by all routers of a layout/policy (live/kernel.py); old names kept for imports
+_compiled = compiled_summary_fns
+_decide_fn = policy_fn
 
 
 def _usage_get(usage: Any, key: str, default=0):
@@ -149,7 +131,7 @@ class Router:
                  switch_margin: float = routing.DEFAULT_SWITCH_MARGIN, pacing: bool = True,
                  output_tokens_hi: float | Sequence[float] | None = None,
                  output_tokens_mean: float | Sequence[float] | None = None, lam_table: str | None = None,
-                 kappa: float = routing.DEFAULT_KAPPA, n_min: float = routing.DEFAULT_N_MIN):
+                 kappa: float = routing.DEFAULT_KAPPA, n_min: float = routing.DEFAULT_N_MIN, fused: bool = True):
         """Args:
             estimator: a ``LoadedEstimator`` (or anything with the same interface); None for
                 checkpoint-free routers (``policy`` other than ``learned``).
@@ -182,6 +164,8 @@ class Router:
             lam_table: which of the checkpoint's λ tables to use ("scienceworld", "sim", ...;
                 default: the only one, else scienceworld before sim).
             kappa, n_min: the safe router's LCB width and minimum logged support (``routing.safe``).
+            fused: decide in one jitted call when the estimator has a JAX forward pass
+                (``live/kernel.py``; bit-identical results); False keeps the four-call host path.
         """
         self.estimator = estimator
         self.tool_map = tool_map or default_tool_map()
@@ -227,6 +211,10 @@ class Router:
         self.future_cost = getattr(estimator, "cost_target", "remaining") == "future"
         self.max_output = np.array([s.attributes.get("max_output_k", default_max_output / 1000) * 1000 for s in m])
         self._feats, self._advance = _compiled(self.layout)
+        # the one-call decision path (live/kernel.py) when the estimator has a JAX forward pass
+        self.fused = bool(fused)
+        fwd = estimator_forward(estimator)
+        self._forward = None if fwd is None else (fwd[0], *jax.tree_util.tree_flatten(fwd[1]))
         self.text_dim = int(getattr(estimator, "text_dim", 0) or 0)
         self.text_encoder = text_encoder
         if self.text_dim and text_encoder is None:

@@ -1,0 +1,265 @@
+"""The proxy's request surface: OpenAI-shaped errors and validation of bodies and headers (no I/O).
+
+Everything a client sends is checked here before it reaches a conversation, the router or an
+upstream: a request the proxy cannot make sense of is a 4xx in OpenAI's error shape
+``{"error": {message, type, param, code}}``, never a 500. Fields the proxy does not interpret
+travel to the upstream unchanged (the upstream judges them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from fastapi.responses import JSONResponse
+
+ROUTED = "mtrouter"
+EXPLORE = "explore"
+_ROUTED_MODEL = re.compile(r"^mtrouter(?:-(explore|greedy))?(?:-(.+))?$")
+MAX_ID_CHARS = 256  # conversation ids and task types end up in logs and metrics-free lookups
+MAX_META_BYTES = 65_536  # a finish call's free-form ``meta`` is logged verbatim
+MAX_TOKENS_LIMIT = 2**31 - 1
+# Deeper JSON is refused: every layer that re-encodes the body (the id hash, the input-token bound,
+# the upstream client) recurses per level, and Python's recursion limit would turn a deep body into
+# a 500. Real requests (messages, nested tool schemas) stay far below.
+MAX_JSON_DEPTH = 100
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether the dict/list ``obj`` nests deeper than ``limit`` levels (recursion stops at ``limit``)."""
+    if limit <= 0:
+        return True
+    for c in obj.values() if type(obj) is dict else obj:
+        if (type(c) is dict or type(c) is list) and _depth_exceeds(c, limit - 1):
+            return True
+    return False
+
+
+def _finite_float(text: str) -> float:
+    f = float(text)
+    if math.isinf(f):  # 1e400: it would reach the upstream as "Infinity", which is not JSON
+        raise ValueError(f"number {text[:40]} is out of range")
+    return f
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    """Decode a JSON body; 400 for invalid UTF-8, syntax errors, NaN/Infinity and absurd nesting."""
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
+        obj = None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ApiError(400, f"{what} is not valid JSON: {e}") from None
+    else:
+        if not isinstance(obj, (dict, list)) or not _depth_exceeds(obj, MAX_JSON_DEPTH):
+            return obj
+    raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+
+
+def parse_budget(text: str, where: str) -> float:
+    """USD budget from text; raises ApiError(400) unless a finite number > 0."""
+    try:
+        b = float(text)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{where}: cannot parse budget {text!r} (expected USD, e.g. 0.50)",
+                       code="invalid_budget") from None
+    if not math.isfinite(b) or b <= 0:
+        raise ApiError(400, f"{where}: budget must be a finite number > 0 USD, got {text!r}",
+                       code="invalid_budget")
+    return b
+
+
+@dataclass
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` request (``body`` is forwarded as is, caps aside)."""
+
+    body: dict
+    messages: list
+    passthrough: str | None  # a pool model asked for by name (not routed)
+    budget: float | None
+    explore: bool
+    lam: float | None
+    stream: bool
+    include_usage: bool
+    cid: str
+    derived: bool  # id derived from the first messages (no header)
+    task: str | None
+    seed: int | None
+
+
+def _header_text(headers: Mapping[str, str], name: str, limit: int = MAX_ID_CHARS) -> str | None:
+    v = headers.get(name)
+    if v is None:
+        return None
+    v = v.strip()
+    if not v or len(v) > limit:
+        raise ApiError(400, f"{name}: expected 1 to {limit} characters, got {len(v)}")
+    return v
+
+
+def _max_tokens(body: dict, field: str) -> None:
+    v = body.get(field)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TOKENS_LIMIT:
+        raise ApiError(400, f"{field}: expected an integer >= 1, got {_short(v)}", param=field)
+
+
+def _short(v: Any, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def check_messages(body: dict) -> list:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "messages: expected a non-empty array of message objects", param="messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}]: expected an object with a string 'role'", param=f"messages[{i}]")
+    return msgs
+
+
+def resolve_model(body: dict, headers: Mapping[str, str], pool_names, can_explore: bool
+                  ) -> tuple[str | None, float | None, bool]:
+    """(pool model for a pass-through, or None when routed; budget in USD or None; explore)."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "model: expected a string such as 'mtrouter' or 'mtrouter-0.50'", param="model")
+    budget = None
+    hb = headers.get("x-mtrouter-budget")
+    if hb is not None:
+        budget = parse_budget(hb, "X-MTRouter-Budget header")
+    if name in pool_names:
+        return name, budget, False
+    m = _ROUTED_MODEL.match(name)
+    if m is None:
+        raise ApiError(404, f"The model {_short(name)} does not exist: use 'mtrouter', 'mtrouter-<USD budget>', "
+                            f"'mtrouter-explore[-<USD budget>]' or one of the pool's models "
+                            f"({', '.join(pool_names)})", code="model_not_found", param="model")
+    mode, btext = m.group(1), m.group(2)
+    if btext is not None:
+        b = parse_budget(btext, f"model {_short(name)}")
+        budget = b if budget is None else budget
+    explore = mode == EXPLORE
+    he = headers.get("x-mtrouter-explore")
+    if he is not None and mode is None:
+        if he.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ApiError(400, f"X-MTRouter-Explore: expected true or false, got {_short(he)}")
+        explore = he.strip().lower() in ("1", "true", "yes")
+    if explore and not can_explore:
+        raise ApiError(400, f"model {_short(name)}: this server routes without exploration; start it with "
+                            "--explore (eps:E, beta:B or sticky:RHO[:E])", code="explore_not_configured",
+                       param="model")
+    return None, budget, explore
+
+
+def parse_chat_request(body: Any, headers: Mapping[str, str], pool_names, can_explore: bool,
+                       conversation_key) -> ChatRequest:
+    """Validate a chat request (body already JSON-decoded; header names lower-case)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    msgs = check_messages(body)
+    passthrough, budget, explore = resolve_model(body, headers, pool_names, can_explore)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, f"stream: expected true or false, got {_short(stream)}", param="stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise ApiError(400, "stream_options: expected an object", param="stream_options")
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise ApiError(400, "tools: expected an array of tool definitions", param="tools")
+    for field in ("max_tokens", "max_completion_tokens"):
+        _max_tokens(body, field)
+    lam = headers.get("x-mtrouter-lambda")
+    if lam is not None:
+        try:
+            lam = float(lam)
+        except ValueError:
+            lam = math.nan
+        if not math.isfinite(lam) or lam < 0:
+            raise ApiError(400, "X-MTRouter-Lambda: expected a number >= 0, got "
+                                f"{_short(headers['x-mtrouter-lambda'])}")
+    seed = headers.get("x-mtrouter-seed")
+    if seed is not None:
+        try:
+            seed = int(seed)
+        except ValueError:
+            seed = -1
+        if not 0 <= seed < 2**31:
+            raise ApiError(400, f"X-MTRouter-Seed: expected an integer in [0, 2^31), got "
+                                f"{_short(headers['x-mtrouter-seed'])}")
+    cid = _header_text(headers, "x-mtrouter-conversation")
+    derived = cid is None
+    return ChatRequest(body, msgs, passthrough, budget, explore, lam, bool(stream),
+                       bool((opts or {}).get("include_usage")), cid or conversation_key(msgs), derived,
+                       _header_text(headers, "x-mtrouter-task"), seed)
+
+
+def _finite(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ApiError(400, f"{what}: expected a number, got {_short(v)}", param=what.split("[")[0])
+    try:
+        f = float(v)
+    except OverflowError:  # a 400-digit integer
+        f = math.inf
+    if not math.isfinite(f):
+        raise ApiError(400, f"{what}: expected a finite number, got {_short(v)}", param=what.split("[")[0])
+    return f
+
+
+def parse_finish(body: Any) -> tuple[float | None, tuple[float, float] | None, dict | None]:
+    """(score, score_range, meta) of a finish call, fully checked *before* the conversation is closed
+    (a bad body must not cost the client its episode)."""
+    if body is None:
+        return None, None, None
+    if not isinstance(body, dict) or set(body) - {"score", "score_range", "meta"}:
+        raise ApiError(400, "expected {\"score\": number, \"score_range\": [lo, hi], \"meta\": {...}} (all optional)")
+    score = None if body.get("score") is None else _finite(body["score"], "score")
+    srange = body.get("score_range")
+    if srange is not None:
+        if not isinstance(srange, list) or len(srange) != 2:
+            raise ApiError(400, f"score_range: expected [lo, hi], got {_short(srange)}", param="score_range")
+        srange = (_finite(srange[0], "score_range[0]"), _finite(srange[1], "score_range[1]"))
+        if not srange[0] < srange[1]:
+            raise ApiError(400, f"score_range: expected lo < hi, got {list(srange)}", param="score_range")
+        if score is not None and not srange[0] <= score <= srange[1]:
+            raise ApiError(400, f"score {score} outside score_range {list(srange)}", param="score")
+    meta = body.get("meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise ApiError(400, "meta: expected an object", param="meta")
+        try:
+            size = len(json.dumps(meta, allow_nan=False))
+        except (ValueError, RecursionError):
+            raise ApiError(400, "meta: must be plain JSON (no NaN/Infinity, not absurdly nested)",
+                           param="meta") from None
+        if size > MAX_META_BYTES:
+            raise ApiError(400, f"meta: {size} bytes, at most {MAX_META_BYTES}", param="meta")
+    return score, srange, meta
+
+
+__all__ = ["ApiError", "ChatRequest", "parse_json", "parse_budget", "parse_chat_request", "parse_finish",
+           "check_messages", "resolve_model", "ROUTED", "EXPLORE"]

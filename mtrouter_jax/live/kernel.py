@@ -1,0 +1,133 @@
+"""The jitted pieces of a live decision, compiled once per layout/policy and cached.
+
+``decision_kernel`` does a whole routing decision in one jitted call: the summary's features, the
+checkpoint's forward pass (every ensemble member), the member mean, the cost normalisation and
+the policy's distribution, draw and decision values. It replaces the host path's four dispatches
+(features, ``predict``, ``predict_members``, policy) and performs the same float32 operations in
+the same order, so its outputs are bit-for-bit those of the host path
+(``tests/test_live_fastpath.py``). Estimators without a JAX forward pass (test fakes) keep the
+host path.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtrouter_jax import routing
+from mtrouter_jax.features import FeatureLayout, advance_summary, history_features, initial_summary
+
+
+@lru_cache(maxsize=None)
+def compiled_summary_fns(layout: FeatureLayout):
+    """One jitted (features, advance) pair per layout (layout is hashable, hence static)."""
+    feats = jax.jit(lambda s: history_features(s, layout))
+    return feats, jax.jit(advance_summary)
+
+
+# eager ``initial_summary`` costs ~0.4 ms of op-by-op dispatch per new conversation; jitted ~0.03 ms
+initial_summary_fn = jax.jit(initial_summary)
+
+
+def _key(seed, turn, attempt):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), turn), attempt)
+
+
+@lru_cache(maxsize=None)
+def policy_fn(dist, with_values: bool):
+    """One jitted call per policy: distribution, the draw and its propensity (and the learned
+    rule's decision values for the ranking) — eager jnp ops on 6-element arrays would cost more
+    than the estimator itself."""
+    def decide(summary, inputs, params, learned_params, seed, turn, attempt):
+        probs = dist(summary, inputs, params)
+        a, p = routing.sample(_key(seed, turn, attempt), probs)
+        values = routing.learned_values(summary, inputs, learned_params)[0] if with_values else probs
+        return probs, a, p, values
+
+    return jax.jit(decide)
+
+
+def estimator_forward(estimator: Any) -> tuple[Callable, Any] | None:
+    """(forward(params, x (B, F)) -> (K, B, M, 2), params) of an estimator, or None (host path).
+
+    Uses ``estimator.jax_forward()`` when the estimator offers it, else the jitted forward pass
+    and parameters that ``checkpoint.LoadedEstimator`` keeps.
+    """
+    if estimator is None:
+        return None
+    if hasattr(estimator, "jax_forward"):
+        return estimator.jax_forward()
+    fn, params = getattr(estimator, "_predict", None), getattr(estimator, "params", None)
+    if callable(fn) and params is not None and hasattr(estimator, "graphdef"):
+        return fn, params
+    return None
+
+
+def _rounded(x, zero):
+    """``x`` itself, but opaque to LLVM's multiply-add contraction: XLA:CPU would otherwise fuse
+    ``x * c + e`` into one FMA (one rounding), where numpy rounds the product and the sum
+    separately (an optimization barrier does not survive to code generation; XOR with a runtime
+    zero does)."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32) ^ zero
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+@lru_cache(maxsize=None)
+def decision_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
+                    future_cost: bool):
+    """The jitted decision: ``(summary, text (T,), params leaves, cost_scale, zero (int32 0), worst (M,), expected (M,),
+    remaining, allowed (M,), policy params, learned params, seed, turn, attempt) -> one float32
+    vector`` packing features (F,), score (M,), cost_norm (M,), probs (M,), values (M,), the model
+    index, its propensity and member scores (K*M) — one device-to-host copy instead of eight
+    (``unpack_decision`` splits it)."""
+
+    def kernel(summary, text, leaves, cost_scale, zero, worst, expected, remaining, allowed, params, lparams,
+               seed, turn, attempt):
+        x = history_features(summary, layout)
+        if text.shape[0]:
+            x = jnp.concatenate([x, text])
+        m = allowed.shape[0]
+        if forward is None:
+            score = cost_norm = jnp.zeros(m, jnp.float32)
+            member = score[None]
+        else:
+            out = forward(jax.tree_util.tree_unflatten(treedef, leaves), x[None])[:, 0]  # (K, M, 2)
+            acc = out[0]
+            for k in range(1, out.shape[0]):  # numpy's mean over members: a sequential sum, then / K
+                acc = acc + out[k]
+            # XLA turns a division by a broadcast scalar into a multiplication by its reciprocal,
+            # which rounds differently; a full divisor behind a barrier stays a true division
+            mean = acc / jax.lax.optimization_barrier(jnp.full(acc.shape, out.shape[0], jnp.float32))
+            score = mean[:, 0]
+            cost = mean[:, 1] * cost_scale  # LoadedEstimator.predict: remaining cost in USD
+            if future_cost:
+                cost = _rounded(cost, zero) + expected
+            cost_norm = cost / jax.lax.optimization_barrier(jnp.full(cost.shape, cost_scale))  # (same reason)
+            member = out[..., 0]
+        inputs = routing.TurnInputs(worst_cost=worst, expected_cost=expected, remaining=remaining, allowed=allowed,
+                                    score=score, cost_norm=cost_norm, member_score=member)
+        probs = dist(summary, inputs, params)
+        a, p = routing.sample(_key(seed, turn, attempt), probs)
+        values = routing.learned_values(summary, inputs, lparams)[0] if with_values else probs
+        f32 = jnp.float32  # the model index is exact in float32 (< 2^24)
+        return jnp.concatenate([x, score, cost_norm, probs, values, a.astype(f32)[None], p.astype(f32)[None],
+                                member.reshape(-1)])
+
+    return jax.jit(kernel)
+
+
+def unpack_decision(out, n_features: int, m: int):
+    """(features, score, cost_norm, member (K, M), probs, model index, propensity, values) of a kernel output."""
+    out = np.asarray(out)
+    x, rest = out[:n_features], out[n_features:]
+    score, cost_norm, probs, values = (rest[i * m:(i + 1) * m] for i in range(4))
+    a, p = int(rest[4 * m]), rest[4 * m + 1]
+    return x, score, cost_norm, rest[4 * m + 2:].reshape(-1, m), probs, a, p, values
+
+
+__all__ = ["compiled_summary_fns", "initial_summary_fn", "policy_fn", "estimator_forward", "decision_kernel",
+           "unpack_decision"]
