@@ -221,14 +221,16 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
     rp = routing.learned(steps, per_tok("price_cached_input"), per_tok("price_output"), out_mean, lam,
                          DEFAULT_SWITCH_MARGIN if switch_margin is None else switch_margin, pacing, name)
     if safe:
-        rp = routing.safe(rp, *_reference_in(estimator, sim_layout, maps), n_min=n_min, kappa=kappa, name=name)
+        tables, support, seen, costs, lcbs = _reference_in(estimator, sim_layout, maps)
+        rp = routing.safe(rp, tables, support, seen, n_min=n_min, kappa=kappa, name=name, ref_cost=costs, ref_lcb=lcbs)
     rp = with_exploration(rp, explore)
     return Policy(name if not explore else f"{name}+{explore}", _apply_for(rp.dist, head), {"policy": rp.params, "q": q})
 
 
-def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The checkpoint's reference policy (table, support, seen) re-indexed into the simulator's
-    vocabularies: rows by task, columns by last tool (+ other, first turn), models in sim order."""
+def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.ndarray, ...]:
+    """The checkpoint's reference policy (budget-tier tables, support, seen, tier costs, tier lower
+    bounds) re-indexed into the simulator's vocabularies: rows by task, columns by last tool
+    (+ other, first turn), models in sim order."""
     from mtrouter_jax.reference import Reference
 
     ref = (getattr(estimator, "meta", None) or {}).get("reference")
@@ -240,9 +242,10 @@ def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.
     rows = np.r_[np.asarray(maps["task_map"]), n_tc]  # sim task -> ckpt row; the other bucket last
     cols = np.r_[np.asarray(maps["tool_map"]), n_kc, n_kc + 1]  # sim tool -> ckpt column; other; first turn
     sim_of_ckpt = np.argsort(np.asarray(maps["model_map"]))  # ckpt model index -> sim model index
-    table = sim_of_ckpt[r.table[np.ix_(rows, cols)]]
+    tables, costs, lcbs = r.budget_tiers()
+    tables = sim_of_ckpt[tables[:, rows][:, :, cols]]
     support = r.support[np.ix_(rows, cols)][..., np.asarray(maps["model_map"])]
-    return table, support, r.seen[rows]
+    return tables, support, r.seen[rows], costs, lcbs
 
 
 def baseline_policies(pool: Pool) -> list[Policy]:

@@ -34,16 +34,33 @@ class Reference:
     table: np.ndarray  # (T+1, K+2) int32 model index
     support: np.ndarray  # (T+1, K+2, M) logged turns per (task, last tool, model)
     seen: np.ndarray  # (T+1,) bool: task types with logged episodes
-    candidates: list[dict]  # name, mean, ci, n, agreement
+    candidates: list[dict]  # name, mean, ci, n, agreement, cost
+    tiers: tuple = ()  # (names, tables (R, T+1, K+2), costs (R,), lcbs (R,)): every vouched candidate
 
     def to_meta(self) -> dict:
-        return {"name": self.name, "table": self.table.tolist(), "support": self.support.tolist(),
-                "seen": self.seen.tolist(), "candidates": self.candidates}
+        d = {"name": self.name, "table": self.table.tolist(), "support": self.support.tolist(),
+             "seen": self.seen.tolist(), "candidates": self.candidates}
+        if self.tiers:
+            names, tables, costs, lcbs = self.tiers
+            d["tiers"] = {"names": list(names), "tables": np.asarray(tables).tolist(),
+                          "costs": np.asarray(costs).tolist(), "lcbs": np.asarray(lcbs).tolist()}
+        return d
 
     @classmethod
     def from_meta(cls, d: dict) -> "Reference":
+        t = d.get("tiers")
+        tiers = () if not t else (tuple(t["names"]), np.asarray(t["tables"], np.int32),
+                                  np.asarray(t["costs"], np.float32), np.asarray(t["lcbs"], np.float32))
         return cls(d["name"], np.asarray(d["table"], np.int32), np.asarray(d["support"], np.float32),
-                   np.asarray(d["seen"], bool), list(d.get("candidates", [])))
+                   np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers)
+
+    def budget_tiers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tables (R, T+1, K+2), mean USD per episode (R,), lower bounds (R,)) for ``routing.safe``:
+        per episode budget, the vouched candidate with the best lower bound whose followers' mean
+        cost fits the budget. A checkpoint from before tiers: its one table, at any budget."""
+        if self.tiers:
+            return self.tiers[1], self.tiers[2], self.tiers[3]
+        return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
 
 
 def _indices(ep: Episode, layout: FeatureLayout) -> tuple[int, np.ndarray, np.ndarray]:
@@ -68,6 +85,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     from mtrouter_jax.routers import tool_table
 
     eps = [e for e in episodes if e.score is not None and e.turns]
+    spent = np.array([sum(t.cost for t in e.turns) for e in eps])
     t_rows, k_cols, m = len(layout.task_types) + 1, len(layout.tools) + 2, len(layout.models)
     idx = [_indices(e, layout) for e in eps]
     value = np.array([normalised(e, default_range) for e in eps])
@@ -107,7 +125,8 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             n = int(sel.sum())
             mean = float(value[sel].mean()) if n else float("nan")
             ci = float(1.96 * value[sel].std() / math.sqrt(n)) if n > 1 else float("inf")
-            rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement})
+            cost = float(spent[sel].mean()) if n else float("nan")
+            rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement, "cost": cost})
         if any(r["n"] >= min_episodes for r in rows):
             break
     ok = [r for r in rows if r["n"] >= min_episodes]
@@ -136,11 +155,21 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         if n >= min_episodes:
             mean, ci = float(value[sel].mean()), float(1.96 * value[sel].std() / math.sqrt(n))
             rows.append({"name": "best-single-per-task", "mean": mean, "ci": ci, "n": n,
-                         "agreement": rows[0]["agreement"]})
+                         "agreement": rows[0]["agreement"], "cost": float(spent[sel].mean())})
+            cands["best-single-per-task"] = per_task
             chosen = next(r for r in rows if r["name"] == best)
             if mean - ci > chosen["mean"] - chosen["ci"]:
                 best, table = "best-single-per-task", per_task
-    return Reference(best, table.astype(np.int32), support, seen, rows)
+    # budget tiers: every vouched candidate with its followers' mean cost, so that a budget below
+    # the chosen reference's cost gets the best reference it can pay for (and one above it the best
+    # overall); without any vouched candidate, the one fallback table at every budget
+    vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["cost"])]
+    tiers: tuple = ()
+    if vouched:
+        tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
+                 np.array([r["cost"] for r in vouched], np.float32),
+                 np.array([r["mean"] - r["ci"] for r in vouched], np.float32))
+    return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
 
 
 __all__ = ["Reference", "fit_reference", "AGREEMENTS"]

@@ -337,10 +337,11 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
     """
     values, allowed = learned_values(summary, inputs, p)
     s = summary
-    n_t, n_k = p["ref_table"].shape
+    _, n_t, n_k = p["ref_table"].shape
     task = jnp.clip(s.task, 0, n_t - 1)
     last = jnp.clip(jnp.where(s.turn > 0, s.recent_tools[0], n_k - 1), 0, n_k - 1)
-    ref = p["ref_table"][task, last]
+    tier = reference_tier(s.budget, p["ref_cost"], p["ref_lcb"])
+    ref = p["ref_table"][tier, task, last]
     ref = jnp.where(allowed[ref], ref, masked_argmax(values, allowed, cheapest_allowed(inputs)))
     bonus = jnp.where((jnp.arange(values.shape[-1]) == s.prev_model) & (s.prev_model >= 0), p["switch_margin"], 0.0)
     member = inputs.member_score + bonus - p["lam"] * inputs.cost_norm  # (K, M)
@@ -351,18 +352,31 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
     return jnp.where(lcb[cand] > 0, cand, ref).astype(jnp.int32), ref, lcb
 
 
+def reference_tier(budget, ref_cost, ref_lcb) -> jax.Array:
+    """Index of the reference table for an episode's budget: the best lower bound among the tables
+    whose followers' mean cost per episode fits the budget; the cheapest one when none fits."""
+    fits = ref_cost <= budget
+    best = jnp.argmax(jnp.where(fits, ref_lcb, -jnp.inf))
+    return jnp.where(fits.any(), best, jnp.argmin(ref_cost)).astype(jnp.int32)
+
+
 def _safe_dist(summary, inputs, p):
     return one_hot(safe_choice(summary, inputs, p)[0], inputs.allowed.shape[-1])
 
 
 def safe(learned_policy: RoutingPolicy, ref_table, support, seen, n_min: float = DEFAULT_N_MIN,
-         kappa: float = DEFAULT_KAPPA, name: str = "mtrouter-safe") -> RoutingPolicy:
+         kappa: float = DEFAULT_KAPPA, name: str = "mtrouter-safe", ref_cost=None, ref_lcb=None) -> RoutingPolicy:
     """The learned router made conservative (``safe_choice``): it keeps to a reference policy the logs
-    vouch for and departs only on a confident, supported gain. ``ref_table`` (T+1, K+2) int32;
+    vouch for and departs only on a confident, supported gain. ``ref_table`` (T+1, K+2) int32, or
+    (R, T+1, K+2) budget tiers with ``ref_cost``/``ref_lcb`` (R,) (``Reference.budget_tiers``);
     ``support`` (T+1, K+2, M) logged turn counts; ``seen`` (T+1,) bool. With one member (zero
     spread), ``n_min = 0`` and a seen task type it is the greedy learned rule."""
+    ref_table = jnp.asarray(ref_table, jnp.int32)
+    if ref_table.ndim == 2:  # one table at every budget
+        ref_table, ref_cost, ref_lcb = ref_table[None], jnp.zeros(1), jnp.zeros(1)
     p = dict(learned_policy.params)
-    p.update(ref_table=jnp.asarray(ref_table, jnp.int32), support=jnp.asarray(support, jnp.float32),
+    p.update(ref_table=ref_table, ref_cost=jnp.asarray(ref_cost, jnp.float32),
+             ref_lcb=jnp.asarray(ref_lcb, jnp.float32), support=jnp.asarray(support, jnp.float32),
              seen=jnp.asarray(seen, bool), n_min=jnp.float32(n_min), kappa=jnp.float32(kappa))
     return RoutingPolicy(name, _safe_dist, p, uses_estimator=True, spec="safe")
 
@@ -376,5 +390,5 @@ def set_lam(params: Any, lam) -> Any:
 
 __all__ = ["TurnInputs", "turn_inputs", "RoutingPolicy", "sample", "one_hot", "uniform_over", "masked_argmax",
            "cheapest_allowed", "fixed", "cheapest", "tool_heuristic", "error_escalation", "roulette", "explore",
-           "learned", "learned_values", "safe", "safe_choice", "DEFAULT_KAPPA", "DEFAULT_N_MIN", "decision_values", "pace_costs", "budget_allowed", "route_decision",
+           "learned", "learned_values", "safe", "safe_choice", "reference_tier", "DEFAULT_KAPPA", "DEFAULT_N_MIN", "decision_values", "pace_costs", "budget_allowed", "route_decision",
            "DEFAULT_SWITCH_MARGIN", "PACE_SWITCH_SLACK", "START", "set_lam"]

@@ -86,6 +86,50 @@ def test_disagreeing_members_keep_the_reference():
         assert int(_choice(s, inputs, _safe(table).params)[0]) == want
 
 
+def test_the_reference_follows_the_budget():
+    """Budget tiers: the best-vouched table whose followers' mean cost fits the episode's budget;
+    the cheapest tier when none fits; no budget -> the best overall."""
+    tables = np.stack([np.full((T + 1, 6), j, np.int32) for j in (0, 1, 2)])
+    costs, lcbs = np.array([0.30, 0.01, 0.05], np.float32), np.array([0.8, 0.5, 0.6], np.float32)
+    pol = routing.safe(LEARNED, tables, np.zeros((T + 1, 6, M)), np.full(T + 1, True), 0.0, 1.0,
+                       ref_cost=costs, ref_lcb=lcbs)
+    members = np.tile(np.array([0.5, 0.5, 0.5, 0.5], np.float32), (K, 1))
+    inputs = routing.turn_inputs(np.full(M, 1e-4), np.full(M, 5e-5), 10.0, score=members.mean(0), member_score=members)
+    for budget, want in ((np.inf, 0), (0.35, 0), (0.1, 2), (0.02, 1), (0.001, 1)):
+        s = initial_summary(0, 500.0, budget)
+        assert int(routing.reference_tier(s.budget, pol.params["ref_cost"], pol.params["ref_lcb"])) == want
+        assert int(_choice(s, inputs, pol.params)[1]) == want
+
+
+def test_reference_tiers_come_from_the_logs(pool):
+    """fit_reference keeps every vouched candidate with its followers' mean cost and lower bound;
+    the metadata round-trips; a reference without tiers serves its one table at every budget."""
+    from mtrouter_jax.features import FeatureLayout
+    from mtrouter_jax.reference import Reference, fit_reference
+
+    layout = FeatureLayout(("qa",), ("search",), (), pool.names, max_steps=4.0)
+    rng = np.random.default_rng(0)
+
+    def ep(i, model, score):
+        return Episode(f"e{i}", "qa", score, None, pool.names,
+                       tuple(Turn(model, 100, 0, 10, 0.01 * (1 + pool.names.index(model)), "search", None, None)
+                             for _ in range(3)), (0.0, 1.0))
+
+    eps = [ep(i, pool.names[i % 2], float(rng.uniform(0.4, 0.6)) + 0.3 * (i % 2 == 0)) for i in range(40)]
+    ref = fit_reference(eps, layout, pool, min_episodes=8)
+    names, tables, costs, lcbs = ref.tiers
+    assert set(names) >= {f"single:{pool.names[0]}", f"single:{pool.names[1]}"}
+    i0, i1 = names.index(f"single:{pool.names[0]}"), names.index(f"single:{pool.names[1]}")
+    np.testing.assert_allclose(costs[[i0, i1]], [0.03, 0.06], rtol=1e-5)
+    assert lcbs[i0] > lcbs[i1] and (tables[i0] == 0).all()
+    back = Reference.from_meta(ref.to_meta())
+    for a, b in zip(back.budget_tiers(), ref.budget_tiers()):
+        np.testing.assert_array_equal(a, b)
+    old = {k: v for k, v in ref.to_meta().items() if k != "tiers"}
+    t, c, _ = Reference.from_meta(old).budget_tiers()
+    assert t.shape == (1, *ref.table.shape) and c.tolist() == [0.0]
+
+
 # ----------------------------------------------------------------------------- ensembles
 
 def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool):
@@ -135,6 +179,18 @@ def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_
     assert members[..., 0].std(0).max() > 0  # members disagree somewhere
     ref = read_meta(tmp_path / "ens")["reference"]
     assert ref["name"] and len(ref["table"]) == len(again.layout.task_types) + 1
+    # the safe router with the checkpoint's budget tiers runs inside the simulator within budget
+    from mtrouter_jax.policy import learned_policy
+    from mtrouter_jax.rollout import batch_rollout
+    from mtrouter_jax.sim.params import make_sim_params, sim_feature_layout
+
+    tiers = ref.get("tiers")  # absent when 48 episodes vouch for no candidate: one table at every budget
+    assert tiers is None or len(tiers["names"]) == len(tiers["costs"]) >= 1
+    sim = make_sim_params(pool)
+    pol = learned_policy(again, sim_feature_layout(pool), lam=0.1, safe=True)
+    budgets = jnp.asarray([0.05, 0.2, jnp.inf], jnp.float32)
+    final, _ = batch_rollout(jax.random.key(0), pol.apply, pol.params, sim, budgets)
+    assert bool((np.asarray(final.summary.cost) <= np.asarray(budgets) + 1e-6).all())
     # metadata updates are re-sealed: the checkpoint still verifies
     update_meta(tmp_path / "ens", {"lam_tables": {"sim": [{"budget": 0.1, "lam": 0.2}]}})
     assert load_checkpoint(tmp_path / "ens").meta["lam_tables"]["sim"][0]["lam"] == 0.2

@@ -265,7 +265,8 @@ class Router:
         from mtrouter_jax.reference import Reference
 
         r = Reference.from_meta(ref)
-        return routing.safe(self.learned_policy, r.table, r.support, r.seen, n_min, kappa)
+        tables, costs, lcbs = r.budget_tiers()
+        return routing.safe(self.learned_policy, tables, r.support, r.seen, n_min, kappa, ref_cost=costs, ref_lcb=lcbs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, pool: Pool | str | Path | None = None, lam: float = 1.0,

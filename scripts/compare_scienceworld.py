@@ -1,0 +1,90 @@
+"""Paired comparisons of an `mtrouter eval scienceworld` run: every router at every budget against
+the best single model it can afford, against the tool heuristic at the same budget, and against
+chosen single models — on the same test episodes (paired by ``meta.base_id``), with 95% CIs.
+
+    python scripts/compare_scienceworld.py runs/sw_loop/eval [runs/sw_loop/eval_b ...] [--vs gpt-oss-120b gpt-5]
+
+Prints a markdown table. "best single at budget" = the single model with the best mean score among
+those whose mean cost per episode is at most the budget (the target in docs/benchmarks.md: the safe
+router is never significantly below it). A difference is significant when its CI excludes 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mtrouter_jax.episode_metrics import paired_difference
+from mtrouter_jax.logs import iter_episodes
+
+
+def load(dirs: list[str]) -> dict[tuple[str, float | None], list]:
+    """(router label, budget) -> episodes; the label is the logged id after the base id."""
+    groups: dict = collections.defaultdict(dict)
+    for d in dirs:
+        for e in iter_episodes(Path(d) / "episodes.jsonl"):
+            meta = e.meta or {}
+            base = meta.get("base_id")
+            if base is None or meta.get("split") != "test" or e.score is None:
+                continue
+            label = e.episode_id[len(base) + 1:]
+            budget = None
+            if "-b" in label and label.rsplit("-b", 1)[1].replace(".", "", 1).replace("e-", "", 1).isdigit():
+                label, b = label.rsplit("-b", 1)
+                budget = float(b)
+            groups[(label, budget)][base] = e  # later dirs win: one episode per base id
+    return {k: list(v.values()) for k, v in groups.items()}
+
+
+def fmt(d: float, ci: float) -> str:
+    mark = "**" if abs(d) > ci else ""
+    return f"{mark}{d:+.1f} ± {ci:.1f}{mark}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--vs", nargs="*", default=["gpt-oss-120b", "gpt-5"], help="single models to pair against")
+    ap.add_argument("--heuristic", default="tool-heuristic")
+    a = ap.parse_args(argv)
+    groups = load(a.dirs)
+    singles = {lab: eps for (lab, b), eps in groups.items() if b is None}  # singles run uncapped
+    mean = lambda eps: float(np.mean([e.score for e in eps]))  # noqa: E731
+    cost = lambda eps: float(np.mean([sum(t.cost for t in e.turns) for e in eps]))  # noqa: E731
+    ci = lambda x: 1.96 * float(np.std(x, ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")  # noqa: E731
+    print("| router | budget | n | score ± CI | $/episode | best single ≤ budget | Δ vs it | Δ vs heuristic (its $) | "
+          + " | ".join(f"Δ vs {m}" for m in a.vs) + " |")
+    print("|---" * (8 + len(a.vs)) + "|")
+    for lab, eps in sorted(singles.items(), key=lambda kv: -mean(kv[1])):
+        print(f"| {lab} | – | {len(eps)} | {mean(eps):.1f} ± {ci([e.score for e in eps]):.1f} | "
+              f"${cost(eps):.4f} | | | | " + " | ".join("" for _ in a.vs) + " |")
+    for (lab, b), eps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        if b is None:
+            continue
+        afford = [(mean(s), lab_s) for lab_s, s in singles.items() if cost(s) <= b]
+        best = max(afford)[1] if afford else None
+        row = [lab, f"${b:g}", str(len(eps)), f"{mean(eps):.1f} ± {ci([e.score for e in eps]):.1f}", f"${cost(eps):.4f}"]
+        if best:
+            d, c, _ = paired_difference(eps, singles[best])
+            row += [best, fmt(d, c)]
+        else:
+            row += ["–", ""]
+        heur = groups.get((a.heuristic, b))
+        if heur and lab != a.heuristic:
+            d, c, _ = paired_difference(eps, heur)
+            row.append(f"{fmt(d, c)} (${cost(heur):.4f})")
+        else:
+            row.append("")
+        for m in a.vs:
+            s = singles.get(m)
+            row.append(fmt(*paired_difference(eps, s)[:2]) if s else "")
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
