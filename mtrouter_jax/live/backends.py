@@ -276,6 +276,45 @@ class Attempt:
     upstream_seconds: float  # time spent inside upstream calls (all attempts)
 
 
+class _FallbackLoop:
+    """The bookkeeping of one call down a ranking, shared by the sync and async callers: which
+    model next, what failed (and why), time spent upstream."""
+
+    def __init__(self, ranking: Sequence[str], on_fail):
+        self.queue, self.on_fail = list(ranking), on_fail
+        self.tried: set[str] = set()
+        self.fallbacks: list[dict] = []
+        self.up = 0.0
+        self.last: UpstreamError | None = None
+
+    def next_model(self) -> str | None:
+        while self.queue:
+            model = self.queue.pop(0)
+            if model not in self.tried:
+                self.tried.add(model)
+                return model
+        return None
+
+    def failed(self, model: str, e: UpstreamError, seconds: float) -> None:
+        """Record a failure; a non-retryable one is raised again."""
+        self.up += seconds
+        if not e.retryable:
+            raise e
+        self.last = e
+        self.fallbacks.append({"model": model, "error": e.kind})
+        log.warning("upstream %s failed (%s); falling back", model, e.kind)
+        if self.on_fail is not None:
+            self.queue = [m for m in self.on_fail(model, e) if m not in self.tried]
+
+    def succeeded(self, model: str, result: Any, seconds: float) -> Attempt:
+        return Attempt(model, result, self.fallbacks, self.up + seconds)
+
+    def exhausted(self) -> UpstreamError:
+        assert self.last is not None
+        self.last.fallbacks = self.fallbacks  # type: ignore[attr-defined]
+        return self.last
+
+
 def call_with_fallback(ranking: Sequence[str], call: Callable[[str], Any],
                        on_fail: Callable[[str, UpstreamError], Sequence[str]] | None = None) -> Attempt:
     """Call ``call(model)`` down ``ranking`` until one succeeds.
@@ -284,67 +323,31 @@ def call_with_fallback(ranking: Sequence[str], call: Callable[[str], Any],
     (e.g. re-decided without the failed models); by default the next entry is tried. Raises the
     last UpstreamError when every model failed.
     """
-    fallbacks: list[dict] = []
-    tried: set[str] = set()
-    queue = list(ranking)
-    up = 0.0
-    last: UpstreamError | None = None
-    while queue:
-        model = queue.pop(0)
-        if model in tried:
-            continue
-        tried.add(model)
+    loop = _FallbackLoop(ranking, on_fail)
+    while (model := loop.next_model()) is not None:
         t0 = time.perf_counter()
         try:
             result = call(model)
         except UpstreamError as e:
-            up += time.perf_counter() - t0
-            if not e.retryable:
-                raise
-            last = e
-            fallbacks.append({"model": model, "error": e.kind})
-            log.warning("upstream %s failed (%s); falling back", model, e.kind)
-            if on_fail is not None:
-                queue = [m for m in on_fail(model, e) if m not in tried]
+            loop.failed(model, e, time.perf_counter() - t0)
             continue
-        up += time.perf_counter() - t0
-        return Attempt(model, result, fallbacks, up)
-    assert last is not None
-    last.fallbacks = fallbacks  # type: ignore[attr-defined]
-    raise last
+        return loop.succeeded(model, result, time.perf_counter() - t0)
+    raise loop.exhausted()
 
 
 async def acall_with_fallback(ranking: Sequence[str], call: Callable[[str], Awaitable[Any]],
                               on_fail: Callable[[str, UpstreamError], Sequence[str]] | None = None) -> Attempt:
     """:func:`call_with_fallback` for an ``async`` ``call``."""
-    fallbacks: list[dict] = []
-    tried: set[str] = set()
-    queue = list(ranking)
-    up = 0.0
-    last: UpstreamError | None = None
-    while queue:
-        model = queue.pop(0)
-        if model in tried:
-            continue
-        tried.add(model)
+    loop = _FallbackLoop(ranking, on_fail)
+    while (model := loop.next_model()) is not None:
         t0 = time.perf_counter()
         try:
             result = await call(model)
         except UpstreamError as e:
-            up += time.perf_counter() - t0
-            if not e.retryable:
-                raise
-            last = e
-            fallbacks.append({"model": model, "error": e.kind})
-            log.warning("upstream %s failed (%s); falling back", model, e.kind)
-            if on_fail is not None:
-                queue = [m for m in on_fail(model, e) if m not in tried]
+            loop.failed(model, e, time.perf_counter() - t0)
             continue
-        up += time.perf_counter() - t0
-        return Attempt(model, result, fallbacks, up)
-    assert last is not None
-    last.fallbacks = fallbacks  # type: ignore[attr-defined]
-    raise last
+        return loop.succeeded(model, result, time.perf_counter() - t0)
+    raise loop.exhausted()
 
 
 __all__ = ["Backends", "BackendConfigError", "UpstreamError", "StreamCall", "AsyncStreamCall", "Attempt",
