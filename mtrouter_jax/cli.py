@@ -119,6 +119,12 @@ def cmd_train(a) -> int:
     print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
           f"{res.val_loss:.4f} (per-model-mean baseline {res.baseline_val_loss:.4f}), "
           f"{res.turns_per_second:,.0f} turns/s")
+    ref = (getattr(est, "meta", None) or {}).get("reference")
+    if ref:  # what the safe router keeps to, per budget (mtrouter inspect shows the candidates)
+        from mtrouter_jax.reference import Reference
+
+        tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
+        print(f"reference policy (safe router): {tiers}")
     return 0
 
 
@@ -251,6 +257,10 @@ def cmd_inspect(a) -> int:
     ref = meta.get("reference") or {}
     short["reference_policy"] = ref.get("name")
     short["reference_candidates"] = ref.get("candidates")
+    if ref:
+        from mtrouter_jax.reference import Reference
+
+        short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
     from mtrouter_jax.routers import DEFAULT_LAM
 
     tables = meta.get("lam_tables") or {}

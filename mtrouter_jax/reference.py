@@ -54,6 +54,20 @@ class Reference:
         return cls(d["name"], np.asarray(d["table"], np.int32), np.asarray(d["support"], np.float32),
                    np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers)
 
+    def by_budget(self) -> list[dict]:
+        """Which reference serves which budgets: ``[{"from_usd": c, "reference": name}, ...]``
+        (ascending; below the first threshold the cheapest tier serves)."""
+        if not self.tiers:
+            return [{"from_usd": 0.0, "reference": self.name}]
+        names, _, costs, lcbs = self.tiers
+        out: list[dict] = []
+        for c in sorted(set(float(x) for x in costs)):
+            ok = [i for i in range(len(names)) if costs[i] <= c]
+            best = names[max(ok, key=lambda i: lcbs[i])]
+            if not out or out[-1]["reference"] != best:
+                out.append({"from_usd": round(c, 6), "reference": best})
+        return out
+
     def budget_tiers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tables (R, T+1, K+2), mean USD per episode (R,), lower bounds (R,)) for ``routing.safe``:
         per episode budget, the vouched candidate with the best lower bound whose followers' mean

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("dirs", nargs="+")
     ap.add_argument("--vs", nargs="*", default=["gpt-oss-120b", "gpt-5"], help="single models to pair against")
     ap.add_argument("--heuristic", default="tool-heuristic")
+    ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                    help="also print A - B at every budget (router labels as in the table)")
     a = ap.parse_args(argv)
     groups = load(a.dirs)
     singles = {lab: eps for (lab, b), eps in groups.items() if b is None}  # singles run uncapped
@@ -83,6 +85,14 @@ def main(argv=None) -> int:
             s = singles.get(m)
             row.append(fmt(*paired_difference(eps, s)[:2]) if s else "")
         print("| " + " | ".join(row) + " |")
+    for x, y in a.pair:
+        budgets = sorted(b for (lab, b) in groups if lab == x and b is not None)
+        cells = []
+        for b in budgets:
+            if (y, b) in groups:
+                d, c, n = paired_difference(groups[(x, b)], groups[(y, b)])
+                cells.append(f"${b:g}: {fmt(d, c)} (n={n})")
+        print(f"\n{x} - {y}: " + "; ".join(cells))
     return 0
 
 

@@ -122,6 +122,9 @@ def test_reference_tiers_come_from_the_logs(pool):
     i0, i1 = names.index(f"single:{pool.names[0]}"), names.index(f"single:{pool.names[1]}")
     np.testing.assert_allclose(costs[[i0, i1]], [0.03, 0.06], rtol=1e-5)
     assert lcbs[i0] > lcbs[i1] and (tables[i0] == 0).all()
+    steps = ref.by_budget()
+    assert [x["from_usd"] for x in steps] == sorted(x["from_usd"] for x in steps)
+    assert steps[-1]["reference"] == names[int(np.argmax(lcbs))]
     back = Reference.from_meta(ref.to_meta())
     for a, b in zip(back.budget_tiers(), ref.budget_tiers()):
         np.testing.assert_array_equal(a, b)
