@@ -270,3 +270,47 @@ def test_exploration_never_breaks_the_budget_over_10k_simulated_episodes():
         # an executed exploratory turn's model always fitted: the turn was executed, and propensities are real
         p = dec.propensity[rec.executed]
         assert ((p > 0) & (p <= 1.0 + 1e-6)).all()
+
+
+# ----------------------------------------------------------------------------- learned and safe: simulator <-> live
+
+@pytest.mark.parametrize("spec", ["learned", "safe"])
+def test_learned_and_safe_routers_decide_alike_in_simulator_and_live(tmp_path_factory, spec):
+    """The estimator-backed routers, with a real (tiny) checkpoint: the simulator's policy
+    (``policy.learned_policy``, features mapped from the simulator's vocabularies) and a
+    ``LiveEpisode`` fed the same turns take the same decision with the same propensity."""
+    from _shared_artifacts import trained_checkpoint
+    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.policy import learned_policy
+    from mtrouter_jax.sim.params import sim_feature_layout
+
+    sim = make_sim_params(POOL, WORLD)
+    est = load_checkpoint(trained_checkpoint(tmp_path_factory))
+    # both shells must assume the same completion lengths (the simulator's) for costs and pacing
+    est.output_tokens_hi = np.ceil(np.asarray(sim.output_tokens) * (1 + float(sim.output_token_spread))).astype(np.float32)
+    est.output_tokens_mean = np.asarray(sim.output_tokens, np.float32)
+    pol = learned_policy(est, sim_feature_layout(POOL, WORLD), lam=0.1, safe=spec == "safe")
+    budgets = jnp.asarray([jnp.inf, 0.3, jnp.inf], jnp.float32)
+    final, rec, dec = jax.device_get(batch_rollout_with_decisions(jax.random.key(5), pol.apply, pol.params, sim, budgets))
+    router = Router(est, POOL, lam=0.1, policy=spec, rules=_rules())
+    checked = 0
+    for i in range(len(budgets)):
+        ep = router.start_episode(f"{spec}-{i}", WORLD.tasks[int(final.summary.task[i])].name,
+                                  budget=None if not np.isfinite(budgets[i]) else float(budgets[i]),
+                                  context_tokens=float(dec.summary.context_tokens[i, 0]))
+        for t in np.flatnonzero(rec.executed[i]):
+            d = ep.decide(input_tokens_hi=float(dec.summary.context_tokens[i, t]))
+            a = int(rec.model[i, t])
+            assert d.model == POOL.names[a], (i, t)
+            assert d.propensity == 1.0 and float(dec.propensity[i, t]) == 1.0
+            checked += 1
+            sev = int(rec.severity[i, t])
+            obs = None if sev < 0 else f"E {WORLD.error_kinds[int(rec.error_kind[i, t])]} {('low', 'medium', 'high')[sev]}"
+            nxt = float(dec.summary.context_tokens[i, t + 1]) if t + 1 < rec.model.shape[1] else 0.0
+            ep.record(POOL.names[a], {"prompt_tokens": int(rec.input_tokens[i, t]),
+                                      "completion_tokens": int(rec.output_tokens[i, t]),
+                                      "prompt_tokens_details": {"cached_tokens": int(rec.cached_tokens[i, t])}},
+                      tool_name=TOOLS[int(rec.tool[i, t])], observation=obs, next_context_tokens=nxt)
+    assert checked > 20
+    served = rec.model[rec.executed]
+    assert len(np.unique(served)) >= 2  # the rollouts exercise real choices, not one constant model
