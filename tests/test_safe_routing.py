@@ -135,7 +135,7 @@ def test_reference_tiers_come_from_the_logs(pool):
 
 # ----------------------------------------------------------------------------- ensembles
 
-def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool):
+def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool, monkeypatch):
     from mtrouter_jax.dataset import build_training_data
     from mtrouter_jax.ensemble import fit_ensemble, make_ensemble_epoch
     from mtrouter_jax.train import TrainConfig
@@ -152,6 +152,10 @@ def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool):
         return calls[-1]
 
     E.make_ensemble_epoch = spy
+    # the loss is traced once for the training step of all members and epochs, once for validation:
+    # a per-member or per-epoch recompile would trace it again
+    import chex
+    monkeypatch.setattr(E, "estimator_loss", chex.assert_max_traces(E.estimator_loss, n=2))
     try:
         res = fit_ensemble(data, pool, cfg, k=3, progress=False)
     finally:
