@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def load(dirs: list[str]) -> dict[tuple[str, float | None], list]:
             if "-b" in label and label.rsplit("-b", 1)[1].replace(".", "", 1).replace("e-", "", 1).isdigit():
                 label, b = label.rsplit("-b", 1)
                 budget = float(b)
+            label = re.sub(r"_[0-9a-f]{8}(-lam[0-9.e+-]+)?$", "", label)  # checkpoint tag and λ (per budget)
             groups[(label, budget)][base] = e  # later dirs win: one episode per base id
     return {k: list(v.values()) for k, v in groups.items()}
 

@@ -249,3 +249,32 @@ def test_cancelled_choice_prompt_is_reissued(engine):
     ep.apply_action(ambiguous)
     assert ep.awaiting_choice and ep.expected_action() == "0"
     assert ep.apply_action("0").gold_advanced
+
+
+def test_lambda_calibration_moves_off_the_smallest_lambda_only_on_paired_evidence(pool):
+    """``mtrouter eval --lam-grid``: the smallest λ unless another is better on the same calibration
+    episodes with a 95 % paired lower bound above 0 (a best mean alone is mostly noise)."""
+    import numpy as np
+
+    from mtrouter_jax.logs import Episode as LogEpisode
+    from mtrouter_jax.scienceworld.commands import _learned_lams
+    from mtrouter_jax.scienceworld.runner import RouterSpec
+
+    plan = [("boil", v) for v in range(30)]
+    rng = np.random.default_rng(0)
+    base_noise = rng.normal(0, 40, len(plan))
+    logged = {}
+
+    def run(jobs):
+        for j in jobs:
+            lam = float(j.spec.label.rsplit("-lam", 1)[1])
+            i = j.variation
+            # budget 0.1: λ 0.3 is better by 20 points on every episode; budget 1.0: +5 noisy
+            gain = 20.0 if j.budget == 0.1 else 5.0 + rng.normal(0, 40)
+            score = base_noise[i] + (gain if lam == 0.3 else 0.0)
+            logged[j.episode_id] = LogEpisode(j.episode_id, "boil", float(score), j.budget, pool.names, (), (-100.0, 100.0),
+                                              meta={"base_id": j.base_id})
+
+    chosen = _learned_lams(RouterSpec("learned", label="m"), "m", [0.1, 1.0], [0.0, 0.1, 0.3], plan, "dev", 1,
+                           pool, run, lambda: logged)
+    assert chosen == {0.1: 0.3, 1.0: 0.0}
