@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from _shared_artifacts import simulated_episodes
+from _shared_artifacts import simulated_episodes, trained_checkpoint
 from mtrouter_jax import routing
 from mtrouter_jax.features import initial_summary
 from mtrouter_jax.logs import Episode, Turn
@@ -198,6 +198,10 @@ def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_
     budgets = jnp.asarray([0.05, 0.2, jnp.inf], jnp.float32)
     final, _ = batch_rollout(jax.random.key(0), pol.apply, pol.params, sim, budgets)
     assert bool((np.asarray(final.summary.cost) <= np.asarray(budgets) + 1e-6).all())
+    # with no --router, an ensemble checkpoint is served by the safe rule, a single estimator greedily
+    from mtrouter_jax.live.router import Router
+    assert Router(again, pool).policy.spec == "safe"
+    assert Router(load_checkpoint(trained_checkpoint(tmp_path_factory)), pool).policy.spec == "learned"
     # metadata updates are re-sealed: the checkpoint still verifies
     update_meta(tmp_path / "ens", {"lam_tables": {"sim": [{"budget": 0.1, "lam": 0.2}]}})
     assert load_checkpoint(tmp_path / "ens").meta["lam_tables"]["sim"][0]["lam"] == 0.2

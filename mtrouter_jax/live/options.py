@@ -9,9 +9,10 @@ import argparse
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server``)."""
     p.add_argument("--router", default=None,
-                   help="routing policy: learned (needs --checkpoint; the default with one), tool-heuristic (the "
-                        "default without), fixed:MODEL, cheapest, error-escalation[:M1,M2,..], uniform, sticky:RHO")
-    p.add_argument("--checkpoint", default=None, help="trained estimator checkpoint (for --router learned)")
+                   help="routing policy: safe or learned (need --checkpoint; safe is the default with an "
+                        "ensemble checkpoint, learned with a single estimator), tool-heuristic (the default "
+                        "without), fixed:MODEL, cheapest, error-escalation[:M1,M2,..], uniform, sticky:RHO")
+    p.add_argument("--checkpoint", default=None, help="trained estimator checkpoint (for --router safe/learned)")
     p.add_argument("--explore", default=None,
                    help="exploration for 'mtrouter-explore' requests: eps:E, beta:B (the paper's stage B) or "
                         "sticky:RHO[:E]; propensities are logged")

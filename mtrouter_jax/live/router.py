@@ -144,7 +144,8 @@ class Router:
             tool_map, rules: tool-name → tool-type map and error rules (defaults from detect.py).
             log_path: JSONL file finished episodes are appended to (None: not logged).
             policy: router spec (``routers.build_router``: ``learned``, ``tool-heuristic``,
-                ``fixed:MODEL``, ...) or a ``RoutingPolicy``; default ``learned`` with a checkpoint,
+                ``fixed:MODEL``, ...) or a ``RoutingPolicy``; default ``safe`` with an ensemble checkpoint
+                (``learned`` with a single-estimator one),
                 ``tool-heuristic`` without.
             explore: exploration spec applied to episodes started with ``explore=True``
                 (``eps:E``, ``beta:B``, ``sticky:RHO[:E]``).
@@ -234,8 +235,12 @@ class Router:
         if tool_models is None and getattr(self.pool, "tool_heuristic", None):
             tool_models = ToolModelMap.from_dict(self.pool.tool_heuristic, f"pool {self.pool.name!r}: tool_heuristic")
         self.tool_models = tool_models
-        if policy is None:
-            policy = "learned" if estimator is not None else "tool-heuristic"
+        if policy is None:  # the safe rule for ensemble checkpoints: on real episodes it was never
+            # significantly worse than the greedy rule and sometimes much better; in the simulator
+            # equal (docs/benchmarks.md); one estimator has no spread to be safe with
+            k = int(getattr(estimator, "k", 1) or 1)
+            policy = ("tool-heuristic" if estimator is None else
+                      "safe" if self.safe_policy is not None and k > 1 else "learned")
         if isinstance(policy, str):
             policy = build_router(policy, self.pool, self.layout.tools, tool_map=tool_models,
                                   learned=self.learned_policy, safe=self.safe_policy)

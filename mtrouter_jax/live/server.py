@@ -205,10 +205,8 @@ def build_router(checkpoint=None, pool=None, router=None, explore=None, tool_map
     flag on bad input)."""
     from mtrouter_jax.routers import RouterSpecError, ToolModelMap
 
-    if router is None:
-        router = "learned" if checkpoint else "tool-heuristic"
-    if router.strip() == "learned" and not checkpoint:
-        raise RouterSpecError("--router learned needs --checkpoint CKPT (a trained estimator); without one use "
+    if router is not None and router.strip() in ("learned", "safe") and not checkpoint:
+        raise RouterSpecError(f"--router {router.strip()} needs --checkpoint CKPT (a trained estimator); without one use "
                               "--router tool-heuristic, fixed:MODEL, error-escalation, cheapest, uniform or sticky:RHO",
                               "--checkpoint")
     if lam is not None and (not math.isfinite(lam) or lam < 0):
