@@ -84,6 +84,24 @@ def _wrap(model: str, e: Exception) -> UpstreamError:
     raise e
 
 
+SSE_DONE = object()  # the end-of-stream marker (``data: [DONE]``)
+
+
+def sse_payload(line: str, model: str) -> Any:
+    """The decoded ``data:`` payload of one server-sent-events line: a dict, ``SSE_DONE`` at the end,
+    or None for lines to skip (comments, blanks, malformed JSON — logged)."""
+    if not line or not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return SSE_DONE
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError:
+        log.warning("skipping malformed SSE line from %s", model)
+        return None
+
+
 @dataclass
 class StreamCall:
     """An open upstream SSE stream: iterate ``events()`` for decoded chunks, then ``close()``."""
@@ -99,15 +117,11 @@ class StreamCall:
     def events(self) -> Iterator[dict]:
         """Decoded ``data:`` payloads until ``[DONE]`` (malformed lines are skipped)."""
         for line in self._lines:
-            if not line or not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+            event = sse_payload(line, self.model)
+            if event is SSE_DONE:
                 return
-            try:
-                yield json.loads(data)
-            except json.JSONDecodeError:
-                log.warning("skipping malformed SSE line from %s", self.model)
+            if event is not None:
+                yield event
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
@@ -124,15 +138,11 @@ class AsyncStreamCall:
     async def events(self) -> AsyncIterator[dict]:
         """Decoded ``data:`` payloads until ``[DONE]`` (malformed lines are skipped)."""
         async for line in self._resp.iter_lines():
-            if not line or not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+            event = sse_payload(line, self.model)
+            if event is SSE_DONE:
                 return
-            try:
-                yield json.loads(data)
-            except json.JSONDecodeError:
-                log.warning("skipping malformed SSE line from %s", self.model)
+            if event is not None:
+                yield event
 
     async def aclose(self) -> None:
         await self._cm.__aexit__(None, None, None)
