@@ -9,26 +9,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_fakes import KEY_ENV, MODELS, FakeEstimator, FakeUpstream, ServerThread, make_pool
+from live_fakes import MODELS, FakeEstimator, ServerThread, make_pool
+from live_fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server import create_app
 from mtrouter_jax.logs import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TOOLS = [{"type": "function", "function": {"name": "web_search", "parameters": {"type": "object"}}}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream()
-    with ServerThread(fake.app()) as srv:
-        fake.url = srv.url
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import httpx
 import openai
 import pytest
 
-from live_fakes import KEY_ENV, MODELS, FakeEstimator, FakeUpstream, ServerThread, make_pool
+from live_fakes import KEY_ENV, MODELS, FakeEstimator, ServerThread, make_pool
+from live_fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from mtrouter_jax.live.backends import BackendConfigError, Backends
 from mtrouter_jax.live.router import PoolMismatchError, Router
 from mtrouter_jax.live.server import create_app
@@ -29,19 +30,6 @@ TOOLS_SPEC = [{"type": "function", "function": {
         "required": ["q"], "additionalProperties": False}, "strict": True}},
     {"type": "function", "function": {"name": "python", "parameters": {
         "type": "object", "properties": {"code": {"type": "string"}}}}}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream()
-    with ServerThread(fake.app()) as srv:
-        fake.url = srv.url
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
 
 
 @pytest.fixture
