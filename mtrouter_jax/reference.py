@@ -59,11 +59,12 @@ class Reference:
         (ascending; below the first threshold the cheapest tier serves)."""
         if not self.tiers:
             return [{"from_usd": 0.0, "reference": self.name}]
+        from mtrouter_jax.routing import reference_tier  # the rule the safe router applies per episode
+
         names, _, costs, lcbs = self.tiers
         out: list[dict] = []
         for c in sorted(set(float(x) for x in costs)):
-            ok = [i for i in range(len(names)) if costs[i] <= c]
-            best = names[max(ok, key=lambda i: lcbs[i])]
+            best = names[int(reference_tier(np.float32(c), costs, lcbs))]
             if not out or out[-1]["reference"] != best:
                 out.append({"from_usd": round(c, 6), "reference": best})
         return out
