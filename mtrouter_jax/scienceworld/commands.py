@@ -100,8 +100,13 @@ def checkpoint_tag(path: str | Path) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_cal, runs, pool, run, by_id_of
-                  ) -> dict:
+def _run_label(name: str, tag: str | None, lam: float | None) -> str:
+    """The label in a learned router's episode ids: report name, checkpoint tag and λ."""
+    return name + (f"@{tag}" if tag else "") + (f"-lam{lam:g}" if lam is not None else "")
+
+
+def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_cal, runs, pool, run, by_id_of,
+                  tag: str | None = None) -> dict:
     """Per budget, the λ of ``lam_grid`` for this router: the smallest λ (the most score-seeking)
     unless another scores better on the calibration episodes by a paired difference whose 95 %
     lower bound is above 0 — with a few dozen calibration episodes per point the best mean alone
@@ -112,10 +117,9 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
 
     from mtrouter_jax.episode_metrics import paired_difference
 
-    tag = checkpoint_tag(spec.checkpoint) if spec.checkpoint else "none"
     jobs, groups = [], {}
     for lam in lam_grid:
-        s = dataclasses.replace(spec, lam=float(lam), label=f"{name}@{tag}-lam{lam:g}")
+        s = dataclasses.replace(spec, lam=float(lam), label=_run_label(name, tag, float(lam)))
         for b in caps:
             js = make_jobs(s, cal_plan, split_cal, runs, b)
             jobs += js
@@ -175,23 +179,23 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
     def by_id_of():
         return {e.episode_id: e for e in iter_episodes(log)}
 
+    # the id of a learned router's episodes names the checkpoint and λ: a changed router never reuses episodes
+    tags = {name: checkpoint_tag(spec.checkpoint) for name, _, spec in specs if spec.checkpoint}
     lam_tables: dict[str, dict] = {}
     if lam_grid and lam is None:
         cal_plan = plan_variations(tasks, calibration_split, calibration_per_task, seed + 1)
         for name, kind, spec in specs:
             if kind == "learned":
                 lam_tables[name] = _learned_lams(spec, name, caps, list(lam_grid), cal_plan, calibration_split, 1,
-                                                 pool, run, by_id_of)
+                                                 pool, run, by_id_of, tags.get(name))
     jobs: list[Job] = []
     groups: dict[tuple[str, float | None], list[str]] = {}
     for name, kind, spec in specs:
-        tag = checkpoint_tag(spec.checkpoint) if spec.checkpoint else None
         for b in ([None] if kind == "single" else caps):
             s = spec
-            if name in lam_tables:  # the id names the checkpoint and λ: a changed router never reuses episodes
-                s = dataclasses.replace(spec, lam=lam_tables[name][b], label=f"{name}@{tag}-lam{lam_tables[name][b]:g}")
-            elif tag is not None:
-                s = dataclasses.replace(spec, label=f"{name}@{tag}" + (f"-lam{spec.lam:g}" if spec.lam is not None else ""))
+            if name in tags:
+                lam_b = lam_tables[name][b] if name in lam_tables else spec.lam
+                s = dataclasses.replace(spec, lam=lam_b, label=_run_label(name, tags[name], lam_b))
             js = make_jobs(s, plan, split, runs, b)
             jobs += js
             groups[(name, b)] = [j.episode_id for j in js]
