@@ -85,6 +85,12 @@ class LiveEpisode:
         self._learned_params = (routing.set_lam(router.learned_policy.params, jnp.float32(self.lam))
                                 if router.learned_policy is not None else {})
         self._decide = _decide_fn(self.policy.dist, router.learned_policy is not None)
+        # the fused one-call kernel (live/kernel.py), looked up once per episode, not per decision
+        self._kernel = None
+        if router.fused and (router._forward is not None or router.estimator is None):
+            fwd, _, treedef = router._forward if router._forward is not None else (None, (), None)
+            self._kernel = decision_kernel(router.layout, self.policy.dist, router.learned_policy is not None,
+                                           fwd, treedef, router.future_cost)
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
         self.summary: HistorySummary = initial_summary_fn(
@@ -173,8 +179,7 @@ class LiveEpisode:
             params = routing.set_lam(params, jnp.float32(lam))
             lparams = routing.set_lam(lparams, jnp.float32(lam))
         turn = (np.int32(self.seed), np.int32(len(self.turns)), np.int32(len(exclude)))
-        fused = r.fused and (r._forward is not None or r.estimator is None)
-        evaluate = self._evaluate_fused if fused else self._evaluate_host
+        evaluate = self._evaluate_fused if self._kernel is not None else self._evaluate_host
         feats, score, cost_norm, member, policy_out = evaluate(
             np.float32(worst), np.float32(expected), np.float32(remaining), allowed, params, lparams, turn)
         meta: dict = {}
@@ -218,10 +223,8 @@ class LiveEpisode:
     def _evaluate_fused(self, worst, expected, remaining, allowed, params, lparams, turn):
         """Features, estimator outputs and the policy's draw in one jitted call (live/kernel.py)."""
         r = self.router
-        fwd, leaves, treedef = r._forward if r._forward is not None else (None, (), None)
-        kernel = decision_kernel(r.layout, self.policy.dist, r.learned_policy is not None, fwd, treedef,
-                                 r.future_cost)
-        out = kernel(self.summary, self._text(), leaves, np.float32(r.cost_scale), np.int32(0), worst,
+        leaves = r._forward[1] if r._forward is not None else ()
+        out = self._kernel(self.summary, self._text(), leaves, np.float32(r.cost_scale), np.int32(0), worst,
                      expected, remaining, allowed, params, lparams, *turn)
         feats, score, cost_norm, member, probs, a, p, values = unpack_decision(
             out, r.layout.n_features + r.text_dim, len(r.pool))

@@ -37,16 +37,22 @@ def _key(seed, turn, attempt):
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), turn), attempt)
 
 
+def _policy_outputs(dist, with_values, summary, inputs, params, learned_params, seed, turn, attempt):
+    """(distribution, drawn model, its propensity, decision values) — the policy part of a decision,
+    traced into both the policy-only call and the fused kernel."""
+    probs = dist(summary, inputs, params)
+    a, p = routing.sample(_key(seed, turn, attempt), probs)
+    values = routing.learned_values(summary, inputs, learned_params)[0] if with_values else probs
+    return probs, a, p, values
+
+
 @lru_cache(maxsize=None)
 def policy_fn(dist, with_values: bool):
     """One jitted call per policy: distribution, the draw and its propensity (and the learned
     rule's decision values for the ranking) — eager jnp ops on 6-element arrays would cost more
     than the estimator itself."""
     def decide(summary, inputs, params, learned_params, seed, turn, attempt):
-        probs = dist(summary, inputs, params)
-        a, p = routing.sample(_key(seed, turn, attempt), probs)
-        values = routing.learned_values(summary, inputs, learned_params)[0] if with_values else probs
-        return probs, a, p, values
+        return _policy_outputs(dist, with_values, summary, inputs, params, learned_params, seed, turn, attempt)
 
     return jax.jit(decide)
 
@@ -110,9 +116,7 @@ def decision_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Cal
             member = out[..., 0]
         inputs = routing.TurnInputs(worst_cost=worst, expected_cost=expected, remaining=remaining, allowed=allowed,
                                     score=score, cost_norm=cost_norm, member_score=member)
-        probs = dist(summary, inputs, params)
-        a, p = routing.sample(_key(seed, turn, attempt), probs)
-        values = routing.learned_values(summary, inputs, lparams)[0] if with_values else probs
+        probs, a, p, values = _policy_outputs(dist, with_values, summary, inputs, params, lparams, seed, turn, attempt)
         f32 = jnp.float32  # the model index is exact in float32 (< 2^24)
         return jnp.concatenate([x, score, cost_norm, probs, values, a.astype(f32)[None], p.astype(f32)[None],
                                 member.reshape(-1)])
