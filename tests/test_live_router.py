@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from live_fakes import FakeEstimator, make_pool
 from mtrouter_jax.features import NO_VALUE
-from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router, _compiled
+from mtrouter_jax.live.kernel import compiled_summary_fns
+from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router
 from mtrouter_jax.logs import read_episodes
 
 
@@ -124,7 +125,7 @@ def test_budget_never_exceeded_when_calls_obey_the_bounds(budget, turns):
 
 
 def test_features_compiled_once_per_layout(router):
-    feats, advance = _compiled(router.layout)
+    feats, advance = compiled_summary_fns(router.layout)
     assert feats is router._feats and advance is router._advance
     ep = router.start_episode(budget=0.5)
     for i in range(5):

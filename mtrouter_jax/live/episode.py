@@ -21,8 +21,8 @@ import numpy as np
 
 from mtrouter_jax import routing
 from mtrouter_jax.features import HistorySummary, vocab_index
-from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, unpack_decision
-from mtrouter_jax.live.router import BudgetExhausted, Router, _decide_fn, parse_usage
+from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, policy_fn, unpack_decision
+from mtrouter_jax.live.router import BudgetExhausted, Router, parse_usage
 from mtrouter_jax.logs import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.sim.core import call_cost
 
@@ -84,7 +84,7 @@ class LiveEpisode:
         self._params = routing.set_lam(self.policy.params, jnp.float32(self.lam))
         self._learned_params = (routing.set_lam(router.learned_policy.params, jnp.float32(self.lam))
                                 if router.learned_policy is not None else {})
-        self._decide = _decide_fn(self.policy.dist, router.learned_policy is not None)
+        self._decide = policy_fn(self.policy.dist, router.learned_policy is not None)
         # the fused one-call kernel (live/kernel.py), looked up once per episode, not per decision
         self._kernel = None
         if router.fused and (router._forward is not None or router.estimator is None):

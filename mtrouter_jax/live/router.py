@@ -30,7 +30,7 @@ import numpy as np
 from mtrouter_jax import routing
 from mtrouter_jax.detect import ErrorRuleSet, ToolTypeMap, default_rules, default_tool_map
 from mtrouter_jax.features import NO_VALUE, FeatureLayout, vocab_index
-from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward, policy_fn
+from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward
 from mtrouter_jax.logs import SEVERITIES, TurnError
 from mtrouter_jax.policy import expected_steps_for
 from mtrouter_jax.pool import Pool, PoolError, default_pool, load_pool
@@ -64,11 +64,6 @@ class BudgetExhausted(RuntimeError):
 
 class PoolMismatchError(PoolError):
     """The pool passed to the router does not match the checkpoint's (names or order)."""
-
-
-# jitted pieces, shared by all routers of a layout/policy (live/kernel.py); old names kept for imports
-_compiled = compiled_summary_fns
-_decide_fn = policy_fn
 
 
 def _usage_get(usage: Any, key: str, default=0):
@@ -211,7 +206,7 @@ class Router:
         # checkpoints whose cost head excludes this turn ("future") need this turn's expected cost
         self.future_cost = getattr(estimator, "cost_target", "remaining") == "future"
         self.max_output = np.array([s.attributes.get("max_output_k", default_max_output / 1000) * 1000 for s in m])
-        self._feats, self._advance = _compiled(self.layout)
+        self._feats, self._advance = compiled_summary_fns(self.layout)  # shared per layout
         # the one-call decision path (live/kernel.py) when the estimator has a JAX forward pass
         self.fused = bool(fused)
         fwd = estimator_forward(estimator)
