@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from gymnasium import spaces
 
-from mtrouter_jax.features import FeatureLayout, history_features
-from mtrouter_jax.pool import SEVERITIES, Pool, load_pool
+from mtrouter_jax.core.features import FeatureLayout, history_features
+from mtrouter_jax.core.features import SEVERITIES
+from mtrouter_jax.core.pool import Pool, load_pool
 from mtrouter_jax.sim import core
 from mtrouter_jax.sim.params import SimParams, WorldConfig, make_sim_params, sim_feature_layout
 
@@ -69,7 +70,7 @@ class MultiTurnRoutingEnv(gym.Env):
     """Route each turn of a simulated agent episode to one model of a pool.
 
     - **Observation**: ``float32[n_features]``, the router-visible history summary flattened by
-      ``mtrouter_jax.features.history_features`` with the layout ``self.layout``
+      ``mtrouter_jax.core.features.history_features`` with the layout ``self.layout``
       (``sim_feature_layout(pool, world)``; blocks in ``self.layout.describe()``).
     - **Action**: ``Discrete(n_models)``, the index (pool order) of the model serving the next call.
     - **Reward**: task score gained this turn (score points; the episode total is the terminal score

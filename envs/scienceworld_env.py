@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.pool import Pool
+from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.scienceworld.engine import DEFAULT_TASKS, SPLITS, ScienceWorldEngine, check_task, variations
 from mtrouter_jax.scienceworld.routed import DEFAULT_STEP_LIMIT, TOOLS, RoutedEpisode
 

@@ -13,8 +13,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from mtrouter_jax.features import FeatureLayout, history_features
-from mtrouter_jax.pool import Pool
+from mtrouter_jax.core.features import FeatureLayout, history_features
+from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.sim import core
 from mtrouter_jax.sim.params import SimParams, WorldConfig, make_sim_params, sim_feature_layout
 

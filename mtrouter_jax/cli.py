@@ -19,7 +19,7 @@ class UsageError(ValueError):
 
 
 def _pool(path):
-    from mtrouter_jax.pool import load_pool
+    from mtrouter_jax.core.pool import load_pool
 
     return load_pool(path)
 
@@ -32,17 +32,17 @@ def _console():
 
 
 def _train_cfg(a):
-    from mtrouter_jax.train import TrainConfig
+    from mtrouter_jax.estimator.train import TrainConfig
 
     return TrainConfig(max_epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, learning_rate=a.lr,
                        patience=a.patience, max_seconds=a.max_train_seconds)
 
 
 def cmd_simulate(a) -> int:
-    from mtrouter_jax.collect import behaviour_policy
-    from mtrouter_jax.routers import RouterSpecError
+    from mtrouter_jax.sim.collect import behaviour_policy
+    from mtrouter_jax.routing.specs import RouterSpecError
     from mtrouter_jax.sim.params import WorldConfig
-    from mtrouter_jax.workflow import simulate_dataset
+    from mtrouter_jax.jobs import simulate_dataset
 
     pool = _pool(a.pool)
     router, explore = a.router, a.explore
@@ -63,7 +63,7 @@ def cmd_simulate(a) -> int:
         raise UsageError(f"{out} exists; pass --append to add episodes to it")
     start = 0
     if out.exists():
-        from mtrouter_jax.logs import iter_episodes
+        from mtrouter_jax.logs.io import iter_episodes
 
         start = sum(1 for _ in iter_episodes(out))  # appended episodes get fresh ids
     eps = simulate_dataset(a.seed, a.n, pool, WorldConfig(), behaviour=behaviour, out=out,
@@ -74,7 +74,7 @@ def cmd_simulate(a) -> int:
 
 
 def _load_training_episodes(a, pool):
-    from mtrouter_jax.logs import drop_unscored, read_episodes
+    from mtrouter_jax.logs.io import drop_unscored, read_episodes
 
     episodes = []
     if a.data:
@@ -82,16 +82,16 @@ def _load_training_episodes(a, pool):
         if n_unscored:
             print(f"dropped {n_unscored} unscored episode(s) (score null: no terminal score was reported)")
     if a.import_official:
-        from mtrouter_jax.importers import import_official_trajectories
+        from mtrouter_jax.logs.importers import import_official_trajectories
 
         imported, report = import_official_trajectories(a.import_official, models=list(pool.names))
         print(report.summary())
         episodes += imported
     if a.simulate:
         from mtrouter_jax.sim.params import WorldConfig
-        from mtrouter_jax.workflow import simulate_dataset
+        from mtrouter_jax.jobs import simulate_dataset
 
-        from mtrouter_jax.collect import sticky_behaviour
+        from mtrouter_jax.sim.collect import sticky_behaviour
 
         episodes += simulate_dataset(a.seed, a.simulate, pool, WorldConfig(), with_features=False,
                                      behaviour=sticky_behaviour(a.rho) if a.rho > 0 else None)
@@ -101,13 +101,13 @@ def _load_training_episodes(a, pool):
 
 
 def cmd_train(a) -> int:
-    from mtrouter_jax.workflow import train_checkpoint
+    from mtrouter_jax.jobs import train_checkpoint
 
     pool = _pool(a.pool)
     episodes = _load_training_episodes(a, pool)
     text = None
     if a.text:
-        from mtrouter_jax.text_embed import HashedNgramEncoder
+        from mtrouter_jax.estimator.text import HashedNgramEncoder
 
         text = HashedNgramEncoder(dim=a.text_dim)
     tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress)
@@ -121,7 +121,7 @@ def cmd_train(a) -> int:
           f"{res.turns_per_second:,.0f} turns/s")
     ref = (getattr(est, "meta", None) or {}).get("reference")
     if ref:  # what the safe router keeps to, per budget (mtrouter inspect shows the candidates)
-        from mtrouter_jax.reference import Reference
+        from mtrouter_jax.routing.reference import Reference
 
         tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
         print(f"reference policy (safe router): {tiers}")
@@ -132,7 +132,7 @@ def _print_coverage(episodes, pool) -> None:
     """Per-model turns, exploration and effective sample size of the training logs; warnings."""
     from rich.table import Table
 
-    from mtrouter_jax.coverage import coverage_warnings, exploration_report
+    from mtrouter_jax.logs.coverage import coverage_warnings, exploration_report
 
     rep = exploration_report(episodes, pool.names)
     sources: dict[str, int] = {}
@@ -174,10 +174,10 @@ def sim_incompatibility(est, world) -> str | None:
 def cmd_sweep(a) -> int:
     import numpy as np
 
-    from mtrouter_jax.checkpoint import load_checkpoint
-    from mtrouter_jax.report import print_results, write_results
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
+    from mtrouter_jax.reporting.tables import print_results, write_results
     from mtrouter_jax.sim.params import WorldConfig
-    from mtrouter_jax.workflow import default_budgets, sweep
+    from mtrouter_jax.jobs import default_budgets, sweep
 
     est = load_checkpoint(a.ckpt)
     pool = _pool(a.pool) if a.pool else est.pool
@@ -192,7 +192,7 @@ def cmd_sweep(a) -> int:
     print_results(results, console=_console())
     table = {p["budget"]: p["lam"] for p in results["routers"]["mtrouter"]["points"] if p.get("lam") is not None}
     if table and not a.no_lam_table:
-        from mtrouter_jax.checkpoint import write_lam_table
+        from mtrouter_jax.estimator.checkpoint import write_lam_table
 
         write_lam_table(a.ckpt, "sim", table)
         print(f"wrote the calibrated budget->λ table ({len(table)} budgets) into {a.ckpt} (lam_tables.sim)")
@@ -203,8 +203,8 @@ def cmd_sweep(a) -> int:
 
 def cmd_run(a) -> int:
     """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
-    from mtrouter_jax.report import print_results, summary_markdown
-    from mtrouter_jax.workflow import run_main_job
+    from mtrouter_jax.reporting.tables import print_results, summary_markdown
+    from mtrouter_jax.jobs import run_main_job
 
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
                                   n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
@@ -220,7 +220,7 @@ def cmd_run(a) -> int:
 def cmd_serve(a) -> int:
     import logging
 
-    from mtrouter_jax.live.server import serve
+    from mtrouter_jax.live.server.app import serve
 
     logging.basicConfig(level=logging.INFO)
     kw = {k: v for k, v in vars(a).items() if k not in ("cmd", "fn")}
@@ -245,7 +245,7 @@ def cmd_route(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    from mtrouter_jax.checkpoint import read_meta
+    from mtrouter_jax.estimator.checkpoint import read_meta
 
     meta = read_meta(a.ckpt)
     short = {k: meta[k] for k in ("schema", "feature_code_version", "cost_scale", "text_dim", "data") if k in meta}
@@ -258,10 +258,10 @@ def cmd_inspect(a) -> int:
     short["reference_policy"] = ref.get("name")
     short["reference_candidates"] = ref.get("candidates")
     if ref:
-        from mtrouter_jax.reference import Reference
+        from mtrouter_jax.routing.reference import Reference
 
         short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
-    from mtrouter_jax.routers import DEFAULT_LAM
+    from mtrouter_jax.routing.meta import DEFAULT_LAM
 
     tables = meta.get("lam_tables") or {}
     short["lam_tables"] = tables or f"none: the learned router uses λ = {DEFAULT_LAM:g} unless --lam is given"
@@ -271,7 +271,7 @@ def cmd_inspect(a) -> int:
 
 def _aec(scale: float):
     """The paper's AEC constants with every penalty multiplied by ``scale`` (0 = no penalties)."""
-    from mtrouter_jax.targets import AECConfig
+    from mtrouter_jax.estimator.targets import AECConfig
 
     if scale < 0:
         raise UsageError(f"--aec-scale must be >= 0, got {scale}")
@@ -281,7 +281,7 @@ def _aec(scale: float):
 
 
 def _target_cfg(a, **kw):
-    from mtrouter_jax.dataset import TargetConfig
+    from mtrouter_jax.estimator.dataset import TargetConfig
 
     if a.bootstrap_steps < 0 or a.bootstrap_iterations < 0:
         raise UsageError(f"--bootstrap-steps and --bootstrap-iterations must be >= 0, got "
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("serve", help="OpenAI-compatible routing proxy (needs the [live] extra)")
-    from mtrouter_jax.live.options import add_serve_args
+    from mtrouter_jax.live.server.options import add_serve_args
 
     add_serve_args(p)
     p.set_defaults(fn=cmd_serve)
@@ -410,10 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _usage_error_types() -> tuple[type, ...]:
     """Exceptions that mean bad input (one line, exit 2). Imported only when something failed, so a
     light command (route, --help) never pays for JAX/orbax imports."""
-    from mtrouter_jax.checkpoint import CheckpointError
-    from mtrouter_jax.logs import LogFormatError
-    from mtrouter_jax.pool import PoolError
-    from mtrouter_jax.routers import RouterSpecError
+    from mtrouter_jax.estimator.checkpoint import CheckpointError
+    from mtrouter_jax.logs.io import LogFormatError
+    from mtrouter_jax.core.pool import PoolError
+    from mtrouter_jax.routing.specs import RouterSpecError
     from mtrouter_jax.scienceworld.engine import ScienceWorldArgumentError, ScienceWorldUnavailable
     from mtrouter_jax.scienceworld.scripted import ProfileError
 

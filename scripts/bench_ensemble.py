@@ -2,7 +2,7 @@
 
     python scripts/bench_ensemble.py --episodes 2048 --epochs 4 --k 5 [--data logs.jsonl]
 
-Trains a single estimator (``train.fit``) and an ensemble (``ensemble.fit_ensemble``) on the same
+Trains a single estimator (``train.fit``, k=1) and an ensemble (``train.fit``, k=K) on the same
 training data in one run, and reports wall time (compile included) and steady-state seconds per
 epoch (first epoch excluded), and their ratio. The issue's bar: an ensemble of 5 in well under 5x.
 """
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import jax
 
-from mtrouter_jax.dataset import build_training_data
-from mtrouter_jax.ensemble import fit_ensemble
-from mtrouter_jax.pool import default_pool
-from mtrouter_jax.train import TrainConfig, fit
+from mtrouter_jax.estimator.dataset import build_training_data
+from mtrouter_jax.core.pool import default_pool
+from mtrouter_jax.estimator.train import TrainConfig, fit
 
 
 def main() -> None:
@@ -33,12 +32,12 @@ def main() -> None:
     a = ap.parse_args()
     pool = default_pool()
     if a.data:
-        from mtrouter_jax.logs import drop_unscored, read_episodes
+        from mtrouter_jax.logs.io import drop_unscored, read_episodes
 
         eps = drop_unscored(read_episodes(a.data))[0]
     else:
-        from mtrouter_jax.collect import sticky_behaviour
-        from mtrouter_jax.workflow import simulate_dataset
+        from mtrouter_jax.sim.collect import sticky_behaviour
+        from mtrouter_jax.jobs import simulate_dataset
 
         eps = simulate_dataset(0, a.episodes, pool, behaviour=sticky_behaviour(0.9), progress=False,
                                with_features=False)
@@ -46,7 +45,7 @@ def main() -> None:
     cfg = TrainConfig(max_epochs=a.epochs, patience=a.epochs, batch_size=a.batch_size)
     rows = {}
     for name, run in (("single", lambda: fit(data, pool, cfg, progress=False)),
-                      (f"ensemble{a.k}", lambda: fit_ensemble(data, pool, cfg, a.k, progress=False))):
+                      (f"ensemble{a.k}", lambda: fit(data, pool, cfg, a.k, progress=False))):
         t0 = time.perf_counter()
         res = run()
         wall = time.perf_counter() - t0

@@ -63,7 +63,7 @@ def child(mode: str, path: str, trace: bool) -> dict:
     import gc
     import tracemalloc
 
-    from mtrouter_jax.logs import iter_episodes, read_episodes
+    from mtrouter_jax.logs.io import iter_episodes, read_episodes
 
     warnings.simplefilter("ignore")  # the unknown-field summary warning is expected here
     gc.collect()

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fake upstream/estimator live with
 
 from live_fakes import FakeEstimator, FakeUpstream, free_port, make_pool  # noqa: E402
 
-from mtrouter_jax.pool import Endpoint, Pool  # noqa: E402
+from mtrouter_jax.core.pool import Endpoint, Pool  # noqa: E402
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {
     "q": {"type": "string"}}}}} for n in ("web_search", "python", "read_file")]
@@ -52,14 +52,14 @@ def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_a
     import uvicorn
 
     from mtrouter_jax.live.router import Router
-    from mtrouter_jax.live.server import create_app
+    from mtrouter_jax.live.server.app import create_app
     try:
-        from mtrouter_jax.live.server import UVICORN_OPTIONS
+        from mtrouter_jax.live.server.app import UVICORN_OPTIONS
     except ImportError:  # measuring an older version: its serve() used uvicorn's defaults
         UVICORN_OPTIONS = {"backlog": 4096}
     logging.getLogger("mtrouter_jax.live").setLevel(logging.ERROR)
     if checkpoint:
-        from mtrouter_jax.checkpoint import load_checkpoint
+        from mtrouter_jax.estimator.checkpoint import load_checkpoint
         est = load_checkpoint(checkpoint)
         router = Router(est, pool=with_endpoints(est.pool, upstream_base), log_path=log)
     else:

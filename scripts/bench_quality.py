@@ -24,14 +24,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mtrouter_jax.collect import sticky_behaviour
-from mtrouter_jax.evaluate import evaluate_budgets, with_lambdas
-from mtrouter_jax.policy import _oracle_apply, fixed_policy, learned_policy, oracle_policy
-from mtrouter_jax.pool import default_pool
-from mtrouter_jax.rollout import batch_rollout_with_decisions
+from mtrouter_jax.sim.collect import sticky_behaviour
+from mtrouter_jax.sim.sweep import evaluate_budgets, with_lambdas
+from mtrouter_jax.sim.policies import _oracle_apply, fixed_policy, learned_policy, oracle_policy
+from mtrouter_jax.core.pool import default_pool
+from mtrouter_jax.sim.rollout import batch_rollout_with_decisions
 from mtrouter_jax.sim import WorldConfig, make_sim_params, sim_feature_layout
-from mtrouter_jax.train import TrainConfig
-from mtrouter_jax.workflow import simulate_dataset, train_checkpoint
+from mtrouter_jax.estimator.train import TrainConfig
+from mtrouter_jax.jobs import simulate_dataset, train_checkpoint
 
 
 def oracle_agreement(est, sim, layout, n_states: int = 4096, seed: int = 123) -> float:

@@ -21,9 +21,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mtrouter_jax.evaluate import calibrate_lambda, evaluate_budgets, with_lambdas
-from mtrouter_jax.policy import Policy, fixed_policy, oracle_policy
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.sim.sweep import calibrate_lambda, evaluate_budgets, with_lambdas
+from mtrouter_jax.sim.policies import Policy, fixed_policy, oracle_policy
+from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.sim import WorldConfig, make_sim_params
 
 

@@ -24,15 +24,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mtrouter_jax.collect import sticky_behaviour
-from mtrouter_jax.curves import aiq
-from mtrouter_jax.dataset import TargetConfig
-from mtrouter_jax.evaluate import (calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas)
-from mtrouter_jax.policy import escalation_policy, fixed_policy, learned_policy, oracle_policy
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.sim.collect import sticky_behaviour
+from mtrouter_jax.reporting.curves import aiq
+from mtrouter_jax.estimator.dataset import TargetConfig
+from mtrouter_jax.sim.sweep import (calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas)
+from mtrouter_jax.sim.policies import escalation_policy, fixed_policy, learned_policy, oracle_policy
+from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.sim import WorldConfig, make_sim_params, sim_feature_layout
-from mtrouter_jax.train import TrainConfig
-from mtrouter_jax.workflow import (default_budgets, logging_budget_range, reference_cost, simulate_dataset,
+from mtrouter_jax.estimator.train import TrainConfig
+from mtrouter_jax.jobs import (default_budgets, logging_budget_range, reference_cost, simulate_dataset,
                                    train_checkpoint)
 
 

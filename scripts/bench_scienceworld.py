@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.scienceworld.engine import DEFAULT_TASKS, ScienceWorldEngine
 from mtrouter_jax.scienceworld.runner import RouterSpec, make_jobs, plan_variations, run_jobs
 

@@ -35,12 +35,12 @@ from rich.console import Console
 from rich.table import Table
 
 from envs.routing_env import MultiTurnRoutingEnv
-from mtrouter_jax import workflow
-from mtrouter_jax.evaluate import evaluate_budgets
-from mtrouter_jax.policy import Policy, learned_policy, oracle_policy
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax import jobs as workflow
+from mtrouter_jax.sim.sweep import evaluate_budgets
+from mtrouter_jax.sim.policies import Policy, learned_policy, oracle_policy
+from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
-from mtrouter_jax.train import TrainConfig
+from mtrouter_jax.estimator.train import TrainConfig
 
 
 def cpu_model() -> str:
@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
 
     pool, world = default_pool(), WorldConfig()
     sim = make_sim_params(pool, world)
-    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     if a.checkpoint:

@@ -16,9 +16,9 @@ import sys
 
 import numpy as np
 
-from mtrouter_jax.dataset import TargetConfig, build_training_data
-from mtrouter_jax.logs import read_episodes
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.estimator.dataset import TargetConfig, build_training_data
+from mtrouter_jax.logs.io import read_episodes
+from mtrouter_jax.core.pool import default_pool
 
 
 def summary(data) -> dict:

@@ -79,9 +79,11 @@ def main(argv=None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from mtrouter_jax import dataset, workflow
-    from mtrouter_jax.pool import default_pool
-    from mtrouter_jax.train import TrainConfig, fit
+    from mtrouter_jax.estimator import dataset
+
+    from mtrouter_jax import jobs as workflow
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.estimator.train import TrainConfig, fit
 
     devices = jax.devices()
     if len(devices) != a.devices:

@@ -14,9 +14,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mtrouter_jax import policy as P
-from mtrouter_jax.pool import Pool, load_pool
-from mtrouter_jax.rollout import batch_rollout, episode_metrics
+from mtrouter_jax.sim import policies as P
+from mtrouter_jax.core.pool import Pool, load_pool
+from mtrouter_jax.sim.rollout import batch_rollout, episode_metrics
 from mtrouter_jax.sim import make_sim_params
 
 # ScienceWorld test split (score in [-100, 100], total $ over the test set), PAPER.md.

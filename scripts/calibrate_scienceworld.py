@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from mtrouter_jax.pool import load_pool
+from mtrouter_jax.core.pool import load_pool
 from mtrouter_jax.scienceworld.calibrate import markdown_table, paired_gaps, run_single_models, summarise
 from mtrouter_jax.scienceworld.engine import DEFAULT_TASKS, SPLITS
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrouter_jax.episode_metrics import paired_difference
-from mtrouter_jax.logs import iter_episodes
+from mtrouter_jax.reporting.points import paired_difference
+from mtrouter_jax.logs.io import iter_episodes
 
 
 def load(dirs: list[str]) -> dict[tuple[str, float | None], list]:

@@ -41,7 +41,7 @@ def simulated_episodes(tmp_path_factory):
     """``N_EPISODES`` uniform-behaviour simulated episodes (with per-turn features)."""
 
     def build(p: Path):
-        from mtrouter_jax.workflow import simulate_dataset
+        from mtrouter_jax.jobs import simulate_dataset
 
         eps = simulate_dataset(SEED, N_EPISODES, progress=False, with_features=True)
         p.write_bytes(pickle.dumps(eps))
@@ -53,9 +53,9 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint trained for two epochs on the shared episodes (treat as read-only)."""
 
     def build(p: Path):
-        from mtrouter_jax.pool import default_pool
-        from mtrouter_jax.train import TrainConfig
-        from mtrouter_jax.workflow import train_checkpoint
+        from mtrouter_jax.core.pool import default_pool
+        from mtrouter_jax.estimator.train import TrainConfig
+        from mtrouter_jax.jobs import train_checkpoint
 
         train_checkpoint(simulated_episodes(tmp_path_factory), default_pool(), p,
                          TrainConfig(max_epochs=2, patience=2, batch_size=64), progress=False)

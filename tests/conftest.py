@@ -15,7 +15,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture(scope="session")
 def pool():
     """The embedded default pool."""
-    from mtrouter_jax.pool import default_pool
+    from mtrouter_jax.core.pool import default_pool
 
     return default_pool()
 

@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from mtrouter_jax.features import FeatureLayout
-from mtrouter_jax.pool import Endpoint, ModelSpec, Pool
+from mtrouter_jax.core.features import FeatureLayout
+from mtrouter_jax.core.pool import Endpoint, ModelSpec, Pool
 
 MODELS = ("cheap", "mid", "strong")
 TOOLS = ("search", "file", "python", "reasoning", "answer")

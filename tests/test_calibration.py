@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtrouter_jax import policy as P
-from mtrouter_jax.pool import default_pool
-from mtrouter_jax.rollout import batch_rollout, episode_metrics
+from mtrouter_jax.sim import policies as P
+from mtrouter_jax.core.pool import default_pool
+from mtrouter_jax.sim.rollout import batch_rollout, episode_metrics
 from mtrouter_jax.sim import make_sim_params
 
 metrics = jax.jit(episode_metrics)

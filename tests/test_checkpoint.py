@@ -1,4 +1,4 @@
-"""Tests for mtrouter_jax.checkpoint: exact round trips, refusal of mismatched or damaged checkpoints.
+"""Tests for mtrouter_jax.estimator.checkpoint: exact round trips, refusal of mismatched or damaged checkpoints.
 
 Integrity digests (every file damaged in every way, legacy checkpoints): tests/test_checkpoint_integrity.py.
 """
@@ -18,9 +18,9 @@ import pytest
 from flax import nnx
 
 from _shared_artifacts import simulated_episodes, trained_checkpoint
-from mtrouter_jax.checkpoint import (CHECKPOINT_SCHEMA, CheckpointError, LoadedEstimator, _write_manifest,
+from mtrouter_jax.estimator.checkpoint import (CHECKPOINT_SCHEMA, CheckpointError, LoadedEstimator, _write_manifest,
                                      load_checkpoint, read_meta, save_checkpoint)
-from mtrouter_jax.features import FEATURE_CODE_VERSION
+from mtrouter_jax.core.features import FEATURE_CODE_VERSION
 
 # orbax/tensorstore leave unclosed handles behind when a damaged checkpoint fails to restore
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
@@ -85,9 +85,9 @@ def test_save_load_round_trip_is_bit_identical(est, x, tmp_path):
 
 def test_loaded_equals_the_trained_model(tmp_path_factory, ckpt, x):
     """The estimator that was trained and the one restored from disk predict the same bits."""
-    from mtrouter_jax.pool import default_pool
-    from mtrouter_jax.train import TrainConfig
-    from mtrouter_jax.workflow import train_checkpoint
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.estimator.train import TrainConfig
+    from mtrouter_jax.jobs import train_checkpoint
 
     est, res = train_checkpoint(simulated_episodes(tmp_path_factory), default_pool(),
                                 tmp_path_factory.mktemp("fresh") / "ck",
@@ -103,7 +103,7 @@ def test_loaded_equals_the_trained_model(tmp_path_factory, ckpt, x):
 _PREDICT = textwrap.dedent("""
     import sys
     import numpy as np
-    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
     est = load_checkpoint(sys.argv[1])
     score, cost = est.predict(np.load(sys.argv[2]))
     np.save(sys.argv[3], score)

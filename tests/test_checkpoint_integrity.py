@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from _shared_artifacts import trained_checkpoint
-from mtrouter_jax.checkpoint import (INTEGRITY_FILE, CheckpointError, CheckpointIntegrityWarning, _write_manifest,
+from mtrouter_jax.estimator.checkpoint import (INTEGRITY_FILE, CheckpointError, CheckpointIntegrityWarning, _write_manifest,
                                      array_digest, load_checkpoint, read_meta, save_checkpoint, verify_files)
-from mtrouter_jax.model import EstimatorConfig, make_estimator
+from mtrouter_jax.estimator.model import EstimatorConfig, make_estimator
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
                                         "ignore::ResourceWarning")

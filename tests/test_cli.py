@@ -9,8 +9,8 @@ import pytest
 
 from _shared_artifacts import once
 from mtrouter_jax.cli import main
-from mtrouter_jax.logs import read_episodes
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.logs.io import read_episodes
+from mtrouter_jax.core.pool import default_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
                                         "ignore::ResourceWarning")
@@ -48,7 +48,7 @@ def test_simulate_refuses_to_overwrite_without_append(work, tmp_path, capsys):
 
 
 def test_simulate_append_adds_episodes(tmp_path):
-    from mtrouter_jax.logs import LogFormatError
+    from mtrouter_jax.logs.io import LogFormatError
 
     out = tmp_path / "a.jsonl"
     args = ["simulate", "--n", "4", "--out", str(out), "--no-budgets", "--no-features"]
@@ -63,7 +63,7 @@ def test_simulate_append_adds_episodes(tmp_path):
 
 
 def test_train_writes_a_loadable_checkpoint(work):
-    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
 
     _, data, ck = work
     est = load_checkpoint(ck)
@@ -94,7 +94,7 @@ def test_sweep_writes_results(work, tmp_path):
     assert len(pts) == 2 and all(p["over_budget_rate"] == 0 for p in pts)
     assert {"oracle", "random", "cheapest"} <= set(res["routers"])
     # the calibrated budget -> λ table went into the checkpoint (re-sealed: it still loads)
-    from mtrouter_jax.checkpoint import load_checkpoint
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
 
     table = load_checkpoint(ck).meta["lam_tables"]["sim"]
     assert [r["budget"] for r in table] == pytest.approx([0.05, 0.2])
@@ -102,7 +102,7 @@ def test_sweep_writes_results(work, tmp_path):
 
 
 def test_sweep_refuses_a_checkpoint_trained_on_another_vocabulary(tmp_path, capsys):
-    from mtrouter_jax.logs import Episode, Turn, write_episodes
+    from mtrouter_jax.logs.io import Episode, Turn, write_episodes
 
     turns = tuple(Turn("gpt-5" if i % 2 else "gpt-oss-120b", 900, 0, 40, 0.001, ("look", "act")[i % 2], None, 0.5)
                   for i in range(12))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from mtrouter_jax.curves import aiq, first_cost_reaching, upper_convex_hull
+from mtrouter_jax.reporting.curves import aiq, first_cost_reaching, upper_convex_hull
 
 PROPS = settings(max_examples=60, deadline=None)
 points = st.integers(1, 12).flatmap(

@@ -1,4 +1,4 @@
-"""Tests for mtrouter_jax.dataset: logged episodes -> per-turn training arrays."""
+"""Tests for mtrouter_jax.estimator.dataset: logged episodes -> per-turn training arrays."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from _shared_artifacts import simulated_episodes
-from mtrouter_jax.dataset import TargetConfig, build_layout, build_training_data, split_by_episode
-from mtrouter_jax.features import NO_VALUE, vocab_index
+from mtrouter_jax.estimator.dataset import TargetConfig, build_layout, build_training_data, split_by_episode
+from mtrouter_jax.core.features import NO_VALUE, vocab_index
 from mtrouter_jax.sim.params import sim_feature_layout
-from mtrouter_jax.text_embed import HashedNgramEncoder
+from mtrouter_jax.estimator.text import HashedNgramEncoder
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +196,8 @@ def _user(text):
 
 
 def test_imported_official_episodes_train_end_to_end(tmp_path, pool):
-    from mtrouter_jax.importers import import_official_trajectories
-    from mtrouter_jax.train import TrainConfig, fit
+    from mtrouter_jax.logs.importers import import_official_trajectories
+    from mtrouter_jax.estimator.train import TrainConfig, fit
 
     models = pool.names
     sw = [_user("Task: boil water")]

@@ -1,4 +1,4 @@
-"""Tests for the error-rule engine and tool-type classification (mtrouter_jax.detect)."""
+"""Tests for the error-rule engine and tool-type classification (mtrouter_jax.logs.detect)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mtrouter_jax.detect import (ErrorRule, ErrorRuleSet, RuleFileError, ToolTypeMap,
+from mtrouter_jax.logs.detect import (ErrorRule, ErrorRuleSet, RuleFileError, ToolTypeMap,
                                  default_rules, default_tool_map, hle_rules,
                                  scienceworld_action_type, scienceworld_rules)
-from mtrouter_jax.logs import TurnError
+from mtrouter_jax.logs.io import TurnError
 
 
 @pytest.mark.parametrize("text,kind,sev", [

@@ -1,4 +1,4 @@
-"""Tests for mtrouter_jax.evaluate: compiled budget sweeps, hard-budget safety, lambda calibration."""
+"""Tests for mtrouter_jax.sim.sweep: compiled budget sweeps, hard-budget safety, lambda calibration."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from _shared_artifacts import trained_checkpoint
-from mtrouter_jax.checkpoint import load_checkpoint
-from mtrouter_jax.evaluate import (_sweep, calibrate_lambda, evaluate_budgets, lambda_for_mean_cost,
+from mtrouter_jax.estimator.checkpoint import load_checkpoint
+from mtrouter_jax.sim.sweep import (_sweep, calibrate_lambda, evaluate_budgets, lambda_for_mean_cost,
                                    summarise_point, with_lambdas)
-from mtrouter_jax.policy import escalation_policy, learned_policy, oracle_policy
+from mtrouter_jax.sim.policies import escalation_policy, learned_policy, oracle_policy
 from mtrouter_jax.sim.params import WorldConfig, sim_feature_layout
 
 TIGHT = [0.005, 0.02, 0.06]  # USD per episode: well below the ~0.3 USD a typical episode costs
@@ -113,7 +113,7 @@ def test_learned_policy_needs_every_sim_model(est, pool):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from mtrouter_jax.policy import PACE_SWITCH_SLACK, budget_allowed, pace_costs, route_decision  # noqa: E402
+from mtrouter_jax.sim.policies import PACE_SWITCH_SLACK, budget_allowed, pace_costs, route_decision  # noqa: E402
 
 
 def test_pacing_drops_models_that_cannot_finish_unless_none_can():

@@ -1,4 +1,4 @@
-"""Tests for the official-collector importer (mtrouter_jax.importers)."""
+"""Tests for the official-collector importer (mtrouter_jax.logs.importers)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mtrouter_jax.detect import ErrorRule, ErrorRuleSet
-from mtrouter_jax.importers import import_official_trajectories
-from mtrouter_jax.logs import TurnError, read_episodes, write_episodes
+from mtrouter_jax.logs.detect import ErrorRule, ErrorRuleSet
+from mtrouter_jax.logs.importers import import_official_trajectories
+from mtrouter_jax.logs.io import TurnError, read_episodes, write_episodes
 
 
 def asst(content, model=None, usage=None, **extra):

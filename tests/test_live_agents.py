@@ -37,7 +37,7 @@ import pytest
 import mtrouter_jax
 from agent_fakes import SCRIPT, ScriptedUpstream, write_network_guard
 from live_fakes import KEY_ENV, ServerThread, make_pool
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -70,7 +70,7 @@ def need(module: str, dist: str, extra: str = "agents") -> None:
 @pytest.fixture
 def proxy(tmp_path, monkeypatch):
     """Scripted fake upstream + the proxy that docs/agents.md's ``mtrouter serve`` line describes."""
-    from mtrouter_jax.live.server import add_serve_args, build_router, create_app
+    from mtrouter_jax.live.server.app import add_serve_args, build_router, create_app
 
     monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
     lang, line = doc_block("serve")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from live_fakes import FakeUpstream, ServerThread, free_port
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,7 +31,7 @@ def test_sigkill_under_load_leaves_whole_lines_and_every_acknowledged_episode(tm
     fake = FakeUpstream(record=False, latency=0.01)
     with ServerThread(fake.app()) as up:
         port, log = free_port(), tmp_path / "live.jsonl"
-        cmd = [sys.executable, "-m", "mtrouter_jax.live.server", "--pool", str(pool_file(tmp_path / "pool.toml",
+        cmd = [sys.executable, "-m", "mtrouter_jax.live.server.app", "--pool", str(pool_file(tmp_path / "pool.toml",
                up.url + "/v1")), "--log", str(log), "--port", str(port), "--router", "tool-heuristic",
                "--max-retries", "0"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

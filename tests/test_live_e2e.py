@@ -19,13 +19,13 @@ import pytest
 
 from _shared_artifacts import simulated_episodes, trained_checkpoint
 from live_fakes import FakeUpstream, ServerThread
-from mtrouter_jax.checkpoint import load_checkpoint
+from mtrouter_jax.estimator.checkpoint import load_checkpoint
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.live.server import create_app
-from mtrouter_jax.logs import drop_unscored, read_episodes
-from mtrouter_jax.pool import Endpoint, Pool, default_pool
-from mtrouter_jax.train import TrainConfig
-from mtrouter_jax.workflow import train_checkpoint
+from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.logs.io import drop_unscored, read_episodes
+from mtrouter_jax.core.pool import Endpoint, Pool, default_pool
+from mtrouter_jax.estimator.train import TrainConfig
+from mtrouter_jax.jobs import train_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -19,8 +19,10 @@ def tiny_checkpoint(path, pool, k: int, text_dim: int, cost_target: str):
     """Save a random-init estimator (``k`` stacked members) with the checkpoint module's writer."""
     from flax import nnx
 
-    from mtrouter_jax import checkpoint, model as model_mod
-    from mtrouter_jax.text_embed import HashedNgramEncoder
+    from mtrouter_jax.estimator import checkpoint
+
+    from mtrouter_jax.estimator import model as model_mod
+    from mtrouter_jax.estimator.text import HashedNgramEncoder
 
     layout = FakeEstimator(pool).layout
     raw, names = model_mod.model_attribute_matrix(pool)

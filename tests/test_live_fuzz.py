@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from live_fakes import KEY_ENV, FakeEstimator, FakeUpstream, ServerThread, make_pool
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.live.server import create_app
+from mtrouter_jax.live.server.app import create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

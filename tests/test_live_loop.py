@@ -21,12 +21,13 @@ import openai
 import pytest
 
 from live_fakes import FakeUpstream, ServerThread
-from mtrouter_jax import cli, routing
-from mtrouter_jax.checkpoint import load_checkpoint
-from mtrouter_jax.features import advance_summary, initial_summary, vocab_index
-from mtrouter_jax.live.server import build_router, create_app
-from mtrouter_jax.logs import SEVERITIES, read_episodes
-from mtrouter_jax.pool import Endpoint, Pool, default_pool
+from mtrouter_jax import cli
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.estimator.checkpoint import load_checkpoint
+from mtrouter_jax.core.features import advance_summary, initial_summary, vocab_index
+from mtrouter_jax.live.server.app import build_router, create_app
+from mtrouter_jax.logs.io import SEVERITIES, read_episodes
+from mtrouter_jax.core.pool import Endpoint, Pool, default_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY_ENV = "MTROUTER_LOOP_FAKE_KEY"

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtrouter_jax.dataset import build_layout, build_training_data
-from mtrouter_jax.detect import ErrorRule, ErrorRuleSet
-from mtrouter_jax.features import FeatureLayout
+from mtrouter_jax.estimator.dataset import build_layout, build_training_data
+from mtrouter_jax.logs.detect import ErrorRule, ErrorRuleSet
+from mtrouter_jax.core.features import FeatureLayout
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.logs import Episode, Turn, TurnError
-from mtrouter_jax.pool import default_pool
+from mtrouter_jax.logs.io import Episode, Turn, TurnError
+from mtrouter_jax.core.pool import default_pool
 
 POOL = default_pool()
 SEVERITIES = ("low", "medium", "high")
@@ -88,7 +88,7 @@ def compare(live: np.ndarray, replay: np.ndarray, layout: FeatureLayout, cost_rt
 
 @pytest.fixture(scope="module")
 def simulated():
-    from mtrouter_jax.workflow import simulate_dataset
+    from mtrouter_jax.jobs import simulate_dataset
 
     eps = [e for e in simulate_dataset(3, 12, progress=False, with_features=True) if len(e.turns) <= 40]
     return eps, build_layout(eps, POOL, cost_scale=0.05)

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from live_fakes import FakeEstimator, make_pool
-from mtrouter_jax.features import NO_VALUE
+from mtrouter_jax.core.features import NO_VALUE
 from mtrouter_jax.live.kernel import compiled_summary_fns
 from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.logs.io import read_episodes
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,7 @@ def test_finish_logs_episode(tmp_path):
 
 
 def test_ranking_matches_policy_route_decision():
-    from mtrouter_jax import policy
-
+    from mtrouter_jax.sim import policies as policy
     rng = np.random.default_rng(0)
     for _ in range(40):
         score = rng.choice([0.1, 0.5, 0.9], 3)  # ties on purpose
@@ -186,10 +185,10 @@ def test_ranking_matches_policy_route_decision():
 def test_live_decision_uses_the_simulated_policy_rule(router):
     """The live decision is the routing module's learned rule (the simulator's) on the same inputs
     (margin, pacing, the float64 hard rule)."""
-    from mtrouter_jax import policy
-
+    from mtrouter_jax.routing.meta import expected_steps_for
+    from mtrouter_jax.sim import policies as policy
     ep = router.start_episode(budget=0.004)
-    steps = float(policy.expected_steps_for(router.estimator.meta, ["other"])[0])
+    steps = float(expected_steps_for(router.estimator.meta, ["other"])[0])
     for tool in ("search", "python", "search", "reasoning"):
         d = ep.decide()
         score, rem = router.estimator.predict(d.features)
@@ -209,9 +208,9 @@ def test_live_decision_uses_the_simulated_policy_rule(router):
 
 def tiny_checkpoint(path, pool, text_dim=8):
     """Save an untrained (random-init) estimator with the checkpoint module's own writer."""
-    ckpt = pytest.importorskip("mtrouter_jax.checkpoint")
-    model_mod = pytest.importorskip("mtrouter_jax.model")
-    from mtrouter_jax.text_embed import HashedNgramEncoder
+    ckpt = pytest.importorskip("mtrouter_jax.estimator.checkpoint")
+    model_mod = pytest.importorskip("mtrouter_jax.estimator.model")
+    from mtrouter_jax.estimator.text import HashedNgramEncoder
     est = FakeEstimator(pool)
     layout, enc = est.layout, HashedNgramEncoder(text_dim)
     raw, names = model_mod.model_attribute_matrix(pool)
@@ -227,7 +226,7 @@ def tiny_checkpoint(path, pool, text_dim=8):
 
 
 def test_real_checkpoint_loader(tmp_path):
-    ckpt = pytest.importorskip("mtrouter_jax.checkpoint")
+    ckpt = pytest.importorskip("mtrouter_jax.estimator.checkpoint")
     with pytest.raises(ckpt.CheckpointError):
         Router.from_checkpoint(tmp_path / "nonexistent")
     path = os.environ.get("MTROUTER_TEST_CHECKPOINT") or tiny_checkpoint(tmp_path / "ck", make_pool())
@@ -258,6 +257,6 @@ def test_lambda_comes_from_the_checkpoint_table_and_lam_overrides(caplog):
     assert "scienceworld" in r.describe()["lam"]
     fixed = Router(est, lam=0.7)
     assert fixed.start_episode(budget=0.1).lam == 0.7 and "--lam" in fixed.lam_source()
-    from mtrouter_jax.routers import RouterSpecError
+    from mtrouter_jax.routing.specs import RouterSpecError
     with pytest.raises(RouterSpecError, match="no λ table for 'sim'"):
         Router(est, lam_table="sim")

@@ -12,8 +12,8 @@ from live_fakes import KEY_ENV, MODELS, FakeEstimator, ServerThread, make_pool
 from live_fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from mtrouter_jax.live.backends import BackendConfigError, Backends
 from mtrouter_jax.live.router import PoolMismatchError, Router
-from mtrouter_jax.live.server import create_app
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -293,7 +293,7 @@ def test_pool_mismatch_is_refused():
 @pytest.fixture
 def free_proxy(upstream, tmp_path):
     """Factory: a proxy with no checkpoint (``build_router``, as ``mtrouter serve`` builds it)."""
-    from mtrouter_jax.live.server import build_router
+    from mtrouter_jax.live.server.app import build_router
 
     started = []
 
@@ -385,7 +385,6 @@ def test_bad_routing_requests_are_4xx_in_openai_shape(free_proxy, model, headers
 ])
 def test_serve_bad_options_exit_2_naming_the_flag(argv, flag, tmp_path, capsys):
     from mtrouter_jax import cli
-
     bad_map = tmp_path / "map.toml"
     bad_map.write_text('[tools]\nsearch = "claude"\n')
     pool = tmp_path / "pool.toml"

@@ -13,8 +13,8 @@ from fastapi.responses import StreamingResponse
 
 from live_fakes import FakeEstimator, ServerThread, make_pool
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.live.server import create_app
-from mtrouter_jax.logs import read_episodes
+from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -1,4 +1,4 @@
-"""Tests for the trajectory JSONL format (mtrouter_jax.logs): validation, atomic writers, round trips.
+"""Tests for the trajectory JSONL format (mtrouter_jax.logs.io): validation, atomic writers, round trips.
 
 Unknown fields, schema versions and unscored episodes: tests/test_logs_schema.py.
 """
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtrouter_jax.logs import (SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
+from mtrouter_jax.logs.io import (SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
                                append_episodes, iter_episodes, parse_episode, read_episodes,
                                write_episodes)
-from mtrouter_jax.logs_schema import LEVELS
+from mtrouter_jax.logs.schema import LEVELS
 
 
 def turn_dict(**kw):
@@ -321,7 +321,7 @@ def episodes(draw, eid):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-@pytest.mark.filterwarnings("ignore::mtrouter_jax.logs.UnknownFieldsWarning")
+@pytest.mark.filterwarnings("ignore::mtrouter_jax.logs.io.UnknownFieldsWarning")
 def test_roundtrip_property(tmp_path, data):
     """Any valid episodes (unknown fields and null scores included) survive write -> read."""
     eps = [data.draw(episodes(f"ep{i}")) for i in range(data.draw(st.integers(1, 3)))]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtrouter_jax.logs import (SCHEMA_V1, SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
+from mtrouter_jax.logs.io import (SCHEMA_V1, SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
                                UnknownFieldsWarning, drop_unscored, iter_episodes, parse_episode,
                                read_episodes, write_episodes)
 from test_logs import ep_dict, expect_problem, turn_dict, write_lines

@@ -1,4 +1,4 @@
-"""Pure sweep metrics (mtrouter_jax.metrics) and the module boundaries of the report split."""
+"""Pure sweep metrics (mtrouter_jax.reporting.results) and the module boundaries of the report split."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from mtrouter_jax import metrics
-
-
+from mtrouter_jax.reporting import results as metrics
 def _router(*points):
     return {"kind": "learned", "points": [{"budget": b, "score": s, "cost": c} for b, s, c in points]}
 
@@ -43,11 +41,11 @@ def test_specialisations_sorted_and_thresholded():
 def test_pure_modules_import_no_rendering_and_checkpoints_no_reporting():
     code = textwrap.dedent("""
         import sys
-        import mtrouter_jax.metrics, mtrouter_jax.fmt, mtrouter_jax.summary, mtrouter_jax.jsonable
-        bad = [m for m in ("matplotlib", "rich", "mtrouter_jax.report", "mtrouter_jax.plots") if m in sys.modules]
+        import mtrouter_jax.reporting.results, mtrouter_jax.reporting.fmt, mtrouter_jax.reporting.summary, mtrouter_jax.core.jsonable
+        bad = [m for m in ("matplotlib", "rich", "mtrouter_jax.reporting.tables", "mtrouter_jax.reporting.plots") if m in sys.modules]
         assert not bad, bad
-        import mtrouter_jax.checkpoint  # (flax itself imports rich)
-        bad = [m for m in ("matplotlib", "mtrouter_jax.report", "mtrouter_jax.plots") if m in sys.modules]
+        import mtrouter_jax.estimator.checkpoint  # (flax itself imports rich)
+        bad = [m for m in ("matplotlib", "mtrouter_jax.reporting.tables", "mtrouter_jax.reporting.plots") if m in sys.modules]
         assert not bad, bad
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -55,7 +53,6 @@ def test_pure_modules_import_no_rendering_and_checkpoints_no_reporting():
 
 
 def test_report_keeps_every_public_name():
-    from mtrouter_jax import report
-
+    from mtrouter_jax.reporting import tables as report
     for name in report.__all__ + ["CSV_COLUMNS", "DASH", "_cost_score_figure"]:
         assert hasattr(report, name), name

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtrouter_jax.pool import PoolError, default_pool, load_pool
+from mtrouter_jax.core.pool import PoolError, default_pool, load_pool
 
 GOOD = """
 [pool]

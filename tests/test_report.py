@@ -5,8 +5,7 @@ import math
 import pytest
 from rich.console import Console
 
-from mtrouter_jax import report
-
+from mtrouter_jax.reporting import tables as report
 POOL = ["gpt-5", "deepseek-v3.2", "minimax-m2", "kimi-k2-0905", "gemini-2.5-flash-lite", "gpt-oss-120b"]
 TOOLS = ["search", "python", "browse"]
 BUDGETS = [0.1, 0.2, 0.4, 0.8]
@@ -80,7 +79,7 @@ def test_table_renders(results):
 
 def test_aiq_common_max_cost(results):
     a = report.aiq_by_router(results)
-    from mtrouter_jax.curves import aiq
+    from mtrouter_jax.reporting.curves import aiq
     pts = results["routers"]["mtrouter"]["points"]
     assert a["mtrouter"] == pytest.approx(aiq([p["cost"] for p in pts], [p["score"] for p in pts], max_cost=1.0))
     assert a["gpt-5"] == 0.0  # its cost is the common max

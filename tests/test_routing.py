@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtrouter_jax import routing
-from mtrouter_jax.detect import ErrorRule, ErrorRuleSet
-from mtrouter_jax.features import WINDOW, initial_summary
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.logs.detect import ErrorRule, ErrorRuleSet
+from mtrouter_jax.core.features import WINDOW, initial_summary
 from mtrouter_jax.live.router import Router
-from mtrouter_jax.policy import sim_turn_inputs, simulated
-from mtrouter_jax.pool import default_pool
-from mtrouter_jax.routers import RouterSpecError, ToolModelMap, build_router, parse_explore, tool_table, with_exploration
-from mtrouter_jax.rollout import batch_rollout_with_decisions, episode_metrics
+from mtrouter_jax.sim.policies import sim_turn_inputs, simulated
+from mtrouter_jax.core.pool import default_pool
+from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap, build_router, parse_explore, tool_table, with_exploration
+from mtrouter_jax.sim.rollout import batch_rollout_with_decisions, episode_metrics
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params
 
 POOL = default_pool()
@@ -280,8 +280,8 @@ def test_learned_and_safe_routers_decide_alike_in_simulator_and_live(tmp_path_fa
     (``policy.learned_policy``, features mapped from the simulator's vocabularies) and a
     ``LiveEpisode`` fed the same turns take the same decision with the same propensity."""
     from _shared_artifacts import trained_checkpoint
-    from mtrouter_jax.checkpoint import load_checkpoint
-    from mtrouter_jax.policy import learned_policy
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint
+    from mtrouter_jax.sim.policies import learned_policy
     from mtrouter_jax.sim.params import sim_feature_layout
 
     sim = make_sim_params(POOL, WORLD)

@@ -12,9 +12,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from _shared_artifacts import simulated_episodes, trained_checkpoint
-from mtrouter_jax import routing
-from mtrouter_jax.features import initial_summary
-from mtrouter_jax.logs import Episode, Turn
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.core.features import initial_summary
+from mtrouter_jax.logs.io import Episode, Turn
 
 M, T, K = 4, 3, 5
 LEARNED = routing.learned(np.full(T + 1, 30.0), np.full(M, 1e-7), np.full(M, 1e-6), np.full(M, 300.0), lam=0.0,
@@ -104,8 +104,8 @@ def test_the_reference_follows_the_budget():
 def test_reference_tiers_come_from_the_logs(pool):
     """fit_reference keeps every vouched candidate with its followers' mean cost and lower bound;
     the metadata round-trips; a reference without tiers serves its one table at every budget."""
-    from mtrouter_jax.features import FeatureLayout
-    from mtrouter_jax.reference import Reference, fit_reference
+    from mtrouter_jax.core.features import FeatureLayout
+    from mtrouter_jax.routing.reference import Reference, fit_reference
 
     layout = FeatureLayout(("qa",), ("search",), (), pool.names, max_steps=4.0)
     rng = np.random.default_rng(0)
@@ -136,43 +136,42 @@ def test_reference_tiers_come_from_the_logs(pool):
 # ----------------------------------------------------------------------------- ensembles
 
 def test_ensemble_trains_as_one_compiled_function(tmp_path_factory, pool, monkeypatch):
-    from mtrouter_jax.dataset import build_training_data
-    from mtrouter_jax.ensemble import fit_ensemble, make_ensemble_epoch
-    from mtrouter_jax.train import TrainConfig
+    from mtrouter_jax.estimator.dataset import build_training_data
+    from mtrouter_jax.estimator.train import TrainConfig, fit, make_train_epoch
 
     data = build_training_data(simulated_episodes(tmp_path_factory)[:48], pool)
     cfg = TrainConfig(max_epochs=3, patience=5, batch_size=64)
     calls = []
-    import mtrouter_jax.ensemble as E
+    import mtrouter_jax.estimator.train as E
 
-    real = E.make_ensemble_epoch
+    real = E.make_train_epoch
 
     def spy(*a, **kw):
         calls.append(real(*a, **kw))
         return calls[-1]
 
-    E.make_ensemble_epoch = spy
+    E.make_train_epoch = spy
     # the loss is traced once for the training step of all members and epochs, once for validation:
     # a per-member or per-epoch recompile would trace it again
     import chex
     monkeypatch.setattr(E, "estimator_loss", chex.assert_max_traces(E.estimator_loss, n=2))
     try:
-        res = fit_ensemble(data, pool, cfg, k=3, progress=False)
+        res = fit(data, pool, cfg, k=3, progress=False)
     finally:
-        E.make_ensemble_epoch = real
+        E.make_train_epoch = real
     (epoch,) = calls
     assert epoch._cache_size() == 1  # three epochs, three members: one compile
     assert res.k == 3 and len(res.member_val_loss) == 3 and np.isfinite(res.val_loss)
     w = jax.tree_util.tree_leaves(res.members)
     assert all(x.shape[0] == 3 for x in w)
     assert any(not np.allclose(np.asarray(x[0]), np.asarray(x[1])) for x in w if x.dtype == jnp.float32)
-    assert make_ensemble_epoch is real
+    assert make_train_epoch is real
 
 
 def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_path, pool):
-    from mtrouter_jax.checkpoint import load_checkpoint, read_meta, update_meta
-    from mtrouter_jax.train import TrainConfig
-    from mtrouter_jax.workflow import train_checkpoint
+    from mtrouter_jax.estimator.checkpoint import load_checkpoint, read_meta, update_meta
+    from mtrouter_jax.estimator.train import TrainConfig
+    from mtrouter_jax.jobs import train_checkpoint
 
     eps = simulated_episodes(tmp_path_factory)[:48]
     est, res = train_checkpoint(eps, pool, tmp_path / "ens", TrainConfig(max_epochs=2, batch_size=64),
@@ -187,8 +186,8 @@ def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_
     ref = read_meta(tmp_path / "ens")["reference"]
     assert ref["name"] and len(ref["table"]) == len(again.layout.task_types) + 1
     # the safe router with the checkpoint's budget tiers runs inside the simulator within budget
-    from mtrouter_jax.policy import learned_policy
-    from mtrouter_jax.rollout import batch_rollout
+    from mtrouter_jax.sim.policies import learned_policy
+    from mtrouter_jax.sim.rollout import batch_rollout
     from mtrouter_jax.sim.params import make_sim_params, sim_feature_layout
 
     tiers = ref.get("tiers")  # absent when 48 episodes vouch for no candidate: one table at every budget
@@ -215,9 +214,9 @@ def _episode(i, model, score, task="t"):
 
 
 def test_reference_is_the_best_vouched_single_model():
-    from mtrouter_jax.dataset import build_layout
-    from mtrouter_jax.pool import ModelSpec, Pool
-    from mtrouter_jax.reference import fit_reference
+    from mtrouter_jax.estimator.dataset import build_layout
+    from mtrouter_jax.core.pool import ModelSpec, Pool
+    from mtrouter_jax.routing.reference import fit_reference
 
     p = Pool("p", (ModelSpec("a", 1.0, 0.1, 2.0), ModelSpec("b", 0.1, 0.01, 0.2)))
     rng = np.random.default_rng(0)

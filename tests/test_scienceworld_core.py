@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtrouter_jax.detect import default_rules, scienceworld_rules
-from mtrouter_jax.logs import TurnError
+from mtrouter_jax.logs.detect import default_rules, scienceworld_rules
+from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.scienceworld import (NO_ACTION_OBSERVATION, Episode, HistoryWindow, ProfileError,
                                        ScienceWorldUnavailable, ScriptedBackend, SplitError, UnknownTaskError,
                                        VariationError, build_messages, cached_prefix_tokens, check_task,
@@ -256,7 +256,7 @@ def test_lambda_calibration_moves_off_the_smallest_lambda_only_on_paired_evidenc
     episodes with a 95 % paired lower bound above 0 (a best mean alone is mostly noise)."""
     import numpy as np
 
-    from mtrouter_jax.logs import Episode as LogEpisode
+    from mtrouter_jax.logs.io import Episode as LogEpisode
     from mtrouter_jax.scienceworld.commands import _learned_lams
     from mtrouter_jax.scienceworld.runner import RouterSpec
 

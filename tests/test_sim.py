@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtrouter_jax import policy as P
-from mtrouter_jax.features import initial_summary
-from mtrouter_jax.pool import ModelSpec, Pool, SimProfile
-from mtrouter_jax.rollout import _batch_rollout, batch_rollout, episode_metrics
+from mtrouter_jax.sim import policies as P
+from mtrouter_jax.core.features import initial_summary
+from mtrouter_jax.core.pool import ModelSpec, Pool, SimProfile
+from mtrouter_jax.sim.rollout import _batch_rollout, batch_rollout, episode_metrics
 from mtrouter_jax.sim import DEFAULT_TASKS, Phase, TaskType, WorldConfig, core, make_sim_params
 
 N = 4096  # episodes per batched rollout; budgets are float32 (a weak-typed array would retrace)
@@ -68,7 +68,7 @@ def test_same_key_same_numbers_different_keys_differ(sim, gpt5_run, pool):
 
 
 def pool_default():
-    from mtrouter_jax.pool import default_pool
+    from mtrouter_jax.core.pool import default_pool
 
     return default_pool()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from mtrouter_jax.targets import (
+from mtrouter_jax.estimator.targets import (
     AECConfig,
     aec_penalties,
     annealed_error_targets,
@@ -249,7 +249,7 @@ def test_expected_steps_by_task():
 
 # --- n-step bootstrapped targets ---------------------------------------------------------------
 
-from mtrouter_jax.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors  # noqa: E402
+from mtrouter_jax.estimator.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors  # noqa: E402
 
 
 @st.composite

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from mtrouter_jax.text_embed import (
+from mtrouter_jax.estimator.text import (
     HashedNgramEncoder,
     SentenceTransformerEncoder,
     TextEncoder,
@@ -38,7 +38,7 @@ def test_deterministic_within_process():
 def test_deterministic_across_processes_with_different_hash_salt():
     expect = hashed_ngram_embedding([TEXT], dim=16, seed=3)[0]
     code = (
-        "import json; from mtrouter_jax.text_embed import hashed_ngram_embedding as h; "
+        "import json; from mtrouter_jax.estimator.text import hashed_ngram_embedding as h; "
         f"print(json.dumps(h([{TEXT!r}], dim=16, seed=3)[0].tolist()))"
     )
     for salt in ("1", "2"):  # a salted hash() would differ between these

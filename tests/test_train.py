@@ -1,4 +1,4 @@
-"""Tests for mtrouter_jax.train: overfitting, reproducibility, baseline, data parallelism."""
+"""Tests for mtrouter_jax.estimator.train: overfitting, reproducibility, baseline, data parallelism."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from _shared_artifacts import simulated_episodes
-from mtrouter_jax.dataset import build_training_data
-from mtrouter_jax.train import TrainConfig, fit
+from mtrouter_jax.estimator.dataset import build_training_data
+from mtrouter_jax.estimator.train import TrainConfig, fit
 
 CFG = TrainConfig(max_epochs=3, patience=3, batch_size=64, seed=5)
 
@@ -66,7 +66,7 @@ def test_validation_loss_beats_per_model_mean_baseline(two_fits):
 
 
 def test_small_logs_shrink_the_batch_and_too_few_turns_are_refused():
-    from mtrouter_jax.train import MIN_STEPS_PER_EPOCH, effective_batch_size
+    from mtrouter_jax.estimator.optim import MIN_STEPS_PER_EPOCH, effective_batch_size
 
     assert effective_batch_size(100_000, 1024) == 1024
     assert effective_batch_size(1000, 1024) == 64 and 1000 // 64 >= MIN_STEPS_PER_EPOCH
@@ -85,8 +85,8 @@ _MULTI_DEVICE = textwrap.dedent("""
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    from mtrouter_jax.pool import default_pool
-    from mtrouter_jax.train import TrainConfig, fit
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.estimator.train import TrainConfig, fit
     assert len(jax.devices()) == 4, jax.devices()
     data = pickle.load(open(sys.argv[1], "rb"))
     pool = default_pool()
@@ -117,7 +117,7 @@ def test_data_parallel_over_four_devices_matches_one_device(data, tmp_path):
 
 
 def test_fitted_q_refits_on_bootstrapped_targets(data, pool):
-    from mtrouter_jax.train import fit_bootstrapped
+    from mtrouter_jax.estimator.bootstrap import fit_bootstrapped
 
     cfg = TrainConfig(max_epochs=1, patience=1, batch_size=64, seed=5)
     mc_before = data.score_target.copy()

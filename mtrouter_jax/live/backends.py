@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 import httpx
 import openai
 
-from mtrouter_jax.pool import Pool
+from mtrouter_jax.core.pool import Pool
 
 log = logging.getLogger("mtrouter_jax.live")
 

@@ -14,17 +14,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from mtrouter_jax import routing
-from mtrouter_jax.features import HistorySummary, vocab_index
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.core.features import HistorySummary, vocab_index
 from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, policy_fn, unpack_decision
-from mtrouter_jax.live.router import BudgetExhausted, Router, parse_usage
-from mtrouter_jax.logs import Episode, Turn, TurnError, append_episodes
-from mtrouter_jax.sim.core import call_cost
+from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
+from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
+from mtrouter_jax.core.pricing import call_cost
+
+if TYPE_CHECKING:  # the router builds episodes; an episode only reads its router's fields
+    from mtrouter_jax.live.router import Router
 
 log = logging.getLogger("mtrouter_jax.live")
 _EPS_USD = 1e-12  # float slack in budget comparisons

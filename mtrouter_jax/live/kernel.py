@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrouter_jax import routing
-from mtrouter_jax.features import FeatureLayout, advance_summary, history_features, initial_summary
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.core.features import FeatureLayout, advance_summary, history_features, initial_summary
 
 
 @lru_cache(maxsize=None)

@@ -27,15 +27,18 @@ from typing import Any, Mapping, Protocol, Sequence
 import jax
 import numpy as np
 
-from mtrouter_jax import routing
-from mtrouter_jax.detect import ErrorRuleSet, ToolTypeMap, default_rules, default_tool_map
-from mtrouter_jax.features import NO_VALUE, FeatureLayout, vocab_index
+from mtrouter_jax.routing import policies as routing
+from mtrouter_jax.logs.detect import ErrorRuleSet, ToolTypeMap, default_rules, default_tool_map
+from mtrouter_jax.core.features import NO_VALUE, FeatureLayout, vocab_index
+from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage  # noqa: F401  (re-exported)
+from mtrouter_jax.live.episode import Decision, LiveEpisode  # noqa: F401  (re-exported)
 from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward
-from mtrouter_jax.logs import SEVERITIES, TurnError
-from mtrouter_jax.policy import expected_steps_for
-from mtrouter_jax.pool import Pool, PoolError, default_pool, load_pool
-from mtrouter_jax.routers import DEFAULT_LAM, ToolModelMap, build_router, lam_for_budget, lam_table_of, with_exploration
-from mtrouter_jax.sim.core import call_cost
+from mtrouter_jax.core.features import SEVERITIES
+from mtrouter_jax.logs.io import TurnError
+from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
+from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of
+from mtrouter_jax.routing.specs import ToolModelMap, build_router, with_exploration
+from mtrouter_jax.core.pricing import call_cost
 
 log = logging.getLogger("mtrouter_jax.live")
 
@@ -58,28 +61,8 @@ class Estimator(Protocol):
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class BudgetExhausted(RuntimeError):
-    """No model's worst-case cost for the next turn fits the remaining budget; the episode ended."""
-
-
 class PoolMismatchError(PoolError):
     """The pool passed to the router does not match the checkpoint's (names or order)."""
-
-
-def _usage_get(usage: Any, key: str, default=0):
-    if usage is None:
-        return default
-    v = usage.get(key, default) if isinstance(usage, Mapping) else getattr(usage, key, default)
-    return default if v is None else v
-
-
-def parse_usage(usage: Any) -> tuple[int, int, int]:
-    """(prompt, cached, completion) tokens of an OpenAI ``usage`` (dict or object)."""
-    prompt = int(_usage_get(usage, "prompt_tokens"))
-    completion = int(_usage_get(usage, "completion_tokens"))
-    details = _usage_get(usage, "prompt_tokens_details", None)
-    cached = int(_usage_get(details, "cached_tokens")) if details is not None else 0
-    return prompt, min(max(cached, 0), prompt), completion
 
 
 def check_pool(ckpt_pool_names: Sequence[str], pool: Pool) -> None:
@@ -216,7 +199,7 @@ class Router:
         if self.text_dim and text_encoder is None:
             cfg = getattr(estimator, "text_encoder_config", None)
             if cfg:
-                from mtrouter_jax.text_embed import make_text_encoder
+                from mtrouter_jax.estimator.text import make_text_encoder
                 self.text_encoder = make_text_encoder(cfg)
             else:
                 log.warning("checkpoint expects %d text features but names no encoder: using zeros "
@@ -262,7 +245,7 @@ class Router:
         ref = (getattr(self.estimator, "meta", None) or {}).get("reference")
         if not ref:
             return None
-        from mtrouter_jax.reference import Reference
+        from mtrouter_jax.routing.reference import Reference
 
         r = Reference.from_meta(ref)
         tables, costs, lcbs = r.budget_tiers()
@@ -273,7 +256,7 @@ class Router:
                         tool_map: ToolTypeMap | None = None, rules: ErrorRuleSet | None = None,
                         log_path: str | Path | None = None, **kwargs) -> "Router":
         """Load a checkpoint with ``checkpoint.load_checkpoint`` (on CPU) and build a router."""
-        from mtrouter_jax.checkpoint import load_checkpoint  # lazy: pulls in orbax
+        from mtrouter_jax.estimator.checkpoint import load_checkpoint  # lazy: pulls in orbax
         return cls(load_checkpoint(path), pool, lam, tool_map, rules, log_path, **kwargs)
 
     def lam_for(self, budget: float | None) -> float:
@@ -349,22 +332,12 @@ class Router:
                       context_tokens: float = 0.0, explore: bool = False, seed: int | None = None):
         """New episode; ``budget`` in USD (None = unlimited, must be > 0 otherwise). ``explore``:
         route with the exploration policy (needs ``explore=`` on the router)."""
-        from mtrouter_jax.live.episode import LiveEpisode
-
         if explore and self.explore_policy is None:
             raise ValueError("exploration was asked for but the router has no exploration policy "
                              "(start it with explore=SPEC / --explore SPEC)")
         eid = episode_id or uuid.uuid4().hex
         return LiveEpisode(self, eid, task_type or "other", budget, self.lam_for(budget) if lam is None else lam,
                            context_tokens, explore, self.episode_seed(eid) if seed is None else int(seed))
-
-
-def __getattr__(name):  # LiveEpisode and Decision live in live/episode.py; old imports keep working
-    if name in ("LiveEpisode", "Decision"):
-        from mtrouter_jax.live import episode
-
-        return getattr(episode, name)
-    raise AttributeError(name)
 
 
 __all__ = ["Router", "LiveEpisode", "Decision", "Estimator", "BudgetExhausted", "PoolMismatchError",

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from ..detect import scienceworld_action_type
+from mtrouter_jax.logs.detect import scienceworld_action_type
 
 # Detected by detect.scienceworld_rules() as action_format/medium ("provide EXACTLY ONE action").
 NO_ACTION_OBSERVATION = (

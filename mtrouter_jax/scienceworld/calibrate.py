@@ -108,7 +108,7 @@ def run_single_models(models: Iterable[str], episodes: int, *, seed: int = 0, ta
 
 def summarise(results: Sequence[EpisodeResult], pool=None) -> list[dict]:
     """Per model: mean score, its 95 % CI half-width, steps, tokens and $ per episode (pool prices)."""
-    from ..sim.core import call_cost  # the one billing formula of the project
+    from mtrouter_jax.core.pricing import call_cost  # the one billing formula of the project
 
     rows = []
     for m in dict.fromkeys(r.model for r in results):

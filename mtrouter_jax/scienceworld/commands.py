@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from mtrouter_jax.pool import Pool, load_pool
+from mtrouter_jax.core.pool import Pool, load_pool
 
-from mtrouter_jax.checkpoint import write_lam_table  # noqa: F401  (re-exported)
+from mtrouter_jax.estimator.checkpoint import write_lam_table  # noqa: F401  (re-exported)
 
 from .engine import DEFAULT_TASKS, SPLITS, check_task, require_java
 from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
@@ -30,7 +30,7 @@ def _workers(n: int | None) -> int:
 
 def validate_spec(spec: RouterSpec, pool: Pool) -> None:
     """Fail fast (before any JVM starts) on a bad router, exploration, tool map or checkpoint."""
-    from mtrouter_jax.routers import RouterSpecError, ToolModelMap, build_router, parse_explore
+    from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap, build_router, parse_explore
 
     from .routed import TOOLS
 
@@ -39,7 +39,7 @@ def validate_spec(spec: RouterSpec, pool: Pool) -> None:
     if spec.router.strip() in ("learned", "safe"):
         if not spec.checkpoint:
             raise RouterSpecError(f"--router {spec.router} needs --checkpoint CKPT", "--checkpoint")
-        from mtrouter_jax.checkpoint import read_meta
+        from mtrouter_jax.estimator.checkpoint import read_meta
 
         read_meta(spec.checkpoint)
         return
@@ -71,7 +71,7 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
             kind_, _, path = r.partition("=")
             path = path or checkpoint
             if not path:
-                from mtrouter_jax.routers import RouterSpecError
+                from mtrouter_jax.routing.specs import RouterSpecError
 
                 raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
             base = "mtrouter" if kind_ == "learned" else "mtrouter-safe"
@@ -92,7 +92,7 @@ def checkpoint_tag(path: str | Path) -> str:
     import hashlib
     import json
 
-    from mtrouter_jax.checkpoint import read_meta
+    from mtrouter_jax.estimator.checkpoint import read_meta
 
     meta = read_meta(path)
     what = {"arrays": (meta.get("integrity") or {}).get("arrays"), "reference": meta.get("reference"),
@@ -115,7 +115,7 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
 
     import numpy as np
 
-    from mtrouter_jax.episode_metrics import paired_difference
+    from mtrouter_jax.reporting.points import paired_difference
 
     jobs, groups = [], {}
     for lam in lam_grid:
@@ -155,8 +155,8 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
     ``lam_tables["scienceworld"]`` — what ``mtrouter serve`` then uses for budgeted requests."""
     import dataclasses
 
-    from mtrouter_jax.episode_metrics import point_from_episodes
-    from mtrouter_jax.logs import iter_episodes
+    from mtrouter_jax.reporting.points import point_from_episodes
+    from mtrouter_jax.logs.io import iter_episodes
 
     from .routed import TOOLS
 
@@ -300,8 +300,8 @@ def cmd_collect(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from mtrouter_jax.report import print_results, write_results
-    from mtrouter_jax.summary import summary_markdown
+    from mtrouter_jax.reporting.tables import print_results, write_results
+    from mtrouter_jax.reporting.summary import summary_markdown
 
     pool, tasks = _checks(a)
     results = evaluate(a.out, pool, a.routers, checkpoint=a.checkpoint, budgets=a.budgets, per_task=a.per_task,

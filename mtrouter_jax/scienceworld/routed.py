@@ -19,7 +19,7 @@ import numpy as np
 from mtrouter_jax.live.backends import Backends, UpstreamError
 from mtrouter_jax.live.episode import Decision, LiveEpisode
 from mtrouter_jax.live.router import BudgetExhausted, Router
-from mtrouter_jax.logs import Episode as LoggedEpisode
+from mtrouter_jax.logs.io import Episode as LoggedEpisode
 
 from .agent import ChatBackend
 from .engine import ScienceWorldEngine

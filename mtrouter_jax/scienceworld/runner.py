@@ -18,8 +18,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mtrouter_jax.logs import Episode, append_episodes, episode_from_dict, iter_episodes
-from mtrouter_jax.pool import Pool, pool_from_dict
+from mtrouter_jax.logs.io import Episode, append_episodes, episode_from_dict, iter_episodes
+from mtrouter_jax.core.pool import Pool, pool_from_dict
 
 from .engine import DEFAULT_TASKS, check_task, variations
 
@@ -109,7 +109,7 @@ def _init_worker(pool_dict: dict, backend: str, scripted_seed: int, step_limit: 
 def _router_for(spec: RouterSpec):
     r = _W["routers"].get(spec)
     if r is None:
-        from mtrouter_jax.live.server import build_router
+        from mtrouter_jax.live.server.app import build_router
 
         from .routed import TOOLS
 
@@ -119,7 +119,7 @@ def _router_for(spec: RouterSpec):
             r = build_router(checkpoint=spec.checkpoint, **kw)
         else:
             from mtrouter_jax.live.router import Router
-            from mtrouter_jax.routers import ToolModelMap
+            from mtrouter_jax.routing.specs import ToolModelMap
 
             r = Router(None, _W["pool"], policy=spec.router, explore=spec.explore, tools=TOOLS,
                        task_types=DEFAULT_TASKS, seed=spec.seed, log_text=_W["log_text"],

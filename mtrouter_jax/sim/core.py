@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mtrouter_jax.features import NO_VALUE, HistorySummary, advance_summary, initial_summary
+from mtrouter_jax.core.features import NO_VALUE, HistorySummary, advance_summary, initial_summary
+from mtrouter_jax.core.pricing import call_cost
 from mtrouter_jax.sim.params import SimParams
 
 
@@ -67,13 +68,6 @@ def reset(key: jax.Array, params: SimParams, budget=jnp.inf) -> EpisodeState:
         last_input_tokens=jnp.float32(0.0), cache_miss_cost=jnp.float32(0.0),
         terminated=jnp.bool_(False), truncated=jnp.bool_(False),
     )
-
-
-def call_cost(input_tokens, cached_tokens, output_tokens, price_input, price_cached, price_output):
-    """USD of one call: the uncached input, the cached input and the completion, each at its per-token
-    price. Plain arithmetic (numpy, jax or floats): the simulator, log replay and the live router
-    all bill with it."""
-    return (input_tokens - cached_tokens) * price_input + cached_tokens * price_cached + output_tokens * price_output
 
 
 def turn_cost(params: SimParams, summary: HistorySummary, last_input_tokens, model, output_tokens):

@@ -15,10 +15,10 @@ from flax import struct
 
 from typing import TYPE_CHECKING
 
-from mtrouter_jax.pool import Pool, default_pool
+from mtrouter_jax.core.pool import Pool, default_pool
 
 if TYPE_CHECKING:  # features imports nothing from sim, but keep the runtime import lazy
-    from mtrouter_jax.features import FeatureLayout
+    from mtrouter_jax.core.features import FeatureLayout
 
 TOOLS = ("search", "file", "python", "reasoning", "answer")
 ERROR_KINDS = ("format_violation", "invalid_action")  # index 0: model-level, 1: failed tool action
@@ -211,7 +211,7 @@ def make_sim_params(pool: Pool | None = None, world: WorldConfig | None = None) 
 def sim_feature_layout(pool: Pool | None = None, world: WorldConfig | None = None,
                        cost_scale: float = 0.25) -> "FeatureLayout":
     """The feature layout of the simulator's own vocabularies (used by the Gymnasium env)."""
-    from mtrouter_jax.features import FeatureLayout
+    from mtrouter_jax.core.features import FeatureLayout
 
     pool = pool or default_pool()
     world = world or WorldConfig()

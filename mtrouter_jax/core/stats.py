@@ -1,0 +1,38 @@
+"""Confidence intervals and paired differences (host-side numpy), written once for every report."""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Mapping
+
+import numpy as np
+
+Z95 = 1.96  # two-sided 95 % normal quantile
+
+
+def ci95(x, ddof: int = 0, single: float = 0.0) -> float:
+    """Half-width of the normal 95 % CI of the mean of ``x``; ``single`` when there are < 2 values.
+
+    ``ddof=0`` (the population std) is what the sweep tables have always printed; paired
+    comparisons of few episodes use ``ddof=1``."""
+    x = np.asarray(x, np.float64)
+    if x.size < 2:
+        return float(single)
+    return float(Z95 * x.std(ddof=ddof) / math.sqrt(x.size))
+
+
+def paired_differences(a: Mapping[Hashable, float], b: Mapping[Hashable, float]) -> np.ndarray:
+    """``a[k] - b[k]`` for every key both have (in ``a``'s order)."""
+    return np.array([v - b[k] for k, v in a.items() if k in b], np.float64)
+
+
+def paired_mean_ci(a: Mapping[Hashable, float], b: Mapping[Hashable, float], ddof: int = 0,
+                   single: float = 0.0) -> tuple[float, float, int]:
+    """(mean of ``a - b`` over shared keys, its 95 % CI half-width, number of pairs); NaNs when none."""
+    d = paired_differences(a, b)
+    if not d.size:
+        return float("nan"), float("nan"), 0
+    return float(d.mean()), ci95(d, ddof, single), int(d.size)
+
+
+__all__ = ["Z95", "ci95", "paired_differences", "paired_mean_ci"]

@@ -1,0 +1,40 @@
+"""Command-line options of ``mtrouter serve`` (a light module: the CLI builds its parser without
+importing the server, JAX or FastAPI)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server.app``)."""
+    p.add_argument("--router", default=None,
+                   help="routing policy: safe or learned (need --checkpoint; safe is the default with an "
+                        "ensemble checkpoint, learned with a single estimator), tool-heuristic (the default "
+                        "without), fixed:MODEL, cheapest, error-escalation[:M1,M2,..], uniform, sticky:RHO")
+    p.add_argument("--checkpoint", default=None, help="trained estimator checkpoint (for --router safe/learned)")
+    p.add_argument("--explore", default=None,
+                   help="exploration for 'mtrouter-explore' requests: eps:E, beta:B (the paper's stage B) or "
+                        "sticky:RHO[:E]; propensities are logged")
+    p.add_argument("--tool-map", default=None,
+                   help="tool type -> model map of the tool heuristic (TOML with [tools]/[classes], or a pool file "
+                        "with [tool_heuristic])")
+    p.add_argument("--pool", default=None, help="pool file with endpoints (default: the checkpoint's, else the "
+                                                "embedded six-model pool)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--lam", type=float, default=None,
+                   help="cost weight λ of the learned rule (default: the checkpoint's budget->λ table, else 0.1)")
+    p.add_argument("--lam-table", default=None, help="which of the checkpoint's λ tables (scienceworld, sim, ...)")
+    p.add_argument("--seed", type=int, default=0, help="base of the per-conversation seeds (each is logged)")
+    p.add_argument("--log", dest="log_path", default=None, help="JSONL file for routed episodes")
+    p.add_argument("--log-text", action="store_true", help="also log observations/actions")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--allow-missing-keys", action="store_true", help="use 'EMPTY' for unset key variables")
+    p.add_argument("--timeout", type=float, default=120.0, help="upstream timeout (s)")
+    p.add_argument("--max-retries", type=int, default=2, help="upstream retries per model")
+    p.add_argument("--strict-cache", action="store_true",
+                   help="do not assume prompt-cache hits in the worst-case cost")
+    p.add_argument("--keep-alive", type=float, default=75.0,
+                   help="seconds an idle client connection is kept open (longer than clients keep theirs)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (413 above)")

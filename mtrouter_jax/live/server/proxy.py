@@ -1,0 +1,295 @@
+"""Request handling of the proxy: a routed (or passed-through) chat turn, streamed or not, and finish.
+
+Everything runs on the server's event loop: the decision is a few hundred microseconds of CPU
+(one jitted call), the upstream call is awaited on ``openai.AsyncOpenAI``, and the conversation's
+``asyncio.Lock`` is held from the decision to the recorded turn. There is no thread per request:
+with threads, hundreds of in-flight upstream calls meant hundreds of threads contending for the
+GIL (docs/benchmarks.md, "Live proxy under load").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mtrouter_jax.logs.detect import message_text
+from mtrouter_jax.live.server.api import ApiError, ChatRequest, parse_chat_request, parse_finish, parse_json
+from mtrouter_jax.live.backends import Attempt, Backends, UpstreamError, acall_with_fallback
+from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
+from mtrouter_jax.live.episode import LiveEpisode
+from mtrouter_jax.live.server.prometheus import ProxyMetrics
+from mtrouter_jax.live.server.replies import text_tool, tool_and_action, upstream_message
+from mtrouter_jax.live.router import BudgetExhausted, Router
+
+log = logging.getLogger("mtrouter_jax.live")
+
+_MSG_OVERHEAD = 8  # chat-template tokens per message, generous
+BUSY_TIMEOUT_S = 600.0  # a request waits this long for its conversation's previous turn
+
+
+def _nbytes(obj: Any) -> int:
+    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+class Proxy:
+    """The request handling behind the FastAPI app (``server.create_app`` wires the routes)."""
+
+    def __init__(self, router: Router, backends: Backends, log_text: bool = False, max_open: int = 10_000):
+        self.router, self.backends, self.log_text = router, backends, log_text
+        self.store = ConversationStore(router, max_open, on_close=self._on_close)
+        self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
+
+    def _on_close(self, reason: str) -> None:
+        self.metrics.closed.labels(reason).inc()
+
+    def _budget_error(self, message: str) -> ApiError:
+        self.metrics.budget_refusals.inc()
+        return ApiError(402, message, "insufficient_quota", "budget_exhausted")
+
+    # --------------------------------------------------------------- finish
+    async def finish(self, cid: str, raw: bytes) -> dict:
+        score, srange, meta = parse_finish(parse_json(raw) if raw.strip() else None)
+        return await self.store.finish(cid, score, srange, meta)
+
+    # --------------------------------------------------------------- chat
+    async def chat(self, raw: bytes, headers: dict, t_start: float):
+        """A chat turn: a JSONResponse, or a StreamingResponse for ``stream=true``."""
+        req = parse_chat_request(parse_json(raw), headers, self.router.pool.names,
+                                 self.router.explore_policy is not None, conversation_key)
+        return await self._locked_turn(req, t_start)
+
+    async def _locked_turn(self, req: ChatRequest, t_start: float):
+        conv = self.store.get_or_start(req.cid, req.derived, req.budget, req.task, req.lam, req.explore, req.seed)
+        try:
+            async with asyncio.timeout(BUSY_TIMEOUT_S):  # (a cancelled acquire never holds the lock)
+                await conv.lock.acquire()
+        except TimeoutError:
+            raise ApiError(409, f"conversation {req.cid!r} is busy with another request", code="busy") from None
+        handed_over = False  # a stream releases the lock when it ends
+        try:
+            if conv.episode.finished:  # finished (or evicted) while we waited
+                raise ApiError(409, f"conversation {req.cid!r} was just finished; retry", code="finished")
+            if req.derived and conv.n_seen and len(req.messages) < conv.n_seen - 1:
+                conv.lock.release()
+                handed_over = True
+                await self.store.restart(req.cid, conv)
+                return await self._locked_turn(req, t_start)
+            resp = await self._turn(req, conv, t_start)
+            handed_over = isinstance(resp, StreamingResponse)
+            return resp
+        finally:
+            if not handed_over:
+                conv.lock.release()
+
+    def _input_bounds(self, req: ChatRequest, conv: Conversation) -> tuple[float, float]:
+        """(upper bound, estimate) of this call's input tokens; attaches new tool results (else new
+        user messages) as the previous turn's observation."""
+        ep, msgs = conv.episode, req.messages
+        new = msgs[conv.n_seen:] if conv.n_seen and len(msgs) >= conv.n_seen - 1 else None
+        if new:
+            obs = [m for m in new if m.get("role") == "tool"] or [m for m in new if m.get("role") == "user"]
+            if obs:
+                ep.attach_observation("\n".join(message_text(m.get("content")) for m in obs))
+        total_hi = sum(_nbytes(m) + _MSG_OVERHEAD for m in msgs) + _nbytes(req.body.get("tools") or [])
+        if new is not None and ep.turns:
+            new_b = sum(_nbytes(m) + _MSG_OVERHEAD for m in new)
+            before = ep.last_prompt + ep.last_completion
+            return min(total_hi, before + new_b), before + new_b / 4
+        return total_hi, total_hi / 4
+
+    def _decide(self, ep: LiveEpisode, hi, est, lam, exclude=()):
+        d = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude)
+        self.metrics.decisions.labels(d.model).inc()
+        if d.meta.get("nonfinite_fallback"):
+            self.metrics.nonfinite.inc()
+        return d
+
+    async def _turn(self, req: ChatRequest, conv: Conversation, t_start: float):
+        ep, cid, body = conv.episode, req.cid, req.body
+        hi, est = self._input_bounds(req, conv)
+        decisions: dict = {}
+        if req.passthrough is not None:
+            model = req.passthrough
+            worst = ep.worst_costs(hi)[self.router.pool.index(model)]
+            if ep.budget is not None and ep.spent + worst > ep.budget + 1e-12:
+                raise self._budget_error(f"budget exhausted: conversation {cid!r} spent ${ep.spent:.6f} of "
+                                         f"${ep.budget:.6f}; a {model} turn could cost up to ${worst:.6f}")
+            cap = ep.completion_cap(model, hi)
+            if cap == 0:
+                raise self._budget_error(f"budget exhausted: conversation {cid!r} has ${ep.remaining:.6f} left, "
+                                         f"less than {model}'s uncached input")
+            ranking, caps = [model], {model: cap}
+            ep.last_decision = None
+        else:
+            try:
+                d = self._decide(ep, hi, est, req.lam)
+            except BudgetExhausted as e:
+                raise self._budget_error(str(e)) from None
+            decisions[d.model] = d
+            ranking, caps = [d.model], dict(d.max_output_tokens)
+        failed: list[str] = []
+
+        def on_fail(model, err):
+            self.metrics.fallbacks.labels(model, err.kind).inc()
+            failed.append(model)
+            if req.passthrough is not None:
+                return []
+            try:  # a fresh draw among the models still allowed: its own propensity
+                d2 = self._decide(ep, hi, est, req.lam, exclude=list(dict.fromkeys(failed)))
+            except BudgetExhausted:
+                return []
+            caps.update(d2.max_output_tokens)
+            decisions[d2.model] = d2
+            return [d2.model]
+
+        def body_for(model):
+            b = dict(body)
+            cap = caps.get(model)
+            if cap is not None:
+                field = "max_completion_tokens" if ("max_completion_tokens" in body or (
+                    "max_tokens" not in body and "api.openai.com" in self.backends.base_urls.get(model, ""))) \
+                    else "max_tokens"
+                b[field] = min(cap, body.get(field) or cap)
+            return b
+
+        async def call(model):
+            t0 = time.perf_counter()
+            try:
+                if req.stream:
+                    return await self.backends.aopen_stream(model, body_for(model))
+                return await self.backends.achat(model, body_for(model))
+            finally:
+                self.metrics.upstream.labels(model).observe(time.perf_counter() - t0)
+
+        try:
+            att = await acall_with_fallback(ranking, call, on_fail)
+        except UpstreamError as e:
+            if not e.retryable:
+                raise ApiError(e.status or 502, f"upstream {e.model} rejected the request: " + upstream_message(e),
+                               "upstream_error", e.kind) from None
+            raise ApiError(502, f"all upstream models failed: {getattr(e, 'fallbacks', [])}", "upstream_error",
+                           "upstream_unavailable") from None
+        meta = {"fallbacks": att.fallbacks} if att.fallbacks else {}
+        if req.passthrough is not None:
+            meta["passthrough"] = True
+        ep.last_decision = decisions.get(att.model)
+        prop = None if ep.last_decision is None else ep.last_decision.propensity
+        hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": cid,
+               "X-MTRouter-Fallbacks": ",".join(f"{f['model']}:{f['error']}" for f in att.fallbacks)}
+        overhead = time.perf_counter() - t_start - att.upstream_seconds
+        hdr["X-MTRouter-Overhead-Ms"] = f"{overhead * 1e3:.3f}"
+        self.metrics.overhead.observe(max(overhead, 0.0))
+        if req.stream:
+            hdr.update(_money_headers(ep))
+            return _TurnStream(self, att, conv, req, hi, prop, meta, hdr)
+        resp = att.result
+        name, action = tool_and_action(resp)
+        self._record(conv, req, att.model, resp.get("usage") or {}, name, action, prop, meta)
+        resp["model"] = att.model
+        hdr.update(_money_headers(ep))
+        hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
+        return JSONResponse(resp, headers=hdr)
+
+    def _record(self, conv: Conversation, req: ChatRequest, model, usage, tool, action, prop, meta) -> None:
+        ep = conv.episode
+        prev = ep.prev_model
+        cost = ep.record(model, usage, tool_name=tool, action=action, propensity=prop, meta=meta)
+        conv.n_seen = len(req.messages) + 1
+        self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)
+
+
+class _TurnStream(StreamingResponse):
+    """SSE pass-through of one turn. The turn is recorded and the conversation's lock released when
+    the stream ends — also when the client goes away mid-stream, or before the first chunk (then
+    Starlette never starts the body generator, hence the cleanup in ``__call__``)."""
+
+    def __init__(self, proxy: Proxy, att: Attempt, conv: Conversation, req: ChatRequest, hi, prop, meta,
+                 headers: dict):
+        self.proxy, self.att, self.conv, self.req, self.hi, self.prop, self.meta = (
+            proxy, att, conv, req, hi, prop, meta)
+        self.state: dict = {"usage": None, "tool": None, "text": [], "recorded": False, "closed": False}
+        super().__init__(self._body(), media_type="text/event-stream", headers=headers)
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
+
+    def _finish_turn(self) -> dict:
+        st, ep = self.state, self.conv.episode
+        st["recorded"] = True
+        try:
+            usage = st["usage"]
+            if usage is None:  # no usage chunk: bill conservatively (bytes bound tokens)
+                usage = {"prompt_tokens": int(self.hi), "completion_tokens": len("".join(st["text"]).encode())}
+                self.meta["usage_estimated"] = True
+            action = "".join(st["text"])
+            self.proxy._record(self.conv, self.req, self.att.model, usage, st["tool"] or text_tool(action), action,
+                               self.prop, self.meta)
+            return {"model": self.att.model, "spent": ep.spent, "remaining": ep.remaining,
+                    "turn_cost": ep.turns[-1].cost, "fallbacks": self.att.fallbacks}
+        finally:
+            self.conv.lock.release()
+
+    async def _cleanup(self) -> None:
+        if not self.state["recorded"]:  # the client went away: the turn still happened (and is billed)
+            self.meta.setdefault("stream_error", "client_disconnected")
+            self._finish_turn()
+        if not self.state["closed"]:
+            self.state["closed"] = True
+            with anyio.CancelScope(shield=True):
+                await self.att.result.aclose()
+
+    async def _body(self):
+        st = self.state
+        try:
+            try:
+                async for ch in self.att.result.events():
+                    if not isinstance(ch, dict):
+                        continue
+                    ch["model"] = self.att.model
+                    if ch.get("usage"):
+                        st["usage"] = ch["usage"]
+                    _collect(ch, st)
+                    if not self.req.include_usage and ch.get("usage") is not None:
+                        if not ch.get("choices"):
+                            continue
+                        ch = {k: v for k, v in ch.items() if k != "usage"}
+                    yield f"data: {json.dumps(ch, ensure_ascii=False, separators=(',', ':'))}\n\n"
+            except Exception as e:  # noqa: BLE001 - upstream died mid-stream: bill what was seen
+                log.warning("stream from %s broke: %s", self.att.model, type(e).__name__)
+                self.meta["stream_error"] = type(e).__name__
+            acct = self._finish_turn()
+            yield f": mtrouter {json.dumps(acct)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            await self._cleanup()
+
+
+def _collect(ch: dict, state: dict) -> None:
+    """Accumulate a chunk's text and first tool-call name."""
+    for c in ch.get("choices") or []:
+        delta = (c.get("delta") if isinstance(c, dict) else None) or {}
+        if isinstance(delta.get("content"), str):
+            state["text"].append(delta["content"])
+        for tc in delta.get("tool_calls") or []:
+            fn = (tc.get("function") if isinstance(tc, dict) else None) or {}
+            if fn.get("name") and state["tool"] is None:
+                state["tool"] = fn["name"]
+            if isinstance(fn.get("arguments"), str):
+                state["text"].append(fn["arguments"])
+
+
+def _money_headers(ep: LiveEpisode) -> dict:
+    return {"X-MTRouter-Spent": f"{ep.spent:.8f}",
+            "X-MTRouter-Remaining": "none" if ep.remaining is None else f"{ep.remaining:.8f}"}
+
+
+__all__ = ["Proxy", "BUSY_TIMEOUT_S"]

@@ -1,0 +1,84 @@
+"""Sweep points from logged episodes: the simulator's per-budget metrics, computed from trajectory lines.
+
+``point_from_episodes`` returns the same dict ``evaluate.summarise_point`` builds from simulated
+rollouts (score and cost with 95% CIs, switches, stay-after-error, tool specialisation, budget
+truncations), so real episodes (ScienceWorld, live logs) go through the one reporting path
+(``report.write_results``: table, cost–score and behaviour plots, results.json/csv, summary.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from mtrouter_jax.logs.io import Episode
+from mtrouter_jax.core.pool import Pool
+
+
+def _ci(x: np.ndarray) -> float:
+    return float(1.96 * x.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def point_from_episodes(episodes: Sequence[Episode], budget: float | None, lam: float | None, pool: Pool,
+                        tools: Sequence[str]) -> dict:
+    """One sweep point (``evaluate.summarise_point``'s keys) from finished, scored episodes."""
+    eps = [e for e in episodes if e.score is not None]
+    if not eps:
+        raise ValueError("no scored episodes for this point")
+    names = pool.names
+    score = np.array([e.score for e in eps], np.float64)
+    cost = np.array([e.total_cost for e in eps], np.float64)
+    counts = np.zeros((len(tools), len(names)))
+    switches, after, stayed, turns, miss, truncated, over = [], 0, 0, [], [], 0, 0
+    for e in eps:
+        ms = [t.model for t in e.turns]
+        switches.append(sum(a != b for a, b in zip(ms, ms[1:])))
+        turns.append(len(ms))
+        m_miss = 0.0
+        for i, t in enumerate(e.turns):
+            if t.tool in tools:
+                counts[list(tools).index(t.tool), names.index(t.model)] += 1
+            if i and ms[i] != ms[i - 1]:  # the previous prompt re-billed at the full input price
+                spec = pool[t.model]
+                m_miss += e.turns[i - 1].input_tokens * (spec.price_input - spec.price_cached_input) / 1e6
+            if i + 1 < len(e.turns) and t.error is not None:
+                after += 1
+                stayed += ms[i + 1] == ms[i]
+        miss.append(m_miss)
+        ended = str((e.meta or {}).get("ended_by") or (e.meta or {}).get("ended") or "")
+        truncated += ended.startswith("budget")
+        over += budget is not None and e.total_cost > budget * (1 + 1e-9)
+    total = counts.sum()
+    model_share = counts.sum(0) / max(total, 1.0)
+    tool_share = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    over_rep = np.where(model_share[None] > 0, tool_share / np.where(model_share[None] > 0, model_share[None], 1), 0)
+    return {
+        "budget": None if budget is None or not math.isfinite(budget) else float(budget),
+        "lam": None if lam is None else float(lam),
+        "score": float(score.mean()), "score_ci": _ci(score), "cost": float(cost.mean()), "cost_ci": _ci(cost),
+        "cache_miss_cost": float(np.mean(miss)), "switches": float(np.mean(switches)),
+        "stay_after_error": stayed / after if after else None,
+        "over_budget_rate": over / len(eps), "budget_truncated_rate": truncated / len(eps),
+        "turns": float(np.mean(turns)), "n_episodes": len(eps),
+        "tool_model_share": {t: {m: float(tool_share[k, j]) for j, m in enumerate(names)}
+                             for k, t in enumerate(tools) if counts[k].sum() > 0},
+        "model_share": {m: float(model_share[j]) for j, m in enumerate(names)},
+        "over_representation": {t: {m: float(over_rep[k, j]) for j, m in enumerate(names)}
+                                for k, t in enumerate(tools) if counts[k].sum() > 0},
+    }
+
+
+def paired_difference(a: Sequence[Episode], b: Sequence[Episode]) -> tuple[float, float, int]:
+    """Mean score difference a - b over the episodes both ran (matched by the ``base`` id before the
+    router label: ``meta.base_id``), with its 95% CI and the number of pairs."""
+    key = lambda e: (e.meta or {}).get("base_id", e.episode_id)  # noqa: E731
+    sb = {key(e): e.score for e in b if e.score is not None}
+    d = np.array([e.score - sb[key(e)] for e in a if e.score is not None and key(e) in sb], np.float64)
+    if not len(d):
+        return float("nan"), float("nan"), 0
+    return float(d.mean()), _ci(d), len(d)
+
+
+__all__ = ["point_from_episodes", "paired_difference"]

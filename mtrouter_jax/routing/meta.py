@@ -1,0 +1,59 @@
+"""What a router reads from a checkpoint's metadata: λ per budget and expected episode lengths."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mtrouter_jax.routing.specs import RouterSpecError
+
+
+# λ of a checkpoint without a calibrated table: the middle of the 0-0.2 range the simulator's
+# calibration picks for checkpoints trained here (docs/benchmarks.md); the paper's 1.0 sends almost
+# every turn to the cheapest capable model.
+DEFAULT_LAM = 0.1
+
+
+def lam_for_budget(table: Sequence[Mapping] | None, budget: float | None, default: float = DEFAULT_LAM) -> float:
+    """λ for a per-episode ``budget`` from a calibrated ``[{"budget": USD, "lam": λ}, ...]`` table:
+    linear in log(budget) between entries, clamped at the ends; no budget -> the largest budget's
+    entry (or an explicit ``budget: null`` one); no table -> ``default``."""
+    rows = [r for r in (table or []) if r.get("lam") is not None]
+    if not rows:
+        return float(default)
+    capped = sorted((float(r["budget"]), float(r["lam"])) for r in rows if r.get("budget") is not None)
+    uncapped = [float(r["lam"]) for r in rows if r.get("budget") is None]
+    if budget is None or not math.isfinite(budget):
+        return uncapped[0] if uncapped else capped[-1][1]
+    if not capped:
+        return uncapped[0]
+    xs = np.log([b for b, _ in capped])
+    return float(np.interp(math.log(budget), xs, [l for _, l in capped]))
+
+
+def lam_table_of(meta: Mapping | None, env: str | None = None) -> tuple[str | None, list]:
+    """(environment, table) of a checkpoint's ``lam_tables`` metadata: ``env`` if given, else the only
+    one, else "scienceworld" before "sim"."""
+    tables = dict((meta or {}).get("lam_tables") or {})
+    if env is not None:
+        if env not in tables:
+            raise RouterSpecError(f"the checkpoint has no λ table for {env!r} (it has: {', '.join(tables) or 'none'})",
+                                  "--lam-table")
+        return env, tables[env]
+    for name in ([next(iter(tables))] if len(tables) == 1 else ["live", "scienceworld", "sim"]):
+        if name in tables:
+            return name, tables[name]
+    return None, []
+
+
+def expected_steps_for(meta: Mapping | None, task_types: Sequence[str]) -> np.ndarray:
+    """Expected episode length per task type from checkpoint metadata (``targets.expected_steps``);
+    task types it does not know get the median of the known ones (30 when there are none)."""
+    known = dict(((meta or {}).get("targets") or {}).get("expected_steps") or {})
+    default = float(np.median(list(known.values()))) if known else 30.0
+    return np.array([float(known.get(t, default)) for t in task_types], np.float32)
+
+
+__all__ = ["DEFAULT_LAM", "lam_for_budget", "lam_table_of", "expected_steps_for"]

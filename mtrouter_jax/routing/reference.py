@@ -1,0 +1,190 @@
+"""The reference policy the logs can vouch for, and the support counts of the safe router.
+
+Candidates: every single model, the best single model per task type, the tool-type heuristic
+(``routers.DEFAULT_TOOL_CLASSES``) and a last-tool-type → model table fitted from the logs. Each is
+a table ``model[task index, last tool index]`` over the checkpoint layout (plus "other" buckets and
+the first turn). A candidate's value is estimated from the logged episodes that *followed* it —
+at least ``agreement`` of their turns served by the model the table names — as the mean
+normalised score, with a 95% CI; the reference is the candidate with the best lower bound among
+those with at least ``min_episodes`` such episodes (the agreement is relaxed step by step when
+none has). Sticky logging makes single models easy to vouch for (long single-model stretches);
+heuristic-with-exploration logs (docs/live_loop.md) vouch for the heuristic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mtrouter_jax.core.features import FeatureLayout, vocab_index
+from mtrouter_jax.logs.io import Episode
+from mtrouter_jax.core.pool import Pool
+
+AGREEMENTS = (0.8, 0.6, 0.5)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The chosen reference table and what the logs say about every candidate."""
+
+    name: str
+    table: np.ndarray  # (T+1, K+2) int32 model index
+    support: np.ndarray  # (T+1, K+2, M) logged turns per (task, last tool, model)
+    seen: np.ndarray  # (T+1,) bool: task types with logged episodes
+    candidates: list[dict]  # name, mean, ci, n, agreement, cost
+    tiers: tuple = ()  # (names, tables (R, T+1, K+2), costs (R,), lcbs (R,)): every vouched candidate
+
+    def to_meta(self) -> dict:
+        d = {"name": self.name, "table": self.table.tolist(), "support": self.support.tolist(),
+             "seen": self.seen.tolist(), "candidates": self.candidates}
+        if self.tiers:
+            names, tables, costs, lcbs = self.tiers
+            d["tiers"] = {"names": list(names), "tables": np.asarray(tables).tolist(),
+                          "costs": np.asarray(costs).tolist(), "lcbs": np.asarray(lcbs).tolist()}
+        return d
+
+    @classmethod
+    def from_meta(cls, d: dict) -> "Reference":
+        t = d.get("tiers")
+        tiers = () if not t else (tuple(t["names"]), np.asarray(t["tables"], np.int32),
+                                  np.asarray(t["costs"], np.float32), np.asarray(t["lcbs"], np.float32))
+        return cls(d["name"], np.asarray(d["table"], np.int32), np.asarray(d["support"], np.float32),
+                   np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers)
+
+    def by_budget(self) -> list[dict]:
+        """Which reference serves which budgets: ``[{"from_usd": c, "reference": name}, ...]``
+        (ascending; below the first threshold the cheapest tier serves)."""
+        if not self.tiers:
+            return [{"from_usd": 0.0, "reference": self.name}]
+        from mtrouter_jax.routing.policies import reference_tier  # the rule the safe router applies per episode
+
+        names, _, costs, lcbs = self.tiers
+        out: list[dict] = []
+        for c in sorted(set(float(x) for x in costs)):
+            best = names[int(reference_tier(np.float32(c), costs, lcbs))]
+            if not out or out[-1]["reference"] != best:
+                out.append({"from_usd": round(c, 6), "reference": best})
+        return out
+
+    def budget_tiers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tables (R, T+1, K+2), mean USD per episode (R,), lower bounds (R,)) for ``routing.safe``:
+        per episode budget, the vouched candidate with the best lower bound whose followers' mean
+        cost fits the budget. A checkpoint from before tiers: its one table, at any budget."""
+        if self.tiers:
+            return self.tiers[1], self.tiers[2], self.tiers[3]
+        return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
+
+
+def _indices(ep: Episode, layout: FeatureLayout) -> tuple[int, np.ndarray, np.ndarray]:
+    """(task index, last-tool index before each turn (K+1 = first turn), model index per turn)."""
+    k = len(layout.tools)
+    task = int(vocab_index(layout.task_types, [ep.task_type])[0])
+    tools = vocab_index(layout.tools, [t.tool for t in ep.turns])
+    tools = np.where(tools < 0, k, tools)  # a turn with no tool type counts as "other"
+    last = np.concatenate([[k + 1], tools[:-1]]).astype(np.int32)
+    models = np.array([layout.models.index(t.model) for t in ep.turns], np.int32)
+    return task, last, models
+
+
+def normalised(ep: Episode, default_range: Sequence[float]) -> float:
+    lo, hi = ep.score_range or default_range
+    return (float(ep.score) - lo) / (hi - lo)
+
+
+def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool,
+                  default_range: Sequence[float] = (-100.0, 100.0), min_episodes: int = 8) -> Reference:
+    """Pick the reference policy from the logs (see the module docstring)."""
+    from mtrouter_jax.routing.specs import tool_table
+
+    eps = [e for e in episodes if e.score is not None and e.turns]
+    spent = np.array([sum(t.cost for t in e.turns) for e in eps])
+    t_rows, k_cols, m = len(layout.task_types) + 1, len(layout.tools) + 2, len(layout.models)
+    idx = [_indices(e, layout) for e in eps]
+    value = np.array([normalised(e, default_range) for e in eps])
+    support = np.zeros((t_rows, k_cols, m), np.float32)
+    seen = np.zeros(t_rows, bool)
+    for task, last, models in idx:
+        np.add.at(support, (task, last, models), 1.0)
+        seen[task] = True
+    seen[-1] = False  # the "other" bucket: task types never seen in training
+
+    def follows(table: np.ndarray) -> np.ndarray:
+        return np.array([np.mean(models == table[task, last]) for task, last, models in idx]) if idx else np.zeros(0)
+
+    cands: dict[str, np.ndarray] = {}
+    for j, name in enumerate(layout.models):
+        cands[f"single:{name}"] = np.full((t_rows, k_cols), j, np.int32)
+    heur = tool_table(pool.subset(list(layout.models)), layout.tools)
+    cands["tool-heuristic"] = np.tile(heur[None, :], (t_rows, 1)).astype(np.int32)
+    # a last-tool table fitted from the logs: after each tool type, the model whose turns there
+    # belong to the best-scoring episodes on average (ties and empty cells: the heuristic's choice)
+    fitted = heur.copy()
+    for c in range(k_cols):
+        best, best_v = None, -math.inf
+        for j in range(m):
+            v = [value[i] for i, (_, last, models) in enumerate(idx) if np.any((last == c) & (models == j))]
+            if len(v) >= min_episodes and np.mean(v) > best_v:
+                best, best_v = j, float(np.mean(v))
+        if best is not None:
+            fitted[c] = best
+    cands["fitted-last-tool"] = np.tile(fitted[None, :], (t_rows, 1)).astype(np.int32)
+
+    rows = []
+    for agreement in AGREEMENTS:
+        rows = []
+        for name, table in cands.items():
+            sel = follows(table) >= agreement
+            n = int(sel.sum())
+            mean = float(value[sel].mean()) if n else float("nan")
+            ci = float(1.96 * value[sel].std() / math.sqrt(n)) if n > 1 else float("inf")
+            cost = float(spent[sel].mean()) if n else float("nan")
+            rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement, "cost": cost})
+        if any(r["n"] >= min_episodes for r in rows):
+            break
+    ok = [r for r in rows if r["n"] >= min_episodes]
+    if ok:
+        best = max(ok, key=lambda r: r["mean"] - r["ci"])["name"]
+    else:  # nothing is vouched for: the model that served the most logged turns
+        best = f"single:{layout.models[int(support.sum((0, 1)).argmax())]}"
+    table = cands[best].copy()
+    # per task type: the best single model where that task's own followers vouch for it better
+    per_task = table.copy()
+    for t in range(t_rows - 1):
+        sel_t = np.array([task == t for task, _, _ in idx])
+        best_j, best_lcb = None, -math.inf
+        for j in range(m):
+            f = follows(np.full((t_rows, k_cols), j)) >= rows[0]["agreement"] if idx else np.zeros(0, bool)
+            sel = sel_t & f
+            if sel.sum() >= min_episodes:
+                lcb = value[sel].mean() - 1.96 * value[sel].std() / math.sqrt(sel.sum())
+                if lcb > best_lcb:
+                    best_j, best_lcb = j, lcb
+        if best_j is not None:
+            per_task[t, :] = best_j
+    if (per_task != table).any():
+        sel = follows(per_task) >= rows[0]["agreement"]
+        n = int(sel.sum())
+        if n >= min_episodes:
+            mean, ci = float(value[sel].mean()), float(1.96 * value[sel].std() / math.sqrt(n))
+            rows.append({"name": "best-single-per-task", "mean": mean, "ci": ci, "n": n,
+                         "agreement": rows[0]["agreement"], "cost": float(spent[sel].mean())})
+            cands["best-single-per-task"] = per_task
+            chosen = next(r for r in rows if r["name"] == best)
+            if mean - ci > chosen["mean"] - chosen["ci"]:
+                best, table = "best-single-per-task", per_task
+    # budget tiers: every vouched candidate with its followers' mean cost, so that a budget below
+    # the chosen reference's cost gets the best reference it can pay for (and one above it the best
+    # overall); without any vouched candidate, the one fallback table at every budget
+    vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["cost"])]
+    tiers: tuple = ()
+    if vouched:
+        tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
+                 np.array([r["cost"] for r in vouched], np.float32),
+                 np.array([r["mean"] - r["ci"] for r in vouched], np.float32))
+    return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
+
+
+__all__ = ["Reference", "fit_reference", "AGREEMENTS"]
