@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from mtrouter_jax.core.features import FeatureLayout, history_features
-from mtrouter_jax.core.features import SEVERITIES
+from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.core.pool import Pool, load_pool
 from mtrouter_jax.sim import core
 from mtrouter_jax.sim.params import SimParams, WorldConfig, make_sim_params, sim_feature_layout

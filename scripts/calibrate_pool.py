@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mtrouter_jax.sim import policies as P
 from mtrouter_jax.core.pool import Pool, load_pool
-from mtrouter_jax.sim.rollout import batch_rollout, episode_metrics
+from mtrouter_jax.sim.rollout import batch_rollout, episode_outcomes
 from mtrouter_jax.sim import make_sim_params
 
 # ScienceWorld test split (score in [-100, 100], total $ over the test set), PAPER.md.
@@ -32,7 +32,7 @@ def evaluate(pool: Pool, policies: list[P.Policy], episodes: int, seed: int) -> 
     out = {}
     for pol in policies:
         final, rec = batch_rollout(jax.random.key(seed), pol.apply, pol.params, sim, budgets)
-        m = jax.device_get(episode_metrics(final, rec))
+        m = jax.device_get(episode_outcomes(final, rec))
         out[pol.name] = {k: float(np.mean(m[k])) for k in ("score", "cost", "switches", "turns")}
     return out
 

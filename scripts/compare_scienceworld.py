@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtrouter_jax.core.stats import ci95
 from mtrouter_jax.reporting.points import paired_difference
 from mtrouter_jax.logs.io import iter_episodes
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     singles = {lab: eps for (lab, b), eps in groups.items() if b is None}  # singles run uncapped
     mean = lambda eps: float(np.mean([e.score for e in eps]))  # noqa: E731
     cost = lambda eps: float(np.mean([sum(t.cost for t in e.turns) for e in eps]))  # noqa: E731
-    ci = lambda x: 1.96 * float(np.std(x, ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")  # noqa: E731
+    ci = lambda x: ci95(np.asarray(x, float), ddof=1, single=float("nan"))  # noqa: E731
     print("| router | budget | n | score ± CI | $/episode | best single ≤ budget | Δ vs it | Δ vs heuristic (its $) | "
           + " | ".join(f"Δ vs {m}" for m in a.vs) + " |")
     print("|---" * (8 + len(a.vs)) + "|")

@@ -18,7 +18,6 @@ from flax import struct
 WINDOW = 4  # recent turns summarised (tool types, errors)
 # Bump whenever history_features() changes meaning: checkpoints made with another value are refused.
 FEATURE_CODE_VERSION = 1
-SEVERITIES = ("low", "medium", "high")  # error severities, lowest first: the AEC multipliers' order
 NO_VALUE = -1  # padding index: no turn yet / no error / no previous model
 
 

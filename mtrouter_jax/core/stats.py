@@ -15,7 +15,7 @@ def ci95(x, ddof: int = 0, single: float = 0.0) -> float:
 
     ``ddof=0`` (the population std) is what the sweep tables have always printed; paired
     comparisons of few episodes use ``ddof=1``."""
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x)  # keep the caller's dtype: the same arithmetic as the inline formulas it replaced
     if x.size < 2:
         return float(single)
     return float(Z95 * x.std(ddof=ddof) / math.sqrt(x.size))

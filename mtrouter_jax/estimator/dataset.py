@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrouter_jax.core.features import (NO_VALUE, SEVERITIES, FeatureLayout, advance_summary, history_features,
+from mtrouter_jax.core.vocab import SEVERITIES
+from mtrouter_jax.core.features import (NO_VALUE, FeatureLayout, advance_summary, history_features,
                                    initial_summary, vocab_index)
 from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.routing.policies import pace_costs

@@ -33,7 +33,7 @@ from mtrouter_jax.core.features import NO_VALUE, FeatureLayout, vocab_index
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage  # noqa: F401  (re-exported)
 from mtrouter_jax.live.episode import Decision, LiveEpisode  # noqa: F401  (re-exported)
 from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward
-from mtrouter_jax.core.features import SEVERITIES
+from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
 from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of

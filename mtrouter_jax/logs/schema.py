@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from mtrouter_jax.core.features import SEVERITIES
+from mtrouter_jax.core.vocab import SEVERITIES
 
 SCHEMA_V1 = "mtrouter-traj/1"
 SCHEMA_VERSION = "mtrouter-traj/2"  # written by this code; v2 = v1 + a nullable score

@@ -15,10 +15,7 @@ import numpy as np
 
 from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.core.pool import Pool
-
-
-def _ci(x: np.ndarray) -> float:
-    return float(1.96 * x.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0
+from mtrouter_jax.core.stats import ci95 as _ci, paired_mean_ci
 
 
 def point_from_episodes(episodes: Sequence[Episode], budget: float | None, lam: float | None, pool: Pool,
@@ -74,11 +71,8 @@ def paired_difference(a: Sequence[Episode], b: Sequence[Episode]) -> tuple[float
     """Mean score difference a - b over the episodes both ran (matched by the ``base`` id before the
     router label: ``meta.base_id``), with its 95% CI and the number of pairs."""
     key = lambda e: (e.meta or {}).get("base_id", e.episode_id)  # noqa: E731
-    sb = {key(e): e.score for e in b if e.score is not None}
-    d = np.array([e.score - sb[key(e)] for e in a if e.score is not None and key(e) in sb], np.float64)
-    if not len(d):
-        return float("nan"), float("nan"), 0
-    return float(d.mean()), _ci(d), len(d)
+    return paired_mean_ci({key(e): e.score for e in a if e.score is not None},
+                          {key(e): e.score for e in b if e.score is not None})
 
 
 __all__ = ["point_from_episodes", "paired_difference"]

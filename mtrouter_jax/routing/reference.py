@@ -22,6 +22,7 @@ import numpy as np
 from mtrouter_jax.core.features import FeatureLayout, vocab_index
 from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.core.pool import Pool
+from mtrouter_jax.core.stats import ci95
 
 AGREEMENTS = (0.8, 0.6, 0.5)
 
@@ -139,7 +140,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             sel = follows(table) >= agreement
             n = int(sel.sum())
             mean = float(value[sel].mean()) if n else float("nan")
-            ci = float(1.96 * value[sel].std() / math.sqrt(n)) if n > 1 else float("inf")
+            ci = ci95(value[sel], single=float("inf"))
             cost = float(spent[sel].mean()) if n else float("nan")
             rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement, "cost": cost})
         if any(r["n"] >= min_episodes for r in rows):
@@ -159,7 +160,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             f = follows(np.full((t_rows, k_cols), j)) >= rows[0]["agreement"] if idx else np.zeros(0, bool)
             sel = sel_t & f
             if sel.sum() >= min_episodes:
-                lcb = value[sel].mean() - 1.96 * value[sel].std() / math.sqrt(sel.sum())
+                lcb = value[sel].mean() - ci95(value[sel])
                 if lcb > best_lcb:
                     best_j, best_lcb = j, lcb
         if best_j is not None:
@@ -168,7 +169,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         sel = follows(per_task) >= rows[0]["agreement"]
         n = int(sel.sum())
         if n >= min_episodes:
-            mean, ci = float(value[sel].mean()), float(1.96 * value[sel].std() / math.sqrt(n))
+            mean, ci = float(value[sel].mean()), ci95(value[sel])
             rows.append({"name": "best-single-per-task", "mean": mean, "ci": ci, "n": n,
                          "agreement": rows[0]["agreement"], "cost": float(spent[sel].mean())})
             cands["best-single-per-task"] = per_task

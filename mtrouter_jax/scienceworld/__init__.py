@@ -2,7 +2,7 @@
 
 * :mod:`.engine` — :class:`ScienceWorldEngine` (one JVM), task/variation tables, gold-path cache.
 * :mod:`.agent` — chat messages, the reply format, :func:`parse_action`, token estimates.
-* :mod:`.session` — :class:`Episode`: one episode driven one reply at a time.
+* :mod:`.session` — :class:`Session`: one episode driven one reply at a time.
 * :mod:`.scripted` — :class:`ScriptedBackend`: per-model scripted agents (profiles file).
 * :mod:`.calibrate` — single-model runs over many episodes (worker processes).
 
@@ -15,11 +15,11 @@ from .engine import (DEFAULT_TASKS, SPLITS, TASK_NAMES, EpisodeStart, ScienceWor
                      ScienceWorldEngine, ScienceWorldUnavailable, SplitError, StepResult, UnknownTaskError,
                      VariationError, check_task, check_variation, require_java, variations)
 from .scripted import AgentProfile, ProfileError, ScriptedBackend, load_profiles
-from .session import Episode, TurnOutcome
+from .session import Session, TurnOutcome
 
 __all__ = ["NO_ACTION_OBSERVATION", "ChatBackend", "HistoryWindow", "action_type", "build_messages",
            "cached_prefix_tokens", "estimate_tokens", "format_action", "parse_action", "prompt_tokens",
            "DEFAULT_TASKS", "SPLITS", "TASK_NAMES", "EpisodeStart", "ScienceWorldArgumentError",
            "ScienceWorldEngine", "ScienceWorldUnavailable", "SplitError", "StepResult", "UnknownTaskError",
            "VariationError", "check_task", "check_variation", "require_java", "variations",
-           "AgentProfile", "ProfileError", "ScriptedBackend", "load_profiles", "Episode", "TurnOutcome"]
+           "AgentProfile", "ProfileError", "ScriptedBackend", "load_profiles", "Session", "TurnOutcome"]

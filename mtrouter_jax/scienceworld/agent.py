@@ -191,7 +191,7 @@ def build_messages(task_description: str, history: Sequence[tuple[str | None, st
 class ChatBackend(Protocol):
     """Anything that answers chat messages as a given model (a real API or :class:`ScriptedBackend`).
 
-    ``session`` is the :class:`~mtrouter_jax.scienceworld.session.Episode` being played; real
+    ``session`` is the :class:`~mtrouter_jax.scienceworld.session.Session` being played; real
     backends ignore it, the scripted one reads its privileged gold path.
     """
 

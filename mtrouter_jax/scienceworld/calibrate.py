@@ -6,7 +6,6 @@ paper's ScienceWorld table; also a throughput benchmark of the engine + scripted
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -15,9 +14,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from mtrouter_jax.core.stats import ci95, paired_mean_ci
+
 from .engine import DEFAULT_TASKS, ScienceWorldEngine, check_task, variations
 from .scripted import ScriptedBackend, load_profiles
-from .session import Episode
+from .session import Session
 
 # The paper's ScienceWorld test scores (-100..100) of the single models, for the table.
 PAPER_SCORES = {"gpt-5": 48.4, "gpt-oss-120b": 26.6, "deepseek-v3.2": 13.1, "kimi-k2": 5.2,
@@ -60,7 +61,7 @@ def run_episode(engine: ScienceWorldEngine, backend, model: str, task: str, vari
                 episode_id: int, max_steps: int = 100) -> EpisodeResult:
     """Play one episode with ``model`` serving every turn, up to ``max_steps`` replies."""
     t0 = time.perf_counter()
-    ep = Episode(engine, task, variation, episode_id=episode_id)
+    ep = Session(engine, task, variation, episode_id=episode_id)
     tok = np.zeros(3, np.int64)
     no_action = invalid = 0
     while not ep.terminated and ep.steps < max_steps:
@@ -115,7 +116,7 @@ def summarise(results: Sequence[EpisodeResult], pool=None) -> list[dict]:
         rs = [r for r in results if r.model == m]
         s = np.array([r.score for r in rs], float)
         row = {"model": m, "episodes": len(rs), "score": float(s.mean()),
-               "ci95": float(1.96 * s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan"),
+               "ci95": ci95(s, ddof=1, single=float("nan")),
                "paper": PAPER_SCORES.get(m), "success": float(np.mean(s >= 100)), "failed": float(np.mean(s < 0)),
                "steps": float(np.mean([r.steps for r in rs])),
                **{k: float(np.mean([getattr(r, k) for r in rs]))
@@ -131,14 +132,12 @@ def summarise(results: Sequence[EpisodeResult], pool=None) -> list[dict]:
 
 def paired_gaps(results: Sequence[EpisodeResult], order: Sequence[str]) -> list[tuple[str, str, float, float]]:
     """(better, worse, mean score difference, 95 % CI half-width) for neighbours in ``order``, paired by episode."""
-    by = {(r.model, r.episode): r.score for r in results}
     eps = sorted({r.episode for r in results})
-    out = []
-    for a, b in zip(order, order[1:]):
-        d = np.array([by[(a, e)] - by[(b, e)] for e in eps if (a, e) in by and (b, e) in by], float)
-        ci = float(1.96 * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-        out.append((a, b, float(d.mean()), ci))
-    return out
+    scores: dict = {}
+    for r in results:
+        scores.setdefault(r.model, {})[r.episode] = r.score
+    by = {m: {e: scores[m][e] for e in eps if e in scores.get(m, {})} for m in order}
+    return [(a, b, *paired_mean_ci(by[a], by[b], ddof=1, single=float("nan"))[:2]) for a, b in zip(order, order[1:])]
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

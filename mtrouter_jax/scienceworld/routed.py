@@ -1,6 +1,6 @@
 """A ScienceWorld episode routed turn by turn through the live router's episode (one feature path).
 
-``RoutedEpisode`` ties a ScienceWorld :class:`~.session.Episode`, a chat backend (scripted or real
+``RoutedEpisode`` ties a ScienceWorld :class:`~.session.Session`, a chat backend (scripted or real
 endpoints) and a ``LiveEpisode`` of the live router: the observation a router sees is
 ``LiveEpisode.features()`` (the vector the proxy computes), the cost of a turn is billed from the
 pool's prices, the model is drawn by the router's policy (``decide``) or given (the Gymnasium env's
@@ -19,11 +19,11 @@ import numpy as np
 from mtrouter_jax.live.backends import Backends, UpstreamError
 from mtrouter_jax.live.episode import Decision, LiveEpisode
 from mtrouter_jax.live.router import BudgetExhausted, Router
-from mtrouter_jax.logs.io import Episode as LoggedEpisode
+from mtrouter_jax.logs.io import Episode
 
 from .agent import ChatBackend
 from .engine import ScienceWorldEngine
-from .session import Episode, TurnOutcome
+from .session import Session, TurnOutcome
 
 SCORE_RANGE = (-100.0, 100.0)
 DEFAULT_STEP_LIMIT = 100
@@ -77,7 +77,7 @@ class RoutedEpisode:
                  log_id: str | None = None):
         """``episode_id`` seeds the scripted agents' draws (keep it the same across routers for
         common random numbers); ``log_id`` (default: ``episode_id``) names the logged episode."""
-        self.session = Episode(engine, task, variation, episode_id=episode_id)
+        self.session = Session(engine, task, variation, episode_id=episode_id)
         self.backend, self.router = backend, router
         self.step_limit = int(step_limit)
         self.live: LiveEpisode = router.start_episode(log_id or episode_id, task, budget, explore=explore, seed=seed)
@@ -183,7 +183,7 @@ class RoutedEpisode:
             self.step()
         return self
 
-    def finish(self) -> LoggedEpisode | None:
+    def finish(self) -> Episode | None:
         """The episode as a trajectory line (appended to the router's log if it has one)."""
         meta = {"benchmark": "scienceworld", "task": self.task, "variation": self.variation,
                 "base_id": str(self.session.episode_id), "initial_score": self.session.initial_score,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 

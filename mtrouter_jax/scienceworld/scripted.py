@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .agent import action_type, cached_prefix_tokens, estimate_tokens, format_action, prompt_tokens
-from .session import Episode, normalise
+from .session import Session, normalise
 
 PROFILES_FILE = "scienceworld_profiles.toml"
 ACTION_TYPES = ("explore", "navigate", "act", "focus", "other")  # types gold commands have
@@ -182,7 +182,7 @@ class ScriptedBackend:
         """Backend over a profile file (None: embedded), checking that ``models`` have profiles."""
         return cls(load_profiles(path, models), seed)
 
-    def complete(self, model: str, messages: list[dict], session: Episode, max_tokens: int | None = None
+    def complete(self, model: str, messages: list[dict], session: Session, max_tokens: int | None = None
                  ) -> tuple[str, dict]:
         """Reply as ``model`` to ``messages`` in ``session`` (which the backend may read privileged).
 
@@ -204,7 +204,7 @@ class ScriptedBackend:
         return text, usage
 
     # ----------------------------------------------------------------------------- replies
-    def _reply(self, prof: AgentProfile, ep: Episode, u: np.ndarray) -> str:
+    def _reply(self, prof: AgentProfile, ep: Session, u: np.ndarray) -> str:
         expected = ep.expected_action()
         if expected is None:  # gold path used up (or none): the agent is lost and only looks around
             return self._wasted(ep, None, u)
@@ -230,7 +230,7 @@ class ScriptedBackend:
             return format_action(f"focus on {obj}", f"The {obj} looks like what the task is about.")
         return format_action(expected, _THOUGHTS[t])
 
-    def _wasted(self, ep: Episode, expected: str | None, u: np.ndarray) -> str:
+    def _wasted(self, ep: Session, expected: str | None, u: np.ndarray) -> str:
         options = ["look around", "inventory", "task"]
         if u[1] < 0.5:  # half of the wasted steps look at something in view
             options = [f"look at {o}" for o in visible_objects(ep.look())] or options
@@ -238,7 +238,7 @@ class ScriptedBackend:
         return format_action(options[min(int(u[2] * len(options)), len(options) - 1)], _THOUGHTS["wasted"])
 
     # ----------------------------------------------------------------------------- usage
-    def _usage(self, prof: AgentProfile, model: str, messages: list[dict], ep: Episode, text: str,
+    def _usage(self, prof: AgentProfile, model: str, messages: list[dict], ep: Session, text: str,
                z: float) -> dict:
         visible = estimate_tokens(text)
         # log-normal with mean output_tokens: exp(sigma z - sigma^2 / 2) has mean 1

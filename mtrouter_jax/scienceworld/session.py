@@ -1,12 +1,12 @@
 """One ScienceWorld episode at turn level: the engine plus the agent protocol.
 
-    ep = Episode(engine, "use-thermometer", 0, episode_id=7)
+    ep = Session(engine, "use-thermometer", 0, episode_id=7)
     while not ep.terminated and ep.steps < 100:        # the step limit is the caller's
         text, usage = backend.complete(model, ep.messages(), ep)
         outcome = ep.apply_reply(text)
 
 The episode also tracks the gold path (privileged: only the scripted backend may read
-:meth:`Episode.expected_action`, :attr:`Episode.gold` and :attr:`Episode.gold_index`).
+:meth:`Session.expected_action`, :attr:`Session.gold` and :attr:`Session.gold_index`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _is_choice(command: str) -> bool:
 
 
 @dataclass
-class Episode:
+class Session:
     """A ScienceWorld episode driven one chat reply at a time.
 
     Creating it loads (task, variation) into ``engine`` (ending any other episode on it); with
@@ -142,4 +142,4 @@ class Episode:
         return None if self.gold is None else len(self.gold) - self.gold_index
 
 
-__all__ = ["Episode", "TurnOutcome", "normalise"]
+__all__ = ["Session", "TurnOutcome", "normalise"]

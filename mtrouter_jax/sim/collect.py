@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.routing import policies as routing
-from mtrouter_jax.core.features import SEVERITIES, history_features
+from mtrouter_jax.core.features import history_features
+from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import Episode, Turn, TurnError
 from mtrouter_jax.sim.policies import Policy, random_policy, simulated
 from mtrouter_jax.core.pool import Pool

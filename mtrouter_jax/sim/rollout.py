@@ -66,7 +66,7 @@ def _batch_rollout(key, apply, policy_params, sim: SimParams, budgets):
     return jax.vmap(rollout, in_axes=(0, None, None, None, 0))(keys, apply, policy_params, sim, budgets)
 
 
-def episode_metrics(final: EpisodeState, rec: TurnRecord) -> dict[str, jax.Array]:
+def episode_outcomes(final: EpisodeState, rec: TurnRecord) -> dict[str, jax.Array]:
     """Per-episode metrics from a (batched) rollout; arrays have the batch shape of ``final``."""
     ex = rec.executed
     err = rec.severity >= 0

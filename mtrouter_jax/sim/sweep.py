@@ -17,7 +17,7 @@ import numpy as np
 
 from mtrouter_jax.sim.policies import Policy
 from mtrouter_jax.routing.policies import set_lam
-from mtrouter_jax.sim.rollout import episode_metrics, rollout, tool_model_counts
+from mtrouter_jax.sim.rollout import episode_outcomes, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
 
 LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.4, 0.8, 1.5, 3.0)
@@ -29,7 +29,7 @@ def _sweep(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, 
 
     def one_budget(pp, budget):
         final, rec, _ = jax.vmap(rollout, in_axes=(0, None, None, None, None))(keys, apply, pp, sim, budget)
-        m = episode_metrics(final, rec)
+        m = episode_outcomes(final, rec)
         n = jnp.float32(n_episodes)
         sd = lambda x: jnp.std(x.astype(jnp.float32))  # noqa: E731
         return {

@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 
-from live_fakes import FakeUpstream, ServerThread
+from testing.live import FakeUpstream, ServerThread
 from mtrouter_jax import cli
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.estimator.checkpoint import load_checkpoint

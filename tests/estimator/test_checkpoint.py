@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from _shared_artifacts import simulated_episodes, trained_checkpoint
+from testing.artifacts import simulated_episodes, trained_checkpoint
 from mtrouter_jax.estimator.checkpoint import (CHECKPOINT_SCHEMA, CheckpointError, LoadedEstimator, _write_manifest,
                                      load_checkpoint, read_meta, save_checkpoint)
 from mtrouter_jax.core.features import FEATURE_CODE_VERSION

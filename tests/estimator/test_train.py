@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from _shared_artifacts import simulated_episodes
+from testing.artifacts import simulated_episodes
 from mtrouter_jax.estimator.dataset import build_training_data
 from mtrouter_jax.estimator.train import TrainConfig, fit
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from live_fakes import FakeUpstream, ServerThread, free_port
+from testing.live import FakeUpstream, ServerThread, free_port
 from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -11,7 +11,7 @@ import pytest
 from mtrouter_jax.sim import policies as P
 from mtrouter_jax.core.features import initial_summary
 from mtrouter_jax.core.pool import ModelSpec, Pool, SimProfile
-from mtrouter_jax.sim.rollout import _batch_rollout, batch_rollout, episode_metrics
+from mtrouter_jax.sim.rollout import _batch_rollout, batch_rollout, episode_outcomes
 from mtrouter_jax.sim import DEFAULT_TASKS, Phase, TaskType, WorldConfig, core, make_sim_params
 
 N = 4096  # episodes per batched rollout; budgets are float32 (a weak-typed array would retrace)
@@ -35,7 +35,7 @@ def gpt5_run(sim, pool):
 
 
 step = jax.jit(core.step)
-metrics = jax.jit(episode_metrics)  # eager jnp ops would each compile a tiny kernel
+metrics = jax.jit(episode_outcomes)  # eager jnp ops would each compile a tiny kernel
 vstep = jax.jit(jax.vmap(core.step, in_axes=(0, None, 0, None)))
 
 

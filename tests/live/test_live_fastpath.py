@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from live_fakes import FakeEstimator, make_pool
+from testing.live import FakeEstimator, make_pool
 from mtrouter_jax.live.router import BudgetExhausted, Router
 
 TOOL_NAMES = ("web_search", "python", "read_file", None, "bash", "answer", "frobnicate")

@@ -18,7 +18,7 @@ from mtrouter_jax.live.router import Router
 from mtrouter_jax.sim.policies import sim_turn_inputs, simulated
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap, build_router, parse_explore, tool_table, with_exploration
-from mtrouter_jax.sim.rollout import batch_rollout_with_decisions, episode_metrics
+from mtrouter_jax.sim.rollout import batch_rollout_with_decisions, episode_outcomes
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params
 
 POOL = default_pool()
@@ -264,7 +264,7 @@ def test_exploration_never_breaks_the_budget_over_10k_simulated_episodes():
         b = jnp.asarray(np.exp(rng.uniform(np.log(0.002), np.log(1.0), 2560)), jnp.float32)
         pol = simulated(policy_of(spec, explore))
         final, rec, dec = jax.device_get(batch_rollout_with_decisions(jax.random.key(k), pol.apply, pol.params, sim, b))
-        m = jax.device_get(episode_metrics(final, rec))
+        m = jax.device_get(episode_outcomes(final, rec))
         assert not m["over_budget"].any()
         assert (final.summary.cost <= np.asarray(b)).all()
         # an executed exploratory turn's model always fitted: the turn was executed, and propensities are real
@@ -279,7 +279,7 @@ def test_learned_and_safe_routers_decide_alike_in_simulator_and_live(tmp_path_fa
     """The estimator-backed routers, with a real (tiny) checkpoint: the simulator's policy
     (``policy.learned_policy``, features mapped from the simulator's vocabularies) and a
     ``LiveEpisode`` fed the same turns take the same decision with the same propensity."""
-    from _shared_artifacts import trained_checkpoint
+    from testing.artifacts import trained_checkpoint
     from mtrouter_jax.estimator.checkpoint import load_checkpoint
     from mtrouter_jax.sim.policies import learned_policy
     from mtrouter_jax.sim.params import sim_feature_layout

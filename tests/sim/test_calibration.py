@@ -7,10 +7,10 @@ import pytest
 
 from mtrouter_jax.sim import policies as P
 from mtrouter_jax.core.pool import default_pool
-from mtrouter_jax.sim.rollout import batch_rollout, episode_metrics
+from mtrouter_jax.sim.rollout import batch_rollout, episode_outcomes
 from mtrouter_jax.sim import make_sim_params
 
-metrics = jax.jit(episode_metrics)
+metrics = jax.jit(episode_outcomes)
 EPISODES = 4096  # the shape test_sim.py compiles too, so a shared session reuses that compile
 PAPER_RANKING = ("gpt-5", "gpt-oss-120b", "deepseek-v3.2", "kimi-k2", "gemini-2.5-flash-lite", "minimax-m2")
 PAPER_COST = {"gpt-5": 13.9, "deepseek-v3.2": 2.9, "minimax-m2": 3.2, "kimi-k2": 2.5, "gemini-2.5-flash-lite": 0.3,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from live_fakes import FakeEstimator, make_pool
+from testing.live import FakeEstimator, make_pool
 from mtrouter_jax.core.features import NO_VALUE
 from mtrouter_jax.live.kernel import compiled_summary_fns
 from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router

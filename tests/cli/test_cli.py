@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from _shared_artifacts import once
+from testing.artifacts import once
 from mtrouter_jax.cli import main
 from mtrouter_jax.logs.io import read_episodes
 from mtrouter_jax.core.pool import default_pool

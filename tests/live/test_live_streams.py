@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from live_fakes import FakeEstimator, ServerThread, make_pool
+from testing.live import FakeEstimator, ServerThread, make_pool
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
 from mtrouter_jax.logs.io import read_episodes

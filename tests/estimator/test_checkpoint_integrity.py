@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from _shared_artifacts import trained_checkpoint
+from testing.artifacts import trained_checkpoint
 from mtrouter_jax.estimator.checkpoint import (INTEGRITY_FILE, CheckpointError, CheckpointIntegrityWarning, _write_manifest,
                                      array_digest, load_checkpoint, read_meta, save_checkpoint, verify_files)
 from mtrouter_jax.estimator.model import EstimatorConfig, make_estimator

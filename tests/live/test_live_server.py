@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from live_fakes import KEY_ENV, MODELS, FakeEstimator, ServerThread, make_pool
-from live_fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
+from testing.live import KEY_ENV, MODELS, FakeEstimator, ServerThread, make_pool
+from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from mtrouter_jax.live.backends import BackendConfigError, Backends
 from mtrouter_jax.live.router import PoolMismatchError, Router
 from mtrouter_jax.live.server.app import create_app

@@ -7,11 +7,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from _shared_artifacts import simulated_episodes, trained_checkpoint
+from testing.artifacts import simulated_episodes, trained_checkpoint
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import initial_summary
 from mtrouter_jax.logs.io import Episode, Turn

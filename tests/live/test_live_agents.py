@@ -5,7 +5,7 @@ marker), so the page cannot rot: the ``mtrouter serve`` line is parsed with the 
 and built with ``build_router`` (its ``--pool``/``--log`` replaced by a pool of fake endpoints and a
 temporary log), and each framework's block runs in a subprocess with only
 ``http://127.0.0.1:8000`` replaced by the test proxy's address. The fake upstream
-(``agent_fakes.ScriptedUpstream``) answers with a scripted shell task (``echo hello > x.txt``,
+(``testing.agents.ScriptedUpstream``) answers with a scripted shell task (``echo hello > x.txt``,
 ``cat x.txt``, submit) in the format each framework asks for; the framework really executes the
 commands and feeds their output back. Then the log must hold the episode: >= 3 turns, each with a
 propensity in (0, 1], and the reported score.
@@ -35,13 +35,13 @@ import httpx
 import pytest
 
 import mtrouter_jax
-from agent_fakes import SCRIPT, ScriptedUpstream, write_network_guard
-from live_fakes import KEY_ENV, ServerThread, make_pool
+from testing.agents import SCRIPT, ScriptedUpstream, write_network_guard
+from testing.live import KEY_ENV, ServerThread, make_pool
 from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "agents.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "agents.md"
 DOC_URL = "http://127.0.0.1:8000"
 FRAMEWORK_TIMEOUT = 180  # s; a run takes a few seconds (mostly imports), much more on a loaded machine
 _DROP_ENV = re.compile(r"^(OPENAI_|LITELLM_|MSWEA_|LANGCHAIN_|LANGSMITH_|ANTHROPIC_|HF_|XDG_)"

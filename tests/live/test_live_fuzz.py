@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from live_fakes import KEY_ENV, FakeEstimator, FakeUpstream, ServerThread, make_pool
+from testing.live import KEY_ENV, FakeEstimator, FakeUpstream, ServerThread, make_pool
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
 

@@ -1,7 +1,7 @@
 """Test doubles for driving real agent frameworks through the proxy (tests/test_live_agents.py).
 
 * ``ScriptedUpstream``: a fake OpenAI-compatible upstream (FastAPI, run it with
-  ``live_fakes.ServerThread``) whose replies are a fixed script of shell commands, in whichever
+  ``testing.live.ServerThread``) whose replies are a fixed script of shell commands, in whichever
   form the caller understands: a ``bash`` tool call when the request offers a function tool named
   ``bash`` (mini-swe-agent's default tool-call mode, our OpenAI Agents SDK / LangChain recipes),
   else a ```` ```mswea_bash_command ```` block (mini-swe-agent's text-based mode). Once the script
@@ -101,7 +101,7 @@ class ScriptedUpstream:
 
 
 _GUARD = '''\
-"""Installed by tests/agent_fakes.py: refuse and record non-loopback network access."""
+"""Installed by tests/testing/agents.py: refuse and record non-loopback network access."""
 import os as _os
 import sys as _sys
 

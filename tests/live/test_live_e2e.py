@@ -1,7 +1,7 @@
 """Live routing end to end: simulator-trained checkpoint -> proxy -> ``openai`` client -> JSONL log -> retrain.
 
 A real checkpoint (trained on simulated episodes of the default pool) serves the OpenAI-compatible
-proxy on loopback; every pool model's endpoint points at the fake upstream of ``live_fakes``. A
+proxy on loopback; every pool model's endpoint points at the fake upstream of ``testing.live``. A
 plain ``openai.OpenAI`` client runs a 20-turn tool-using conversation under a per-episode budget
 (``model="mtrouter-0.50"``) and a second one under a budget tight enough to run out (402). The
 proxy's log of both then trains a new checkpoint whose layout knows the live tool types.
@@ -17,8 +17,8 @@ import numpy as np
 import openai
 import pytest
 
-from _shared_artifacts import simulated_episodes, trained_checkpoint
-from live_fakes import FakeUpstream, ServerThread
+from testing.artifacts import simulated_episodes, trained_checkpoint
+from testing.live import FakeUpstream, ServerThread
 from mtrouter_jax.estimator.checkpoint import load_checkpoint
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app

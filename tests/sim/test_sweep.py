@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from _shared_artifacts import trained_checkpoint
+from testing.artifacts import trained_checkpoint
 from mtrouter_jax.estimator.checkpoint import load_checkpoint
 from mtrouter_jax.sim.sweep import (_sweep, calibrate_lambda, evaluate_budgets, lambda_for_mean_cost,
                                    summarise_point, with_lambdas)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mtrouter_jax.logs.detect import default_rules, scienceworld_rules
 from mtrouter_jax.logs.io import TurnError
-from mtrouter_jax.scienceworld import (NO_ACTION_OBSERVATION, Episode, HistoryWindow, ProfileError,
+from mtrouter_jax.scienceworld import (NO_ACTION_OBSERVATION, Session, HistoryWindow, ProfileError,
                                        ScienceWorldUnavailable, ScriptedBackend, SplitError, UnknownTaskError,
                                        VariationError, build_messages, cached_prefix_tokens, check_task,
                                        check_variation, format_action, load_profiles, parse_action, prompt_tokens,
@@ -174,7 +174,7 @@ PERFECT = AgentProfile("perfect", *({t: 0.0 for t in ("explore", "navigate", "ac
 
 
 def _play(engine, backend, model, task, variation, episode_id=0, max_steps=60, models=None):
-    ep = Episode(engine, task, variation, episode_id=episode_id)
+    ep = Session(engine, task, variation, episode_id=episode_id)
     log = []
     while not ep.terminated and ep.steps < max_steps:
         m = models[ep.steps % len(models)] if models else model
@@ -238,7 +238,7 @@ def test_cached_tokens_follow_the_serving_model(engine, pool):
 
 
 def test_cancelled_choice_prompt_is_reissued(engine):
-    ep = Episode(engine, "grow-plant", 0)
+    ep = Session(engine, "grow-plant", 0)
     while not ep.gold[ep.gold_index].isdigit():  # play the gold path up to its first numbered choice
         assert ep.apply_action(ep.expected_action()).gold_advanced
     assert ep.awaiting_choice
@@ -257,7 +257,7 @@ def test_lambda_calibration_moves_off_the_smallest_lambda_only_on_paired_evidenc
     import numpy as np
 
     from mtrouter_jax.logs.io import Episode as LogEpisode
-    from mtrouter_jax.scienceworld.commands import _learned_lams
+    from mtrouter_jax.scienceworld.evaluate import _learned_lams
     from mtrouter_jax.scienceworld.runner import RouterSpec
 
     plan = [("boil", v) for v in range(30)]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_fakes import MODELS, FakeEstimator, ServerThread, make_pool
-from live_fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
+from testing.live import MODELS, FakeEstimator, ServerThread, make_pool
+from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
 from mtrouter_jax.logs.io import read_episodes

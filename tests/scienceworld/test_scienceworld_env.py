@@ -20,7 +20,7 @@ pytest.importorskip("scienceworld", reason="the scienceworld extra is not instal
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 from envs.scienceworld_env import ScienceWorldRoutingEnv, scienceworld_router  # noqa: E402
-from live_fakes import ServerThread  # noqa: E402
+from testing.live import ServerThread  # noqa: E402
 from mtrouter_jax import cli  # noqa: E402
 from mtrouter_jax.logs.io import read_episodes  # noqa: E402
 from mtrouter_jax.core.pool import Endpoint, ModelSpec, Pool, default_pool  # noqa: E402

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from _shared_artifacts import simulated_episodes
+from testing.artifacts import simulated_episodes
 from mtrouter_jax.estimator.dataset import TargetConfig, build_layout, build_training_data, split_by_episode
 from mtrouter_jax.core.features import NO_VALUE, vocab_index
 from mtrouter_jax.sim.params import sim_feature_layout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from live_fakes import KEY_ENV, FakeUpstream, ServerThread
+from testing.live import KEY_ENV, FakeUpstream, ServerThread
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,224 @@
+"""The library behind ``mtrouter collect scienceworld`` and ``mtrouter eval scienceworld`` (options: ``commands``).
+
+collect: route episodes of training variations with a behaviour policy (default: the sticky
+roulette) and append them, with observation and action text, to a trajectory log.
+eval: run every router on the same test variations (same scripted draws: common random numbers)
+under every budget, then report them through the simulator sweep's reporting path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from mtrouter_jax.core.pool import Pool
+
+from .engine import DEFAULT_TASKS, require_java
+from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
+
+DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"  # also shown by `mtrouter eval --help`
+
+
+def _workers(n: int | None) -> int:
+    return max(1, n if n is not None else min(2, os.cpu_count() or 1))
+
+
+def validate_spec(spec: RouterSpec, pool: Pool) -> None:
+    """Fail fast (before any JVM starts) on a bad router, exploration, tool map or checkpoint."""
+    from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap, build_router, parse_explore
+
+    from .routed import TOOLS
+
+    if spec.explore:
+        parse_explore(spec.explore)
+    if spec.router.strip() in ("learned", "safe"):
+        if not spec.checkpoint:
+            raise RouterSpecError(f"--router {spec.router} needs --checkpoint CKPT", "--checkpoint")
+        from mtrouter_jax.estimator.checkpoint import read_meta
+
+        read_meta(spec.checkpoint)
+        return
+    build_router(spec.router, pool, TOOLS, tool_map=ToolModelMap.from_file(spec.tool_map) if spec.tool_map else None)
+
+
+def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1, runs: int = 1,
+            split: str = "train", tasks: Sequence[str] = DEFAULT_TASKS, budget: float | None = None,
+            backend: str = "scripted", workers: int | None = None, seed: int = 0, step_limit: int = 100,
+            profiles: str | None = None, progress: bool = True) -> list:
+    """Collect routed episodes into ``out`` (resumable: ids already there are skipped)."""
+    validate_spec(spec, pool)
+    require_java()
+    plan = plan_variations(tasks, split, per_task, seed)
+    jobs = make_jobs(spec, plan, split, runs, budget)
+    return list(run_jobs(jobs, pool, lambda j: out, backend=backend, workers=_workers(workers), scripted_seed=seed,
+                         step_limit=step_limit, profiles=profiles, progress=progress))
+
+
+def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | None, tool_map: str | None
+               ) -> list[tuple[str, str, RouterSpec]]:
+    """(report name, report kind, spec) per router of a comma-separated list; ``fixed:*`` = every
+    pool model; ``learned`` uses ``checkpoint``, ``learned=PATH`` another checkpoint."""
+    out = []
+    for r in [x.strip() for x in routers.split(",") if x.strip()]:
+        if r == "fixed:*":
+            out += [(m, "single", RouterSpec(f"fixed:{m}", label=m)) for m in pool.names]
+        elif r.partition("=")[0] in ("learned", "safe"):
+            kind_, _, path = r.partition("=")
+            path = path or checkpoint
+            if not path:
+                from mtrouter_jax.routing.specs import RouterSpecError
+
+                raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
+            base = "mtrouter" if kind_ == "learned" else "mtrouter-safe"
+            name = base if "=" not in r else f"{base}[{Path(path).name}]"
+            out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name)))
+        elif r.startswith("fixed:"):
+            out.append((r[6:], "single", RouterSpec(r, label=r[6:])))
+        else:
+            kind = "heuristic" if r == "tool-heuristic" else "baseline"
+            out.append((r, kind, RouterSpec(r, tool_map=tool_map, label=r)))
+    return out
+
+
+def checkpoint_tag(path: str | Path) -> str:
+    """8 hex digits naming what a checkpoint routes with — its parameters' digests and its reference
+    policy, not the λ tables an evaluation writes into it — so that logged evaluation episodes are
+    reused only for the very same router (a retrained or re-referenced checkpoint runs afresh)."""
+    import hashlib
+    import json
+
+    from mtrouter_jax.estimator.checkpoint import read_meta
+
+    meta = read_meta(path)
+    what = {"arrays": (meta.get("integrity") or {}).get("arrays"), "reference": meta.get("reference"),
+            "estimator": meta.get("estimator")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _run_label(name: str, tag: str | None, lam: float | None) -> str:
+    """The label in a learned router's episode ids: report name, checkpoint tag and λ."""
+    return name + (f"@{tag}" if tag else "") + (f"-lam{lam:g}" if lam is not None else "")
+
+
+def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_cal, runs, pool, run, by_id_of,
+                  tag: str | None = None) -> dict:
+    """Per budget, the λ of ``lam_grid`` for this router: the smallest λ (the most score-seeking)
+    unless another scores better on the calibration episodes by a paired difference whose 95 %
+    lower bound is above 0 — with a few dozen calibration episodes per point the best mean alone
+    is mostly noise (measured: docs/benchmarks.md, "Real episodes")."""
+    import dataclasses
+
+    import numpy as np
+
+    from mtrouter_jax.reporting.points import paired_difference
+
+    jobs, groups = [], {}
+    for lam in lam_grid:
+        s = dataclasses.replace(spec, lam=float(lam), label=_run_label(name, tag, float(lam)))
+        for b in caps:
+            js = make_jobs(s, cal_plan, split_cal, runs, b)
+            jobs += js
+            groups[(lam, b)] = [j.episode_id for j in js]
+    run(jobs)
+    by_id = by_id_of()
+    chosen = {}
+    grid = sorted(float(x) for x in lam_grid)
+    for b in caps:
+        eps = {lam: [by_id[i] for i in groups[(lam, b)] if i in by_id] for lam in grid}
+        base, pick = grid[0], grid[0]
+        scores = {lam: np.mean([e.score for e in eps[lam]]) if eps[lam] else -np.inf for lam in grid}
+        best = max(grid, key=lambda lam: scores[lam])
+        if best != base:
+            d, ci, n = paired_difference(eps[best], eps[base])
+            if n > 1 and d - ci > 0:
+                pick = best
+        chosen[b] = pick
+    return chosen
+
+
+def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTERS, *, checkpoint: str | None = None,
+             budgets: Sequence[float] = (), per_task: int = 1, runs: int = 1, split: str = "test",
+             tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
+             seed: int = 0, step_limit: int = 100, lam: float | None = None, tool_map: str | None = None,
+             profiles: str | None = None, progress: bool = True, lam_grid: Sequence[float] = (),
+             calibration_split: str = "dev", calibration_per_task: int = 1) -> dict:
+    """Run every router on the same episodes under every budget; returns the sweep ``results`` dict
+    (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``.
+
+    With ``lam_grid``, the λ of each learned router is first calibrated per budget on
+    ``calibration_split`` episodes (never the evaluation split) and written into its checkpoint's
+    ``lam_tables["scienceworld"]`` — what ``mtrouter serve`` then uses for budgeted requests."""
+    import dataclasses
+
+    from mtrouter_jax.reporting.points import point_from_episodes
+    from mtrouter_jax.logs.io import iter_episodes
+
+    from .routed import TOOLS
+
+    if not routers.strip():
+        routers = DEFAULT_EVAL_ROUTERS if checkpoint else DEFAULT_EVAL_ROUTERS.replace("learned,", "")
+    specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
+    for _, _, spec in specs:
+        validate_spec(spec, pool)
+    require_java()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "episodes.jsonl"
+    plan = plan_variations(tasks, split, per_task, seed)
+    caps: list[float | None] = [float(b) for b in budgets] or [None]
+
+    def run(jobs):
+        list(run_jobs(jobs, pool, lambda j: log, backend=backend, workers=_workers(workers), scripted_seed=seed,
+                      step_limit=step_limit, profiles=profiles, progress=progress))
+
+    def by_id_of():
+        return {e.episode_id: e for e in iter_episodes(log)}
+
+    # the id of a learned router's episodes names the checkpoint and λ: a changed router never reuses episodes
+    tags = {name: checkpoint_tag(spec.checkpoint) for name, _, spec in specs if spec.checkpoint}
+    lam_tables: dict[str, dict] = {}
+    if lam_grid and lam is None:
+        cal_plan = plan_variations(tasks, calibration_split, calibration_per_task, seed + 1)
+        for name, kind, spec in specs:
+            if kind == "learned":
+                lam_tables[name] = _learned_lams(spec, name, caps, list(lam_grid), cal_plan, calibration_split, 1,
+                                                 pool, run, by_id_of, tags.get(name))
+    jobs: list[Job] = []
+    groups: dict[tuple[str, float | None], list[str]] = {}
+    for name, kind, spec in specs:
+        for b in ([None] if kind == "single" else caps):
+            s = spec
+            if name in tags:
+                lam_b = lam_tables[name][b] if name in lam_tables else spec.lam
+                s = dataclasses.replace(spec, lam=lam_b, label=_run_label(name, tags[name], lam_b))
+            js = make_jobs(s, plan, split, runs, b)
+            jobs += js
+            groups[(name, b)] = [j.episode_id for j in js]
+    run(jobs)
+    by_id = by_id_of()
+    results: dict = {"routers": {}, "meta": {
+        "benchmark": "scienceworld", "backend": backend, "split": split, "n_episodes": len(plan) * runs,
+        "seed": seed, "pool": list(pool.names), "tools": list(TOOLS), "budgets": [b for b in caps if b is not None],
+        "currency": "USD", "checkpoint": checkpoint, "tasks": list(tasks), "per_task": per_task, "runs": runs,
+        "step_limit": step_limit, "episodes_log": str(log),
+        "lam_calibration": {n: {"grid": list(lam_grid), "split": calibration_split,
+                                "per_task": calibration_per_task,
+                                "chosen": [{"budget": b, "lam": v} for b, v in t.items()]}
+                            for n, t in lam_tables.items()}}}
+    for name, kind, spec in specs:
+        pts = []
+        for b in ([None] if kind == "single" else caps):
+            eps = [by_id[i] for i in groups[(name, b)] if i in by_id]
+            lam_used = eps[0].meta.get("lam") if eps and kind == "learned" else None
+            pts.append(point_from_episodes(eps, b, lam_used, pool, TOOLS))
+        results["routers"][name] = {"kind": kind, "points": pts}
+    for name, kind, spec in specs:
+        if name in lam_tables and spec.checkpoint:
+            from mtrouter_jax.estimator.checkpoint import write_lam_table  # lazy: pulls in orbax
+
+            write_lam_table(spec.checkpoint, "scienceworld", lam_tables[name])
+    return results
+
+
+__all__ = ["collect", "evaluate", "eval_specs", "validate_spec", "checkpoint_tag", "DEFAULT_EVAL_ROUTERS"]
