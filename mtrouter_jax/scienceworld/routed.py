@@ -10,12 +10,12 @@ action), and the finished episode is the same trajectory line the proxy logs. Th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mtrouter_jax.live.accounting import input_tokens_bound  # the proxy's bound: one budget guarantee
 from mtrouter_jax.live.backends import Backends, UpstreamError
 from mtrouter_jax.live.episode import Decision, LiveEpisode
 from mtrouter_jax.live.router import BudgetExhausted, Router
@@ -28,16 +28,6 @@ from .session import Session, TurnOutcome
 SCORE_RANGE = (-100.0, 100.0)
 DEFAULT_STEP_LIMIT = 100
 TOOLS = ("explore", "navigate", "act", "focus", "answer", "other", "reasoning")  # action types (agent.action_type)
-_MSG_OVERHEAD = 8  # bytes allowance per chat message in the input-token bound (as the proxy's)
-
-
-def input_tokens_bound(messages: list[dict]) -> int:
-    """An upper bound on the prompt tokens of ``messages``: UTF-8 bytes (+8 per message), since a
-    BPE token is at least one byte — the proxy's bound, so the budget guarantee carries over."""
-    return sum(len(json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + _MSG_OVERHEAD
-               for m in messages)
-
-
 class LiveChatBackend:
     """Real OpenAI-compatible endpoints of the pool (``live.backends.Backends``: retries, timeouts)."""
 
@@ -192,5 +182,5 @@ class RoutedEpisode:
         return self.live.finish(self.score, SCORE_RANGE, meta)
 
 
-__all__ = ["RoutedEpisode", "LiveChatBackend", "TurnResult", "input_tokens_bound", "TOOLS", "SCORE_RANGE",
+__all__ = ["RoutedEpisode", "LiveChatBackend", "TurnResult", "TOOLS", "SCORE_RANGE",
            "DEFAULT_STEP_LIMIT"]
