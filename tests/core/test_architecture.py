@@ -42,3 +42,12 @@ def test_module_sizes():
     too_long = {p: n for p, n in sizes.items() if n > 400}
     assert not too_long, f"modules over 400 lines (split them): {too_long}"
     assert statistics.median(sizes.values()) <= 200
+
+
+def test_public_api_is_lazy_and_resolves():
+    code = ("import sys, mtrouter_jax\nassert 'jax' not in sys.modules\n"
+            "missing = [n for n in mtrouter_jax.__all__ if getattr(mtrouter_jax, n, None) is None]\n"
+            "print('MISSING=' + ','.join(missing))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "MISSING=", out.stdout[-300:]
