@@ -18,6 +18,7 @@ alone no longer fits is not allowed.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 import zlib
@@ -340,6 +341,30 @@ class Router:
                            context_tokens, explore, self.episode_seed(eid) if seed is None else int(seed))
 
 
-__all__ = ["Router", "LiveEpisode", "Decision", "Estimator", "BudgetExhausted", "PoolMismatchError",
+def router_from_options(checkpoint=None, pool=None, router=None, explore=None, tool_map=None, lam=None, seed=0,
+                 log_path=None, log_text=False, strict_cache=False, lam_table=None) -> Router:
+    """The ``Router`` that ``mtrouter serve`` / ``collect`` / ``eval`` options describe (raises
+    ``RouterSpecError`` naming the flag on bad input). Router *specs* (``sticky:0.9``, ...) are
+    parsed by ``routing.specs.build_router``; this builds the live router around one."""
+    from mtrouter_jax.routing.specs import RouterSpecError
+
+    if router is not None and router.strip() in ("learned", "safe") and not checkpoint:
+        raise RouterSpecError(f"--router {router.strip()} needs --checkpoint CKPT (a trained estimator); without one use "
+                              "--router tool-heuristic, fixed:MODEL, error-escalation, cheapest, uniform or sticky:RHO",
+                              "--checkpoint")
+    if lam is not None and (not math.isfinite(lam) or lam < 0):
+        raise RouterSpecError(f"--lam must be a finite number >= 0, got {lam}", "--lam")
+    kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
+              assume_cache_hits=not strict_cache,
+              tool_models=ToolModelMap.from_file(tool_map) if tool_map else None)
+    if lam is not None:
+        kw["lam"] = lam
+    if checkpoint:
+        kw["lam_table"] = lam_table
+        return Router.from_checkpoint(checkpoint, pool=pool, **kw)
+    return Router(None, pool, **kw)
+
+
+__all__ = ["Router", "router_from_options", "LiveEpisode", "Decision", "Estimator", "BudgetExhausted", "PoolMismatchError",
            "check_pool", "parse_usage", "TOOL_ALIASES", "live_tool_vocab", "DEFAULT_OUTPUT_TOKENS_HI",
            "DEFAULT_OUTPUT_TOKENS_MEAN"]

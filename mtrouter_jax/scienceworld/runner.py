@@ -109,14 +109,14 @@ def _init_worker(pool_dict: dict, backend: str, scripted_seed: int, step_limit: 
 def _router_for(spec: RouterSpec):
     r = _W["routers"].get(spec)
     if r is None:
-        from mtrouter_jax.live.server.app import build_router
+        from mtrouter_jax.live.router import router_from_options
 
         from .routed import TOOLS
 
         kw = dict(pool=_W["pool"], router=spec.router, explore=spec.explore, tool_map=spec.tool_map, lam=spec.lam,
                   seed=spec.seed, log_text=_W["log_text"])
         if spec.checkpoint:
-            r = build_router(checkpoint=spec.checkpoint, **kw)
+            r = router_from_options(checkpoint=spec.checkpoint, **kw)
         else:
             from mtrouter_jax.live.router import Router
             from mtrouter_jax.routing.specs import ToolModelMap

@@ -2,7 +2,7 @@
 
 Each test takes its recipe from docs/agents.md (the fenced block after a ``<!-- test:NAME -->``
 marker), so the page cannot rot: the ``mtrouter serve`` line is parsed with the real option parser
-and built with ``build_router`` (its ``--pool``/``--log`` replaced by a pool of fake endpoints and a
+and built with ``router_from_options`` (its ``--pool``/``--log`` replaced by a pool of fake endpoints and a
 temporary log), and each framework's block runs in a subprocess with only
 ``http://127.0.0.1:8000`` replaced by the test proxy's address. The fake upstream
 (``testing.agents.ScriptedUpstream``) answers with a scripted shell task (``echo hello > x.txt``,
@@ -70,7 +70,8 @@ def need(module: str, dist: str, extra: str = "agents") -> None:
 @pytest.fixture
 def proxy(tmp_path, monkeypatch):
     """Scripted fake upstream + the proxy that docs/agents.md's ``mtrouter serve`` line describes."""
-    from mtrouter_jax.live.server.app import add_serve_args, build_router, create_app
+    from mtrouter_jax.live.router import router_from_options
+    from mtrouter_jax.live.server.app import add_serve_args, create_app
 
     monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
     lang, line = doc_block("serve")
@@ -83,7 +84,7 @@ def proxy(tmp_path, monkeypatch):
     fake = ScriptedUpstream()
     log = tmp_path / "live.jsonl"
     with ServerThread(fake.app()) as up:
-        router = build_router(a.checkpoint, make_pool(up.url + "/v1"), a.router, a.explore, a.tool_map, a.lam,
+        router = router_from_options(a.checkpoint, make_pool(up.url + "/v1"), a.router, a.explore, a.tool_map, a.lam,
                               a.seed, log, a.log_text, a.strict_cache)
         app = create_app(router, token=a.token, log_text=a.log_text, timeout=10.0, max_retries=0)
         with ServerThread(app) as srv:

@@ -25,7 +25,8 @@ from mtrouter_jax import cli
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.estimator.checkpoint import load_checkpoint
 from mtrouter_jax.core.features import advance_summary, initial_summary, vocab_index
-from mtrouter_jax.live.server.app import build_router, create_app
+from mtrouter_jax.live.router import router_from_options
+from mtrouter_jax.live.server.app import create_app
 from mtrouter_jax.logs.io import SEVERITIES, read_episodes
 from mtrouter_jax.core.pool import Endpoint, Pool, default_pool
 
@@ -102,7 +103,7 @@ def test_zero_logs_to_trained_router(tmp_path, monkeypatch):
     with ServerThread(upstream.app()) as up:
         pool = live_pool(up.url + "/v1")
         # 1. no checkpoint: the tool heuristic with sticky exploration
-        r1 = build_router(pool=pool, router="tool-heuristic", explore="sticky:0.9", log_path=log1, seed=3)
+        r1 = router_from_options(pool=pool, router="tool-heuristic", explore="sticky:0.9", log_path=log1, seed=3)
         run_round(r1, "r1", "mtrouter-explore-0.50")
         eps1 = read_episodes(log1)
         assert len(eps1) == N_CONV and all(e.score is not None and e.meta["explore"] for e in eps1)
@@ -120,7 +121,7 @@ def test_zero_logs_to_trained_router(tmp_path, monkeypatch):
         out = buf.getvalue()
         assert "ESS of 1/p" in out and "explored (p<1)" in out and f"checkpoint {ckpt1}" in out
         # 3. the checkpoint with beta-mixed exploration: the paper's stage B, online
-        r2 = build_router(checkpoint=str(ckpt1), pool=pool, router="learned", explore="beta:0.5", log_path=log2,
+        r2 = router_from_options(checkpoint=str(ckpt1), pool=pool, router="learned", explore="beta:0.5", log_path=log2,
                           seed=4)
         run_round(r2, "r2", "mtrouter-explore-0.50")
         eps2 = read_episodes(log2)

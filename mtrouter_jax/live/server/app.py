@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import importlib.util
 import logging
-import math
 import time
 
 import anyio
@@ -33,7 +32,7 @@ from mtrouter_jax.live.backends import Backends
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
-from mtrouter_jax.live.router import Router
+from mtrouter_jax.live.router import Router, router_from_options
 
 log = logging.getLogger("mtrouter_jax.live")
 
@@ -199,36 +198,13 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     return app
 
 
-def build_router(checkpoint=None, pool=None, router=None, explore=None, tool_map=None, lam=None, seed=0,
-                 log_path=None, log_text=False, strict_cache=False, lam_table=None) -> Router:
-    """The ``Router`` that ``mtrouter serve`` options describe (raises ``RouterSpecError`` naming the
-    flag on bad input)."""
-    from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap
-
-    if router is not None and router.strip() in ("learned", "safe") and not checkpoint:
-        raise RouterSpecError(f"--router {router.strip()} needs --checkpoint CKPT (a trained estimator); without one use "
-                              "--router tool-heuristic, fixed:MODEL, error-escalation, cheapest, uniform or sticky:RHO",
-                              "--checkpoint")
-    if lam is not None and (not math.isfinite(lam) or lam < 0):
-        raise RouterSpecError(f"--lam must be a finite number >= 0, got {lam}", "--lam")
-    kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
-              assume_cache_hits=not strict_cache,
-              tool_models=ToolModelMap.from_file(tool_map) if tool_map else None)
-    if lam is not None:
-        kw["lam"] = lam
-    if checkpoint:
-        kw["lam_table"] = lam_table
-        return Router.from_checkpoint(checkpoint, pool=pool, **kw)
-    return Router(None, pool, **kw)
-
-
 def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log_path=None, log_text=False,
           token=None, allow_missing_keys=False, timeout=120.0, max_retries=2, strict_cache=False,
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
           keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20) -> None:
     """Build the router and run the proxy with uvicorn (blocks)."""
     import uvicorn
-    r = build_router(checkpoint, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
+    r = router_from_options(checkpoint, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
                      lam_table)
     info = r.describe()
     if checkpoint:
