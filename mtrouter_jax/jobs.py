@@ -19,7 +19,7 @@ from mtrouter_jax.sim.collect import (sample_budgets, simulate_batches, sticky_b
 from mtrouter_jax.estimator.dataset import TargetConfig, build_training_data
 from mtrouter_jax.sim.sweep import LAMBDA_GRID, calibrate_lambda, evaluate_budgets, summarise_point, with_lambdas
 from mtrouter_jax.logs.io import Episode, append_episodes
-from mtrouter_jax.sim.policies import (Policy, escalation_policy, fixed_policy, learned_policy,
+from mtrouter_jax.sim.policies import (SimPolicy, escalation_policy, fixed_policy, learned_policy,
                                  oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
 from mtrouter_jax.core.pool import Pool, default_pool
 from mtrouter_jax.core.jsonable import to_jsonable
@@ -54,7 +54,7 @@ def logging_budget_range(ref: float) -> tuple[float, float]:
 
 
 def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world: WorldConfig | None = None,
-                     behaviour: Policy | None = None, budget_range: tuple[float, float] | None = "auto",
+                     behaviour: SimPolicy | None = None, budget_range: tuple[float, float] | None = "auto",
                      out: str | Path | None = None, progress: bool = True, with_features: bool = True,
                      id_prefix: str = "sim", batch_size: int = 2048, start_id: int = 0) -> list[Episode]:
     """Generate ``n_episodes`` logged episodes with a behaviour policy (default: uniform per turn).
@@ -158,7 +158,7 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     budgets = np.asarray(budgets, np.float32)
     k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
     routers: dict[str, dict] = {}
-    jobs: list[tuple[str, str, Policy, bool]] = []
+    jobs: list[tuple[str, str, SimPolicy, bool]] = []
     if estimator is not None:
         jobs.append(("mtrouter", "learned", learned_policy(estimator, layout), True))
         if getattr(estimator, "k", 1) > 1 and (estimator.meta or {}).get("reference"):

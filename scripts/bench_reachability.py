@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtrouter_jax.sim.sweep import calibrate_lambda, evaluate_budgets, with_lambdas
-from mtrouter_jax.sim.policies import Policy, fixed_policy, oracle_policy
+from mtrouter_jax.sim.policies import SimPolicy, fixed_policy, oracle_policy
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.sim import WorldConfig, make_sim_params
 
@@ -31,9 +31,9 @@ def _phase_table_apply(key, state, sim, p):
     return p["table"][state.summary.task, state.phase].astype(jnp.int32)
 
 
-def phase_table_policy(table) -> Policy:
+def phase_table_policy(table) -> SimPolicy:
     """Privileged: model ``table[task, hidden phase]``."""
-    return Policy("phase-table", _phase_table_apply, {"table": jnp.asarray(table, jnp.int32)})
+    return SimPolicy("phase-table", _phase_table_apply, {"table": jnp.asarray(table, jnp.int32)})
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ PAPER = {"gpt-5": (48.4, 13.9), "deepseek-v3.2": (13.1, 2.9), "minimax-m2": (-0.
 REFERENCE = "gpt-5"
 
 
-def evaluate(pool: Pool, policies: list[P.Policy], episodes: int, seed: int) -> dict[str, dict[str, float]]:
+def evaluate(pool: Pool, policies: list[P.SimPolicy], episodes: int, seed: int) -> dict[str, dict[str, float]]:
     """Mean score, $/episode, switches and turns per policy; the same key for all (common random numbers)."""
     sim = make_sim_params(pool)
     budgets = jnp.full((episodes,), np.inf, jnp.float32)

@@ -21,19 +21,19 @@ from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import history_features
 from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import Episode, Turn, TurnError
-from mtrouter_jax.sim.policies import Policy, random_policy, simulated
+from mtrouter_jax.sim.policies import SimPolicy, random_policy, simulated
 from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.sim.rollout import batch_rollout_with_decisions
 from mtrouter_jax.sim.params import SimParams, WorldConfig, sim_feature_layout
 
 
 
-def uniform_behaviour() -> Policy:
+def uniform_behaviour() -> SimPolicy:
     """The paper's roulette logging policy: a uniform affordable model every turn."""
     return simulated(routing.roulette(0.0))
 
 
-def sticky_behaviour(rho: float = 0.9) -> Policy:
+def sticky_behaviour(rho: float = 0.9) -> SimPolicy:
     """'Sticky roulette': keep the previous model with probability ``rho``, else a uniform model.
 
     Per-turn uniform logging makes every turn's model matter for one turn only, so the returns it
@@ -45,7 +45,7 @@ def sticky_behaviour(rho: float = 0.9) -> Policy:
     return simulated(routing.roulette(rho))
 
 
-def behaviour_policy(router: str, pool: Pool, world: WorldConfig, explore: str | None = None) -> Policy:
+def behaviour_policy(router: str, pool: Pool, world: WorldConfig, explore: str | None = None) -> SimPolicy:
     """A behaviour policy by spec (``routers.build_router`` + ``with_exploration``) for the simulator."""
     from mtrouter_jax.routing.specs import build_router, with_exploration
 
@@ -65,7 +65,7 @@ def sample_budgets(key, n: int, low: float | None, high: float | None, p_none: f
     return jnp.where(jax.random.uniform(k2, (n,)) < p_none, jnp.inf, b).astype(jnp.float32)
 
 
-def simulate_batches(key, behaviour: Policy, sim: SimParams, budgets: jax.Array, batch_size: int = 4096
+def simulate_batches(key, behaviour: SimPolicy, sim: SimParams, budgets: jax.Array, batch_size: int = 4096
                      ) -> Iterator[tuple[dict, int]]:
     """Yield host-side numpy rollout batches ``(arrays, n)`` covering ``len(budgets)`` episodes."""
     n = budgets.shape[0]

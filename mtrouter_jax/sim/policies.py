@@ -30,7 +30,7 @@ from mtrouter_jax.sim.core import EpisodeState, expected_turn_costs, turn_cost
 from mtrouter_jax.sim.params import TOOLS, SimParams
 
 
-class Policy(NamedTuple):
+class SimPolicy(NamedTuple):
     """A policy as the simulator runs it: a module-level pure ``apply`` (static under jit) and its params."""
 
     name: str
@@ -69,32 +69,32 @@ def _apply_for(dist: Callable, head: Callable | None) -> Callable:
     return apply
 
 
-def simulated(policy: routing.RoutingPolicy, head: Callable | None = None, head_params: Any = None) -> Policy:
+def simulated(policy: routing.RoutingPolicy, head: Callable | None = None, head_params: Any = None) -> SimPolicy:
     """A ``routing`` policy as the simulator runs it; ``head(state, sim, head_params, inputs)``
     fills the estimator's outputs for policies that use them."""
     if policy.uses_estimator and head is None:
         raise ValueError(f"policy {policy.name!r} needs an estimator (use learned_policy)")
-    return Policy(policy.name, _apply_for(policy.dist, head), {"policy": policy.params, "q": head_params or {}})
+    return SimPolicy(policy.name, _apply_for(policy.dist, head), {"policy": policy.params, "q": head_params or {}})
 
 
 # --- baselines -------------------------------------------------------------------------------
 
-def fixed_policy(pool: Pool, name: str) -> Policy:
+def fixed_policy(pool: Pool, name: str) -> SimPolicy:
     """Always call one model."""
     return simulated(routing.fixed(pool.index(name), name))
 
 
-def random_policy() -> Policy:
+def random_policy() -> SimPolicy:
     """Uniform per-turn choice among affordable models (the paper's 'roulette' logging policy)."""
     return simulated(routing.roulette(0.0))
 
 
-def cheapest_policy() -> Policy:
+def cheapest_policy() -> SimPolicy:
     """The affordable model that is cheapest for this turn, counting prompt-cache hits."""
     return simulated(routing.cheapest())
 
 
-def escalation_policy(pool: Pool, ladder: Sequence[str] | None = None, down_after: int = 3) -> Policy:
+def escalation_policy(pool: Pool, ladder: Sequence[str] | None = None, down_after: int = 3) -> SimPolicy:
     """Move one rung up the ladder after an error; back down after ``down_after`` clean turns."""
     if ladder is None:
         ladder = [n for n in DEFAULT_LADDER if n in pool.names] or sorted(
@@ -104,7 +104,7 @@ def escalation_policy(pool: Pool, ladder: Sequence[str] | None = None, down_afte
 
 def tool_heuristic_policy(pool: Pool, tools: Sequence[str] = TOOLS,
                           tool_classes: Mapping[str, str] | None = None,
-                          class_models: Mapping[str, str] | None = None) -> Policy:
+                          class_models: Mapping[str, str] | None = None) -> SimPolicy:
     """Zero-training router: the last turn's tool type (a proxy for the phase) -> model class -> model.
 
     Defaults (``routers.DEFAULT_TOOL_CLASSES``): search/file turns -> a cheap model,
@@ -145,10 +145,10 @@ def _oracle_apply(key, state, sim, p):
     return masked_argmax(value - p["lam"] * cost, affordable_mask(state, sim), cheapest_now(state, sim))
 
 
-def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> Policy:
+def oracle_policy(lam: float = 0.0, cost_scale: float = 1.0) -> SimPolicy:
     """Privileged router: sees the hidden phase and true capabilities; maximises expected progress
     this turn minus ``lam`` x expected cost (in units of ``cost_scale`` USD)."""
-    return Policy("oracle", _oracle_apply, {"lam": jnp.float32(lam), "cost_scale": jnp.float32(cost_scale)})
+    return SimPolicy("oracle", _oracle_apply, {"lam": jnp.float32(lam), "cost_scale": jnp.float32(cost_scale)})
 
 
 # --- the learned router ------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def _estimator_head_for(graphdef, layout: FeatureLayout, text_dim: int, future_c
 def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter",
                    switch_margin: float | None = None, pacing: bool = True, explore: str | None = None,
                    safe: bool = False, kappa: float = routing.DEFAULT_KAPPA,
-                   n_min: float = routing.DEFAULT_N_MIN) -> Policy:
+                   n_min: float = routing.DEFAULT_N_MIN) -> SimPolicy:
     """The MTRouter policy from a ``LoadedEstimator`` (or anything with graphdef/params/layout/meta),
     run inside the simulator whose vocabularies are ``sim_layout``. ``pacing``: budget pacing
     (``budget_allowed``), using the checkpoint's expected episode lengths. ``explore``: an
@@ -217,7 +217,7 @@ def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name:
         tables, support, seen, costs, lcbs = _reference_in(estimator, sim_layout, maps)
         rp = routing.safe(rp, tables, support, seen, n_min=n_min, kappa=kappa, name=name, ref_cost=costs, ref_lcb=lcbs)
     rp = with_exploration(rp, explore)
-    return Policy(name if not explore else f"{name}+{explore}", _apply_for(rp.dist, head), {"policy": rp.params, "q": q})
+    return SimPolicy(name if not explore else f"{name}+{explore}", _apply_for(rp.dist, head), {"policy": rp.params, "q": q})
 
 
 def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.ndarray, ...]:
@@ -241,14 +241,14 @@ def _reference_in(estimator, sim_layout: FeatureLayout, maps: dict) -> tuple[np.
     return tables, support, r.seen[rows], costs, lcbs
 
 
-def baseline_policies(pool: Pool) -> list[Policy]:
+def baseline_policies(pool: Pool) -> list[SimPolicy]:
     """Every baseline router: single models, random, cheapest, error-escalation, tool heuristic."""
     return ([fixed_policy(pool, n) for n in pool.names]
             + [random_policy(), cheapest_policy(), escalation_policy(pool), tool_heuristic_policy(pool)])
 
 
 __all__ = [
-    "Policy", "simulated", "sim_turn_inputs", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy",
+    "SimPolicy", "simulated", "sim_turn_inputs", "affordable_mask", "masked_argmax", "cheapest_now", "fixed_policy",
     "random_policy", "cheapest_policy", "escalation_policy", "tool_heuristic_policy", "oracle_policy",
     "baseline_policies", "route_decision", "decision_values", "budget_allowed", "PACE_SWITCH_SLACK", "pace_costs",
     "learned_policy", "DEFAULT_SWITCH_MARGIN", "DEFAULT_TOOL_CLASSES", "DEFAULT_CLASS_MODELS",

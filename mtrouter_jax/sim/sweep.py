@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrouter_jax.sim.policies import Policy
+from mtrouter_jax.sim.policies import SimPolicy
 from mtrouter_jax.routing.policies import set_lam
 from mtrouter_jax.sim.rollout import episode_outcomes, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
@@ -49,7 +49,7 @@ def _sweep(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, 
     return jax.vmap(one_budget, in_axes=(0 if params_batched else None, 0))(policy_params, budgets)
 
 
-def evaluate_budgets(key, policy: Policy, sim: SimParams, budgets, n_episodes: int,
+def evaluate_budgets(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes: int,
                      per_budget_params=None) -> dict[str, np.ndarray]:
     """Roll ``policy`` out for ``n_episodes`` at every budget (USD per episode; inf = no cap).
 
@@ -62,14 +62,14 @@ def evaluate_budgets(key, policy: Policy, sim: SimParams, budgets, n_episodes: i
     return jax.device_get(out)
 
 
-def with_lambdas(policy: Policy, lams) -> dict:
-    """Policy params broadcast along a leading axis with one lambda per entry."""
+def with_lambdas(policy: SimPolicy, lams) -> dict:
+    """SimPolicy params broadcast along a leading axis with one lambda per entry."""
     lams = jnp.asarray(lams, jnp.float32)
     p = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (lams.shape[0],) + jnp.shape(x)), policy.params)
     return set_lam(p, lams)
 
 
-def calibrate_lambda(key, policy: Policy, sim: SimParams, budgets, n_episodes: int,
+def calibrate_lambda(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes: int,
                      grid: Sequence[float] = LAMBDA_GRID) -> np.ndarray:
     """Per hard budget, the lambda of ``grid`` with the best mean score (ties -> larger lambda).
 
@@ -87,7 +87,7 @@ def calibrate_lambda(key, policy: Policy, sim: SimParams, budgets, n_episodes: i
     return np.asarray(grid, np.float32)[best]
 
 
-def lambda_for_mean_cost(key, policy: Policy, sim: SimParams, targets, n_episodes: int,
+def lambda_for_mean_cost(key, policy: SimPolicy, sim: SimParams, targets, n_episodes: int,
                          lo: float = 0.0, hi: float = 20.0, iters: int = 12) -> np.ndarray:
     """Bisection on lambda so the *mean* episode cost (no hard cap) meets each target in ``targets``.
 
