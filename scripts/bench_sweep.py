@@ -37,7 +37,7 @@ from rich.table import Table
 from envs.routing_env import MultiTurnRoutingEnv
 from mtrouter_jax import jobs as workflow
 from mtrouter_jax.sim.sweep import evaluate_budgets
-from mtrouter_jax.sim.policies import Policy, learned_policy, oracle_policy
+from mtrouter_jax.sim.policies import SimPolicy, learned_policy, oracle_policy
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
 from mtrouter_jax.estimator.train import TrainConfig
@@ -53,7 +53,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def vmapped(policy: Policy, sim, budgets, n_episodes: int, seed: int) -> dict:
+def vmapped(policy: SimPolicy, sim, budgets, n_episodes: int, seed: int) -> dict:
     """(a): compile+run, then run again (timed)."""
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def vmapped(policy: Policy, sim, budgets, n_episodes: int, seed: int) -> dict:
             "mean_turns": float(np.mean(res["turns"]))}
 
 
-def python_loop(policy: Policy, env: MultiTurnRoutingEnv, budgets, n_episodes: int, seed: int,
+def python_loop(policy: SimPolicy, env: MultiTurnRoutingEnv, budgets, n_episodes: int, seed: int,
                 warmup: int = 2) -> dict:
     """(b): the same policy, one jitted decision + one ``env.step`` per turn, in Python."""
     decide_jit = jax.jit(policy.apply)
@@ -111,7 +111,7 @@ def percentiles(fn, calls: int, warmup: int = 50) -> dict:
             "mean_ms": float(ts.mean()), "calls": calls}
 
 
-def latency(est, learned: Policy, env: MultiTurnRoutingEnv, calls: int, seed: int) -> dict:
+def latency(est, learned: SimPolicy, env: MultiTurnRoutingEnv, calls: int, seed: int) -> dict:
     """(c): single-history decision latency on CPU."""
     from mtrouter_jax.live.router import Router
 
