@@ -81,7 +81,7 @@ def main() -> None:
                 est, res = train_checkpoint(eps, pool, Path(d) / "ck", TrainConfig(max_epochs=10, patience=10,
                                                                                  batch_size=1024), progress=False)
                 agree = oracle_agreement(est, sim, layout)
-                pol = learned_policy(est, layout)
+                pol = learned_policy(est, layout, lam=1.0)  # the λ the documented table was measured at
                 r = evaluate_budgets(key, pol, sim, [np.inf] * len(a.lams), a.eval_episodes,
                                      with_lambdas(pol, a.lams))
             for i, lam in enumerate(a.lams):

@@ -253,10 +253,11 @@ class Router:
         return routing.safe(self.learned_policy, tables, r.support, r.seen, n_min, kappa, ref_cost=costs, ref_lcb=lcbs)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, pool: Pool | str | Path | None = None, lam: float = 1.0,
+    def from_checkpoint(cls, path: str | Path, pool: Pool | str | Path | None = None, lam: float | None = None,
                         tool_map: ToolTypeMap | None = None, rules: ErrorRuleSet | None = None,
                         log_path: str | Path | None = None, **kwargs) -> "Router":
-        """Load a checkpoint with ``checkpoint.load_checkpoint`` (on CPU) and build a router."""
+        """Load a checkpoint with ``checkpoint.load_checkpoint`` (on CPU) and build a router; ``lam=None``:
+        the checkpoint's budget->λ table, else ``routing.meta.DEFAULT_LAM`` (as every entry point)."""
         from mtrouter_jax.estimator.checkpoint import load_checkpoint  # lazy: pulls in orbax
         return cls(load_checkpoint(path), pool, lam, tool_map, rules, log_path, **kwargs)
 
@@ -272,7 +273,10 @@ class Router:
             pts = ", ".join(f"${r['budget']:g}->{r['lam']:g}" if r.get("budget") is not None else f"none->{r['lam']:g}"
                             for r in self.lam_table)
             return f"the checkpoint's {self.lam_env} budget->λ table ({pts}), interpolated per budget"
-        return f"{DEFAULT_LAM:g} (the checkpoint has no budget->λ table; mtrouter sweep / eval write one)"
+        if self.estimator is None:
+            return (f"{DEFAULT_LAM:g}, the default, unused: without a checkpoint the {self.policy.spec} router "
+                    "does not trade predicted score against cost")
+        return f"{DEFAULT_LAM:g}, the default (the checkpoint has no budget->λ table; mtrouter sweep / eval write one)"
 
     def describe(self) -> dict:
         """JSON-able description: policies, vocabularies and the effective tool mapping."""

@@ -25,7 +25,7 @@ from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.routing.specs import DEFAULT_CLASS_MODELS, DEFAULT_LADDER, DEFAULT_TOOL_CLASSES, ToolModelMap, tool_table
 from mtrouter_jax.routing.policies import (DEFAULT_SWITCH_MARGIN, PACE_SWITCH_SLACK, budget_allowed, decision_values,
                                   masked_argmax, pace_costs, route_decision)
-from mtrouter_jax.routing.meta import expected_steps_for
+from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for
 from mtrouter_jax.sim.core import EpisodeState, expected_turn_costs, turn_cost
 from mtrouter_jax.sim.params import TOOLS, SimParams
 
@@ -180,7 +180,7 @@ def _estimator_head_for(graphdef, layout: FeatureLayout, text_dim: int, future_c
     return head
 
 
-def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = 1.0, name: str = "mtrouter",
+def learned_policy(estimator, sim_layout: FeatureLayout, lam: float = DEFAULT_LAM, name: str = "mtrouter",
                    switch_margin: float | None = None, pacing: bool = True, explore: str | None = None,
                    safe: bool = False, kappa: float = routing.DEFAULT_KAPPA,
                    n_min: float = routing.DEFAULT_N_MIN) -> SimPolicy:
