@@ -26,7 +26,8 @@ def _common(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--pool", default=None, help="pool file (default: the embedded six-model pool)")
     p.add_argument("--backend", choices=["scripted", "live"], default="scripted",
                    help="scripted stand-in agents (no keys) or the pool's real endpoints")
-    p.add_argument("--profiles", default=None, help="scripted agent profiles (default: the embedded frozen file)")
+    p.add_argument("--profiles", default=None, metavar="WORLD|FILE",
+                   help="scripted agents: a frozen world (paper, specialists, inverted; default: paper) or a profile file")
     p.add_argument("--per-task", type=int, default=1, help="variations per task")
     p.add_argument("--runs", type=int, default=1, help="episodes per variation")
     p.add_argument("--split", choices=SPLITS, default=split)

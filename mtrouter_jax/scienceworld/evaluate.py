@@ -24,7 +24,7 @@ def _workers(n: int | None) -> int:
     return max(1, n if n is not None else min(2, os.cpu_count() or 1))
 
 
-def validate_spec(spec: RouterSpec, pool: Pool) -> None:
+def validate_spec(spec: RouterSpec, pool: Pool, backend: str = "scripted") -> None:
     """Fail fast (before any JVM starts) on a bad router, exploration, tool map or checkpoint."""
     from mtrouter_jax.routing.specs import RouterSpecError, ToolModelMap, build_router, parse_explore
 
@@ -32,6 +32,11 @@ def validate_spec(spec: RouterSpec, pool: Pool) -> None:
 
     if spec.explore:
         parse_explore(spec.explore)
+    if spec.router.strip() == "privileged-bound":
+        if backend != "scripted":
+            raise RouterSpecError("privileged-bound reads the scripted agents' profiles: use --backend scripted",
+                                  "--routers")
+        return
     if spec.router.strip() in ("learned", "safe"):
         if not spec.checkpoint:
             raise RouterSpecError(f"--router {spec.router} needs --checkpoint CKPT", "--checkpoint")
@@ -47,7 +52,7 @@ def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1,
             backend: str = "scripted", workers: int | None = None, seed: int = 0, step_limit: int = 100,
             profiles: str | None = None, progress: bool = True) -> list:
     """Collect routed episodes into ``out`` (resumable: ids already there are skipped)."""
-    validate_spec(spec, pool)
+    validate_spec(spec, pool, backend)
     require_java()
     plan = plan_variations(tasks, split, per_task, seed)
     jobs = make_jobs(spec, plan, split, runs, budget)
@@ -73,6 +78,8 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
             base = "mtrouter" if kind_ == "learned" else "mtrouter-safe"
             name = base if "=" not in r else f"{base}[{Path(path).name}]"
             out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name)))
+        elif r == "privileged-bound":
+            out.append((r, "oracle", RouterSpec(r, label=r)))
         elif r.startswith("fixed:"):
             out.append((r[6:], "single", RouterSpec(r, label=r[6:])))
         else:
@@ -160,7 +167,7 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
         routers = DEFAULT_EVAL_ROUTERS if checkpoint else DEFAULT_EVAL_ROUTERS.replace("learned,", "")
     specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
     for _, _, spec in specs:
-        validate_spec(spec, pool)
+        validate_spec(spec, pool, backend)
     require_java()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -115,13 +115,15 @@ def _router_for(spec: RouterSpec):
 
         kw = dict(pool=_W["pool"], router=spec.router, explore=spec.explore, tool_map=spec.tool_map, lam=spec.lam,
                   seed=spec.seed, log_text=_W["log_text"])
+        if spec.router == "privileged-bound":  # it decides itself (scienceworld/bound.py); the router bills
+            kw["router"] = "cheapest"
         if spec.checkpoint:
             r = router_from_options(checkpoint=spec.checkpoint, **kw)
         else:
             from mtrouter_jax.live.router import Router
             from mtrouter_jax.routing.specs import ToolModelMap
 
-            r = Router(None, _W["pool"], policy=spec.router, explore=spec.explore, tools=TOOLS,
+            r = Router(None, _W["pool"], policy=kw["router"], explore=spec.explore, tools=TOOLS,
                        task_types=DEFAULT_TASKS, seed=spec.seed, log_text=_W["log_text"],
                        tool_models=ToolModelMap.from_file(spec.tool_map) if spec.tool_map else None)
         _W["routers"][spec] = r
@@ -136,7 +138,14 @@ def _run_job(job: Job) -> dict:
     ep = RoutedEpisode(_W["engine"], _W["backend"], router, job.task, job.variation, episode_id=job.base_id,
                        log_id=job.episode_id, budget=job.budget, step_limit=_W["step_limit"],
                        explore=job.spec.explore is not None, split=job.split)
-    ep.run()
+    if job.spec.router == "privileged-bound":
+        from .bound import run_bound
+
+        if not hasattr(_W["backend"], "profiles"):
+            raise RuntimeError("privileged-bound needs the scripted backend (it reads the agents' profiles)")
+        run_bound(ep, _W["backend"].profiles)
+    else:
+        ep.run()
     logged = ep.finish()
     return {"episode": logged.to_dict() if logged is not None else None, "seconds": time.perf_counter() - t0,
             "id": job.episode_id}

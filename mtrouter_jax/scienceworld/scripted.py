@@ -27,6 +27,13 @@ from .agent import action_type, cached_prefix_tokens, estimate_tokens, format_ac
 from .session import Session, normalise
 
 PROFILES_FILE = "scienceworld_profiles.toml"
+# Frozen worlds of scripted agents (--profiles NAME; docs/scienceworld.md#worlds): each file was frozen
+# before any router was trained on it; tests/scienceworld/test_worlds.py pins their digests.
+WORLDS = {
+    "paper": PROFILES_FILE,  # calibrated to the paper's ranking: gpt-5 best at almost everything
+    "specialists": "scienceworld_world_specialists.toml",  # a different best model per action type
+    "inverted": "scienceworld_world_inverted.toml",  # the tool-type napkin mapping is wrong
+}
 ACTION_TYPES = ("explore", "navigate", "act", "focus", "other")  # types gold commands have
 MISTAKES = ("no_action", "invalid", "wasted")  # per action type; wrong_focus is per focus step
 _FIELDS = {"output_tokens", "output_spread", "reasoning", "wrong_focus", *MISTAKES}
@@ -93,10 +100,14 @@ def _parse_profile(where: str, name: str, d: Any) -> AgentProfile:
 
 
 def load_profiles(path: str | Path | None = None, models: Iterable[str] | None = None) -> dict[str, AgentProfile]:
-    """Read and validate a profile file (None: the embedded one); ``models`` must all be in it."""
-    if path is None:
-        where, text = f"<embedded {PROFILES_FILE}>", resources.files("mtrouter_jax.data").joinpath(PROFILES_FILE).read_text()
+    """Read and validate a profile file: a path, a world name of ``WORLDS`` or None (the "paper"
+    world); ``models`` must all be in it."""
+    if path is None or str(path) in WORLDS:
+        name = WORLDS[str(path or "paper")]
+        where, text = f"<embedded {name}>", resources.files("mtrouter_jax.data").joinpath(name).read_text()
     else:
+        if not Path(path).is_file():
+            raise ProfileError(f"--profiles {path}: no such file, and not a world (worlds: {', '.join(WORLDS)})")
         where, text = str(path), Path(path).read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
@@ -252,5 +263,5 @@ class ScriptedBackend:
                 "completion_tokens_details": {"reasoning_tokens": completion - visible if prof.reasoning else 0}}
 
 
-__all__ = ["ScriptedBackend", "AgentProfile", "ProfileError", "load_profiles", "visible_objects", "garble",
+__all__ = ["WORLDS", "ScriptedBackend", "AgentProfile", "ProfileError", "load_profiles", "visible_objects", "garble",
            "ACTION_TYPES", "MISTAKES", "PROFILES_FILE"]

@@ -1,0 +1,99 @@
+"""The frozen worlds of scripted agents load by name, are valid, differ as documented, and stay frozen."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import pytest
+
+from mtrouter_jax.core.pool import default_pool
+from mtrouter_jax.scienceworld.scripted import WORLDS, ProfileError, load_profiles
+
+# Pinned when each world was frozen (before any router was trained on it). A change here means a
+# world was tuned: make a new world with a new name instead.
+FROZEN = {
+    "paper": "4dc084b4d0420fb54f756d36089f15511299a6aabc84cd4c888a6116a107f84a",
+    "specialists": "9a30f878d884a0286c93811d3bb526afee095306111840bac4887865cfe84cf5",
+    "inverted": "20add3ecce792601f40c9a3a087faf36937095ac19305e11c0d521b354e249bf",
+}
+TYPES = ("explore", "navigate", "act", "focus", "other")
+
+
+@pytest.mark.parametrize("world", sorted(WORLDS))
+def test_world_is_frozen_and_loads(world):
+    data = resources.files("mtrouter_jax.data").joinpath(WORLDS[world]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == FROZEN[world]
+    profiles = load_profiles(world, models=default_pool().names)
+    assert set(profiles) == set(default_pool().names)
+
+
+def _p_gold(prof, t):
+    """P(the gold command | an action of type t is due), from the profile's mistake rates."""
+    wrong = prof.wrong_focus if t == "focus" else 0.0
+    return 1.0 - prof.no_action[t] - prof.invalid[t] - prof.wasted[t] - wrong
+
+
+def _best(world):
+    profiles = load_profiles(world)
+    return {t: max(profiles, key=lambda m: _p_gold(profiles[m], t)) for t in TYPES}
+
+
+def test_specialists_have_a_different_best_model_per_type():
+    best = _best("specialists")
+    assert best == {"explore": "deepseek-v3.2", "navigate": "gpt-oss-120b", "act": "gpt-oss-120b",
+                    "focus": "gpt-5", "other": "gemini-2.5-flash-lite"}
+
+
+def test_inverted_world_contradicts_the_napkin_mapping():
+    best = _best("inverted")
+    # the tool heuristic sends act/focus to gpt-5 and explore/navigate to gpt-oss-120b
+    assert best["act"] != "gpt-5" and best["focus"] != "gpt-5"
+    assert best["explore"] == "gpt-5" and best["navigate"] == "gpt-5"
+
+
+def test_unknown_world_is_a_file_path_error():
+    with pytest.raises(ProfileError, match="not a world .*specialists"):
+        load_profiles("no-such-world")
+
+
+def test_bound_choice_follows_the_profiles_and_the_budget():
+    import numpy as np
+
+    from mtrouter_jax.scienceworld.bound import bound_choice
+
+    profiles = load_profiles("specialists")
+    names = default_pool().names
+    price = np.array([default_pool()[m].price_output for m in names])
+    everyone = np.ones(len(names), bool)
+    assert bound_choice(profiles, names, price, everyone, "focus") == "gpt-5"
+    assert bound_choice(profiles, names, price, everyone, "act") == "gpt-oss-120b"
+    no_gpt5 = everyone & (np.array(names) != "gpt-5")
+    assert bound_choice(profiles, names, price, no_gpt5, "focus") != "gpt-5"
+
+
+def test_bound_plays_a_real_episode(tmp_path_factory):
+    """The privileged bound routes a real ScienceWorld episode by the gold action type due, within budget."""
+    from mtrouter_jax.scienceworld.engine import ScienceWorldUnavailable, require_java
+
+    try:
+        require_java()
+    except ScienceWorldUnavailable as e:
+        pytest.skip(str(e))
+    from mtrouter_jax.live.router import Router
+    from mtrouter_jax.scienceworld import ScienceWorldEngine
+    from mtrouter_jax.scienceworld.bound import run_bound
+    from mtrouter_jax.scienceworld.routed import TOOLS, RoutedEpisode
+    from mtrouter_jax.scienceworld.scripted import ScriptedBackend
+
+    engine = ScienceWorldEngine(gold_cache=tmp_path_factory.mktemp("gold"))
+    try:
+        backend = ScriptedBackend.from_file("specialists", seed=0, models=default_pool().names)
+        router = Router(None, default_pool(), policy="cheapest", tools=TOOLS)
+        ep = RoutedEpisode(engine, backend, router, "use-thermometer", 0, episode_id=0, budget=0.05, step_limit=40)
+        run_bound(ep, backend.profiles)
+        logged = ep.finish()
+    finally:
+        engine.close()
+    assert logged is not None and logged.turns and logged.total_cost <= 0.05 + 1e-9
+    assert len({t.model for t in logged.turns}) >= 2  # it switches by action type
