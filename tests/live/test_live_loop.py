@@ -121,7 +121,7 @@ def test_zero_logs_to_trained_router(tmp_path, monkeypatch):
         out = buf.getvalue()
         assert "ESS of 1/p" in out and "explored (p<1)" in out and f"checkpoint {ckpt1}" in out
         # 3. the checkpoint with beta-mixed exploration: the paper's stage B, online
-        r2 = router_from_options(checkpoint=str(ckpt1), pool=pool, router="learned", explore="beta:0.5", log_path=log2,
+        r2 = router_from_options(checkpoint=str(ckpt1), pool=pool, router="safe", explore="beta:0.5", log_path=log2,
                           seed=4)
         run_round(r2, "r2", "mtrouter-explore-0.50")
         eps2 = read_episodes(log2)
