@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from mtrouter_jax.logs.schema import (KNOWN_SCHEMAS, LEVELS, SCHEMA_V1, SCHEMA_VERSION, SEVERITIES, Episode,
                                       LogFormatError, Turn, TurnError, UnknownFieldsWarning, parse_record)
+from mtrouter_jax.logs.records import DuplicateEpisodesWarning
 
 
 def parse_episode(obj: Any, where: str = "<input>", line: int = 0,
@@ -138,8 +139,10 @@ def read_episodes(paths: str | os.PathLike | Sequence, pool_models: set[str] | N
                   max_problems: int = 50, strict: bool = False) -> list[Episode]:
     """Read and validate every line of every file; all-or-nothing.
 
-    Blank lines are skipped. If any line is bad (or an ``episode_id`` repeats across the
-    inputs), one :class:`LogFormatError` lists up to ``max_problems`` problems.
+    Blank lines are skipped. If any line is bad, one :class:`LogFormatError` lists up to
+    ``max_problems`` problems. An ``episode_id`` that repeats (a restarted proxy, two logs of the
+    same run) keeps its first record, with one :class:`DuplicateEpisodesWarning` naming where;
+    ``strict=True`` makes a repeat a problem instead.
     Raises FileNotFoundError (naming the path) before reading anything if a file is missing.
     Unknown fields are kept (``extra``) with one :class:`UnknownFieldsWarning` per file that has
     them; ``strict=True`` reports them as problems instead.
@@ -148,6 +151,7 @@ def read_episodes(paths: str | os.PathLike | Sequence, pool_models: set[str] | N
     episodes: list[Episode] = []
     problems: list[str] = []
     first_seen: dict[str, str] = {}
+    duplicates: list[str] = []
     tallies = []
     for path in files:
         tally = _UnknownTally(str(path))
@@ -160,8 +164,9 @@ def read_episodes(paths: str | os.PathLike | Sequence, pool_models: set[str] | N
                 continue
             tally.add(unknown)
             if ep.episode_id in first_seen:
-                problems.append(f"{path}:{lineno}: episode_id: duplicate episode id "
-                                f"{ep.episode_id!r} (first seen at {first_seen[ep.episode_id]})")
+                dup = (f"{path}:{lineno}: episode_id: duplicate episode id "
+                       f"{ep.episode_id!r} (first seen at {first_seen[ep.episode_id]})")
+                (problems if strict else duplicates).append(dup)
                 continue
             first_seen[ep.episode_id] = f"{path}:{lineno}"
             episodes.append(ep)
@@ -169,7 +174,16 @@ def read_episodes(paths: str | os.PathLike | Sequence, pool_models: set[str] | N
         raise LogFormatError(problems[:max_problems], extra=len(problems) - max_problems)
     for tally in tallies:  # only once the data is usable: with problems, those come first
         tally.warn(stacklevel=2)
+    _warn_duplicates(duplicates)
     return episodes
+
+
+def _warn_duplicates(duplicates: list[str]) -> None:
+    if duplicates:
+        more = f" (and {len(duplicates) - 3} more)" if len(duplicates) > 3 else ""
+        warnings.warn(f"{len(duplicates)} repeated episode id(s) skipped, the first record of each kept: "
+                      + "; ".join(duplicates[:3]) + more + " — pass --strict to refuse such logs",
+                      DuplicateEpisodesWarning, stacklevel=3)
 
 
 def iter_episodes(path: str | os.PathLike, pool_models: set[str] | None = None,
@@ -181,20 +195,27 @@ def iter_episodes(path: str | os.PathLike, pool_models: set[str] | None = None,
     """
     (p,) = _as_paths(path)
     first_seen: dict[str, int] = {}
+    duplicates: list[str] = []
     tally = _UnknownTally(str(p))
     try:
         for lineno, raw in _iter_lines(p):
             ep, unknown = _decode_line(raw, str(p), lineno, pool_models, strict)
             if ep.episode_id in first_seen:
-                raise LogFormatError([f"{p}:{lineno}: episode_id: duplicate episode id "
-                                      f"{ep.episode_id!r} (first seen at {p}:{first_seen[ep.episode_id]})"])
+                dup = (f"{p}:{lineno}: episode_id: duplicate episode id "
+                       f"{ep.episode_id!r} (first seen at {p}:{first_seen[ep.episode_id]})")
+                if strict:
+                    raise LogFormatError([dup])
+                duplicates.append(dup)
+                continue
             first_seen[ep.episode_id] = lineno
             tally.add(unknown)
             yield ep
     except GeneratorExit:  # the consumer stopped early: still report what was kept so far
         tally.warn(stacklevel=2)
+        _warn_duplicates(duplicates)
         raise
     tally.warn(stacklevel=2)
+    _warn_duplicates(duplicates)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -304,6 +325,6 @@ def drop_unscored(episodes: Iterable[Episode]) -> tuple[list[Episode], int]:
     return kept, dropped
 
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "KNOWN_SCHEMAS", "SEVERITIES", "LogFormatError",
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "KNOWN_SCHEMAS", "SEVERITIES", "LogFormatError", "DuplicateEpisodesWarning",
            "UnknownFieldsWarning", "TurnError", "Turn", "Episode", "parse_episode", "read_episodes",
            "iter_episodes", "append_episodes", "write_episodes", "episode_from_dict", "drop_unscored"]

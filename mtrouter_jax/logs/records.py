@@ -45,6 +45,10 @@ class UnknownFieldsWarning(UserWarning):
     """Records carried fields the schema does not know; they were kept (``extra``), not dropped."""
 
 
+class DuplicateEpisodesWarning(UserWarning):
+    """An ``episode_id`` repeated; the first record was kept and the later ones were skipped."""
+
+
 def _check_extra(obj: Any, known: Sequence[str]) -> dict | None:
     """Normalise an ``extra`` dict ({} -> None); refuse keys that would shadow schema fields."""
     if obj is None or obj == {}:
@@ -159,5 +163,5 @@ class Episode:
         return {**d, **(self.extra or {})}
 
 
-__all__ = ["SCHEMA_V1", "SCHEMA_VERSION", "KNOWN_SCHEMAS", "LEVELS", "LogFormatError", "UnknownFieldsWarning",
+__all__ = ["SCHEMA_V1", "SCHEMA_VERSION", "KNOWN_SCHEMAS", "LEVELS", "LogFormatError", "UnknownFieldsWarning", "DuplicateEpisodesWarning",
            "TurnError", "Turn", "Episode"]

@@ -181,11 +181,25 @@ def test_score_range_checks(tmp_path):
 
 def test_duplicate_episode_ids_across_files(tmp_path):
     a = write_lines(tmp_path / "a.jsonl", ep_dict("e1"))
-    b = write_lines(tmp_path / "b.jsonl", ep_dict("e2"), ep_dict("e1"))
-    probs, _ = problems_of([a, b])
+    b = write_lines(tmp_path / "b.jsonl", ep_dict("e2"), ep_dict("e1", score=0.25))
+    probs, _ = problems_of([a, b], strict=True)
     assert probs == [f"{b}:2: episode_id: duplicate episode id 'e1' (first seen at {a}:1)"]
+    c = write_lines(tmp_path / "c.jsonl", ep_dict("x"), ep_dict("x", score=0.25))
     with pytest.raises(LogFormatError, match="duplicate episode id"):
-        list(iter_episodes(write_lines(tmp_path / "c.jsonl", ep_dict("x"), ep_dict("x"))))
+        list(iter_episodes(c, strict=True))
+
+
+def test_duplicate_episode_ids_keep_the_first_with_a_warning(tmp_path):
+    from mtrouter_jax.logs.records import DuplicateEpisodesWarning
+
+    a = write_lines(tmp_path / "a.jsonl", ep_dict("e1"))
+    b = write_lines(tmp_path / "b.jsonl", ep_dict("e2"), ep_dict("e1", score=0.25))
+    with pytest.warns(DuplicateEpisodesWarning, match=rf"{b}:2: .*first seen at {a}:1.*--strict"):
+        eps = read_episodes([a, b])
+    assert [e.episode_id for e in eps] == ["e1", "e2"] and eps[0].score != 0.25
+    c = write_lines(tmp_path / "c.jsonl", ep_dict("x"), ep_dict("x", score=0.25))
+    with pytest.warns(DuplicateEpisodesWarning):
+        assert [e.score for e in iter_episodes(c)] == [eps[0].score]
 
 
 def test_all_or_nothing_and_max_problems(tmp_path):
