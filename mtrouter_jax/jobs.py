@@ -88,6 +88,38 @@ def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world
     return episodes
 
 
+class TrainingQualityWarning(UserWarning):
+    """The fit is no better than predicting each model's mean target: the logs teach it little."""
+
+
+def check_fit(result: TrainResult, data) -> None:
+    """Refuse a diverged fit before anything is written; warn when it does not beat the baseline."""
+    from mtrouter_jax.estimator.checkpoint import CheckpointError
+
+    leaves = jax.tree_util.tree_leaves(result.members if result.members is not None else _params_of(result.model))
+    finite = np.isfinite(result.val_loss) and all(np.isfinite(np.asarray(x)).all() for x in leaves
+                                                  if np.issubdtype(np.asarray(x).dtype, np.floating))
+    if not finite:
+        span = (float(np.min(data.score_target)), float(np.max(data.score_target)))
+        raise CheckpointError(f"training diverged (validation loss {result.val_loss}); no checkpoint was written. "
+                              f"Score targets span {span[0]:.3g}..{span[1]:.3g}: are the logged scores on the "
+                              "scale their score_range says (or 0..1 without one)?")
+    base = result.baseline_val_loss
+    if np.isfinite(base) and result.val_loss >= base:
+        import warnings
+
+        warnings.warn(f"the fit's validation loss {result.val_loss:.4g} is no better than predicting each model's "
+                      f"mean target ({base:.4g}): the logs barely tell the models apart; the router will lean on "
+                      "its reference policy (collect more, or more varied, episodes)", TrainingQualityWarning,
+                      stacklevel=3)
+
+
+def _params_of(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
 def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), target_cfg: TargetConfig = TargetConfig(),
                      text_encoder=None, progress: bool = True, ensemble: int = 1,
@@ -104,6 +136,7 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                                         ensemble=ensemble, aggregate=aggregate)
     else:
         result, fits = fit(data, pool, train_cfg, ensemble, progress=progress), []
+    check_fit(result, data)
     reference = fit_reference(episodes, data.layout, pool, target_cfg.default_score_range)
     meta = {
         "pool": pool.to_dict(),
