@@ -292,8 +292,8 @@ def test_pool_mismatch_is_refused():
 
 @pytest.fixture
 def free_proxy(upstream, tmp_path):
-    """Factory: a proxy with no checkpoint (``build_router``, as ``mtrouter serve`` builds it)."""
-    from mtrouter_jax.live.server.app import build_router
+    """Factory: a proxy with no checkpoint (``router_from_options``, as ``mtrouter serve`` builds it)."""
+    from mtrouter_jax.live.router import router_from_options as build_router
 
     started = []
 

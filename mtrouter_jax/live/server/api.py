@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 from fastapi.responses import JSONResponse
 
 ROUTED = "mtrouter"
@@ -26,6 +28,12 @@ MAX_TOKENS_LIMIT = 2**31 - 1
 # the upstream client) recurses per level, and Python's recursion limit would turn a deep body into
 # a 500. Real requests (messages, nested tool schemas) stay far below.
 MAX_JSON_DEPTH = 100
+# Completion-limit fields: the proxy sends exactly one of them upstream (the min of the client's values
+# and its own cap), since an upstream may honour any one of them and ignore the others.
+COMPLETION_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# Fields that multiply a turn's completions (and its cost) beyond the per-choice cap: refused unless 1.
+MULTIPLIER_FIELDS = ("n", "best_of")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ApiError(Exception):
@@ -74,8 +82,18 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     else:
         if not isinstance(obj, (dict, list)) or not _depth_exceeds(obj, MAX_JSON_DEPTH):
+            if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str that UTF-8 cannot encode
+                _check_no_lone_surrogates(obj, what)
             return obj
     raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _check_no_lone_surrogates(obj: Any, what: str) -> None:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{what} contains a lone UTF-16 surrogate escape (e.g. \"\\ud800\" without its pair): "
+                            "not a Unicode character, it cannot be sent on as UTF-8") from None
 
 
 def parse_budget(text: str, where: str) -> float:
@@ -191,17 +209,17 @@ def parse_chat_request(body: Any, headers: Mapping[str, str], pool_names, can_ex
         raise ApiError(400, "stream_options: expected an object", param="stream_options")
     if body.get("tools") is not None and not isinstance(body["tools"], list):
         raise ApiError(400, "tools: expected an array of tool definitions", param="tools")
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in COMPLETION_LIMIT_FIELDS:
         _max_tokens(body, field)
+    for field in MULTIPLIER_FIELDS:
+        v = body.get(field)
+        if v is not None and not (type(v) is int and v == 1):
+            raise ApiError(400, f"{field}: only 1 is supported, got {_short(v)} (the proxy's completion cap and "
+                                "budget are per choice; send one request per completion)", param=field,
+                           code="unsupported_parameter")
     lam = headers.get("x-mtrouter-lambda")
     if lam is not None:
-        try:
-            lam = float(lam)
-        except ValueError:
-            lam = math.nan
-        if not math.isfinite(lam) or lam < 0:
-            raise ApiError(400, "X-MTRouter-Lambda: expected a number >= 0, got "
-                                f"{_short(headers['x-mtrouter-lambda'])}")
+        lam = parse_lambda(lam)
     seed = headers.get("x-mtrouter-seed")
     if seed is not None:
         try:
@@ -216,6 +234,22 @@ def parse_chat_request(body: Any, headers: Mapping[str, str], pool_names, can_ex
     return ChatRequest(body, msgs, passthrough, budget, explore, lam, bool(stream),
                        bool((opts or {}).get("include_usage")), cid or conversation_key(msgs), derived,
                        _header_text(headers, "x-mtrouter-task"), seed)
+
+
+def parse_lambda(text: str) -> float:
+    """λ from the X-MTRouter-Lambda header; 400 unless finite and >= 0 *in float32* (the policy's
+    dtype: 1e39 is a finite float64 but inf in float32)."""
+    try:
+        lam = float(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lam32 = np.float32(lam)
+    except (ValueError, OverflowError):
+        lam, lam32 = math.nan, np.float32(np.nan)
+    if not math.isfinite(lam) or not np.isfinite(lam32) or lam < 0:
+        raise ApiError(400, "X-MTRouter-Lambda: expected a finite number >= 0 (float32: at most "
+                            f"{float(np.finfo(np.float32).max):.6g}), got {_short(text)}", code="invalid_lambda")
+    return lam
 
 
 def _finite(v: Any, what: str) -> float:
@@ -262,4 +296,5 @@ def parse_finish(body: Any) -> tuple[float | None, tuple[float, float] | None, d
 
 
 __all__ = ["ApiError", "ChatRequest", "parse_json", "parse_budget", "parse_chat_request", "parse_finish",
-           "check_messages", "resolve_model", "ROUTED", "EXPLORE"]
+           "check_messages", "resolve_model", "parse_lambda", "ROUTED", "EXPLORE", "COMPLETION_LIMIT_FIELDS",
+           "MULTIPLIER_FIELDS"]

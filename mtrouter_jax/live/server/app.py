@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import importlib.util
 import logging
 import time
@@ -54,7 +55,13 @@ class _Gate:
 
     def __init__(self, app, token: str | None, proxy: Proxy):
         self.app, self.token, self.proxy = app, token, proxy
-        self.auth = None if token is None else f"Bearer {token}".encode("latin-1")
+        self.auth = None if token is None else token.encode("utf-8")
+
+    def authorized(self, header: bytes | None) -> bool:
+        """``Authorization: Bearer TOKEN``: the scheme in any case (RFC 7235), the token compared in
+        constant time (no timing oracle on how much of it matched)."""
+        scheme, _, cred = (header or b"").strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(), self.auth)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -68,7 +75,7 @@ class _Gate:
 
         try:
             if self.auth is not None and scope["path"].startswith("/v1/") and \
-                    dict(scope["headers"]).get(b"authorization") != self.auth:
+                    not self.authorized(dict(scope["headers"]).get(b"authorization")):
                 err = ApiError(401, "missing or invalid bearer token (Authorization: Bearer ...)",
                                "authentication_error", "invalid_api_key")
                 self.proxy.metrics.errors.labels("401", err.code).inc()

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from mtrouter_jax.live.accounting import USAGE_FLAGS
+
 # Router overhead is sub-millisecond to seconds under overload; upstream calls are LLM calls.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -40,6 +42,11 @@ class ProxyMetrics:
                                  "NaN/inf and the safe choice was taken", registry=r)
         self.budget_refusals = Counter("mtrouter_budget_refusals", "Requests refused with 402 (the next turn "
                                        "cannot fit the conversation's budget)", registry=r)
+        self.usage_flags = Counter("mtrouter_usage_flags", "Turns whose upstream usage was not billed as "
+                                   "reported (missing, invalid: billed at the worst case) or was above the "
+                                   "request's bounds (over_cap: billed as reported)", ["reason"], registry=r)
+        for reason in USAGE_FLAGS:
+            self.usage_flags.labels(reason)
         self.closed = Counter("mtrouter_conversations_closed", "Conversations ended, by reason",
                               ["reason"], registry=r)
         self.overhead = Histogram("mtrouter_router_overhead_seconds", "Time in the proxy per served request, "

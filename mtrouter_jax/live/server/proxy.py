@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
 import anyio
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from mtrouter_jax.logs.detect import message_text
-from mtrouter_jax.live.server.api import ApiError, ChatRequest, parse_chat_request, parse_finish, parse_json
-from mtrouter_jax.live.backends import Attempt, Backends, UpstreamError, acall_with_fallback
+from mtrouter_jax.live.accounting import checked_usage, input_tokens_bound
+from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, ChatRequest, parse_chat_request,
+                                          parse_finish, parse_json)
+from mtrouter_jax.live.backends import SSE_DONE, Attempt, Backends, UpstreamError, acall_with_fallback, sse_payload
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.server.prometheus import ProxyMetrics
@@ -31,10 +34,31 @@ log = logging.getLogger("mtrouter_jax.live")
 
 _MSG_OVERHEAD = 8  # chat-template tokens per message, generous
 BUSY_TIMEOUT_S = 600.0  # a request waits this long for its conversation's previous turn
+# Request fields besides ``messages`` that the upstream renders into the prompt: the input bound counts them.
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
 
 
 def _nbytes(obj: Any) -> int:
     return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with NaN/Infinity (which an upstream may send, and JSON cannot carry) as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    """Compact JSON of an upstream object for the client (non-finite numbers as null)."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_json(obj), ensure_ascii=False, separators=(",", ":"))
 
 
 class Proxy:
@@ -59,7 +83,7 @@ class Proxy:
 
     # --------------------------------------------------------------- chat
     async def chat(self, raw: bytes, headers: dict, t_start: float):
-        """A chat turn: a JSONResponse, or a StreamingResponse for ``stream=true``."""
+        """A chat turn: a JSON Response, or a StreamingResponse for ``stream=true``."""
         req = parse_chat_request(parse_json(raw), headers, self.router.pool.names,
                                  self.router.explore_policy is not None, conversation_key)
         return await self._locked_turn(req, t_start)
@@ -89,18 +113,23 @@ class Proxy:
 
     def _input_bounds(self, req: ChatRequest, conv: Conversation) -> tuple[float, float]:
         """(upper bound, estimate) of this call's input tokens; attaches new tool results (else new
-        user messages) as the previous turn's observation."""
+        user messages) as the previous turn's observation.
+
+        The upper bound is that of the whole request as sent (every message, tools and the other
+        prompt fields): a client may rewrite earlier turns or its tools, so nothing is assumed
+        unchanged. Only the estimate (features, expected cost) uses the previous turn's usage."""
         ep, msgs = conv.episode, req.messages
         new = msgs[conv.n_seen:] if conv.n_seen and len(msgs) >= conv.n_seen - 1 else None
         if new:
             obs = [m for m in new if m.get("role") == "tool"] or [m for m in new if m.get("role") == "user"]
             if obs:
                 ep.attach_observation("\n".join(message_text(m.get("content")) for m in obs))
-        total_hi = sum(_nbytes(m) + _MSG_OVERHEAD for m in msgs) + _nbytes(req.body.get("tools") or [])
+        extra = {k: req.body[k] for k in PROMPT_FIELDS if req.body.get(k) is not None}
+        total_hi = input_tokens_bound(msgs, extra or None)
         if new is not None and ep.turns:
             new_b = sum(_nbytes(m) + _MSG_OVERHEAD for m in new)
             before = ep.last_prompt + ep.last_completion
-            return min(total_hi, before + new_b), before + new_b / 4
+            return total_hi, min(total_hi, before + new_b / 4)
         return total_hi, total_hi / 4
 
     def _decide(self, ep: LiveEpisode, hi, est, lam, exclude=()):
@@ -148,14 +177,22 @@ class Proxy:
             decisions[d2.model] = d2
             return [d2.model]
 
-        def body_for(model):
-            b = dict(body)
+        client_limits = [body[f] for f in COMPLETION_LIMIT_FIELDS if body.get(f) is not None]
+
+        def limit_for(model) -> int | None:
+            """The one completion limit sent to ``model``: min of the client's limits and the cap."""
             cap = caps.get(model)
-            if cap is not None:
+            return min(client_limits + ([] if cap is None else [cap]), default=None)
+
+        def body_for(model):
+            # every completion-limit field goes; one comes back: an upstream may read any one of them
+            b = {k: v for k, v in body.items() if k not in COMPLETION_LIMIT_FIELDS}
+            limit = limit_for(model)
+            if limit is not None:
                 field = "max_completion_tokens" if ("max_completion_tokens" in body or (
                     "max_tokens" not in body and "api.openai.com" in self.backends.base_urls.get(model, ""))) \
                     else "max_tokens"
-                b[field] = min(cap, body.get(field) or cap)
+                b[field] = limit
             return b
 
         async def call(model):
@@ -185,20 +222,45 @@ class Proxy:
         overhead = time.perf_counter() - t_start - att.upstream_seconds
         hdr["X-MTRouter-Overhead-Ms"] = f"{overhead * 1e3:.3f}"
         self.metrics.overhead.observe(max(overhead, 0.0))
+        out_hi = self._completion_hi(att.model, limit_for(att.model))
         if req.stream:
             hdr.update(_money_headers(ep))
-            return _TurnStream(self, att, conv, req, hi, prop, meta, hdr)
+            return _TurnStream(self, att, conv, req, hi, out_hi, prop, meta, hdr)
         resp = att.result
+        if not isinstance(resp, dict):  # the call happened (and may be charged): billed once, at the worst case
+            log.warning("upstream %s answered a %s instead of a JSON object", att.model, type(resp).__name__)
+            meta["bad_reply"] = type(resp).__name__
+            self._record(conv, req, att.model, None, None, None, prop, meta, hi, out_hi, flag="invalid")
+            raise ApiError(502, f"upstream {att.model} sent a reply that is not a JSON object "
+                                f"(the turn was billed at its worst case)", "upstream_error", "bad_response")
         name, action = tool_and_action(resp)
-        self._record(conv, req, att.model, resp.get("usage") or {}, name, action, prop, meta)
+        self._record(conv, req, att.model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
         resp["model"] = att.model
         hdr.update(_money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
-        return JSONResponse(resp, headers=hdr)
+        return Response(_dumps(resp), media_type="application/json", headers=hdr)
 
-    def _record(self, conv: Conversation, req: ChatRequest, model, usage, tool, action, prop, meta) -> None:
+    def _completion_hi(self, model: str, limit: int | None) -> int:
+        """Most completion tokens the upstream may bill: the limit sent, at most the model's output limit."""
+        most = int(self.router.max_output[self.router.pool.index(model)])
+        return most if limit is None else min(int(limit), most)
+
+    def _record(self, conv: Conversation, req: ChatRequest, model, usage, tool, action, prop, meta,
+                prompt_hi: float, completion_hi: int, flag: str | None = None) -> None:
+        """Bill one turn from the upstream's ``usage``, checked (``accounting.checked_usage``): a
+        missing or invalid usage is billed at the worst case, one above the bounds as reported;
+        either way the turn's meta says so (``usage_flag``) and /metrics counts it."""
         ep = conv.episode
         prev = ep.prev_model
+        usage, found = checked_usage(usage, prompt_hi, completion_hi)
+        flag = flag or found
+        if flag is not None:
+            meta["usage_flag"] = flag
+            if flag != "over_cap":
+                meta["usage_estimated"] = True
+            self.metrics.usage_flags.labels(flag).inc()
+            log.warning("conversation %s: %s usage from %s (billed %s)", req.cid, flag, model,
+                        "as reported" if flag == "over_cap" else "at the worst case")
         cost = ep.record(model, usage, tool_name=tool, action=action, propensity=prop, meta=meta)
         conv.n_seen = len(req.messages) + 1
         self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)
@@ -209,11 +271,12 @@ class _TurnStream(StreamingResponse):
     the stream ends — also when the client goes away mid-stream, or before the first chunk (then
     Starlette never starts the body generator, hence the cleanup in ``__call__``)."""
 
-    def __init__(self, proxy: Proxy, att: Attempt, conv: Conversation, req: ChatRequest, hi, prop, meta,
+    def __init__(self, proxy: Proxy, att: Attempt, conv: Conversation, req: ChatRequest, hi, out_hi, prop, meta,
                  headers: dict):
-        self.proxy, self.att, self.conv, self.req, self.hi, self.prop, self.meta = (
-            proxy, att, conv, req, hi, prop, meta)
-        self.state: dict = {"usage": None, "tool": None, "text": [], "recorded": False, "closed": False}
+        self.proxy, self.att, self.conv, self.req, self.hi, self.out_hi, self.prop, self.meta = (
+            proxy, att, conv, req, hi, out_hi, prop, meta)
+        self.state: dict = {"usage": None, "tool": None, "text": [], "recorded": False, "closed": False,
+                            "done": False, "finish_reason": False}
         super().__init__(self._body(), media_type="text/event-stream", headers=headers)
 
     async def __call__(self, scope, receive, send):
@@ -226,13 +289,9 @@ class _TurnStream(StreamingResponse):
         st, ep = self.state, self.conv.episode
         st["recorded"] = True
         try:
-            usage = st["usage"]
-            if usage is None:  # no usage chunk: bill conservatively (bytes bound tokens)
-                usage = {"prompt_tokens": int(self.hi), "completion_tokens": len("".join(st["text"]).encode())}
-                self.meta["usage_estimated"] = True
-            action = "".join(st["text"])
-            self.proxy._record(self.conv, self.req, self.att.model, usage, st["tool"] or text_tool(action), action,
-                               self.prop, self.meta)
+            action = "".join(st["text"])  # no usage chunk: billed at the worst case (flagged)
+            self.proxy._record(self.conv, self.req, self.att.model, st["usage"], st["tool"] or text_tool(action),
+                               action, self.prop, self.meta, self.hi, self.out_hi)
             return {"model": self.att.model, "spent": ep.spent, "remaining": ep.remaining,
                     "turn_cost": ep.turns[-1].cost, "fallbacks": self.att.fallbacks}
         finally:
@@ -247,13 +306,34 @@ class _TurnStream(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 await self.att.result.aclose()
 
+    async def _events(self):
+        """The upstream's decoded chunks; ``state["done"]`` is set when its ``[DONE]`` arrives."""
+        res = self.att.result
+        resp = getattr(res, "_resp", None)
+        if resp is None:  # a stream object without its raw lines: trust its end
+            async for ch in res.events():
+                yield ch
+            self.state["done"] = True
+            return
+        async for line in resp.iter_lines():
+            ev = sse_payload(line, res.model)
+            if ev is SSE_DONE:
+                self.state["done"] = True
+                return
+            if ev is not None:
+                yield ev
+
     async def _body(self):
         st = self.state
         try:
+            error = None
             try:
-                async for ch in self.att.result.events():
+                async for ch in self._events():
                     if not isinstance(ch, dict):
                         continue
+                    if ch.get("error") is not None:  # the upstream's own error event: the stream ends here
+                        error = "upstream_error_event"
+                        break
                     ch["model"] = self.att.model
                     if ch.get("usage"):
                         st["usage"] = ch["usage"]
@@ -262,26 +342,49 @@ class _TurnStream(StreamingResponse):
                         if not ch.get("choices"):
                             continue
                         ch = {k: v for k, v in ch.items() if k != "usage"}
-                    yield f"data: {json.dumps(ch, ensure_ascii=False, separators=(',', ':'))}\n\n"
+                    yield f"data: {_dumps(ch)}\n\n"
+                else:
+                    if not st["done"] and not st["finish_reason"]:
+                        error = "upstream_cut"  # the connection ended before [DONE] and any finish_reason
             except Exception as e:  # noqa: BLE001 - upstream died mid-stream: bill what was seen
-                log.warning("stream from %s broke: %s", self.att.model, type(e).__name__)
-                self.meta["stream_error"] = type(e).__name__
+                error = type(e).__name__
+            if error is not None:
+                log.warning("stream from %s was interrupted (%s): the client gets an error event, not [DONE]",
+                            self.att.model, error)
+                self.meta["stream_error"] = error
             acct = self._finish_turn()
             yield f": mtrouter {json.dumps(acct)}\n\n"
-            yield "data: [DONE]\n\n"
+            if error is None:
+                yield "data: [DONE]\n\n"
+            else:
+                self.proxy.metrics.errors.labels("502", "stream_interrupted").inc()
+                err = ApiError(502, f"the upstream stream from {self.att.model} was interrupted ({error}); the "
+                                    "reply is incomplete (the turn was billed)", "upstream_error",
+                               "stream_interrupted")
+                yield f"data: {json.dumps(err.body(), separators=(',', ':'))}\n\n"
         finally:
             await self._cleanup()
 
 
 def _collect(ch: dict, state: dict) -> None:
-    """Accumulate a chunk's text and first tool-call name."""
-    for c in ch.get("choices") or []:
-        delta = (c.get("delta") if isinstance(c, dict) else None) or {}
+    """Accumulate a chunk's text and first tool-call name (whatever shape the chunk has)."""
+    choices = ch.get("choices")
+    for c in choices if isinstance(choices, list) else []:
+        if not isinstance(c, dict):
+            continue
+        if c.get("finish_reason"):
+            state["finish_reason"] = True
+        delta = c.get("delta")
+        if not isinstance(delta, dict):
+            continue
         if isinstance(delta.get("content"), str):
             state["text"].append(delta["content"])
-        for tc in delta.get("tool_calls") or []:
-            fn = (tc.get("function") if isinstance(tc, dict) else None) or {}
-            if fn.get("name") and state["tool"] is None:
+        calls = delta.get("tool_calls")
+        for tc in calls if isinstance(calls, list) else []:
+            fn = tc.get("function") if isinstance(tc, dict) else None
+            if not isinstance(fn, dict):
+                continue
+            if isinstance(fn.get("name"), str) and fn["name"] and state["tool"] is None:
                 state["tool"] = fn["name"]
             if isinstance(fn.get("arguments"), str):
                 state["text"].append(fn["arguments"])
