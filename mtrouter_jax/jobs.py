@@ -97,8 +97,9 @@ def check_fit(result: TrainResult, data) -> None:
     from mtrouter_jax.estimator.checkpoint import CheckpointError
 
     leaves = jax.tree_util.tree_leaves(result.members if result.members is not None else _params_of(result.model))
-    finite = np.isfinite(result.val_loss) and all(np.isfinite(np.asarray(x)).all() for x in leaves
-                                                  if np.issubdtype(np.asarray(x).dtype, np.floating))
+    floats = [x for x in leaves if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+              and jax.dtypes.issubdtype(x.dtype, np.floating)]  # skip RNG key leaves of the members
+    finite = np.isfinite(result.val_loss) and all(np.isfinite(np.asarray(x)).all() for x in floats)
     if not finite:
         span = (float(np.min(data.score_target)), float(np.max(data.score_target)))
         raise CheckpointError(f"training diverged (validation loss {result.val_loss}); no checkpoint was written. "

@@ -42,7 +42,13 @@ def validate_spec(spec: RouterSpec, pool: Pool, backend: str = "scripted") -> No
             raise RouterSpecError(f"--router {spec.router} needs --checkpoint CKPT", "--checkpoint")
         from mtrouter_jax.estimator.checkpoint import read_meta
 
-        read_meta(spec.checkpoint)
+        tools = set(((read_meta(spec.checkpoint).get("layout") or {}).get("tools")) or ())
+        if not tools & {"explore", "navigate", "act", "focus"}:
+            raise RouterSpecError(
+                f"checkpoint {spec.checkpoint} was trained on another vocabulary (tool types: "
+                f"{', '.join(sorted(tools)) or 'none'}), not on ScienceWorld turns ({', '.join(TOOLS)}): "
+                "every turn would look unknown to it. Train on ScienceWorld logs: mtrouter collect scienceworld "
+                "--out sw.jsonl, then mtrouter train --data sw.jsonl --out CKPT", "--checkpoint")
         return
     build_router(spec.router, pool, TOOLS, tool_map=ToolModelMap.from_file(spec.tool_map) if spec.tool_map else None)
 

@@ -97,3 +97,15 @@ def test_bound_plays_a_real_episode(tmp_path_factory):
         engine.close()
     assert logged is not None and logged.turns and logged.total_cost <= 0.05 + 1e-9
     assert len({t.model for t in logged.turns}) >= 2  # it switches by action type
+
+
+def test_eval_refuses_a_checkpoint_of_another_vocabulary(tmp_path_factory):
+    from testing.artifacts import trained_checkpoint
+
+    from mtrouter_jax.routing.specs import RouterSpecError
+    from mtrouter_jax.scienceworld.evaluate import validate_spec
+    from mtrouter_jax.scienceworld.runner import RouterSpec
+
+    sim_ckpt = trained_checkpoint(tmp_path_factory)  # trained on simulator tool types
+    with pytest.raises(RouterSpecError, match="another vocabulary.*mtrouter collect scienceworld"):
+        validate_spec(RouterSpec("learned", checkpoint=str(sim_ckpt)), default_pool())
