@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from mtrouter_jax.cli_commands import cmd_inspect, print_coverage, sim_incompatibility  # noqa: E402,F401
+
 DEFAULT_OUT = "runs/default"
 
 
-class UsageError(ValueError):
-    """Bad command-line input: reported in one line, exit status 2."""
+from mtrouter_jax.core.errors import UsageError  # noqa: E402  (bad input: one line, exit status 2)
 
 
 def _pool(path):
@@ -111,7 +112,7 @@ def cmd_train(a) -> int:
 
         text = HashedNgramEncoder(dim=a.text_dim)
     tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress)
-    _print_coverage(episodes, pool)
+    print_coverage(episodes, pool)
     if a.ensemble < 1:
         raise UsageError(f"--ensemble must be >= 1, got {a.ensemble}")
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
@@ -126,49 +127,6 @@ def cmd_train(a) -> int:
         tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
         print(f"reference policy (safe router): {tiers}")
     return 0
-
-
-def _print_coverage(episodes, pool) -> None:
-    """Per-model turns, exploration and effective sample size of the training logs; warnings."""
-    from rich.table import Table
-
-    from mtrouter_jax.logs.coverage import coverage_warnings, exploration_report
-
-    rep = exploration_report(episodes, pool.names)
-    sources: dict[str, int] = {}
-    for e in episodes:
-        sources[e.source or "?"] = sources.get(e.source or "?", 0) + 1
-    t = Table(title=f"training logs: {len(episodes)} episodes ("
-                    + ", ".join(f"{n} {s}" for s, n in sorted(sources.items())) + ")")
-    for col in ("model", "turns", "share", "with propensity", "explored (p<1)", "ESS of 1/p"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for c in rep:
-        t.add_row(c.model, f"{c.turns:,}", f"{100 * c.share:.1f}%", f"{c.with_propensity:,}", f"{c.explored:,}",
-                  f"{c.ess:,.0f}")
-    console = _console()
-    console.print(t)
-    for w in coverage_warnings(rep):
-        console.print(f"[yellow]warning:[/yellow] {w}")
-
-
-def sim_incompatibility(est, world) -> str | None:
-    """Why a checkpoint's layout cannot be evaluated in the simulator (None when it can): the
-    simulator's task and tool types must all be in its vocabularies, else its features mean
-    something else (e.g. a checkpoint trained on ScienceWorld logs)."""
-    L = est.layout
-    sim_tasks = [t.name for t in world.tasks]
-    missing = {"task types": [t for t in sim_tasks if t not in L.task_types],
-               "tool types": [t for t in world.tools if t not in L.tools]}
-    missing = {k: v for k, v in missing.items() if v}
-    if not missing:
-        return None
-    what = "; ".join(f"{k} {v} (it knows {list(L.task_types if k == 'task types' else L.tools)})"
-                     for k, v in missing.items())
-    sources = ", ".join((est.meta.get("data") or {}).get("sources") or ["unknown"])
-    return (f"{est.path} was not trained on the simulator's vocabulary: it lacks the simulator's {what}. "
-            f"Its logs came from: {sources}. A sweep here would route on features that mean something else. "
-            f"Evaluate it where its logs came from, e.g. `mtrouter eval scienceworld --checkpoint {est.path}`, "
-            "or retrain with simulated episodes (mtrouter train --simulate N).")
 
 
 def cmd_sweep(a) -> int:
@@ -241,31 +199,6 @@ def cmd_route(a) -> int:
     if r.status_code >= 400:
         raise UsageError(f"server answered {r.status_code}: {r.text}")
     print(json.dumps(r.json(), indent=2))
-    return 0
-
-
-def cmd_inspect(a) -> int:
-    from mtrouter_jax.estimator.checkpoint import read_meta
-
-    meta = read_meta(a.ckpt)
-    short = {k: meta[k] for k in ("schema", "feature_code_version", "cost_scale", "text_dim", "data") if k in meta}
-    short["models"] = [m["name"] for m in meta["pool"]["model"]]
-    short["layout"] = meta["layout"]
-    t = meta.get("training", {})
-    short["training"] = {k: t.get(k) for k in ("best_epoch", "val_loss", "baseline_val_loss", "turns_per_second")}
-    short["ensemble_size"] = int((meta.get("ensemble") or {}).get("k", 1))
-    ref = meta.get("reference") or {}
-    short["reference_policy"] = ref.get("name")
-    short["reference_candidates"] = ref.get("candidates")
-    if ref:
-        from mtrouter_jax.routing.reference import Reference
-
-        short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
-    from mtrouter_jax.routing.meta import DEFAULT_LAM
-
-    tables = meta.get("lam_tables") or {}
-    short["lam_tables"] = tables or f"none: the learned router uses λ = {DEFAULT_LAM:g} unless --lam is given"
-    print(json.dumps(short, indent=2))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import jax.numpy as jnp
@@ -25,48 +24,13 @@ from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, policy
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
 from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.core.pricing import call_cost
+from mtrouter_jax.live.turns import Decision, TurnRecord
 
 if TYPE_CHECKING:  # the router builds episodes; an episode only reads its router's fields
     from mtrouter_jax.live.router import Router
 
 log = logging.getLogger("mtrouter_jax.live")
 _EPS_USD = 1e-12  # float slack in budget comparisons
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One routing decision; ``ranking`` = the drawn model, then the other allowed ones by
-    probability (and, with an estimator, decision value)."""
-
-    model: str
-    propensity: float  # P(model) under the behaviour policy, given the allowed models
-    ranking: tuple[str, ...]
-    values: np.ndarray  # (M,) learned decision values (score - lam*cost + margin), else the probabilities
-    probs: np.ndarray  # (M,) the policy's distribution
-    allowed: np.ndarray  # (M,) bool, models the budget (and exclusions) allowed
-    worst_cost: np.ndarray  # (M,) USD, worst case of this turn
-    max_output_tokens: dict[str, int | None]  # completion cap per allowed model (None = no cap needed)
-    features: np.ndarray  # (F,)
-    seconds: float  # time spent deciding
-    meta: dict = field(default_factory=dict)  # what the turn's log records about the decision
-
-
-@dataclass
-class _TurnRec:
-    model: str
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    cost: float
-    tool: str  # tool type (ToolTypeMap output)
-    tool_idx: int  # index in the layout's tool vocabulary
-    error: TurnError | None
-    propensity: float | None
-    observation: str | None = None
-    action: str | None = None
-    features: tuple[float, ...] | None = None
-    meta: dict = field(default_factory=dict)
-    progress: float | None = None
 
 
 class LiveEpisode:
@@ -100,7 +64,7 @@ class LiveEpisode:
             np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
         self._before_last: HistorySummary | None = None
         self._last_args: tuple | None = None
-        self.turns: list[_TurnRec] = []
+        self.turns: list[TurnRecord] = []
         self.spent = 0.0
         self.tokens = 0
         self.last_prompt = 0
@@ -317,7 +281,7 @@ class LiveEpisode:
         if r.log_features and self.last_decision is not None:
             feats = tuple(float(x) for x in self.last_decision.features)
         turn_meta = {**(d.meta if d is not None else {}), **(meta or {})}
-        rec = _TurnRec(model, prompt, cached, completion, cost, ttype, tidx, error, propensity,
+        rec = TurnRecord(model, prompt, cached, completion, cost, ttype, tidx, error, propensity,
                        observation, action, feats, turn_meta, progress)
         ctx = float(prompt + completion) if next_context_tokens is None else float(next_context_tokens)
         self._before_last = self.summary
