@@ -42,8 +42,8 @@ class LiveEpisode:
             if isinstance(budget, bool) or not np.isfinite(budget) or budget <= 0:
                 raise ValueError(f"budget must be a finite number > 0 USD (or None), got {budget!r}")
             budget = float(budget)
-        if not np.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+        if not _lam_ok(lam):
+            raise ValueError(f"lam must be a finite number >= 0 in float32, got {lam}")
         self.router, self.episode_id, self.task_type = router, episode_id, task_type
         self.budget, self.lam = budget, float(lam)
         self.explore, self.seed = bool(explore), int(seed)
@@ -142,6 +142,8 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         remaining = np.inf if self.budget is None else self.budget - self.spent + _EPS_USD
         params, lparams = self._params, self._learned_params
+        if lam is not None and not _lam_ok(lam):
+            raise ValueError(f"lam must be a finite number >= 0 in float32, got {lam}")
         if lam is not None and float(lam) != self.lam:
             params = routing.set_lam(params, jnp.float32(lam))
             lparams = routing.set_lam(lparams, jnp.float32(lam))
@@ -358,6 +360,11 @@ class LiveEpisode:
         if self.router.log_path is not None:
             append_episodes(self.router.log_path, ep)
         return ep
+
+
+def _lam_ok(lam) -> bool:
+    """λ is finite and >= 0 in float32, the policy's dtype (1e39 is finite in float64, inf in float32)."""
+    return bool(np.isfinite(lam)) and 0 <= float(lam) <= float(np.finfo(np.float32).max)
 
 
 def _make_episode(eid, task_type, score, budget, models, turns, score_range, meta) -> Episode:

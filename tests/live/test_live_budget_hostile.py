@@ -19,6 +19,7 @@ from testing.live import KEY_ENV, FakeEstimator, FakeUpstream, ServerThread, mak
 from mtrouter_jax.live.accounting import input_tokens_bound
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.logs.io import read_episodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -279,6 +280,17 @@ def test_a_reply_that_is_not_an_object_is_502_and_billed_once(proxy, hostile, bo
     hostile.reply = None  # the conversation goes on
     assert chat(http, {"messages": [{"role": "user", "content": "x"}]}, cid, 0.05).status_code == 200
     assert len(ep.turns) == 2
+    assert http.post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 1}).status_code == 200
+    (logged,) = read_episodes(app.state.proxy.router.log_path)
+    assert logged.turns[0].meta["usage_flag"] == "invalid" and logged.total_cost <= 0.05
+
+
+def test_a_reply_nested_too_deeply_is_a_502_not_a_500(proxy, hostile):
+    http, app = proxy()
+    deep = b'{"choices": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    hostile.reply = lambda b: Response(deep, media_type="application/json")
+    err = assert_error(chat(http, {"messages": [{"role": "user", "content": "deep"}]}, "deep", 0.05), 502)
+    assert err["type"] == "upstream_error"
 
 
 # ------------------------------------------------------------------------------------------------ 5. λ in float32
@@ -292,6 +304,15 @@ def test_lambda_header_is_validated_in_float32(proxy, hostile, lam, status):
         assert "X-MTRouter-Lambda" in assert_error(r, 400, "invalid_lambda")["message"]
     else:
         assert r.status_code == 200, r.text
+
+
+def test_episode_refuses_a_lambda_that_is_inf_in_float32():
+    router = Router(FakeEstimator(make_pool()))
+    with pytest.raises(ValueError, match="float32"):
+        router.start_episode("big-lam", lam=1e39)
+    ep = router.start_episode("ok-lam", lam=0.5)
+    with pytest.raises(ValueError, match="float32"):
+        ep.decide(input_tokens_hi=100, lam=1e39)
 
 
 # ------------------------------------------------------------------------------------------------ 6. bearer

@@ -1,9 +1,9 @@
 """Prometheus metrics of the proxy (``GET /metrics``), in one ``CollectorRegistry`` per app.
 
 Label values come from bounded sets only — pool model names, HTTP statuses, route templates,
-OpenAI error codes, upstream failure kinds (``timeout``, ``connection``, ``http_503``, ...) and
-close reasons — never prompt text, keys or conversation ids, so the series count stays fixed
-however many conversations pass through.
+OpenAI error codes, upstream failure kinds (``timeout``, ``connection``, ``http_503``, ...),
+usage flags (``missing``, ``invalid``, ``over_cap``) and close reasons — never prompt text, keys
+or conversation ids, so the series count stays fixed however many conversations pass through.
 """
 
 from __future__ import annotations

@@ -201,6 +201,8 @@ class Proxy:
                 if req.stream:
                     return await self.backends.aopen_stream(model, body_for(model))
                 return await self.backends.achat(model, body_for(model))
+            except RecursionError:  # a reply nested deeper than the JSON decoder can follow
+                raise UpstreamError(model, "bad_response", "upstream sent JSON nested too deeply") from None
             finally:
                 self.metrics.upstream.labels(model).observe(time.perf_counter() - t0)
 
