@@ -11,11 +11,13 @@ JVM (0.1-12 s), so gold sequences are cached per (task, variation) in memory and
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import json
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +196,19 @@ class StepResult:
     done: bool  # task completed, or failed (score < 0, e.g. a wrong "focus on")
 
 
+def _noop() -> None:
+    return None
+
+
+def _close_at_exit(ref) -> None:
+    engine = ref()
+    if engine is not None:
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - a JVM already gone needs no shutdown
+            pass
+
+
 class ScienceWorldEngine:
     """One ScienceWorld JVM: load (task, variation), step commands, gold action sequences.
 
@@ -213,6 +228,9 @@ class ScienceWorldEngine:
         # envStepLimit is irrelevant here (step limits belong to the caller): step() bypasses env.step.
         self._env = scienceworld.ScienceWorldEnv("", envStepLimit=10**9)
         self._server = self._env.server
+        # an engine never closed (a gym env dropped at exit) still shuts its JVM down cleanly, before
+        # interpreter teardown makes ScienceWorldEnv.__del__ print "Exception ignored in ..."
+        atexit.register(_close_at_exit, weakref.ref(self))
         self._gold: dict[tuple[str, int], tuple[str, ...]] = {}
         self._checked: set[str] = set()
         self.task: str | None = None
@@ -224,7 +242,18 @@ class ScienceWorldEngine:
         """Shut the JVM down (idempotent)."""
         env, self._env = getattr(self, "_env", None), None
         if env is not None:
-            env.close()
+            try:
+                env.close()
+            finally:
+                # ScienceWorldEnv.__del__ calls close() again, at interpreter teardown too, when py4j's
+                # logging is half torn down: make that second call a no-op
+                env.close = _noop
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser (the JVM may be gone already)
+            pass
 
     def __enter__(self) -> "ScienceWorldEngine":
         return self
