@@ -1,0 +1,150 @@
+"""The state a proxy replica shares with the others (issue 19): the contract both backends keep.
+
+A ``StateStore`` holds, per conversation id:
+
+* its **state**: the serialised live episode (JSON bytes, opaque here) and its owner tenant, kept
+  ``ttl_ms`` after the last ``put`` (the proxy's idle timeout);
+* a **lease** (``acquire_lease``/``renew``/``release_lease``): at most one holder at a time, each
+  grant with a *fencing token* larger than every earlier grant's, so a holder that stalled past its
+  lease (a replica paused or killed mid-turn) is told so (``renew`` False, fenced ``put`` False)
+  instead of overwriting the newer holder's state;
+* its **budget**: ``spent`` plus open reservations. ``reserve`` admits a call's worst-case cost only
+  if ``spent + reserved + amount <= budget`` (atomically, across replicas), ``settle`` replaces the
+  reservation by the actual cost, ``release`` drops it (the call failed, nothing billed). A
+  reservation nobody settles (its replica died) expires after ``ttl_ms`` instead of holding budget
+  forever. Reservation ids are the caller's, so every step is idempotent: reserving an id twice
+  holds it once, settling twice bills once, and a late settle after expiry still bills (the money
+  was spent);
+* its **finish**: ``finish_once`` records a finished episode exactly once (a second call, from any
+  replica, returns False) and drops the state; one log writer reads the finished episodes with
+  ``drain_finished`` and acknowledges them with ``ack_finished`` once they are durable.
+
+Every method raises ``StoreUnavailable`` when the backend cannot be reached (the proxy answers 503;
+no silent fallback to per-replica state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+EPS_USD = 1e-12  # float slack in budget comparisons (as in live/episode.py)
+DEFAULT_RESERVATION_TTL_MS = 120_000  # longer than any upstream call the proxy waits for
+DEFAULT_BUDGET_TTL_MS = 7 * 24 * 3600 * 1000  # spent counters idle this long are dropped
+DEFAULT_FINISHED_TTL_MS = 7 * 24 * 3600 * 1000  # how long a finish marker refuses a second finish
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached (or did not answer in time): answer 503, retry later."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted lease: ``token`` is the fencing token (larger than every earlier grant's)."""
+
+    conv_id: str
+    token: int
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A conversation's serialised state and the tenant that owns it (None: no tenancy)."""
+
+    data: bytes
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished episode in the stream (``entry_id`` is what ``ack_finished`` takes)."""
+
+    entry_id: str
+    conv_id: str
+    episode: bytes
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the proxy needs from shared state (``store/memory.py``, ``store/redis.py``)."""
+
+    # ---- conversation state
+    async def get(self, conv_id: str) -> StoredState | None: ...
+
+    async def put(self, conv_id: str, data: bytes, ttl_ms: int, owner: str | None = None,
+                  token: int | None = None) -> bool:
+        """Store the state for ``ttl_ms``; with ``token``, only while that lease is still held
+        (False: the lease was lost, nothing written)."""
+
+    async def delete(self, conv_id: str) -> None: ...
+
+    # ---- lease
+    async def acquire_lease(self, conv_id: str, ttl_ms: int) -> Lease | None:
+        """A new lease, or None while another holder's lease is live."""
+
+    async def renew(self, lease: Lease, ttl_ms: int) -> bool:
+        """Extend ``lease`` by ``ttl_ms``; False when it expired or another holder has it."""
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Drop ``lease`` if it is still the live one (False: it was not)."""
+
+    # ---- budget
+    async def reserve(self, conv_id: str, reservation_id: str, amount: float, budget: float | None,
+                      ttl_ms: int = DEFAULT_RESERVATION_TTL_MS) -> bool:
+        """Hold ``amount`` USD if spent + reserved + amount <= budget (None: no limit); False
+        refuses (nothing held). Reserving a live id again is True and holds it once; an id already
+        settled or released is refused."""
+
+    async def settle(self, conv_id: str, reservation_id: str, actual: float) -> bool:
+        """Bill ``actual`` USD in place of the reservation; False (nothing billed) when the id was
+        already settled or released."""
+
+    async def release(self, conv_id: str, reservation_id: str) -> bool:
+        """Drop the reservation (the call failed); False when it was not held."""
+
+    async def spent(self, conv_id: str) -> float: ...
+
+    async def reserved(self, conv_id: str) -> float:
+        """USD held by live (unexpired) reservations."""
+
+    # ---- finished episodes
+    async def finish_once(self, conv_id: str, episode_json: bytes) -> bool:
+        """Queue the finished episode and drop the state, exactly once: False if already done."""
+
+    async def drain_finished(self, count: int = 100) -> list[Finished]:
+        """The oldest unacknowledged finished episodes (for the single log writer)."""
+
+    async def ack_finished(self, entry_ids: list[str]) -> None:
+        """Forget entries the writer has made durable (unacknowledged ones come back)."""
+
+    # ---- lifecycle
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the backend answers."""
+
+    async def close(self) -> None: ...
+
+
+def check_amount(amount: float, what: str = "amount") -> float:
+    """A finite USD amount >= 0 (reservations and settlements), else ValueError."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0 \
+            or amount == float("inf"):
+        raise ValueError(f"{what} must be a finite number >= 0 USD, got {amount!r}")
+    return float(amount)
+
+
+def check_ttl(ttl_ms: int, what: str = "ttl_ms") -> int:
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+        raise ValueError(f"{what} must be an integer > 0 milliseconds, got {ttl_ms!r}")
+    return ttl_ms
+
+
+def check_budget(budget: float | None) -> float | None:
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+        raise ValueError(f"budget must be a finite number > 0 USD (or None), got {budget!r}")
+    return float(budget)
+
+
+__all__ = ["StateStore", "StoreUnavailable", "Lease", "StoredState", "Finished", "EPS_USD",
+           "DEFAULT_RESERVATION_TTL_MS", "DEFAULT_BUDGET_TTL_MS", "DEFAULT_FINISHED_TTL_MS",
+           "check_amount", "check_ttl", "check_budget"]

@@ -1,0 +1,257 @@
+"""The shared state store: every replica of the proxy on one Redis (``--state redis://HOST:PORT/DB``).
+
+Same contract as the memory store (``store/base.py``), on the ``redis`` client's asyncio API.
+Keys of one conversation share a hash tag (``mtr:{ID}:...``) so each Lua script touches one slot:
+
+``state``  hash ``d`` (the JSON bytes), ``o`` (owner), PX = the idle timeout
+``lease``  the holder's fencing token, SET NX PX; tokens come from one INCR counter ``mtr:fence``
+``spent``  USD billed (INCRBYFLOAT); ``held`` hash id -> amount and ``dl`` zset id -> deadline (ms,
+           server clock) of the open reservations; ``closed`` set of settled/released ids
+``fin``    the finish marker (SET NX PX); finished episodes go to the stream ``mtr:finished``
+
+``reserve``, ``settle``, ``release`` and fenced ``put`` are Lua scripts (``register_script``), so a
+check and its write are one atomic step across replicas; reservations past their deadline are
+dropped by the next script that looks, so a replica that dies holding one frees the budget after
+``ttl_ms``. Every call has a deadline (sockets ~1 s); a connection error or timeout raises
+``StoreUnavailable`` (the proxy answers 503). The client's pool reconnects on the next call, and a
+script the restarted server forgot is loaded again by the client (EVALSHA, then SCRIPT LOAD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mtrouter_jax.core.errors import UsageError
+from mtrouter_jax.live.store.base import (DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS,
+                                          DEFAULT_RESERVATION_TTL_MS, EPS_USD, Finished, Lease,
+                                          StoredState, StoreUnavailable, check_amount, check_budget,
+                                          check_ttl)
+
+_PRUNE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('HDEL', KEYS[2], rid)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local function held()
+  local s = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do s = s + tonumber(v) end
+  return s
+end
+local function touch(ms)
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
+end
+"""
+# KEYS: spent, held, dl, closed. ARGV: id, amount, budget ('' = none), ttl ms, keep ms, eps
+_RESERVE = _PRUNE + """
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
+if ARGV[3] ~= '' then
+  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if spent + held() + tonumber(ARGV[2]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+touch(ARGV[5])
+return 1
+"""
+# ARGV: id, actual, keep ms
+_SETTLE = _PRUNE + """
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+touch(ARGV[3])
+return 1
+"""
+# ARGV: id, keep ms
+_RELEASE = _PRUNE + """
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+local n = redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+touch(ARGV[2])
+return n
+"""
+_RESERVED = _PRUNE + "return string.format('%.17g', held())"
+# KEYS: lease. ARGV: token, ttl ms ('' = delete)
+_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+# KEYS: state, lease. ARGV: data, ttl ms, owner ('' = none), has owner, token ('' = unfenced)
+_PUT = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'd', ARGV[1], 'o', ARGV[3])
+else redis.call('HSET', KEYS[1], 'd', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS: fin, stream, state. ARGV: conv id, episode, keep ms
+_FINISH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'e', ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+def check_redis_url(url: str) -> str:
+    """``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) as given, else UsageError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(f"--state: expected redis://HOST:PORT/DB, got {redact(url)!r}")
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise UsageError(f"--state: bad port in {redact(url)!r}") from e
+        db = parts.path.strip("/")
+        if not parts.hostname or (db and not db.isdigit()):
+            raise UsageError(f"--state: expected redis://HOST:PORT/DB, got {redact(url)!r}")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}"))
+
+
+class RedisStore:
+    """``StateStore`` on Redis, shared by every replica that opens the same URL."""
+
+    def __init__(self, url: str, prefix: str = "mtr:", timeout_s: float = 1.0,
+                 budget_ttl_ms: int = DEFAULT_BUDGET_TTL_MS,
+                 finished_ttl_ms: int = DEFAULT_FINISHED_TTL_MS, max_connections: int = 64):
+        self.url = check_redis_url(url)
+        self.prefix, self.timeout_s = prefix, float(timeout_s)
+        self.budget_ttl = check_ttl(budget_ttl_ms, "budget_ttl_ms")
+        self.finished_ttl = check_ttl(finished_ttl_ms, "finished_ttl_ms")
+        # one immediate retry, on connection errors only: a pooled connection the server dropped
+        # (restart) is replaced without failing the call; a timeout is not retried (the proxy
+        # should answer 503 now, and every script is idempotent anyway)
+        self.r = aioredis.Redis.from_url(
+            url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            max_connections=max_connections)
+        reg = self.r.register_script
+        self._reserve, self._settle, self._release = reg(_RESERVE), reg(_SETTLE), reg(_RELEASE)
+        self._reserved, self._lease, self._put, self._finish = (
+            reg(_RESERVED), reg(_LEASE), reg(_PUT), reg(_FINISH))
+        self.stream = f"{prefix}finished"
+
+    # ------------------------------------------------------------------ helpers
+    def _k(self, conv_id: str, what: str) -> str:
+        return f"{self.prefix}{{{conv_id}}}:{what}"
+
+    def _budget_keys(self, conv_id: str) -> list[str]:
+        return [self._k(conv_id, w) for w in ("spent", "held", "dl", "closed")]
+
+    async def _do(self, awaitable):
+        """Await one Redis call under the deadline; unreachable -> StoreUnavailable."""
+        try:
+            return await asyncio.wait_for(awaitable, 2 * self.timeout_s)
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable(f"state store {redact(self.url)} unreachable: "
+                                   f"{type(e).__name__}: {e}".rstrip(": ")) from e
+
+    # ------------------------------------------------------------------ conversation state
+    async def get(self, conv_id: str) -> StoredState | None:
+        data, owner = await self._do(self.r.hmget(self._k(conv_id, "state"), ["d", "o"]))
+        if data is None:
+            return None
+        return StoredState(bytes(data), None if owner is None else owner.decode("utf-8"))
+
+    async def put(self, conv_id: str, data: bytes, ttl_ms: int, owner: str | None = None,
+                  token: int | None = None) -> bool:
+        check_ttl(ttl_ms)
+        args = [bytes(data), ttl_ms, owner or "", "0" if owner is None else "1",
+                "" if token is None else str(int(token))]
+        keys = [self._k(conv_id, "state"), self._k(conv_id, "lease")]
+        return bool(await self._do(self._put(keys=keys, args=args)))
+
+    async def delete(self, conv_id: str) -> None:
+        await self._do(self.r.delete(self._k(conv_id, "state")))
+
+    # ------------------------------------------------------------------ lease
+    async def acquire_lease(self, conv_id: str, ttl_ms: int) -> Lease | None:
+        check_ttl(ttl_ms)
+        key = self._k(conv_id, "lease")
+        if await self._do(self.r.exists(key)):  # do not burn a token while it is held
+            return None
+        token = int(await self._do(self.r.incr(f"{self.prefix}fence")))
+        ok = await self._do(self.r.set(key, token, nx=True, px=ttl_ms))
+        return Lease(conv_id, token) if ok else None
+
+    async def renew(self, lease: Lease, ttl_ms: int) -> bool:
+        check_ttl(ttl_ms)
+        return bool(await self._do(self._lease(keys=[self._k(lease.conv_id, "lease")],
+                                               args=[str(lease.token), ttl_ms])))
+
+    async def release_lease(self, lease: Lease) -> bool:
+        return bool(await self._do(self._lease(keys=[self._k(lease.conv_id, "lease")],
+                                               args=[str(lease.token), ""])))
+
+    # ------------------------------------------------------------------ budget
+    async def reserve(self, conv_id: str, reservation_id: str, amount: float, budget: float | None,
+                      ttl_ms: int = DEFAULT_RESERVATION_TTL_MS) -> bool:
+        amount, budget = check_amount(amount), check_budget(budget)
+        check_ttl(ttl_ms)
+        args = [reservation_id, repr(amount), "" if budget is None else repr(budget), ttl_ms,
+                max(self.budget_ttl, ttl_ms), repr(EPS_USD)]
+        return bool(await self._do(self._reserve(keys=self._budget_keys(conv_id), args=args)))
+
+    async def settle(self, conv_id: str, reservation_id: str, actual: float) -> bool:
+        actual = check_amount(actual, "actual")
+        args = [reservation_id, repr(actual), self.budget_ttl]
+        return bool(await self._do(self._settle(keys=self._budget_keys(conv_id), args=args)))
+
+    async def release(self, conv_id: str, reservation_id: str) -> bool:
+        args = [reservation_id, self.budget_ttl]
+        return bool(await self._do(self._release(keys=self._budget_keys(conv_id), args=args)))
+
+    async def spent(self, conv_id: str) -> float:
+        got = await self._do(self.r.get(self._k(conv_id, "spent")))
+        return 0.0 if got is None else float(got)
+
+    async def reserved(self, conv_id: str) -> float:
+        return float(await self._do(self._reserved(keys=self._budget_keys(conv_id), args=[])))
+
+    # ------------------------------------------------------------------ finished episodes
+    async def finish_once(self, conv_id: str, episode_json: bytes) -> bool:
+        keys = [self._k(conv_id, "fin"), self.stream, self._k(conv_id, "state")]
+        return bool(await self._do(self._finish(keys=keys, args=[conv_id, bytes(episode_json),
+                                                                 self.finished_ttl])))
+
+    async def drain_finished(self, count: int = 100) -> list[Finished]:
+        rows = await self._do(self.r.xrange(self.stream, "-", "+", count=count))
+        return [Finished(eid.decode(), f[b"c"].decode("utf-8"), bytes(f[b"e"])) for eid, f in rows]
+
+    async def ack_finished(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self._do(self.r.xdel(self.stream, *entry_ids))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def ping(self) -> None:
+        await self._do(self.r.ping())
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+
+__all__ = ["RedisStore", "check_redis_url", "redact"]

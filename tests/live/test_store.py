@@ -1,0 +1,321 @@
+"""The state store (issue 19): one contract, run against the memory store and a real redis-server.
+
+The Redis fixture starts ``redis-server`` on a free loopback port in a tmp dir (no persistence) and
+skips, saying why, only where the binary is not on PATH. "Two replicas" are two client
+connections (two ``RedisStore`` objects) on one server; for the memory store they are one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from mtrouter_jax.core.errors import UsageError
+from mtrouter_jax.live.store import MemoryStore, StoreUnavailable, open_store
+from mtrouter_jax.live.store.base import EPS_USD, StateStore
+
+
+# ---------------------------------------------------------------------- a real redis-server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir, port: int | None = None):
+        self.workdir, self.port, self.proc = workdir, port or _free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited ({self.proc.returncode}) on port {self.port}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer within 10 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if os.name == "posix":
+                os.kill(self.proc.pid, signal.SIGCONT)  # in case a test stopped it
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _start_redis(tmp_path_factory) -> RedisServer:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (apt-get install redis-server): "
+                    "the Redis state store is not tested here")
+    pytest.importorskip("redis", reason="the redis client is in the [live] extra")
+    for _ in range(5):  # the free port can be taken between the probe and the bind
+        try:
+            return RedisServer(tmp_path_factory.mktemp("redis")).start()
+        except RuntimeError:
+            continue
+    raise RuntimeError("could not start redis-server on a free port")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = _start_redis(tmp_path_factory)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def connect(request):
+    """``connect()`` -> a client of one shared store (a fresh key prefix per test)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    server = request.getfixturevalue("redis_server")
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    return lambda: RedisStore(server.url, prefix=prefix)
+
+
+def arun(connect, body, replicas: int = 1):
+    """Run ``body(*stores)`` on a fresh event loop with ``replicas`` clients, closed after."""
+    async def main():
+        stores = [connect() for _ in range(replicas)]
+        try:
+            return await body(*stores)
+        finally:
+            for s in stores:
+                await s.close()
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- conversation state
+def test_state_round_trip_owner_ttl_and_delete(connect):
+    async def body(s):
+        assert isinstance(s, StateStore)
+        assert await s.get("c1") is None
+        assert await s.put("c1", b'{"turns": []}', ttl_ms=10_000, owner="team-a")
+        got = await s.get("c1")
+        assert got.data == b'{"turns": []}' and got.owner == "team-a"
+        assert await s.put("c1", b"{}", ttl_ms=10_000)  # a put without owner clears it
+        assert (await s.get("c1")).owner is None
+        await s.delete("c1")
+        assert await s.get("c1") is None
+        assert await s.put("c2", b"x", ttl_ms=80)
+        await asyncio.sleep(0.2)
+        assert await s.get("c2") is None  # idle past the TTL
+    arun(connect, body)
+
+
+# ---------------------------------------------------------------------- budget
+def test_concurrent_reserve_from_50_tasks_never_exceeds_budget(connect):
+    async def body(s):
+        oks = await asyncio.gather(*(s.reserve("c", f"r{i}", 0.1, budget=1.0) for i in range(50)))
+        assert sum(oks) == 10
+        assert await s.reserved("c") == pytest.approx(1.0)
+        assert await s.spent("c") == 0.0
+    arun(connect, body)
+
+
+def test_two_replicas_reserving_settling_releasing_stay_within_budget(connect):
+    budget, worst = 1.0, 0.05
+    billed = []
+
+    async def worker(s, w, rng):
+        for i in range(40):
+            rid = f"w{w}-{i}"
+            if not await s.reserve("c", rid, worst, budget):
+                continue
+            assert await s.spent("c") + await s.reserved("c") <= budget + 1e-9
+            await asyncio.sleep(rng.random() * 0.002)
+            if rng.random() < 0.2:
+                assert await s.release("c", rid)
+            else:
+                actual = rng.random() * worst
+                assert await s.settle("c", rid, actual)
+                billed.append(actual)
+
+    async def body(a, b):
+        rng = random.Random(19)
+        await asyncio.gather(*(worker(a if w % 2 else b, w, random.Random(rng.random()))
+                               for w in range(50)))
+        spent = await a.spent("c")
+        assert spent <= budget + EPS_USD
+        assert spent == pytest.approx(sum(billed), abs=1e-9)
+        assert await b.spent("c") == spent and await b.reserved("c") == 0.0
+    arun(connect, body, replicas=2)
+
+
+def test_settle_lowers_and_raises_spent_and_bills_once(connect):
+    async def body(s):
+        assert await s.reserve("c", "r1", 0.5, budget=1.0)
+        assert await s.settle("c", "r1", 0.2)  # cheaper than the worst case: the rest is freed
+        assert await s.spent("c") == pytest.approx(0.2) and await s.reserved("c") == 0.0
+        assert not await s.settle("c", "r1", 0.2)  # a retried settle bills nothing
+        assert await s.spent("c") == pytest.approx(0.2)
+        assert await s.reserve("c", "r2", 0.8, budget=1.0)
+        assert not await s.reserve("c", "r3", 0.01, budget=1.0)
+        assert await s.settle("c", "r2", 0.9)  # dearer than reserved (usage over the bound): billed
+        assert await s.spent("c") == pytest.approx(1.1)
+        assert not await s.reserve("c", "r4", 0.0001, budget=1.0)
+        assert await s.reserve("c", "r5", 5.0, budget=None)  # no budget: tracked, never refused
+        assert await s.spent("other") == 0.0
+    arun(connect, body)
+
+
+def test_release_frees_and_ids_are_idempotent(connect):
+    async def body(s):
+        assert await s.reserve("c", "r1", 1.0, budget=1.0)
+        assert await s.reserve("c", "r1", 1.0, budget=1.0)  # the same id again: held once
+        assert await s.reserved("c") == pytest.approx(1.0)
+        assert not await s.reserve("c", "r2", 0.1, budget=1.0)
+        assert await s.release("c", "r1")
+        assert not await s.release("c", "r1")
+        assert not await s.settle("c", "r1", 0.3)  # released: a settle after it bills nothing
+        assert not await s.reserve("c", "r1", 0.1, budget=1.0)  # a closed id is not reused
+        assert await s.reserved("c") == 0.0 and await s.spent("c") == 0.0
+        assert await s.reserve("c", "r2", 0.1, budget=1.0)
+        assert not await s.release("c", "never-held")
+    arun(connect, body)
+
+
+def test_a_leaked_reservation_expires_and_a_late_settle_still_bills(connect):
+    async def body(s):
+        assert await s.reserve("c", "dead", 1.0, budget=1.0, ttl_ms=400)
+        assert not await s.reserve("c", "r2", 0.5, budget=1.0)
+        await asyncio.sleep(0.55)
+        assert await s.reserved("c") == 0.0
+        assert await s.reserve("c", "r2", 0.5, budget=1.0)
+        assert await s.settle("c", "dead", 0.25)  # the call did happen: its cost counts
+        assert await s.spent("c") == pytest.approx(0.25)
+    arun(connect, body)
+
+
+def test_bad_amounts_are_refused(connect):
+    async def body(s):
+        for bad in (-0.1, float("nan"), float("inf"), True):
+            with pytest.raises(ValueError):
+                await s.reserve("c", "r", bad, budget=1.0)
+        for bad in (0.0, -1.0, float("inf")):
+            with pytest.raises(ValueError):
+                await s.reserve("c", "r", 0.1, budget=bad)
+        with pytest.raises(ValueError):
+            await s.reserve("c", "r", 0.1, budget=1.0, ttl_ms=0)
+    arun(connect, body)
+
+
+# ---------------------------------------------------------------------- leases
+def test_an_expired_lease_passes_with_a_higher_fencing_token(connect):
+    async def body(a, b):
+        old = await a.acquire_lease("c", ttl_ms=500)
+        assert old is not None
+        assert await b.acquire_lease("c", ttl_ms=500) is None  # held
+        assert await a.renew(old, ttl_ms=300)
+        await asyncio.sleep(0.45)  # the holder stalls past its lease
+        new = await b.acquire_lease("c", ttl_ms=5_000)
+        assert new is not None and new.token > old.token
+        assert not await a.renew(old, ttl_ms=150)
+        assert not await a.release_lease(old)
+        assert not await a.put("c", b"stale", ttl_ms=5_000, token=old.token)  # fenced off
+        assert await b.put("c", b"fresh", ttl_ms=5_000, token=new.token)
+        assert (await a.get("c")).data == b"fresh"
+        assert await b.renew(new, ttl_ms=5_000)
+        assert await b.release_lease(new)
+        third = await a.acquire_lease("c", ttl_ms=150)
+        assert third.token > new.token
+        assert not await a.put("c", b"x", ttl_ms=5_000, token=new.token)
+    arun(connect, body, replicas=2)
+
+
+def test_only_one_of_many_concurrent_acquirers_gets_the_lease(connect):
+    async def body(a, b):
+        got = await asyncio.gather(*((a if i % 2 else b).acquire_lease("c", 5_000) for i in range(30)))
+        assert sum(g is not None for g in got) == 1
+    arun(connect, body, replicas=2)
+
+
+# ---------------------------------------------------------------------- finished episodes
+def test_finish_once_is_exactly_once_under_concurrency(connect):
+    async def body(a, b):
+        await a.put("c", b"{}", ttl_ms=5_000)
+        oks = await asyncio.gather(*((a if i % 2 else b).finish_once("c", b'{"id": "c"}')
+                                     for i in range(40)))
+        assert sum(oks) == 1
+        assert await b.get("c") is None  # finishing drops the open state
+        assert await a.finish_once("d", b'{"id": "d"}')
+        got = await b.drain_finished()
+        assert [(f.conv_id, f.episode) for f in got] == [("c", b'{"id": "c"}'), ("d", b'{"id": "d"}')]
+        assert await a.drain_finished(count=1) == got[:1]  # unacknowledged entries come back
+        await a.ack_finished([got[0].entry_id])
+        assert await b.drain_finished() == got[1:]
+        await b.ack_finished([f.entry_id for f in got])
+        assert await a.drain_finished() == []
+        assert not await a.finish_once("c", b'{"id": "c"}')  # still refused after the drain
+    arun(connect, body, replicas=2)
+
+
+# ---------------------------------------------------------------------- open_store, faults
+def test_open_store_picks_the_backend_and_refuses_bad_urls():
+    assert isinstance(open_store(None), MemoryStore) and isinstance(open_store("memory"), MemoryStore)
+    for bad in ("http://localhost:6379", "localhost:6379", "redis://:pw@host:notaport/0",
+                "redis://host:6379/db"):
+        with pytest.raises(UsageError) as e:
+            open_store(bad)
+        assert "pw" not in str(e.value)
+
+
+def test_redis_down_is_store_unavailable_quickly_and_it_recovers(tmp_path_factory):
+    server = _start_redis(tmp_path_factory)
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    async def unavailable_within(s, limit_s: float):
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable) as e:
+            await s.reserve("c", f"r{uuid.uuid4().hex}", 0.1, budget=10.0)
+        assert time.monotonic() - t0 < limit_s
+        assert f"127.0.0.1:{server.port}" in str(e.value)
+
+    async def body():
+        s = RedisStore(server.url, timeout_s=1.0)
+        try:
+            assert await s.reserve("c", "r1", 0.1, budget=10.0)
+            os.kill(server.proc.pid, signal.SIGSTOP)  # hung: no answer, the socket timeout fires
+            try:
+                await unavailable_within(s, 2.5)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            server.kill()  # gone: connection refused
+            await unavailable_within(s, 2.5)
+            await unavailable_within(s, 2.5)
+            server.start()  # back on the same port (empty: no persistence), no new client
+            assert await s.reserve("c", "r2", 0.1, budget=10.0)  # scripts are loaded again
+            assert await s.reserved("c") == pytest.approx(0.1)
+            await s.ping()
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        server.kill()
