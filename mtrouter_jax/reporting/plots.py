@@ -1,7 +1,7 @@
 """Plots of a budget sweep (matplotlib, an optional dependency imported inside the functions).
 
-``plot_cost_score``: score vs cost per router (the oracle as its upper envelope, single models as
-labelled diamonds). ``plot_behaviour``: switches and stay-after-error per router at one budget,
+``plot_cost_score``: score vs cost per router (the oracle's points as × with their dashed hull: a
+privileged reference a router can beat, not an upper bound; single models as labelled diamonds). ``plot_behaviour``: switches and stay-after-error per router at one budget,
 plus the learned router's tool-type x model over-representation heatmap.
 """
 
@@ -15,9 +15,11 @@ import numpy as np
 
 from mtrouter_jax.reporting.curves import upper_convex_hull
 from mtrouter_jax.reporting.fmt import DASH, budget_str
+from mtrouter_jax.reporting.plotkit import (TICK_FONTSIZE, clip_errors, new_figure, place_labels, score_limits,
+                                            usd_formatter)
 from mtrouter_jax.reporting.results import best_point, nearest_point, num, ordered_routers, points_of, routers_of, valid_points
 
-__all__ = ["cost_axis_scale", "plot_cost_score", "plot_behaviour"]
+__all__ = ["cost_axis_scale", "score_range", "plot_cost_score", "plot_behaviour"]
 
 
 def cost_axis_scale(results: dict) -> str:
@@ -29,79 +31,24 @@ def cost_axis_scale(results: dict) -> str:
     return "linear"
 
 
-def _usd_tick(v: float) -> str:
-    if v <= 0:
-        return "$0"
-    return f"${v:.4g}" if v >= 0.001 else f"${v:.0e}"
-
-
-def _new_figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=150)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _overlap(a, b, pad: float = 2.0) -> bool:
-    return not (a.x1 + pad < b.x0 or b.x1 + pad < a.x0 or a.y1 + pad < b.y0 or b.y1 + pad < a.y0)
-
-
-def _place_labels(fig, ax, items) -> None:
-    """Annotate (x, y, text) points, trying offsets of growing distance so that labels overlap
-    neither each other nor the labelled markers (greedy, in display coordinates); a label moved
-    away from its point gets a thin leader line."""
-    from matplotlib.transforms import Bbox
-
-    renderer = fig.canvas.get_renderer()
-    candidates = []
-    for r in (1, 2, 3, 4):
-        d = 6 * r
-        candidates += [
-            (d, 5 * r, "left", "bottom"), (d, -5 * r, "left", "top"),
-            (-d, 5 * r, "right", "bottom"), (-d, -5 * r, "right", "top"),
-            (0, 9 * r, "center", "bottom"), (0, -9 * r, "center", "top"),
-        ]
-    px = fig.dpi / 72.0
-    obstacles = []
-    for x, y, _ in items:
-        X, Y = ax.transData.transform((x, y))
-        obstacles.append(Bbox.from_extents(X - 5 * px, Y - 5 * px, X + 5 * px, Y + 5 * px))
-    axbox = ax.get_window_extent(renderer)
-    placed = []
-    for x, y, text in sorted(items, key=lambda it: (-it[1], it[0])):
-        ann, best = None, None
-        for k, (dx, dy, ha, va) in enumerate(candidates):
-            if ann is not None:
-                ann.remove()
-            far = k >= 4
-            ann = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                color="0.15", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75),
-                arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4) if far else None,
-            )
-            bb = ann.get_window_extent(renderer)
-            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
-            clashes = sum(_overlap(bb, o) for o in placed + obstacles)
-            if best is None or (not inside, clashes) < best[0]:
-                best = ((not inside, clashes), k)
-            if inside and clashes == 0:
-                break
-        else:  # nothing clean: fall back to the least bad candidate
-            ann.remove()
-            dx, dy, ha, va = candidates[best[1]]
-            ann = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                color="0.15", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75),
-                arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4),
-            )
-        placed.append(ann.get_window_extent(renderer))
+def score_range(results: dict) -> tuple[float, float] | None:
+    """The possible score range of a sweep: ``meta["score_range"]``, else −100..100 (the simulator's and
+    ScienceWorld's terminal score) unless a point lies outside it (then None: no clipping)."""
+    meta = results.get("meta") or {}
+    given = meta.get("score_range")
+    if given is not None and len(given) == 2 and num(given[0]) is not None and num(given[1]) is not None:
+        return float(given[0]), float(given[1])
+    scores = [num(p.get("score")) for r in routers_of(results).values() for p in points_of(r)]
+    if all(s is None or -100.0 <= s <= 100.0 for s in scores):
+        return -100.0, 100.0
+    return None
 
 
 def _cost_score_figure(results: dict, title: str | None = None):
     """Build (not save) the cost–score figure; returns the matplotlib Figure."""
-    fig = _new_figure((9.5, 5.8))
+    from matplotlib.lines import Line2D
+
+    fig = new_figure((9.5, 5.8))
     ax = fig.add_subplot(1, 1, 1)
     rs = routers_of(results)
     meta = results.get("meta") or {}
@@ -109,6 +56,8 @@ def _cost_score_figure(results: dict, title: str | None = None):
     scale = cost_axis_scale(results)
     if scale == "log":
         ax.set_xscale("log")
+    srange = score_range(results)
+    lo, hi = srange if srange is not None else (None, None)
 
     def ok_cost(c):
         return c is not None and (scale != "log" or c > 0)
@@ -116,7 +65,7 @@ def _cost_score_figure(results: dict, title: str | None = None):
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     markers = ["o", "s", "^", "v", "P", "X", "<", ">", "h"]
     ci = 0
-    single_items = []
+    single_items, marks, lines, ys = [], [], [], []
     for name in ordered_routers(results):
         r = rs[name]
         kind = r.get("kind")
@@ -129,16 +78,21 @@ def _cost_score_figure(results: dict, title: str | None = None):
         cci = np.array([num(p.get("cost_ci")) or 0.0 for p in pts])
         if scale == "log":  # keep error bars on the positive side of a log axis
             cci = np.minimum(cci, c * 0.999)
+        yerr = clip_errors(s, sci, lo, hi)  # whiskers stop at the possible scores
+        ys += list(s - yerr[0]) + list(s + yerr[1])
+        marks += [(x, y, (e, e), (yl, yh)) for x, y, e, yl, yh in zip(c, s, cci, yerr[0], yerr[1])]
         if kind == "oracle":
             hc, hs = upper_convex_hull(c, s)
-            ax.plot(c, s, linestyle="none", marker="x", color="0.35", markersize=5, alpha=0.7, zorder=2)
+            ax.plot(c, s, linestyle="none", marker="x", color="0.35", markersize=5, alpha=0.7, zorder=2,
+                    label=f"{name} at each budget")
             ax.plot(hc, hs, linestyle="--", color="black", linewidth=1.6, zorder=2,
-                    label=f"{name} (upper envelope)")
+                    label=f"{name}: hull of its points\n(privileged reference, beatable)")
+            lines.append((hc, hs))
             continue
         if kind == "single":
-            ax.errorbar(c, s, yerr=sci, xerr=cci, fmt="D", color="0.3", markersize=6, ecolor="0.6",
+            ax.errorbar(c, s, yerr=yerr, xerr=cci, fmt="D", color="0.3", markersize=6, ecolor="0.6",
                         elinewidth=0.8, capsize=2, zorder=3,
-                        label="single models" if not single_items else None)
+                        label="single models (uncapped)" if not single_items else None)
             for x, y in zip(c, s):
                 single_items.append((float(x), float(y), name))
             continue
@@ -146,45 +100,51 @@ def _cost_score_figure(results: dict, title: str | None = None):
         marker = markers[ci % len(markers)]
         ci += 1
         lw = 2.4 if kind == "learned" else 1.5
-        ax.errorbar(c, s, yerr=sci, xerr=cci, fmt="-", marker=marker, color=color, linewidth=lw,
+        ax.errorbar(c, s, yerr=yerr, xerr=cci, fmt="-", marker=marker, color=color, linewidth=lw,
                     markersize=6 if kind == "learned" else 5, elinewidth=0.8, capsize=2, alpha=0.95,
                     zorder=4 if kind == "learned" else 3, label=f"{name} ({kind})")
+        lines.append((c, s))
     ax.set_xlabel(f"mean cost per episode ({cur}{', log scale' if scale == 'log' else ''})")
-    ax.set_ylabel("mean terminal score (−100 … 100)")
+    rng = f" ({lo:g} … {hi:g})".replace("-", "−") if srange is not None else ""
+    ax.set_ylabel(f"mean terminal score{rng}")
     if title is None:
         n = meta.get("n_episodes")
         title = "Score vs cost per episode" + (f" ({n} episodes, 95% CI)" if n is not None else "")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.35)
-    from matplotlib.ticker import FuncFormatter
-
-    dollars = FuncFormatter(lambda v, _pos: _usd_tick(v))
-    ax.xaxis.set_major_formatter(dollars)
+    ax.xaxis.set_major_formatter(usd_formatter(common=scale != "log"))
+    ax.margins(x=0.08, y=0.1)
+    if ys:
+        ax.set_ylim(*score_limits(min(ys), max(ys), lo, hi))
     if scale == "log":
         ax.grid(True, which="minor", alpha=0.12)
         from matplotlib.ticker import LogLocator, NullFormatter
 
-        lo, hi = ax.get_xlim()
-        if hi / lo < 200:  # few decades: label 2× and 5× too
+        lo_x, hi_x = ax.get_xlim()
+        if hi_x / lo_x < 200:  # few decades: label 2× and 5× too
             ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
-            ax.xaxis.set_minor_formatter(dollars)
-            ax.tick_params(axis="x", which="minor", labelsize=8)
+            ax.xaxis.set_minor_formatter(usd_formatter(common=False))
+            ax.tick_params(axis="x", which="minor", length=3.5)  # labels of both kinds on one baseline
         else:
             ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_xlim(left=0)
-    ax.margins(x=0.08, y=0.1)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.tick_params(axis="both", which="both", labelsize=TICK_FONTSIZE)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        handles.append(Line2D([], [], color="0.45", linewidth=0.8, marker="|", markersize=8, linestyle="-"))
+        labels.append("bars: 95% CI of score\n(vertical) and cost (horizontal)")
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     if single_items:
-        _place_labels(fig, ax, single_items)
+        place_labels(fig, ax, single_items, marks, lines)
     return fig
 
 
 def plot_cost_score(results: dict, path, title: str | None = None) -> Path:
-    """Cost–score plot (PNG, dpi 150): curve routers as lines, the oracle as its dashed upper
-    convex hull, single models as labelled diamonds. Returns ``Path(path)``."""
+    """Cost–score plot (PNG, dpi 150): curve routers as lines, the oracle's points and their dashed
+    upper convex hull, single models as labelled diamonds; y within the possible score range (whiskers
+    cut there too). Returns ``Path(path)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = _cost_score_figure(results, title)
@@ -213,7 +173,7 @@ def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrou
             names.append(n)
             pts.append(p)
 
-    fig = _new_figure((12, 9.5))
+    fig = new_figure((12, 9.5))
     gs = fig.add_gridspec(2, 2, height_ratios=[1, 1.15])
     ax_sw = fig.add_subplot(gs[0, 0])
     ax_st = fig.add_subplot(gs[0, 1])
@@ -234,7 +194,7 @@ def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrou
         labels = [DASH if v is None else fmt.format(v * scale) for v in vals]
         ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels(names, rotation=35, ha="right")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel.split(' (')[0]} — budget {bstr}", fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
@@ -261,9 +221,9 @@ def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrou
         norm = LogNorm(vmin=math.exp(-span), vmax=math.exp(span))
         im = ax_hm.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", norm=norm, aspect="auto")
         ax_hm.set_xticks(np.arange(len(models)))
-        ax_hm.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
+        ax_hm.set_xticklabels(models, rotation=20, ha="right")
         ax_hm.set_yticks(np.arange(len(tools)))
-        ax_hm.set_yticklabels(tools, fontsize=9)
+        ax_hm.set_yticklabels(tools)
         for i in range(len(tools)):
             for j in range(len(models)):
                 v = mat[i, j]
@@ -288,7 +248,19 @@ def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrou
         ax_hm.axis("off")
         ax_hm.text(0.5, 0.5, f"no tool × model over-representation data for '{learned}'",
                    ha="center", va="center", transform=ax_hm.transAxes, color="0.4")
-    fig.tight_layout()
+    for a in fig.axes:  # one tick font size everywhere (the colorbar's too)
+        a.tick_params(axis="both", which="both", labelsize=TICK_FONTSIZE)
+    from matplotlib.patches import Patch
+
+    kinds = [k for k in (*kind_color, "other") if any(rs[n].get("kind", "other") == k or
+                                                      (k == "other" and rs[n].get("kind") not in kind_color)
+                                                      for n in names)]
+    if kinds:  # what the bar colours mean
+        fig.legend([Patch(color=kind_color.get(k, "#9467bd")) for k in kinds],
+                   [{"single": "single model"}.get(k, k) for k in kinds], loc="upper center", ncol=len(kinds),
+                   fontsize=8, frameon=False, title="bar colour = router kind", title_fontsize=8,
+                   bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if kinds else None)
     return fig
 
 

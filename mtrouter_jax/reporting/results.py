@@ -15,7 +15,7 @@ from mtrouter_jax.reporting.curves import aiq
 
 __all__ = ["KIND_ORDER", "CURVE_KINDS", "num", "same_budget", "routers_of", "points_of", "valid_points",
            "best_point", "point_at_budget", "budget_key", "nearest_point", "ordered_routers", "max_cost",
-           "aiq_by_router", "specialisations"]
+           "aiq_by_router", "has_curve", "AIQ_NEEDS_A_CURVE", "specialisations"]
 
 KIND_ORDER = ("learned", "oracle", "heuristic", "baseline", "single")
 CURVE_KINDS = ("learned", "oracle", "heuristic", "baseline")
@@ -119,17 +119,28 @@ def max_cost(results: dict) -> float | None:
     return max(costs) if costs else None
 
 
+AIQ_NEEDS_A_CURVE = "one point: AIQ needs a curve"  # the footnote of a router shown without an AIQ
+
+
+def has_curve(router: dict | None) -> bool:
+    """At least two valid points at different costs: what AIQ needs. A single point (a fixed model,
+    or any router evaluated at one budget) has no curve to average along, and its AIQ over the
+    common range would only say where that point lies (0 for the most expensive one)."""
+    return len({num(p["cost"]) for p in valid_points(router)}) >= 2
+
+
 def aiq_by_router(results: dict) -> dict[str, float]:
-    """AIQ (:func:`curves.aiq`) of every router with at least one valid point, over a common
-    ``max_cost`` = the largest mean cost of any point of any router."""
+    """AIQ (:func:`curves.aiq`) of every router with a curve (:func:`has_curve`), over a common
+    ``max_cost`` = the largest mean cost of any point of any router. Routers with one point are left
+    out (tables show them as "—", footnoted :data:`AIQ_NEEDS_A_CURVE`)."""
     mc = max_cost(results)
     out: dict[str, float] = {}
     if mc is None or not mc > 0:
         return out
     rs = routers_of(results)
     for name in ordered_routers(results):
-        pts = valid_points(rs[name])
-        if pts:
+        if has_curve(rs[name]):
+            pts = valid_points(rs[name])
             out[name] = aiq([p["cost"] for p in pts], [p["score"] for p in pts], max_cost=mc)
     return out
 

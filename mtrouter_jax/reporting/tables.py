@@ -29,7 +29,7 @@ from typing import Iterable
 
 from mtrouter_jax.reporting.fmt import DASH, budget_str, fixed, pct, score_ci, usd
 from mtrouter_jax.core.jsonable import to_jsonable
-from mtrouter_jax.reporting.results import (CURVE_KINDS, KIND_ORDER, aiq_by_router, best_point, budget_key, max_cost, num,
+from mtrouter_jax.reporting.results import (AIQ_NEEDS_A_CURVE, CURVE_KINDS, KIND_ORDER, aiq_by_router, best_point, budget_key, max_cost, num,
                                   ordered_routers, points_of, routers_of, specialisations)
 # _cost_score_figure: re-exported because callers (tests) built the figure through this module
 from mtrouter_jax.reporting.plots import _cost_score_figure, cost_axis_scale, plot_behaviour, plot_cost_score  # noqa: F401
@@ -122,6 +122,8 @@ def aiq_table(results: dict):
     t.add_column(f"at {cur}/episode", justify="right")
     rs = routers_of(results)
     a = aiq_by_router(results)
+    if any(n not in a for n in rs):
+        t.caption = f"{DASH} = {AIQ_NEEDS_A_CURVE}"
     for name in ordered_routers(results):
         bp = best_point(rs[name])
         t.add_row(
@@ -137,9 +139,12 @@ def aiq_table(results: dict):
 def print_results(results: dict, console=None) -> None:
     """Print :func:`results_table` and :func:`aiq_table` to ``console`` (a new rich Console if None)."""
     if console is None:
+        import sys
+
         from rich.console import Console
 
-        console = Console()
+        # as `mtrouter run` does: wide tables even when stdout is a pipe or a CI log (not cut to 80 columns)
+        console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(results_table(results))
     console.print(aiq_table(results))
 

@@ -25,10 +25,14 @@ def test_point_selection_tolerates_missing_and_nan():
 
 def test_aiq_uses_a_common_max_cost_and_kind_order():
     res = {"routers": {"b": {"kind": "single", "points": [{"budget": None, "score": 5.0, "cost": 1.0}]},
-                       "a": _router((0.1, 10.0, 0.5))}}
-    assert metrics.ordered_routers(res) == ["a", "b"] and metrics.max_cost(res) == 1.0
+                       "c": {"kind": "single", "points": [{"budget": None, "score": 5.0, "cost": 0.5}]},
+                       "a": _router((0.1, 10.0, 0.5), (0.2, 12.0, 0.8))}}
+    assert metrics.ordered_routers(res) == ["a", "b", "c"] and metrics.max_cost(res) == 1.0
     a = metrics.aiq_by_router(res)
-    assert set(a) == {"a", "b"} and a["a"] > a["b"]
+    # one point is no curve: no AIQ (not 0 for the point at the range's end, not 2.5 for the other)
+    assert set(a) == {"a"} and a["a"] > 0
+    assert not metrics.has_curve(res["routers"]["b"]) and metrics.has_curve(res["routers"]["a"])
+    assert not metrics.has_curve(_router((0.1, 10.0, 0.5), (0.2, 12.0, 0.5)))  # two points, one cost
     assert metrics.aiq_by_router({"routers": {}}) == {}
 
 
