@@ -145,7 +145,7 @@ async def conversation(http: _Http, cid: str, turns: int, budget: float | None) 
         if not msg.get("tool_calls"):
             msgs.append({"role": "user", "content": "continue"})
     try:
-        status, _, _ = await http.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5})
+        status, _, _ = await http.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5, "score_range": [0, 1]})
         if status != 200:
             errors.append(f"finish_http_{status}")
     except http.errors as e:

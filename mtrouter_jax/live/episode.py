@@ -279,6 +279,11 @@ class LiveEpisode:
         cost = r.turn_cost(model, prompt, cached, completion)
         ttype, tidx = r.tool_of(tool_name)
         error = r.rules.detect(observation)
+        if not r.log_text:  # text that will not be logged is not kept: only what the features read
+            action = None
+            observation = observation if r.text_dim else None
+            if self.turns:
+                self.turns[-1].observation = None
         feats = None
         if r.log_features and self.last_decision is not None:
             feats = tuple(float(x) for x in self.last_decision.features)
@@ -309,7 +314,8 @@ class LiveEpisode:
         if not self.turns or text is None:
             return None
         rec = self.turns[-1]
-        rec.observation = text
+        r = self.router
+        rec.observation = text if r.log_text or r.text_dim else None  # kept only when logged or embedded
         err = self.router.rules.detect(text)
         if err != rec.error:
             rec.error = err
@@ -353,12 +359,13 @@ class LiveEpisode:
                 raise ValueError(f"score_range must be [lo, hi] with lo < hi, got {score_range!r}")
             if score is not None and not score_range[0] <= score <= score_range[1]:
                 raise ValueError(f"score {score} outside score_range {list(score_range)}")
-        self.finished = True
         if not self.turns:
+            self.finished = True
             return None
         ep = self.to_episode(score, score_range, meta)
-        if self.router.log_path is not None:
+        if self.router.log_path is not None:  # a failed write (OSError) leaves the episode open: retry
             append_episodes(self.router.log_path, ep)
+        self.finished = True
         return ep
 
 

@@ -280,11 +280,26 @@ class Router:
 
     def describe(self) -> dict:
         """JSON-able description: policies, vocabularies and the effective tool mapping."""
-        return {"policy": self.policy.spec, "explore": self.explore_spec, "pool": list(self.pool.names),
-                "checkpoint": str(getattr(self.estimator, "path", "")) or None, "lam": self.lam_source(),
-                "ensemble_size": int(getattr(self.estimator, "k", 1) or 1) if self.estimator is not None else None,
-                "tools": list(self.layout.tools), "task_types": list(self.layout.task_types),
-                "tool_mapping": self.effective_tool_mapping()}
+        uses_lam = self.estimator is not None and self.policy.uses_estimator
+        out = {"policy": self.policy.spec, "explore": self.explore_spec, "pool": list(self.pool.names),
+               "checkpoint": str(getattr(self.estimator, "path", "")) or None,
+               # a router that does not weigh predicted score against cost has no λ to show
+               "lam": self.lam_source() if uses_lam else None,
+               "ensemble_size": int(getattr(self.estimator, "k", 1) or 1) if self.estimator is not None else None,
+               "tools": list(self.layout.tools), "task_types": list(self.layout.task_types),
+               "tool_mapping": self.effective_tool_mapping()}
+        if not uses_lam:
+            out["lam_note"] = self.lam_source()
+        if self.policy.spec.startswith("tool-heuristic"):
+            out["tool_models"] = self.tool_model_map()
+        return out
+
+    def tool_model_map(self) -> dict[str, str]:
+        """The tool heuristic's map in use: tool type of the previous turn -> the model it routes to
+        (``other``: an unknown type; ``start``: the first turn)."""
+        from mtrouter_jax.routing.specs import OTHER
+        tm = self.tool_models or ToolModelMap()
+        return {t: tm.model_for(t, self.pool) for t in (*self.layout.tools, OTHER, routing.START)}
 
     def effective_tool_mapping(self) -> dict[str, str]:
         """Tool-call name -> the vocabulary entry it lands in (names in the vocabulary map to

@@ -145,7 +145,8 @@ def check_run(proxy, work: Path, *, n_requests: int, bash_tool: bool) -> None:
 
 def check_logged(proxy, conversation: str, *, tools: list) -> None:
     """The log holds the episode with every turn's tool type, propensity and the reported score."""
-    eps = [e for e in read_episodes(proxy.log) if e.episode_id == conversation]
+    eps = [e for e in read_episodes(proxy.log) if e.meta.get("conversation") == conversation]  # (derived ids: 
+    # the episode id adds a per-process run id)
     assert len(eps) == 1, [e.episode_id for e in read_episodes(proxy.log)]
     (ep,) = eps
     assert ep.source == "live" and ep.budget == pytest.approx(0.5)

@@ -280,7 +280,7 @@ def test_a_reply_that_is_not_an_object_is_502_and_billed_once(proxy, hostile, bo
     hostile.reply = None  # the conversation goes on
     assert chat(http, {"messages": [{"role": "user", "content": "x"}]}, cid, 0.05).status_code == 200
     assert len(ep.turns) == 2
-    assert http.post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 1}).status_code == 200
+    assert http.post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 1, "score_range": [0, 1]}).status_code == 200
     (logged,) = read_episodes(app.state.proxy.router.log_path)
     assert logged.turns[0].meta["usage_flag"] == "invalid" and logged.total_cost <= 0.05
 
@@ -320,7 +320,7 @@ def test_episode_refuses_a_lambda_that_is_inf_in_float32():
 def test_bearer_scheme_is_case_insensitive_and_the_compare_constant_time(proxy, hostile, monkeypatch):
     import hmac
 
-    from mtrouter_jax.live.server import app as app_mod
+    from mtrouter_jax.live.server import tenancy as app_mod
 
     calls, real = [], hmac.compare_digest
 

@@ -58,7 +58,7 @@ def test_sigkill_under_load_leaves_whole_lines_and_every_acknowledged_episode(tm
                                           headers={"X-MTRouter-Conversation": cid})
                             r.raise_for_status()
                             msgs += [r.json()["choices"][0]["message"], {"role": "user", "content": "go on"}]
-                        r = http.post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 0.5})
+                        r = http.post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 0.5, "score_range": [0, 1]})
                         if r.status_code == 200:
                             with lock:
                                 acknowledged.append(cid)

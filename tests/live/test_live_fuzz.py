@@ -124,7 +124,7 @@ def test_a_rejected_finish_keeps_the_conversation(proxy):
                 {"score": "high"}, {"meta": {"x": "y" * 100_000}}):
         r = proxy.post("/v1/mtrouter/conversations/keep-me/finish", json=bad)
         assert r.status_code == 400, bad
-    assert proxy.post("/v1/mtrouter/conversations/keep-me/finish", json={"score": 0.5}).json()["logged"]
+    assert proxy.post("/v1/mtrouter/conversations/keep-me/finish", json={"score": 0.5, "score_range": [0, 1]}).json()["logged"]
 
 
 def test_wrong_methods_and_paths_answer_in_openai_shape(proxy):

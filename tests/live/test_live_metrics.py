@@ -73,7 +73,7 @@ def test_metrics_count_requests_decisions_spend_fallbacks_and_refusals(serve, up
     statuses[chat(url, model="gpt-42", cid="e").status_code] += 1  # 404
     statuses[httpx.post(f"{url}/v1/chat/completions", content=b"{bad").status_code] += 1  # 400
     assert statuses == {200: 5, 402: 1, 404: 1, 400: 1}
-    assert httpx.post(f"{url}/v1/mtrouter/conversations/a/finish", json={"score": 1}).status_code == 200
+    assert httpx.post(f"{url}/v1/mtrouter/conversations/a/finish", json={"score": 1, "score_range": [0, 1]}).status_code == 200
     assert httpx.post(f"{url}/v1/mtrouter/conversations/a/finish", json={}).status_code == 404
 
     m = scrape(url)
@@ -147,7 +147,7 @@ def test_nonfinite_estimate_takes_the_safe_choice_through_the_proxy(serve, upstr
         models.append(r.headers["x-mtrouter-model"])
         m = r.json()["choices"][0]["message"]
         msgs += [m] + [{"role": "tool", "tool_call_id": tc["id"], "content": "ok"} for tc in m.get("tool_calls") or []]
-    assert httpx.post(f"{url}/v1/mtrouter/conversations/nan-1/finish", json={"score": 0.5}).status_code == 200
+    assert httpx.post(f"{url}/v1/mtrouter/conversations/nan-1/finish", json={"score": 0.5, "score_range": [0, 1]}).status_code == 200
     (ep,) = read_episodes(log)
     flags = [bool((t.meta or {}).get("nonfinite_fallback")) for t in ep.turns]
     assert flags == [False, True, True, True]

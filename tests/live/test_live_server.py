@@ -173,7 +173,7 @@ def test_streaming(proxy, upstream):
     for cid in ("s1", "s2"):
         info = httpx.get(f"{url}/v1/mtrouter/conversations/{cid}").json()
         assert info["turns"] == 1 and info["spent"] > 0
-    httpx.post(f"{url}/v1/mtrouter/conversations/s2/finish", json={"score": 1})
+    httpx.post(f"{url}/v1/mtrouter/conversations/s2/finish", json={"score": 1, "score_range": [0, 1]})
     (ep,) = read_episodes(log)
     assert ep.turns[0].tool == "search" and ep.turns[0].output_tokens == 120
 
@@ -205,7 +205,7 @@ def test_fallback_on_upstream_failure(proxy, upstream, failure):
     kind = "timeout" if failure == "timeout" else f"http_{failure}"
     assert raw.headers["x-mtrouter-fallbacks"] == f"strong:{kind}"
     assert raw.parse().model == raw.headers["x-mtrouter-model"] != "strong"
-    httpx.post(f"{url}/v1/mtrouter/conversations/fb-{failure}/finish", json={"score": 0.5})
+    httpx.post(f"{url}/v1/mtrouter/conversations/fb-{failure}/finish", json={"score": 0.5, "score_range": [0, 1]})
     (ep,) = read_episodes(log)
     # the fallback is a fresh draw with the failed model excluded: its propensity is conditional on that
     assert ep.turns[0].meta == {"fallbacks": [{"model": "strong", "error": kind}], "fallback_for": ["strong"],
@@ -326,7 +326,7 @@ def test_heuristic_with_sticky_exploration_no_checkpoint_twenty_turns(free_proxy
         msgs.append(m.model_dump(exclude_none=True))
         for tc in m.tool_calls or []:
             msgs.append({"role": "tool", "tool_call_id": tc.id, "content": tool_result(i, tc.function.name)})
-    httpx.post(f"{url}/v1/mtrouter/conversations/explore-20/finish", json={"score": 1.0})
+    httpx.post(f"{url}/v1/mtrouter/conversations/explore-20/finish", json={"score": 1.0, "score_range": [0, 1]})
     (ep,) = read_episodes(log)
     assert len(ep.turns) == 20 and ep.meta["seed"] == 5 and ep.meta["explore"]
     assert all(0 < t.propensity <= 1 for t in ep.turns)

@@ -63,7 +63,7 @@ def test_client_gone_mid_stream_is_billed_and_the_conversation_moves_on(tmp_path
                 t0 = time.monotonic()
                 r = http.post("/v1/chat/completions", json={**body, "stream": False}, headers=hdr)
                 assert r.status_code == 200 and time.monotonic() - t0 < 5  # not stuck behind a held lock
-                assert http.post("/v1/mtrouter/conversations/gone/finish", json={"score": 1}).status_code == 200
+                assert http.post("/v1/mtrouter/conversations/gone/finish", json={"score": 1, "score_range": [0, 1]}).status_code == 200
     (ep,) = read_episodes(log)
     first = ep.turns[0]
     assert len(ep.turns) == 2 and first.cost > 0  # billed conservatively (no usage chunk arrived)

@@ -24,6 +24,8 @@ _ROUTED_MODEL = re.compile(r"^mtrouter(?:-(explore|greedy))?(?:-(.+))?$")
 MAX_ID_CHARS = 256  # conversation ids and task types end up in logs and metrics-free lookups
 MAX_META_BYTES = 65_536  # a finish call's free-form ``meta`` is logged verbatim
 MAX_TOKENS_LIMIT = 2**31 - 1
+# Scores and score-range ends beyond this are refused: training on 1e300 diverges (non-finite loss).
+MAX_SCORE_ABS = 1e12
 # Deeper JSON is refused: every layer that re-encodes the body (the id hash, the input-token bound,
 # the upstream client) recurses per level, and Python's recursion limit would turn a deep body into
 # a 500. Real requests (messages, nested tool schemas) stay far below.
@@ -34,6 +36,7 @@ COMPLETION_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_to
 # Fields that multiply a turn's completions (and its cost) beyond the per-choice cap: refused unless 1.
 MULTIPLIER_FIELDS = ("n", "best_of")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ApiError(Exception):
@@ -128,13 +131,26 @@ class ChatRequest:
 
 
 def _header_text(headers: Mapping[str, str], name: str, limit: int = MAX_ID_CHARS) -> str | None:
+    """A text header as the client meant it: HTTP carries bytes, which the server hands over decoded
+    as latin-1; they are read again as UTF-8 (so ``é`` sent as UTF-8 is stored as ``é``, and found
+    under its percent-encoded UTF-8 in a URL). Not UTF-8, or control characters: 400."""
     v = headers.get(name)
     if v is None:
         return None
-    v = v.strip()
+    try:
+        v = v.encode("latin-1").decode("utf-8").strip()
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise ApiError(400, f"{name}: not valid UTF-8") from None
     if not v or len(v) > limit:
         raise ApiError(400, f"{name}: expected 1 to {limit} characters, got {len(v)}")
+    if _CONTROL.search(v):
+        raise ApiError(400, f"{name}: control characters are not allowed")
     return v
+
+
+def header_value(text: str) -> str:
+    """``text`` for a response header: its UTF-8 bytes (what the client sent), as latin-1 code points."""
+    return text.encode("utf-8").decode("latin-1")
 
 
 def _max_tokens(body: dict, field: str) -> None:
@@ -264,9 +280,12 @@ def _finite(v: Any, what: str) -> float:
     return f
 
 
-def parse_finish(body: Any) -> tuple[float | None, tuple[float, float] | None, dict | None]:
+def parse_finish(body: Any, configured: tuple[float, float] | None = None
+                 ) -> tuple[float | None, tuple[float, float] | None, dict | None]:
     """(score, score_range, meta) of a finish call, fully checked *before* the conversation is closed
-    (a bad body must not cost the client its episode)."""
+    (a bad body must not cost the client its episode). A score needs a range: the body's
+    ``score_range``, else the server's ``configured`` one (``--score-range``); a body's range must
+    lie within the configured one. Numbers beyond ±``MAX_SCORE_ABS`` are refused."""
     if body is None:
         return None, None, None
     if not isinstance(body, dict) or set(body) - {"score", "score_range", "meta"}:
@@ -279,8 +298,20 @@ def parse_finish(body: Any) -> tuple[float | None, tuple[float, float] | None, d
         srange = (_finite(srange[0], "score_range[0]"), _finite(srange[1], "score_range[1]"))
         if not srange[0] < srange[1]:
             raise ApiError(400, f"score_range: expected lo < hi, got {list(srange)}", param="score_range")
-        if score is not None and not srange[0] <= score <= srange[1]:
-            raise ApiError(400, f"score {score} outside score_range {list(srange)}", param="score")
+        if configured is not None and not configured[0] <= srange[0] < srange[1] <= configured[1]:
+            raise ApiError(400, f"score_range {list(srange)} is outside the server's --score-range "
+                                f"{list(configured)}", param="score_range")
+    elif score is not None:
+        if configured is None:
+            raise ApiError(400, "score without score_range: send \"score_range\": [lo, hi] (the range the score "
+                                "is on; it scales the score for training), or start the server with --score-range "
+                                "LO:HI", param="score_range", code="score_range_required")
+        srange = configured
+    for what, v in (("score", score), ("score_range", srange and max(abs(srange[0]), abs(srange[1])))):
+        if v is not None and abs(v) > MAX_SCORE_ABS:
+            raise ApiError(400, f"{what}: at most {MAX_SCORE_ABS:g} in magnitude, got {_short(v)}", param=what)
+    if score is not None and not srange[0] <= score <= srange[1]:
+        raise ApiError(400, f"score {score} outside score_range {list(srange)}", param="score")
     meta = body.get("meta")
     if meta is not None:
         if not isinstance(meta, dict):
@@ -297,4 +328,4 @@ def parse_finish(body: Any) -> tuple[float | None, tuple[float, float] | None, d
 
 __all__ = ["ApiError", "ChatRequest", "parse_json", "parse_budget", "parse_chat_request", "parse_finish",
            "check_messages", "resolve_model", "parse_lambda", "ROUTED", "EXPLORE", "COMPLETION_LIMIT_FIELDS",
-           "MULTIPLIER_FIELDS"]
+           "MULTIPLIER_FIELDS", "MAX_SCORE_ABS", "header_value"]

@@ -16,11 +16,13 @@ is ``live/proxy.py``, validation ``live/api.py``, conversations ``live/conversat
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-import hmac
 import importlib.util
 import logging
+import sys
 import time
+from typing import Mapping
 
 import anyio
 from fastapi import FastAPI, Request
@@ -28,40 +30,58 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
+from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathError, check_log_writable,  # noqa: F401
+                                             parse_score_range)
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
+from mtrouter_jax.live.server.startup import startup_lines
+from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
 
 log = logging.getLogger("mtrouter_jax.live")
 
-MAX_BODY_BYTES = 64 * 2**20  # a chat request larger than this is refused (413) before it is read
 # uvicorn settings of ``mtrouter serve``. Idle client connections stay open longer than clients
 # keep theirs (httpx: 5 s): a server that closes first races the client's next request on that
 # connection, which the client sees as a reset (errors under load with uvicorn's 5 s default).
 UVICORN_OPTIONS = {"timeout_keep_alive": 75, "backlog": 4096}
 _ERROR_NAMES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
+TENANT_SCOPE = "mtrouter.tenant"  # the ASGI scope key the gate puts the caller's Tenant under
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/health",)
 
 
 class _Gate:
-    """Pure ASGI middleware: bearer-token check on ``/v1/`` and request counts by route and status.
+    """Pure ASGI middleware: who is calling (``tenancy.KeyRing``) and request counts by route and status.
 
-    (Starlette's ``BaseHTTPMiddleware`` re-streams every response through a task group, which cost
-    a visible share of each request's CPU under load.)
+    With keys configured every path but ``/health`` needs one (``/metrics`` an admin key), except
+    ``/metrics`` and the docs pages with ``public_metrics``. (Starlette's ``BaseHTTPMiddleware``
+    re-streams every response through a task group, which cost a visible share of each request's
+    CPU under load.)
     """
 
-    def __init__(self, app, token: str | None, proxy: Proxy):
-        self.app, self.token, self.proxy = app, token, proxy
-        self.auth = None if token is None else token.encode("utf-8")
+    def __init__(self, app, keys: KeyRing, proxy: Proxy, public_metrics: bool = False):
+        self.app, self.keys, self.proxy = app, keys, proxy
+        self.public = OPEN_PATHS + (("/metrics",) + DOCS_PATHS if public_metrics else ())
 
-    def authorized(self, header: bytes | None) -> bool:
-        """``Authorization: Bearer TOKEN``: the scheme in any case (RFC 7235), the token compared in
-        constant time (no timing oracle on how much of it matched)."""
-        scheme, _, cred = (header or b"").strip().partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(), self.auth)
+    def _refusal(self, scope) -> ApiError | None:
+        path = scope["path"]
+        if not self.keys.enabled or path in self.public:
+            scope[TENANT_SCOPE] = ANONYMOUS if not self.keys.enabled else None
+            return None
+        tenant = self.keys.tenant_of(dict(scope["headers"]).get(b"authorization"))
+        if tenant is None:
+            return ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", "authentication_error",
+                            "invalid_api_key")
+        if path == "/metrics" and not tenant.admin:
+            return ApiError(403, "/metrics needs an admin key (or start the server with --public-metrics)",
+                            "permission_error", "admin_required")
+        scope[TENANT_SCOPE] = tenant
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,17 +94,27 @@ class _Gate:
             await send(msg)
 
         try:
-            if self.auth is not None and scope["path"].startswith("/v1/") and \
-                    not self.authorized(dict(scope["headers"]).get(b"authorization")):
-                err = ApiError(401, "missing or invalid bearer token (Authorization: Bearer ...)",
-                               "authentication_error", "invalid_api_key")
-                self.proxy.metrics.errors.labels("401", err.code).inc()
+            err = self._refusal(scope)
+            if err is not None:
+                self.proxy.metrics.errors.labels(str(err.status), err.code).inc()
                 return await err.response()(scope, receive, send_status)
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
             # the route *template* (never the path: it holds conversation ids)
             self.proxy.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status[0])).inc()
+
+
+def _tenant(request: Request) -> Tenant:
+    return request.scope.get(TENANT_SCOPE) or ANONYMOUS
+
+
+def _owner(request: Request, tenant: Tenant) -> str:
+    """Whose conversation a read/finish addresses: the caller's own; an admin's ``?tenant=NAME`` another's."""
+    other = request.query_params.get("tenant")
+    if other is not None and tenant.admin:
+        return other
+    return tenant.name
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -102,24 +132,44 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(router: Router, backends: Backends | None = None, *, token: str | None = None,
+               keys: KeyRing | Mapping[str, Tenant] | None = None, public_metrics: bool = False,
                log_text: bool = False, allow_missing_keys: bool = False, timeout: float = 120.0,
-               max_retries: int = 2, max_open: int = 10_000, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The proxy app. ``backends`` default: clients for every pool model (keys from env)."""
+               max_retries: int = 2, limits: Limits | None = None, max_open: int | None = None,
+               max_body_bytes: int | None = None) -> FastAPI:
+    """The proxy app. ``backends`` default: clients for every pool model (keys from env). ``keys``:
+    API keys with their tenants (``tenancy.py``), ``token`` one more admin key; ``limits``: the
+    resource limits (``max_open``/``max_body_bytes`` override theirs)."""
     if backends is None:
         backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
                             allow_missing_keys=allow_missing_keys)
-    proxy = Proxy(router, backends, log_text, max_open)
+    limits = limits or Limits()
+    over = {k: v for k, v in (("max_open", max_open), ("max_body_bytes", max_body_bytes)) if v is not None}
+    if over:
+        limits = Limits(**{**limits.__dict__, **over})
+    ring = keys if isinstance(keys, KeyRing) else KeyRing(keys)
+    if token is not None:
+        ring = KeyRing({**{k.decode(): t for k, t in ring.keys}, token: Tenant("admin", admin=True)})
+    proxy = Proxy(router, backends, log_text, limits)
     metrics = proxy.metrics
+
+    async def sweep_idle():
+        every = min(max(limits.idle_timeout / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(every)
+            await proxy.store.expire_idle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        sweeper = asyncio.get_running_loop().create_task(sweep_idle()) if limits.idle_timeout else None
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         await anyio.to_thread.run_sync(proxy.store.close_all)  # log open conversations (unscored)
         await backends.aclose()
 
     app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
     app.state.proxy = proxy
-    app.add_middleware(_Gate, token=token, proxy=proxy)
+    app.add_middleware(_Gate, keys=ring, proxy=proxy, public_metrics=public_metrics)
 
     def error_response(e: ApiError):
         metrics.errors.labels(str(e.status), e.code or e.type).inc()
@@ -151,9 +201,9 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         t0 = time.perf_counter()
-        raw = await _read_body(request, max_body_bytes)
+        raw = await _read_body(request, limits.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await guarded(proxy.chat(raw, headers, t0))
+        return await guarded(proxy.chat(raw, headers, t0, _tenant(request)))
 
     @app.get("/v1/models")
     async def models():
@@ -166,27 +216,30 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                                            for i in ids]}
 
     @app.get("/v1/mtrouter/conversations")
-    async def conversations():
-        """Open conversations (most recently used last): id, turns, spend — to find a derived id."""
-        with proxy.store.lock:
-            items = list(proxy.store.open.items())
+    async def conversations(request: Request):
+        """Open conversations (most recently used last): id, turns, spend — to find a derived id. A
+        tenant sees its own; an admin key every tenant's."""
+        tenant = _tenant(request)
         return {"object": "list", "data": [{"id": cid, "derived": c.derived, "turns": len(c.episode.turns),
-                                            "spent": c.episode.spent, "last_used": c.last_used}
-                                           for cid, c in items]}
+                                            "spent": c.episode.spent, "last_used": c.last_used,
+                                            **({"tenant": owner} if tenant.admin and ring.enabled else {})}
+                                           for (owner, cid), c in proxy.store.items(tenant)]}
 
     @app.get("/v1/mtrouter/conversations/{cid}")
-    async def conversation(cid: str):
-        conv = proxy.store.get(cid)
+    async def conversation(cid: str, request: Request):
+        owner = _owner(request, _tenant(request))
+        conv = proxy.store.get(cid, owner)
         if conv is not None:
             return conv.episode.info()
-        if cid in proxy.store.done:
-            return proxy.store.done[cid]
+        if (owner, cid) in proxy.store.done:
+            return proxy.store.done[(owner, cid)]
         raise ApiError(404, f"no conversation {cid!r}", code="conversation_not_found")
 
     @app.post("/v1/mtrouter/conversations/{cid}/finish")
     async def finish(cid: str, request: Request):
-        raw = await _read_body(request, max_body_bytes)
-        return await guarded(proxy.finish(cid, raw))
+        raw = await _read_body(request, limits.max_body_bytes)
+        owner = _owner(request, _tenant(request))
+        return await guarded(proxy.finish(cid, raw, Tenant(owner)))
 
     @app.get("/v1/mtrouter/router")
     async def router_info():
@@ -208,24 +261,26 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log_path=None, log_text=False,
           token=None, allow_missing_keys=False, timeout=120.0, max_retries=2, strict_cache=False,
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
-          keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20) -> None:
-    """Build the router and run the proxy with uvicorn (blocks)."""
+          keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20, keys=None,
+          public_metrics=False, max_open=10_000, tenant_max_open=None, max_turns=1000, turn_deadline=45.0,
+          idle_timeout=3600.0, score_range=None) -> None:
+    """Build the router and run the proxy with uvicorn (blocks). Bad options raise a ``UsageError``
+    subclass naming the flag (``LogPathError``, ``KeysFileError``, ``RouterSpecError``, ...)."""
     import uvicorn
+    check_log_writable(log_path)
+    ring = load_keys(keys, token)
+    limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
+                    parse_score_range(score_range))
     r = router_from_options(checkpoint, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
                      lam_table)
-    info = r.describe()
-    if checkpoint:
-        log.info("λ: %s", info["lam"])
-    log.info("routing with %s%s over %s", info["policy"], f" (explore: {info['explore']})" if info["explore"] else "",
-             ", ".join(info["pool"]))
-    log.info("tool-name mapping (name -> vocabulary entry): %s",
-             ", ".join(f"{k}->{v}" for k, v in info["tool_mapping"].items()))
+    for line in startup_lines(r, ring, limits, public_metrics):
+        log.info("%s", line)
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "
                     "(pip install 'openai[aiohttp]'; docs/live.md)")
-    app = create_app(r, token=token, log_text=log_text, allow_missing_keys=allow_missing_keys,
-                     timeout=timeout, max_retries=max_retries, max_body_bytes=int(max_body_mb * 2**20))
+    app = create_app(r, keys=ring, public_metrics=public_metrics, log_text=log_text,
+                     allow_missing_keys=allow_missing_keys, timeout=timeout, max_retries=max_retries, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level="info", **{**UVICORN_OPTIONS, "timeout_keep_alive": keep_alive})
 
 
@@ -233,7 +288,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="mtrouter serve", description=__doc__.splitlines()[0])
     add_serve_args(p)
     logging.basicConfig(level=logging.INFO)
-    serve(**vars(p.parse_args(argv)))
+    try:
+        serve(**vars(p.parse_args(argv)))
+    except UsageError as e:  # LogPathError, KeysFileError, ...: one line, exit status 2, as the CLI does
+        print(f"mtrouter serve: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

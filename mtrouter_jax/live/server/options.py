@@ -29,7 +29,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="base of the per-conversation seeds (each is logged)")
     p.add_argument("--log", dest="log_path", default=None, help="JSONL file for routed episodes")
     p.add_argument("--log-text", action="store_true", help="also log observations/actions")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (one admin key)")
+    p.add_argument("--keys", default=None,
+                   help="API keys with owners: TOML/JSON file of key -> {tenant, admin, budget_cap, max_open} (also "
+                        "env MTROUTER_KEYS, inline JSON); a conversation belongs to the tenant that started it")
+    p.add_argument("--public-metrics", action="store_true",
+                   help="serve /metrics and the docs pages without a key (with keys configured)")
     p.add_argument("--allow-missing-keys", action="store_true", help="use 'EMPTY' for unset key variables")
     p.add_argument("--timeout", type=float, default=120.0, help="upstream timeout (s)")
     p.add_argument("--max-retries", type=int, default=2, help="upstream retries per model")
@@ -38,3 +43,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-alive", type=float, default=75.0,
                    help="seconds an idle client connection is kept open (longer than clients keep theirs)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (413 above)")
+    p.add_argument("--max-open", type=int, default=10_000,
+                   help="open conversations at most; a new one beyond is refused with 429 (none is evicted)")
+    p.add_argument("--tenant-max-open", type=int, default=None,
+                   help="open conversations per tenant at most (default: --max-open; a key's max_open wins)")
+    p.add_argument("--max-turns", type=int, default=1000, help="turns per conversation at most (409 beyond)")
+    p.add_argument("--turn-deadline", type=float, default=45.0,
+                   help="seconds a turn may take upstream, every model, retry and fallback together (504 beyond; "
+                        "0: none; raise it for slow non-streamed reasoning models)")
+    p.add_argument("--idle-timeout", type=float, default=3600.0,
+                   help="seconds after which an idle conversation is logged unscored and dropped (0: never)")
+    p.add_argument("--score-range", default=None,
+                   help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
+                        "send its own)")

@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from typing import Any
 
-import anyio
 from fastapi.responses import Response, StreamingResponse
 
 from mtrouter_jax.logs.detect import message_text
 from mtrouter_jax.live.accounting import checked_usage, input_tokens_bound
-from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, ChatRequest, parse_chat_request,
-                                          parse_finish, parse_json)
-from mtrouter_jax.live.backends import SSE_DONE, Attempt, Backends, UpstreamError, acall_with_fallback, sse_payload
+from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, ChatRequest, header_value,
+                                          parse_chat_request, parse_finish)
+from mtrouter_jax.live.backends import Backends, UpstreamError, acall_with_fallback
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.server.prometheus import ProxyMetrics
-from mtrouter_jax.live.server.replies import text_tool, tool_and_action, upstream_message
+from mtrouter_jax.live.server.limits import Limits, decode_body
+from mtrouter_jax.live.server.replies import tool_and_action, upstream_message
+from mtrouter_jax.live.server.streams import TurnStream, dumps
+from mtrouter_jax.live.server.tenancy import ANONYMOUS, Tenant
 from mtrouter_jax.live.router import BudgetExhausted, Router
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -42,31 +43,13 @@ def _nbytes(obj: Any) -> int:
     return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-def _finite_json(obj: Any) -> Any:
-    """``obj`` with NaN/Infinity (which an upstream may send, and JSON cannot carry) as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
-def _dumps(obj: Any) -> str:
-    """Compact JSON of an upstream object for the client (non-finite numbers as null)."""
-    try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite_json(obj), ensure_ascii=False, separators=(",", ":"))
-
-
 class Proxy:
     """The request handling behind the FastAPI app (``server.create_app`` wires the routes)."""
 
-    def __init__(self, router: Router, backends: Backends, log_text: bool = False, max_open: int = 10_000):
+    def __init__(self, router: Router, backends: Backends, log_text: bool = False, limits: Limits | None = None):
         self.router, self.backends, self.log_text = router, backends, log_text
-        self.store = ConversationStore(router, max_open, on_close=self._on_close)
+        self.limits = limits or Limits()
+        self.store = ConversationStore(router, self.limits, on_close=self._on_close)
         self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
 
     def _on_close(self, reason: str) -> None:
@@ -77,19 +60,21 @@ class Proxy:
         return ApiError(402, message, "insufficient_quota", "budget_exhausted")
 
     # --------------------------------------------------------------- finish
-    async def finish(self, cid: str, raw: bytes) -> dict:
-        score, srange, meta = parse_finish(parse_json(raw) if raw.strip() else None)
-        return await self.store.finish(cid, score, srange, meta)
+    async def finish(self, cid: str, raw: bytes, tenant: Tenant = ANONYMOUS) -> dict:
+        body = await decode_body(raw, "finish body") if raw.strip() else None
+        score, srange, meta = parse_finish(body, self.limits.score_range)
+        return await self.store.finish(cid, score, srange, meta, tenant.name)
 
     # --------------------------------------------------------------- chat
-    async def chat(self, raw: bytes, headers: dict, t_start: float):
+    async def chat(self, raw: bytes, headers: dict, t_start: float, tenant: Tenant = ANONYMOUS):
         """A chat turn: a JSON Response, or a StreamingResponse for ``stream=true``."""
-        req = parse_chat_request(parse_json(raw), headers, self.router.pool.names,
+        req = parse_chat_request(await decode_body(raw), headers, self.router.pool.names,
                                  self.router.explore_policy is not None, conversation_key)
-        return await self._locked_turn(req, t_start)
+        return await self._locked_turn(req, t_start, tenant)
 
-    async def _locked_turn(self, req: ChatRequest, t_start: float):
-        conv = self.store.get_or_start(req.cid, req.derived, req.budget, req.task, req.lam, req.explore, req.seed)
+    async def _locked_turn(self, req: ChatRequest, t_start: float, tenant: Tenant):
+        conv = self.store.get_or_start(req.cid, req.derived, req.budget, req.task, req.lam, req.explore, req.seed,
+                                       tenant)
         try:
             async with asyncio.timeout(BUSY_TIMEOUT_S):  # (a cancelled acquire never holds the lock)
                 await conv.lock.acquire()
@@ -102,8 +87,11 @@ class Proxy:
             if req.derived and conv.n_seen and len(req.messages) < conv.n_seen - 1:
                 conv.lock.release()
                 handed_over = True
-                await self.store.restart(req.cid, conv)
-                return await self._locked_turn(req, t_start)
+                await self.store.restart(conv)
+                return await self._locked_turn(req, t_start, tenant)
+            if len(conv.episode.turns) >= self.limits.max_turns:
+                raise ApiError(409, f"conversation {req.cid!r} has {len(conv.episode.turns)} turns, the proxy's limit "
+                                    "(--max-turns): finish it and start a new one", code="max_turns_reached")
             resp = await self._turn(req, conv, t_start)
             handed_over = isinstance(resp, StreamingResponse)
             return resp
@@ -206,8 +194,15 @@ class Proxy:
             finally:
                 self.metrics.upstream.labels(model).observe(time.perf_counter() - t0)
 
+        deadline = self.limits.turn_deadline or None
         try:
-            att = await acall_with_fallback(ranking, call, on_fail)
+            async with asyncio.timeout(deadline):  # every model, retry and fallback of this turn together
+                att = await acall_with_fallback(ranking, call, on_fail)
+        except TimeoutError:
+            self.metrics.fallbacks.labels(ranking[0], "deadline").inc()
+            raise ApiError(504, f"the turn took longer than the proxy's deadline of {deadline:g} s (--turn-deadline) "
+                                f"across its upstream attempts ({', '.join(dict.fromkeys(failed)) or ranking[0]}); "
+                                "nothing was billed", "upstream_error", "turn_deadline") from None
         except UpstreamError as e:
             if not e.retryable:
                 raise ApiError(e.status or 502, f"upstream {e.model} rejected the request: " + upstream_message(e),
@@ -219,7 +214,7 @@ class Proxy:
             meta["passthrough"] = True
         ep.last_decision = decisions.get(att.model)
         prop = None if ep.last_decision is None else ep.last_decision.propensity
-        hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": cid,
+        hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": header_value(cid),
                "X-MTRouter-Fallbacks": ",".join(f"{f['model']}:{f['error']}" for f in att.fallbacks)}
         overhead = time.perf_counter() - t_start - att.upstream_seconds
         hdr["X-MTRouter-Overhead-Ms"] = f"{overhead * 1e3:.3f}"
@@ -227,7 +222,7 @@ class Proxy:
         out_hi = self._completion_hi(att.model, limit_for(att.model))
         if req.stream:
             hdr.update(_money_headers(ep))
-            return _TurnStream(self, att, conv, req, hi, out_hi, prop, meta, hdr)
+            return TurnStream(self, att, conv, req, hi, out_hi, prop, meta, hdr)
         resp = att.result
         if not isinstance(resp, dict):  # the call happened (and may be charged): billed once, at the worst case
             log.warning("upstream %s answered a %s instead of a JSON object", att.model, type(resp).__name__)
@@ -240,7 +235,7 @@ class Proxy:
         resp["model"] = att.model
         hdr.update(_money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
-        return Response(_dumps(resp), media_type="application/json", headers=hdr)
+        return Response(dumps(resp), media_type="application/json", headers=hdr)
 
     def _completion_hi(self, model: str, limit: int | None) -> int:
         """Most completion tokens the upstream may bill: the limit sent, at most the model's output limit."""
@@ -265,131 +260,8 @@ class Proxy:
                         "as reported" if flag == "over_cap" else "at the worst case")
         cost = ep.record(model, usage, tool_name=tool, action=action, propensity=prop, meta=meta)
         conv.n_seen = len(req.messages) + 1
+        conv.last_used = time.time()
         self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)
-
-
-class _TurnStream(StreamingResponse):
-    """SSE pass-through of one turn. The turn is recorded and the conversation's lock released when
-    the stream ends — also when the client goes away mid-stream, or before the first chunk (then
-    Starlette never starts the body generator, hence the cleanup in ``__call__``)."""
-
-    def __init__(self, proxy: Proxy, att: Attempt, conv: Conversation, req: ChatRequest, hi, out_hi, prop, meta,
-                 headers: dict):
-        self.proxy, self.att, self.conv, self.req, self.hi, self.out_hi, self.prop, self.meta = (
-            proxy, att, conv, req, hi, out_hi, prop, meta)
-        self.state: dict = {"usage": None, "tool": None, "text": [], "recorded": False, "closed": False,
-                            "done": False, "finish_reason": False}
-        super().__init__(self._body(), media_type="text/event-stream", headers=headers)
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._cleanup()
-
-    def _finish_turn(self) -> dict:
-        st, ep = self.state, self.conv.episode
-        st["recorded"] = True
-        try:
-            action = "".join(st["text"])  # no usage chunk: billed at the worst case (flagged)
-            self.proxy._record(self.conv, self.req, self.att.model, st["usage"], st["tool"] or text_tool(action),
-                               action, self.prop, self.meta, self.hi, self.out_hi)
-            return {"model": self.att.model, "spent": ep.spent, "remaining": ep.remaining,
-                    "turn_cost": ep.turns[-1].cost, "fallbacks": self.att.fallbacks}
-        finally:
-            self.conv.lock.release()
-
-    async def _cleanup(self) -> None:
-        if not self.state["recorded"]:  # the client went away: the turn still happened (and is billed)
-            self.meta.setdefault("stream_error", "client_disconnected")
-            self._finish_turn()
-        if not self.state["closed"]:
-            self.state["closed"] = True
-            with anyio.CancelScope(shield=True):
-                await self.att.result.aclose()
-
-    async def _events(self):
-        """The upstream's decoded chunks; ``state["done"]`` is set when its ``[DONE]`` arrives."""
-        res = self.att.result
-        resp = getattr(res, "_resp", None)
-        if resp is None:  # a stream object without its raw lines: trust its end
-            async for ch in res.events():
-                yield ch
-            self.state["done"] = True
-            return
-        async for line in resp.iter_lines():
-            ev = sse_payload(line, res.model)
-            if ev is SSE_DONE:
-                self.state["done"] = True
-                return
-            if ev is not None:
-                yield ev
-
-    async def _body(self):
-        st = self.state
-        try:
-            error = None
-            try:
-                async for ch in self._events():
-                    if not isinstance(ch, dict):
-                        continue
-                    if ch.get("error") is not None:  # the upstream's own error event: the stream ends here
-                        error = "upstream_error_event"
-                        break
-                    ch["model"] = self.att.model
-                    if ch.get("usage"):
-                        st["usage"] = ch["usage"]
-                    _collect(ch, st)
-                    if not self.req.include_usage and ch.get("usage") is not None:
-                        if not ch.get("choices"):
-                            continue
-                        ch = {k: v for k, v in ch.items() if k != "usage"}
-                    yield f"data: {_dumps(ch)}\n\n"
-                else:
-                    if not st["done"] and not st["finish_reason"]:
-                        error = "upstream_cut"  # the connection ended before [DONE] and any finish_reason
-            except Exception as e:  # noqa: BLE001 - upstream died mid-stream: bill what was seen
-                error = type(e).__name__
-            if error is not None:
-                log.warning("stream from %s was interrupted (%s): the client gets an error event, not [DONE]",
-                            self.att.model, error)
-                self.meta["stream_error"] = error
-            acct = self._finish_turn()
-            yield f": mtrouter {json.dumps(acct)}\n\n"
-            if error is None:
-                yield "data: [DONE]\n\n"
-            else:
-                self.proxy.metrics.errors.labels("502", "stream_interrupted").inc()
-                err = ApiError(502, f"the upstream stream from {self.att.model} was interrupted ({error}); the "
-                                    "reply is incomplete (the turn was billed)", "upstream_error",
-                               "stream_interrupted")
-                yield f"data: {json.dumps(err.body(), separators=(',', ':'))}\n\n"
-        finally:
-            await self._cleanup()
-
-
-def _collect(ch: dict, state: dict) -> None:
-    """Accumulate a chunk's text and first tool-call name (whatever shape the chunk has)."""
-    choices = ch.get("choices")
-    for c in choices if isinstance(choices, list) else []:
-        if not isinstance(c, dict):
-            continue
-        if c.get("finish_reason"):
-            state["finish_reason"] = True
-        delta = c.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        if isinstance(delta.get("content"), str):
-            state["text"].append(delta["content"])
-        calls = delta.get("tool_calls")
-        for tc in calls if isinstance(calls, list) else []:
-            fn = tc.get("function") if isinstance(tc, dict) else None
-            if not isinstance(fn, dict):
-                continue
-            if isinstance(fn.get("name"), str) and fn["name"] and state["tool"] is None:
-                state["tool"] = fn["name"]
-            if isinstance(fn.get("arguments"), str):
-                state["text"].append(fn["arguments"])
 
 
 def _money_headers(ep: LiveEpisode) -> dict:
