@@ -27,6 +27,9 @@ class TrainConfig:
     # weight of the cost head's MSE; None = var(score target) / var(cost target), so neither head's
     # scale dominates the shared trunk (cost targets vary ~10x more than scores)
     cost_weight: float | None = None
+    # weight of the executed-counterfactual pair loss (optim.pair_loss), used when the logs hold
+    # linked branches (collect scienceworld --branch K); 0 = treat branches as ordinary episodes
+    pair_weight: float = 1.0
     seed: int = 0
     max_seconds: float | None = None  # stop early (best weights kept) after this much wall time
 

@@ -24,6 +24,7 @@ from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.routing.policies import pace_costs
 from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.core.pricing import call_cost
+from mtrouter_jax.estimator.pairs import branch_links, pair_rows
 from mtrouter_jax.estimator.targets import (AECConfig, annealed_error_targets, expected_steps_by_task,
                                   remaining_cost_targets)
 from mtrouter_jax.estimator.text import TextEncoder
@@ -89,6 +90,10 @@ class TrainingData:
     turn_cost_hi: np.ndarray | None = None  # (N, M)
     remaining_budget: np.ndarray | None = None  # (N,)
     pace_cost: np.ndarray | None = None  # (N, M) USD to finish on each model at its pace (policy.pace_costs)
+    # executed counterfactuals (estimator.pairs): (P, 2) rows (base, branch) at each pair's shared
+    # history, and per row the episode family (a branch's base) that the validation split keeps together
+    pairs: np.ndarray | None = None
+    group: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -255,7 +260,9 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
         out_hi[m] = np.quantile(sel, 0.95) if sel.size else (np.quantile(all_out, 0.95) if all_out.size else 1000.0)
         out_mean[m] = sel.mean() if sel.size else (all_out.mean() if all_out.size else 1000.0)
 
-    idx = np.nonzero(mask)
+    keep, family, links = branch_links(episodes)  # a branch's replayed prefix is its base's data
+    idx = np.nonzero(mask & keep)
+    row_of = {(int(i), int(t)): r for r, (i, t) in enumerate(zip(*idx))}
     spent_before = np.cumsum(arr["cost"], axis=1) - arr["cost"]
     remaining = arr["budget"][:, None] - spent_before
     # the router's budget pacing (policy.budget_allowed), for the bootstrap value of each state
@@ -272,6 +279,8 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
         fingerprint=fingerprint(episodes), n_episodes=E,
         turn_cost_hi=state_turn_costs(arr, pool, out_hi)[idx].astype(np.float32),
         remaining_budget=remaining[idx].astype(np.float32), pace_cost=pace[idx].astype(np.float32),
+        pairs=pair_rows(links, row_of) if links else None,
+        group=family[idx[0]].astype(np.int32) if links else None,
     )
 
 
@@ -311,7 +320,8 @@ def split_by_episode(data: TrainingData, val_frac: float, seed: int) -> tuple[np
     rng = np.random.default_rng(seed)
     n_val = int(round(val_frac * data.n_episodes)) if val_frac > 0 else 0
     val_eps = rng.permutation(data.n_episodes)[:n_val]
-    is_val = np.isin(data.episode, val_eps)
+    # an executed-counterfactual branch goes with its base (they share a prefix): split by family
+    is_val = np.isin(data.episode if data.group is None else data.group, val_eps)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 

@@ -28,7 +28,18 @@ def estimator_loss(model: OutcomeEstimator, batch: dict, cfg: TrainConfig, cost_
     se_cost = (pred[:, 1] - batch["yc"]) ** 2
     denom = jnp.maximum(jnp.sum(w), 1e-9)
     mse = jnp.sum(w * (se_score + cost_weight * se_cost)) / denom
-    return mse + cfg.l2_residual * jnp.sum(model.residual[...] ** 2), mse
+    loss = mse + cfg.l2_residual * jnp.sum(model.residual[...] ** 2)
+    if "pair" in batch:  # executed counterfactuals: fit the score difference of the two models directly
+        loss = loss + cfg.pair_weight * pair_loss(model, batch["pair"])
+    return loss, mse
+
+
+def pair_loss(model: OutcomeEstimator, pair: dict):
+    """Mean squared error of the predicted score difference ``Q(h, b) - Q(h, a)`` against the
+    paired advantage label ``d`` (``estimator.pairs``): a per-turn label with the continuation's
+    noise mostly cancelled, where the Monte-Carlo targets carry all of it."""
+    diff = model(pair["x"], pair["b"])[:, 0] - model(pair["x"], pair["a"])[:, 0]
+    return jnp.mean((diff - pair["d"]) ** 2)
 
 
 def default_cost_weight(train: dict) -> float:
@@ -62,5 +73,5 @@ def effective_batch_size(n_train: int, requested: int, n_devices: int = 1) -> in
     return b
 
 
-__all__ = ["MIN_STEPS_PER_EPOCH", "make_optimizer", "estimator_loss", "default_cost_weight", "per_model_mean_loss",
+__all__ = ["MIN_STEPS_PER_EPOCH", "make_optimizer", "estimator_loss", "pair_loss", "default_cost_weight", "per_model_mean_loss",
            "effective_batch_size"]

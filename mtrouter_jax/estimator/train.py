@@ -27,6 +27,7 @@ from mtrouter_jax.estimator.model import (EstimatorConfig, make_estimator, model
                                           normalise_attributes)
 from mtrouter_jax.estimator.optim import (MIN_STEPS_PER_EPOCH, default_cost_weight, effective_batch_size,
                                           estimator_loss, make_optimizer, per_model_mean_loss)
+from mtrouter_jax.estimator.pairs import paired_advantages
 from mtrouter_jax.estimator.progress import EpochBar
 
 log = logging.getLogger("mtrouter_jax.train")
@@ -57,15 +58,25 @@ def make_train_epoch(graphdef, cfg: TrainConfig, n_batches: int, mesh: Mesh | No
 
     @jax.jit
     def train_epoch(state, data, key, weights=None):
+        data = dict(data)
+        pairs = data.pop("pairs", None)  # executed-counterfactual pairs: their own minibatches
         perm = jax.random.permutation(key, data["a"].shape[0])[: n_batches * bs].reshape(n_batches, bs)
+        if pairs is not None:
+            n_pairs = pairs["d"].shape[0]
+            pick = jax.random.randint(jax.random.fold_in(key, 1), (n_batches, min(bs, n_pairs)), 0, n_pairs)
+        else:
+            pick = jnp.zeros((n_batches, 0), jnp.int32)
 
-        def body(state, idx):
+        def body(state, xs):
+            idx, pidx = xs
             batch = jax.tree_util.tree_map(lambda v: shard(v[idx]), data)
+            if pairs is not None:
+                batch["pair"] = jax.tree_util.tree_map(lambda v: v[pidx], pairs)
             if k == 1:
                 return member_step(state, batch)
             return step_all(state, batch, shard(weights[:, idx], P(None, "data")))
 
-        state, losses = jax.lax.scan(body, state, perm)
+        state, losses = jax.lax.scan(body, state, (perm, pick))
         return state, jnp.mean(losses, axis=0)
 
     return train_epoch
@@ -83,10 +94,20 @@ def make_eval_losses(graphdef, graphdef_eval, cfg: TrainConfig, cost_weight: flo
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
-def subset(data: TrainingData, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows ``idx`` of ``data`` as the arrays one epoch reads."""
-    return {"x": data.features[idx], "a": data.model[idx], "ys": data.score_target[idx],
-            "yc": data.cost_target[idx], "w": data.weight[idx]}
+def subset(data: TrainingData, idx: np.ndarray, with_pairs: bool = False) -> dict:
+    """The rows ``idx`` of ``data`` as the arrays one epoch reads; ``with_pairs``: plus the
+    executed-counterfactual pairs whose two rows are both in ``idx`` (shared history, the two
+    served models, the paired advantage label), when there are any."""
+    out = {"x": data.features[idx], "a": data.model[idx], "ys": data.score_target[idx],
+           "yc": data.cost_target[idx], "w": data.weight[idx]}
+    if with_pairs and data.pairs is not None and len(data.pairs):
+        inside = np.zeros(data.n, bool)
+        inside[idx] = True
+        rows = data.pairs[inside[data.pairs[:, 0]] & inside[data.pairs[:, 1]]]
+        if len(rows):
+            out["pairs"] = {"x": data.features[rows[:, 0]], "a": data.model[rows[:, 0]], "b": data.model[rows[:, 1]],
+                            "d": np.asarray(paired_advantages(data.score_target, rows), np.float32)}
+    return out
 
 
 def _initial_state(ecfg: EstimatorConfig, attrs, tx, seed: int, k: int):
@@ -135,7 +156,7 @@ def fit(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), k: int
         log.info("%d training turns: batch size %d instead of %d (at least %d steps per epoch)",
                  len(train_idx), batch, cfg.batch_size, MIN_STEPS_PER_EPOCH)
         cfg = dataclasses.replace(cfg, batch_size=batch)
-    train, val = subset(data, train_idx), subset(data, val_idx)
+    train, val = subset(data, train_idx, with_pairs=cfg.pair_weight > 0), subset(data, val_idx)
     n_batches = len(train_idx) // cfg.batch_size
     tx = make_optimizer(cfg, n_batches * cfg.max_epochs)
     graphdef, graphdef_eval, state, key = _initial_state(ecfg, attrs, tx, cfg.seed, k)

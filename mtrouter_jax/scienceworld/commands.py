@@ -47,6 +47,10 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-map", default=None)
     p.add_argument("--lam", type=float, default=None)
     p.add_argument("--budget", type=_budget, default=None, help="USD per episode (default: none)")
+    p.add_argument("--branch", type=int, default=0, metavar="K",
+                   help="executed counterfactuals: after each episode, K branches that replay its first t turns, "
+                        "serve turn t with another model and continue with the same router and draws, logged "
+                        "linked (meta.branch_of, branch_turn); the trainer uses each pair as a per-turn label")
     p.add_argument("--out", required=True, help="trajectory JSONL (appended; ids already there are skipped)")
 
 
@@ -76,6 +80,8 @@ def _checks(a):
     for n, v in (("--per-task", a.per_task), ("--runs", a.runs), ("--step-limit", a.step_limit)):
         if v < 1:
             raise UsageError(f"{n} must be >= 1, got {v}")
+    if getattr(a, "branch", 0) < 0:
+        raise UsageError(f"--branch must be >= 0, got {a.branch}")
     if a.workers is not None and a.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {a.workers}")
     tasks = [check_task(t) for t in (a.tasks or DEFAULT_TASKS)]
@@ -89,9 +95,13 @@ def cmd_collect(a) -> int:
     pool, tasks = _checks(a)
     spec = RouterSpec(a.router, a.explore, a.checkpoint, a.tool_map, a.lam, a.seed)
     eps = collect(a.out, pool, spec, per_task=a.per_task, runs=a.runs, split=a.split, tasks=tasks, budget=a.budget,
-                  backend=a.backend, workers=a.workers, seed=a.seed, step_limit=a.step_limit, profiles=a.profiles)
+                  backend=a.backend, workers=a.workers, seed=a.seed, step_limit=a.step_limit, profiles=a.profiles,
+                  branch=a.branch)
     n_turns = sum(len(e.turns) for e in eps)
-    print(f"appended {len(eps)} episodes ({n_turns} turns, ${sum(e.total_cost for e in eps):.4f}) to {a.out}")
+    n_br = sum(1 for e in eps if "branch_of" in (e.meta or {}))
+    spent = sum((e.meta or {}).get("branch_cost", e.total_cost) for e in eps)
+    print(f"appended {len(eps)} episodes{f' ({n_br} of them branches)' if n_br else ''} ({n_turns} turns, "
+          f"${spent:.4f} spent) to {a.out}")
     return 0
 
 

@@ -56,12 +56,13 @@ def validate_spec(spec: RouterSpec, pool: Pool, backend: str = "scripted") -> No
 def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1, runs: int = 1,
             split: str = "train", tasks: Sequence[str] = DEFAULT_TASKS, budget: float | None = None,
             backend: str = "scripted", workers: int | None = None, seed: int = 0, step_limit: int = 100,
-            profiles: str | None = None, progress: bool = True) -> list:
-    """Collect routed episodes into ``out`` (resumable: ids already there are skipped)."""
+            profiles: str | None = None, progress: bool = True, branch: int = 0) -> list:
+    """Collect routed episodes into ``out`` (resumable: ids already there are skipped); ``branch``
+    executed counterfactuals per episode (``scienceworld.branch``), logged linked to it."""
     validate_spec(spec, pool, backend)
     require_java()
     plan = plan_variations(tasks, split, per_task, seed)
-    jobs = make_jobs(spec, plan, split, runs, budget)
+    jobs = make_jobs(spec, plan, split, runs, budget, branch=branch)
     return list(run_jobs(jobs, pool, lambda j: out, backend=backend, workers=_workers(workers), scripted_seed=seed,
                          step_limit=step_limit, profiles=profiles, progress=progress))
 

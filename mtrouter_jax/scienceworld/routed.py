@@ -21,7 +21,7 @@ from mtrouter_jax.live.episode import Decision, LiveEpisode
 from mtrouter_jax.live.router import BudgetExhausted, Router
 from mtrouter_jax.logs.io import Episode
 
-from .agent import ChatBackend
+from .agent import NO_ACTION_OBSERVATION, ChatBackend
 from .engine import ScienceWorldEngine
 from .session import Session, TurnOutcome
 
@@ -45,6 +45,11 @@ class LiveChatBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             text = ""
         return text, resp.get("usage") or {}
+
+
+class ReplayMismatch(RuntimeError):
+    """A replayed action prefix did not restore the logged state (the environment is not
+    deterministic there, or the log is not of this task and variation)."""
 
 
 @dataclass
@@ -167,6 +172,38 @@ class RoutedEpisode:
         self.truncated, self.ended_by = True, why
         return None
 
+    def replay(self, turn) -> TurnOutcome:
+        """Re-apply one logged turn (a ``logs.Turn`` with its action text) without calling any model:
+        the same command goes to ScienceWorld and the logged usage is billed again, so the episode
+        is restored to the state after that turn (executed counterfactuals, ``scienceworld.branch``).
+
+        Raises :class:`ReplayMismatch` when ScienceWorld's score after the command differs from the
+        logged one (observation strings are not compared: ScienceWorld lists a room's objects in a
+        varying order, even within one JVM, docs/benchmarks.md)."""
+        if self.done:
+            raise RuntimeError(f"episode {self.live.episode_id!r} is over")
+        if turn.action is None and turn.observation is None:
+            raise ReplayMismatch("the log has no action text to replay (collect with the default --log-text)")
+        msgs = self.session.messages()
+        action = None if turn.observation == NO_ACTION_OBSERVATION else turn.action
+        outcome = self.session.apply_action(action)
+        if turn.progress is not None and float(outcome.score) != float(turn.progress):
+            raise ReplayMismatch(f"turn {outcome.step}: replaying {action!r} gives score {outcome.score}, "
+                                 f"the log says {turn.progress:g}")
+        note = getattr(self.backend, "note_call", None)
+        if note is not None:  # e.g. the scripted backend's prompt-cache state
+            note(turn.model, msgs, self.session)
+        self.live.last_decision = None
+        usage = {"prompt_tokens": turn.input_tokens, "completion_tokens": turn.output_tokens,
+                 "prompt_tokens_details": {"cached_tokens": turn.cached_tokens}}
+        self.live.record(turn.model, usage, tool_name=outcome.action_type, observation=outcome.observation,
+                         action=outcome.action if outcome.action is not None else turn.action,
+                         propensity=turn.propensity, meta={"replayed": True},
+                         next_context_tokens=float(self._context()), progress=float(outcome.score))
+        if not self.terminated and self.session.steps >= self.step_limit:
+            self.truncated, self.ended_by = True, "step limit"
+        return outcome
+
     def run(self) -> "RoutedEpisode":
         """Route every turn with the router's policy until the episode ends."""
         while not self.done:
@@ -182,5 +219,5 @@ class RoutedEpisode:
         return self.live.finish(self.score, SCORE_RANGE, meta)
 
 
-__all__ = ["RoutedEpisode", "LiveChatBackend", "TurnResult", "TOOLS", "SCORE_RANGE",
+__all__ = ["RoutedEpisode", "ReplayMismatch", "LiveChatBackend", "TurnResult", "TOOLS", "SCORE_RANGE",
            "DEFAULT_STEP_LIMIT"]

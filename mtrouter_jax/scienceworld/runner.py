@@ -52,6 +52,7 @@ class Job:
     budget: float | None = None
     split: str = "train"
     base_id: str = field(default="", compare=False)
+    branch: int = 0  # executed counterfactuals per episode (scienceworld.branch)
 
     @property
     def episode_id(self) -> str:
@@ -77,9 +78,10 @@ def plan_variations(tasks: Sequence[str], split: str, per_task: int, seed: int =
 
 
 def make_jobs(spec: RouterSpec, plan: Iterable[tuple[str, int]], split: str, runs: int = 1,
-              budget: float | None = None) -> list[Job]:
-    """Jobs of one router over a plan; the base id (scripted draws) ignores the router."""
-    return [Job(spec, t, v, r, budget, split, base_id=f"sw-{split}-{t}-v{v}-r{r}")
+              budget: float | None = None, branch: int = 0) -> list[Job]:
+    """Jobs of one router over a plan; the base id (scripted draws) ignores the router. ``branch``:
+    executed counterfactuals per episode, run right after it in the same worker."""
+    return [Job(spec, t, v, r, budget, split, base_id=f"sw-{split}-{t}-v{v}-r{r}", branch=branch)
             for t, v in plan for r in range(runs)]
 
 
@@ -135,20 +137,35 @@ def _run_job(job: Job) -> dict:
 
     router = _router_for(job.spec)
     t0 = time.perf_counter()
-    ep = RoutedEpisode(_W["engine"], _W["backend"], router, job.task, job.variation, episode_id=job.base_id,
-                       log_id=job.episode_id, budget=job.budget, step_limit=_W["step_limit"],
-                       explore=job.spec.explore is not None, split=job.split)
-    if job.spec.router == "privileged-bound":
-        from .bound import run_bound
 
-        if not hasattr(_W["backend"], "profiles"):
-            raise RuntimeError("privileged-bound needs the scripted backend (it reads the agents' profiles)")
-        run_bound(ep, _W["backend"].profiles)
-    else:
-        ep.run()
+    def make(log_id: str, seed: int | None = None) -> RoutedEpisode:
+        return RoutedEpisode(_W["engine"], _W["backend"], router, job.task, job.variation, episode_id=job.base_id,
+                             log_id=log_id, budget=job.budget, step_limit=_W["step_limit"],
+                             explore=job.spec.explore is not None, split=job.split, seed=seed)
+
+    def play(ep: RoutedEpisode) -> None:
+        if job.spec.router == "privileged-bound":
+            from .bound import run_bound
+
+            if not hasattr(_W["backend"], "profiles"):
+                raise RuntimeError("privileged-bound needs the scripted backend (it reads the agents' profiles)")
+            run_bound(ep, _W["backend"].profiles)
+        else:
+            ep.run()
+
+    ep = make(job.episode_id)
+    play(ep)
     logged = ep.finish()
-    return {"episode": logged.to_dict() if logged is not None else None, "seconds": time.perf_counter() - t0,
-            "id": job.episode_id}
+    out = [] if logged is None else [logged.to_dict()]
+    if logged is not None and job.branch > 0:
+        from .branch import branch_rng, branch_turns, run_branch
+
+        rng = branch_rng(router.seed, logged.episode_id, 0)
+        for t in branch_turns(len(logged.turns), job.branch, rng):
+            br = run_branch(make, logged, t, rng, router.pool.names, play)
+            if br is not None:
+                out.append(br.to_dict())
+    return {"episodes": out, "seconds": time.perf_counter() - t0, "id": job.episode_id}
 
 
 def existing_ids(path: str | Path) -> set[str]:
@@ -194,13 +211,12 @@ def run_jobs(jobs: Sequence[Job], pool: Pool, out_for, *, backend: str = "script
 
 def _consume(results, by_id, out_for, bar) -> Iterator[Episode]:
     for res in results:
-        if res["episode"] is None:
-            bar.advance(0.0)
-            continue
-        ep = episode_from_dict(res["episode"])
-        append_episodes(out_for(by_id[res["id"]]), ep)
-        bar.advance(ep.total_cost)
-        yield ep
+        eps = [episode_from_dict(d) for d in res["episodes"]]
+        if eps:  # an episode and its branches land together (a resumed run skips the whole job)
+            append_episodes(out_for(by_id[res["id"]]), eps)
+        # a branch really costs only its own turns, not the replayed prefix
+        bar.advance(sum((e.meta or {}).get("branch_cost", e.total_cost) for e in eps))
+        yield from eps
 
 
 class _Bar:

@@ -214,6 +214,10 @@ class ScriptedBackend:
             text = ""  # the budget cut the reply off while the model was still thinking
         return text, usage
 
+    def note_call(self, model: str, messages: list[dict], session: Session) -> None:
+        """A replayed turn (no call made): remember it as the last call, for the prompt cache."""
+        session.scratch["scripted_last_call"] = (model, messages)
+
     # ----------------------------------------------------------------------------- replies
     def _reply(self, prof: AgentProfile, ep: Session, u: np.ndarray) -> str:
         expected = ep.expected_action()
