@@ -2,9 +2,9 @@
 
 Scripted agents only: before each turn it reads the type of the gold action due next (which no real
 router can see) and serves the turn with the model whose frozen profile types that action best,
-among the models the budget allows now (ties: the cheaper per output token). It is the ceiling of
-routing by action type — how much a router that knew which model each turn needs would gain over
-the best single model — not a router to deploy.
+among the models the budget allows now (ties: the cheaper per output token). It shows what knowing
+each turn's action type is worth — a privileged reference, not a router to deploy, and not a
+ceiling: it is greedy per turn and blind to the budget's future, so a router can beat it.
 """
 
 from __future__ import annotations
