@@ -1,4 +1,4 @@
-"""`mtrouter` command line: run | simulate | train | sweep | serve | collect | eval | route | inspect.
+"""`mtrouter` command line: run | simulate | train | sweep | serve | collect | eval | route | inspect | pool.
 
 A thin shell: parse arguments, call ``workflow``/library functions, print, exit with a clear
 message (and status 2) on bad input instead of a traceback.
@@ -7,16 +7,29 @@ message (and status 2) on bad input instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 from pathlib import Path
 
-from mtrouter_jax.cli_commands import cmd_inspect, print_coverage, sim_incompatibility  # noqa: E402,F401
+from mtrouter_jax.cli_commands import (check_fresh_dir, cmd_inspect, cmd_pool, cmd_route, cmd_serve, empty_logs,
+                                       empty_logs_error, finite_float, non_negative_float, non_negative_int,
+                                       positive_float, positive_int, print_coverage, probability,
+                                       sim_incompatibility)
+from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
 
 DEFAULT_OUT = "runs/default"
+_TYPE_NAMES = {"int": "an integer", "float": "a number"}
 
 
-from mtrouter_jax.core.errors import UsageError  # noqa: E402  (bad input: one line, exit status 2)
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (no usage block): what was wrong, and where the help is."""
+
+    def error(self, message):
+        # argparse names a failing ``type=`` function ("invalid _budget value: 'abc'"): say what was expected
+        message = re.sub(r"invalid (\w+) value: (.*)$",
+                         lambda m: f"invalid value {m[2]}" + (f" (expected {_TYPE_NAMES[m[1]]})"
+                                                             if m[1] in _TYPE_NAMES else ""), message)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _pool(path):
@@ -79,9 +92,15 @@ def _load_training_episodes(a, pool):
 
     episodes = []
     if a.data:
+        empty = empty_logs(a.data)
+        if empty:
+            raise empty_logs_error(empty)
         episodes, n_unscored = drop_unscored(read_episodes(a.data, pool_models=set(pool.names), strict=a.strict))
         if n_unscored:
             print(f"dropped {n_unscored} unscored episode(s) (score null: no terminal score was reported)")
+        if not episodes and n_unscored:
+            raise UsageError(f"every episode of {', '.join(map(str, a.data))} is unscored: report outcomes with "
+                             "`mtrouter route --conversation ID --score S` (or add `score` to the records)")
     if a.import_official:
         from mtrouter_jax.logs.importers import import_official_trajectories
 
@@ -104,6 +123,7 @@ def _load_training_episodes(a, pool):
 def cmd_train(a) -> int:
     from mtrouter_jax.jobs import train_checkpoint
 
+    check_fresh_dir(a.out)  # before reading, simulating or training anything
     pool = _pool(a.pool)
     episodes = _load_training_episodes(a, pool)
     text = None
@@ -113,8 +133,6 @@ def cmd_train(a) -> int:
         text = HashedNgramEncoder(dim=a.text_dim)
     tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress)
     print_coverage(episodes, pool)
-    if a.ensemble < 1:
-        raise UsageError(f"--ensemble must be >= 1, got {a.ensemble}")
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
                                 aggregate=a.bootstrap_aggregate)
     print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
@@ -175,39 +193,10 @@ def cmd_run(a) -> int:
     return 0
 
 
-def cmd_serve(a) -> int:
-    import logging
-
-    from mtrouter_jax.live.server.app import serve
-
-    logging.basicConfig(level=logging.INFO)
-    kw = {k: v for k, v in vars(a).items() if k not in ("cmd", "fn")}
-    serve(**kw)
-    return 0
-
-
-def cmd_route(a) -> int:
-    """Send a terminal score for a conversation to a running `mtrouter serve`."""
-    import httpx
-
-    body = {"score": a.score}
-    if a.score_range:
-        body["score_range"] = a.score_range
-    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
-    r = httpx.post(f"{a.url.rstrip('/')}/v1/mtrouter/conversations/{a.conversation}/finish", json=body,
-                   headers=headers, timeout=10)
-    if r.status_code >= 400:
-        raise UsageError(f"server answered {r.status_code}: {r.text}")
-    print(json.dumps(r.json(), indent=2))
-    return 0
-
-
 def _aec(scale: float):
     """The paper's AEC constants with every penalty multiplied by ``scale`` (0 = no penalties)."""
     from mtrouter_jax.estimator.targets import AECConfig
 
-    if scale < 0:
-        raise UsageError(f"--aec-scale must be >= 0, got {scale}")
     d = AECConfig()
     return AECConfig(severity_multipliers=tuple(scale * m for m in d.severity_multipliers),
                      min_penalty_frac=scale * d.min_penalty_frac)
@@ -216,53 +205,50 @@ def _aec(scale: float):
 def _target_cfg(a, **kw):
     from mtrouter_jax.estimator.dataset import TargetConfig
 
-    if a.bootstrap_steps < 0 or a.bootstrap_iterations < 0:
-        raise UsageError(f"--bootstrap-steps and --bootstrap-iterations must be >= 0, got "
-                         f"{a.bootstrap_steps} and {a.bootstrap_iterations}")
     iters = a.bootstrap_iterations if a.bootstrap_steps else 0
     return TargetConfig(aec=_aec(a.aec_scale), bootstrap_steps=a.bootstrap_steps if iters else 0,
                         bootstrap_iterations=iters, **kw)
 
 
 def _add_train_args(p):
-    p.add_argument("--aec-scale", type=float, default=1.0,
+    p.add_argument("--aec-scale", type=non_negative_float, default=1.0,
                    help="multiply the annealed error penalties (1 = the paper's; 0 = plain terminal score)")
     # Measured on the simulator (docs/benchmarks.md): Monte-Carlo targets carry the whole logged
     # future's noise; refitting on n-step bootstrapped targets is the largest single gain.
-    p.add_argument("--bootstrap-steps", type=int, default=10,
+    p.add_argument("--bootstrap-steps", type=non_negative_int, default=10,
                    help="n of the n-step bootstrapped score targets (0 = the paper's Monte-Carlo targets)")
-    p.add_argument("--bootstrap-iterations", type=int, default=2,
+    p.add_argument("--bootstrap-iterations", type=non_negative_int, default=2,
                    help="refits on bootstrapped targets after the Monte-Carlo fit (0 = none)")
     # Defaults measured on the simulator (docs/benchmarks.md): a full cosine schedule over 8-10 epochs
     # with large batches beats the paper's up-to-100 epochs / patience 3 / batch 64, whose early
     # stops keep a high learning rate and noisy per-model differences. The best epoch is kept.
-    p.add_argument("--epochs", type=int, default=8, help="epochs per fit (cosine schedule over them; best kept)")
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-train-seconds", type=float, default=None, help="stop training after this long (best kept)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs per fit (cosine schedule over them; best kept)")
+    p.add_argument("--patience", type=positive_int, default=8, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--max-train-seconds", type=positive_float, default=None, help="stop training after this long (best kept)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mtrouter", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="mtrouter", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="main job: simulate -> train -> sweep, print a table, write a plot")
     p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--episodes", type=int, default=16384, help="simulated episodes per data round")
-    p.add_argument("--rounds", type=int, default=1, help="data rounds (2+ adds the paper's beta-mixed rounds)")
-    p.add_argument("--beta", type=float, default=0.5, help="greedy share of the beta-mixed rounds")
-    p.add_argument("--rho", type=float, default=0.9,
+    p.add_argument("--episodes", type=positive_int, default=16384, help="simulated episodes per data round")
+    p.add_argument("--rounds", type=positive_int, default=1, help="data rounds (2+ adds the paper's beta-mixed rounds)")
+    p.add_argument("--beta", type=probability, default=0.5, help="greedy share of the beta-mixed rounds")
+    p.add_argument("--rho", type=probability, default=0.9,
                    help="stickiness of the logging roulette (0 = the paper's uniform per turn)")
-    p.add_argument("--sweep-episodes", type=int, default=192)
-    p.add_argument("--n-budgets", type=int, default=8)
+    p.add_argument("--sweep-episodes", type=positive_int, default=192, help="evaluation episodes per budget")
+    p.add_argument("--n-budgets", type=positive_int, default=8, help="budgets of the sweep")
     p.add_argument("--pool", default=None, help="pool file (default: embedded six-model pool)")
     _add_train_args(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("simulate", help="generate logged episodes (JSONL) with a behaviour policy")
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=positive_int, required=True, help="episodes to simulate")
     p.add_argument("--out", required=True)
     p.add_argument("--append", action="store_true")
     p.add_argument("--router", default="uniform",
@@ -279,17 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the outcome estimator and write an orbax checkpoint")
     p.add_argument("--data", nargs="*", default=[], help="trajectory JSONL files")
     p.add_argument("--import-official", nargs="*", default=[], help="official *.traj.json files or dirs")
-    p.add_argument("--simulate", type=int, default=0, help="also simulate N episodes (sticky roulette, --rho)")
-    p.add_argument("--rho", type=float, default=0.9,
+    p.add_argument("--simulate", type=non_negative_int, default=0, metavar="N",
+                   help="also simulate N episodes (sticky roulette, --rho)")
+    p.add_argument("--rho", type=probability, default=0.9,
                    help="stickiness of the simulated logging roulette (0 = the paper's uniform per turn)")
     p.add_argument("--pool", default=None)
-    p.add_argument("--out", required=True, help="checkpoint directory (must not exist)")
+    p.add_argument("--out", required=True, help="checkpoint directory (new, or empty)")
     p.add_argument("--text", action="store_true", help="add the hashed n-gram embedding of observation text")
-    p.add_argument("--text-dim", type=int, default=64)
+    p.add_argument("--text-dim", type=positive_int, default=64)
     p.add_argument("--propensity-weighting", action="store_true")
     p.add_argument("--dense-progress", action="store_true",
                    help="score targets from each turn on (needs per-turn `progress` in the logs, e.g. ScienceWorld)")
-    p.add_argument("--ensemble", type=int, default=5,
+    p.add_argument("--ensemble", type=positive_int, default=5,
                    help="estimators trained together (one vmapped step) for the safe router's uncertainty (1 = one)")
     p.add_argument("--bootstrap-aggregate", choices=["mean", "min", "lcb"], default="mean",
                    help="how ensemble members make a bootstrap value (min: ensemble-min / clipped double-Q)")
@@ -301,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="evaluate every router over a grid of budgets")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--pool", default=None, help="default: the checkpoint's pool")
-    p.add_argument("--budgets", type=float, nargs="*", default=None, help="USD per episode")
-    p.add_argument("--n-budgets", type=int, default=8)
-    p.add_argument("--episodes", type=int, default=256)
+    p.add_argument("--budgets", type=positive_float, nargs="*", default=None, help="USD per episode")
+    p.add_argument("--n-budgets", type=positive_int, default=8, help="budgets (without --budgets)")
+    p.add_argument("--episodes", type=positive_int, default=256, help="evaluation episodes per budget")
     p.add_argument("--no-lam-table", action="store_true",
                    help="do not write the calibrated budget->λ table into the checkpoint")
     p.add_argument("--out", default="runs/sweep")
@@ -327,16 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("route", help="report an episode's terminal score to a running server")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--conversation", required=True)
-    p.add_argument("--score", type=float, required=True)
-    p.add_argument("--score-range", type=float, nargs=2, default=None)
-    p.add_argument("--token", default=None)
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
+    p.add_argument("--conversation", required=True, metavar="ID",
+                   help="the conversation id the agent sent (X-MTRouter-Conversation header)")
+    p.add_argument("--score", type=finite_float, required=True, help="the episode's terminal score")
+    p.add_argument("--score-range", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="the range of possible scores (default: the server's)")
+    p.add_argument("--token", default=None, help="the server's --token (sent as 'Authorization: Bearer TOKEN')")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds to wait for the server")
     p.set_defaults(fn=cmd_route)
 
     p = sub.add_parser("inspect", help="print a checkpoint's metadata")
-    p.add_argument("ckpt")
+    p.add_argument("ckpt", help="checkpoint directory")
     p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("pool", help="print the default pool file (prices, endpoints, key variables) or write it")
+    p.add_argument("--out", default=None, metavar="FILE", help="write it here instead of printing it")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(fn=cmd_pool)
     return ap
 
 
@@ -354,8 +349,25 @@ def _usage_error_types() -> tuple[type, ...]:
             RouterSpecError, ScienceWorldArgumentError, ScienceWorldUnavailable, ProfileError)
 
 
+def _quiet_libraries() -> None:
+    """Hush start-up chatter nobody acted on: jax's "Unable to initialize backend 'tpu'" and orbax's
+    absl INFO lines (``serve`` logs at INFO). Only loggers the user left unset (NOTSET) are touched."""
+    import logging
+
+    lg = logging.getLogger("jax._src.xla_bridge")
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with orbax; without it there is nothing to hush
+        return
+    if absl_logging.get_absl_logger().level == logging.NOTSET:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.fn(args)
     except Exception as e:  # noqa: BLE001 - narrowed right below

@@ -1,10 +1,67 @@
-"""Pieces of the `mtrouter` commands that read and report (no argparse): the coverage table of the
-training logs, the simulator-vocabulary check of a checkpoint, `mtrouter inspect`."""
+"""Pieces of the `mtrouter` commands: argument checks (argparse ``type=`` functions, ``--out``,
+empty logs), the coverage table of the training logs, the simulator-vocabulary check of a
+checkpoint, and the light commands (`inspect`, `pool`, `route`, `serve`'s error handling)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
+from pathlib import Path
+
+from mtrouter_jax.core.errors import UsageError
+
+
+# --- argument checks (argparse ``type=``: a bad value is one line naming the option, exit 2) ----
+
+def _typed(kind, test, expected: str):
+    def check(text: str):
+        try:
+            v = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not test(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    check.__name__ = expected
+    return check
+
+
+positive_int = _typed(int, lambda v: v > 0, "an integer > 0")
+non_negative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
+non_negative_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+finite_float = _typed(float, math.isfinite, "a finite number")
+probability = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def check_fresh_dir(path, option: str = "--out") -> None:
+    """Refuse an output directory that exists and is not empty (or is a file) before any work."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        what = "is a file" if not p.is_dir() else "exists and is not empty"
+        raise UsageError(f"{option} {p} {what}: give a new directory (nothing was trained)")
+
+
+def empty_logs(paths) -> list[str]:
+    """The files of ``paths`` that exist and hold no record (only blank lines, or nothing)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_file():
+            with p.open("rb") as f:
+                if not any(line.strip() for line in f):
+                    out.append(str(p))
+    return out
+
+
+def empty_logs_error(paths) -> UsageError:
+    names = ", ".join(paths)
+    one = paths[0]
+    return UsageError(f"{names} {'is' if len(paths) == 1 else 'are'} empty (no episodes): make a log with "
+                      f"`mtrouter simulate --n 1000 --out {one}` or `mtrouter serve --log {one}` "
+                      "(then report outcomes with `mtrouter route`), or train on `--simulate N`")
 
 
 def _console():
@@ -82,4 +139,76 @@ def cmd_inspect(a) -> int:
     return 0
 
 
-__all__ = ["print_coverage", "sim_incompatibility", "cmd_inspect"]
+def cmd_pool(a) -> int:
+    """Print the embedded default pool file, or write it to ``--out`` (a starting point to edit)."""
+    from mtrouter_jax.core.pool import default_pool_text
+
+    text = default_pool_text()
+    if a.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote the default pool ({text.count('[[model]]')} models) to {out}: keep the models you have keys "
+          f"for, export the api_key_env variables it names, then pass --pool {out}", file=sys.stderr)
+    return 0
+
+
+def _server_error(r) -> str:
+    try:
+        detail = r.json()["error"]["message"]
+    except Exception:  # noqa: BLE001 - any body: show it as text
+        detail = r.text.strip()[:300]
+    hint = " (pass the server's --token)" if r.status_code == 401 else ""
+    return f"server answered {r.status_code}: {detail}{hint}"
+
+
+def cmd_route(a) -> int:
+    """Send a terminal score for a conversation to a running `mtrouter serve`."""
+    import httpx
+
+    body = {"score": a.score}
+    if a.score_range:
+        body["score_range"] = a.score_range
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
+    url = a.url.rstrip("/")
+    try:
+        r = httpx.post(f"{url}/v1/mtrouter/conversations/{a.conversation}/finish", json=body, headers=headers,
+                       timeout=a.timeout)
+    except httpx.ConnectError:
+        raise UsageError(f"cannot connect to {url}: is `mtrouter serve` running there? "
+                         "(start it, or pass --url)") from None
+    except httpx.TimeoutException:
+        raise UsageError(f"{url} did not answer within {a.timeout:g} s (--timeout)") from None
+    except httpx.HTTPError as e:
+        raise UsageError(f"cannot reach {url}: {e}") from None
+    if r.status_code >= 400:
+        raise UsageError(_server_error(r))
+    print(json.dumps(r.json(), indent=2))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    import logging
+
+    from mtrouter_jax.live.backends import BackendConfigError
+    from mtrouter_jax.live.server.app import serve
+
+    logging.basicConfig(level=logging.INFO)
+    kw = {k: v for k, v in vars(a).items() if k not in ("cmd", "fn")}
+    try:
+        serve(**kw)
+    except BackendConfigError as e:  # missing keys etc.: one line, the problems joined
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        items = [x for x in lines[1:] if not x.startswith("(")]
+        notes = [x for x in lines[1:] if x.startswith("(")]
+        raise UsageError(" ".join([lines[0], "; ".join(items), *notes]).strip()) from None
+    return 0
+
+
+__all__ = ["print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+           "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
+           "positive_float", "non_negative_float", "finite_float", "probability"]

@@ -59,8 +59,13 @@ BAD = {
                        "must not be stored"),
     "duplicate names": (('name = "b"', 'name = "a"'), "model", "duplicate model name 'a'"),
     "invalid toml": (("price_output = 0.8", "price_output = = 0.8"), "", "not valid TOML"),
-    "unknown field": (("price_output = 0.8", "price_output = 0.8\nprice_outptu = 1.0"), "model[1]",
-                      "unknown field(s) ['price_outptu']"),
+    "unknown key": (("price_output = 0.8", "price_output = 0.8\nprice_outptu = 1.0"), "model 'b'",
+                    "unknown key 'price_outptu' (did you mean 'price_output'?)"),
+    "unknown endpoint key": (('model_id = "a-1"', 'model_id = "a-1"\nbaseurl = "x"'), "model 'a'",
+                             "[model.endpoint]: unknown key 'baseurl' (did you mean 'base_url'?)"),
+    "unknown sim key": (("error_rate = 0.1", "error_rate = 0.1\nwobble = 2"), "model 'a'",
+                        "[model.sim]: unknown key 'wobble' (known keys: success, error_rate"),
+    "unnamed model": (('name = "b"', 'nam = "b"'), "model[1]", "name: expected a non-empty string"),
     "success out of range": (("python = 0.5", "python = 1.5"), "success.python", "<= 1.0"),
 }
 
@@ -77,6 +82,31 @@ def test_bad_pool_file_gives_clear_error(tmp_path, case):
     assert str(path) in msg and field in msg and problem in msg, msg
     if case == "inline api key":
         assert "sk-secret" not in msg  # never echo a secret
+
+
+def test_typo_names_the_model_and_the_key_it_meant(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text(GOOD.replace("price_output = 4.0", "price_ouput = 4.0"))
+    with pytest.raises(PoolError) as e:
+        load_pool(path)
+    assert str(e.value) == f"{path}: model 'a': unknown key 'price_ouput' (did you mean 'price_output'?)"
+
+
+def test_misspelt_model_array_is_named(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text(GOOD.replace("[[model]]", "[[models]]"))
+    with pytest.raises(PoolError, match=r"found 'models': did you mean \[\[model\]\]"):
+        load_pool(path)
+
+
+def test_default_pool_text_is_the_default_pool():
+    import tomllib
+
+    from mtrouter_jax.core.pool import default_pool_text, pool_from_dict
+
+    text = default_pool_text()
+    assert text.startswith("# Default model pool")
+    assert pool_from_dict(tomllib.loads(text)).to_dict() == default_pool().to_dict()
 
 
 def test_missing_file_and_empty_pool(tmp_path):
