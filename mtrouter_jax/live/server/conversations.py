@@ -19,10 +19,11 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -51,6 +52,30 @@ def conversation_key(messages: list) -> str:
                                  .encode("utf-8")).hexdigest()[:20]
 
 
+def _digest(eid: str) -> bytes:
+    return hashlib.blake2b(eid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+_LOGGED_ID = re.compile(rb'"episode_id":\s*("(?:[^"\\]|\\.)*")')
+
+
+def _logged_ids(path) -> list[str]:
+    """The episode ids already in the log (the last ``SEEN_IDS``), read line by line at start-up."""
+    out: deque[str] = deque(maxlen=SEEN_IDS)
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                m = _LOGGED_ID.search(line, 0, 4096)
+                if m:
+                    try:
+                        out.append(json.loads(m.group(1)))
+                    except ValueError:
+                        continue
+    except (OSError, TypeError):  # no log yet (or none configured)
+        pass
+    return list(out)
+
+
 @dataclass
 class Conversation:
     """One open conversation (``n_seen``: messages of the last request + the assistant reply)."""
@@ -77,6 +102,8 @@ class ConversationStore:
         self.run_id = secrets.token_hex(3)  # in generated episode ids: unique across restarts
         self._seq = itertools.count(2)
         self._seen: OrderedDict[bytes, None] = OrderedDict()
+        for eid in _logged_ids(router.log_path):  # ids of earlier runs on this log stay taken
+            self._remember(_digest(eid))
         self._tasks: set[asyncio.Task] = set()
         # a thread lock, not an asyncio one: close_all runs in a worker thread at shutdown
         self.lock = threading.Lock()
@@ -93,13 +120,16 @@ class ConversationStore:
     def _episode_id(self, cid: str, derived: bool) -> str:
         """``cid`` itself for a client's own id seen for the first time; otherwise ``cid-RUN-N`` (RUN:
         random per process, N: a counter) — derived ids recur whenever the same prompt does."""
-        digest = hashlib.blake2b(cid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        digest = _digest(cid)
         fresh = not derived and digest not in self._seen
+        self._remember(digest)
+        return cid if fresh else f"{cid}-{self.run_id}-{next(self._seq)}"
+
+    def _remember(self, digest: bytes) -> None:
         self._seen[digest] = None
         self._seen.move_to_end(digest)
         while len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
-        return cid if fresh else f"{cid}-{self.run_id}-{next(self._seq)}"
 
     def get_or_start(self, cid: str, derived: bool, budget: float | None, task: str | None,
                      lam: float | None, explore: bool = False, seed: int | None = None,
