@@ -5,7 +5,7 @@ Gymnasium env in a Python loop, plus per-decision routing latency on CPU.
   ``jit(vmap(vmap(rollout)))``); the first call compiles, the second is timed.
 * (b) the *same* policy (same params, same lambda, same budgets cycled) stepped turn by turn through
   ``envs.routing_env.MultiTurnRoutingEnv``: each turn is one jitted call of the policy's pure
-  ``apply(key, env.state, env.sim, params)`` on the env's internal JAX state (``env.state``), then
+  ``apply(key, env.state, env.sim, params) -> (model, propensity)`` on the env's internal JAX state, then
   ``env.step(action)``. ``--loop-episodes`` episodes are timed after a warm-up and the
   per-episode cost is extrapolated to budgets x episodes; the ratio is taken within this one run.
 * (c) per-decision latency for one history: ``LoadedEstimator.predict(features)`` on one feature
@@ -17,6 +17,9 @@ episodes, ``--train-epochs`` epochs) and the privileged oracle. Usage:
 
     python scripts/bench_sweep.py [--budgets 64] [--episodes 256] [--loop-episodes 64]
         [--latency-calls 2000] [--json out.json]
+
+(the smallest run, as the test suite runs it: ``--budgets 2 --episodes 4 --loop-episodes 1
+--latency-calls 3 --latency-warmup 1 --checkpoint CKPT``)
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ def vmapped(policy: SimPolicy, sim, budgets, n_episodes: int, seed: int) -> dict
             "mean_turns": float(np.mean(res["turns"]))}
 
 
+def model_of(out) -> int:
+    """The model index of a policy's ``apply`` output: ``(model, propensity)`` or, for policies
+    without a distribution (the oracle), the bare model (as ``sim/rollout.py`` reads it)."""
+    return int(out[0] if isinstance(out, tuple) else out)
+
+
 def python_loop(policy: SimPolicy, env: MultiTurnRoutingEnv, budgets, n_episodes: int, seed: int,
                 warmup: int = 2) -> dict:
     """(b): the same policy, one jitted decision + one ``env.step`` per turn, in Python."""
@@ -81,7 +90,7 @@ def python_loop(policy: SimPolicy, env: MultiTurnRoutingEnv, budgets, n_episodes
         k_ep = jax.random.fold_in(base, i)
         turns = 0
         while True:
-            a = int(decide_jit(jax.random.fold_in(k_ep, turns), env.state, env.sim, policy.params))
+            a = model_of(decide_jit(jax.random.fold_in(k_ep, turns), env.state, env.sim, policy.params))
             _, _, term, trunc, info = env.step(a)
             turns += 1
             if term or trunc:
@@ -111,7 +120,7 @@ def percentiles(fn, calls: int, warmup: int = 50) -> dict:
             "mean_ms": float(ts.mean()), "calls": calls}
 
 
-def latency(est, learned: SimPolicy, env: MultiTurnRoutingEnv, calls: int, seed: int) -> dict:
+def latency(est, learned: SimPolicy, env: MultiTurnRoutingEnv, calls: int, seed: int, warmup: int = 50) -> dict:
     """(c): single-history decision latency on CPU."""
     from mtrouter_jax.live.router import Router
 
@@ -140,10 +149,10 @@ def latency(est, learned: SimPolicy, env: MultiTurnRoutingEnv, calls: int, seed:
     state, sim, params = env.state, env.sim, learned.params
 
     return {
-        "predict_plus_rule": percentiles(predict_and_rule, calls),
-        "predict_only": percentiles(lambda: est.predict(feats), calls),
-        "policy_apply_jit": percentiles(lambda: int(decide_jit(key, state, sim, params)), calls),
-        "live_decide": percentiles(lambda: ep.decide(input_tokens_hi=8000), calls),
+        "predict_plus_rule": percentiles(predict_and_rule, calls, warmup),
+        "predict_only": percentiles(lambda: est.predict(feats), calls, warmup),
+        "policy_apply_jit": percentiles(lambda: model_of(decide_jit(key, state, sim, params)), calls, warmup),
+        "live_decide": percentiles(lambda: ep.decide(input_tokens_hi=8000), calls, warmup),
         "n_features": int(feats.shape[0]),
     }
 
@@ -154,6 +163,7 @@ def main(argv=None) -> dict:
     p.add_argument("--episodes", type=int, default=256, help="episodes per budget in the vmapped sweep")
     p.add_argument("--loop-episodes", type=int, default=64, help="episodes timed in the Python env loop")
     p.add_argument("--latency-calls", type=int, default=2000)
+    p.add_argument("--latency-warmup", type=int, default=50, help="untimed calls before the latency timing")
     p.add_argument("--train-episodes", type=int, default=512)
     p.add_argument("--train-epochs", type=int, default=2)
     p.add_argument("--lam", type=float, default=1.0, help="cost weight of both routers")
@@ -190,7 +200,7 @@ def main(argv=None) -> dict:
         extrap = loop["per_episode_s"] * v["episodes"]
         results["routers"][pol.name] = {"vmapped": v, "python_loop": loop,
                                         "python_loop_extrapolated_s": extrap, "speedup": extrap / v["run_s"]}
-    results["latency"] = latency(est, policies[0], env, a.latency_calls, a.seed)
+    results["latency"] = latency(est, policies[0], env, a.latency_calls, a.seed, a.latency_warmup)
     results["machine"] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "jax": jax.__version__,
                           "loadavg_end": os.getloadavg(),
                           "backend": jax.default_backend(), "python": platform.python_version()}
