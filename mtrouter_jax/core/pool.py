@@ -62,6 +62,9 @@ class Pool:
 
     name: str
     models: tuple[ModelSpec, ...]
+    # the file's optional [tool_heuristic] table ([tools], [classes]): the tool heuristic's map,
+    # read (and checked against the pool) by the router that uses it
+    tool_heuristic: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -110,10 +113,13 @@ class Pool:
                     "api_key_env": m.endpoint.api_key_env,
                 }
             out.append(d)
-        return {"pool": {"name": self.name}, "model": out}
+        doc: dict[str, Any] = {"pool": {"name": self.name}, "model": out}
+        if self.tool_heuristic is not None:
+            doc["tool_heuristic"] = json.loads(json.dumps(self.tool_heuristic))
+        return doc
 
     def subset(self, names: list[str]) -> "Pool":
-        return Pool(self.name, tuple(self[n] for n in names))
+        return Pool(self.name, tuple(self[n] for n in names), self.tool_heuristic)
 
 
 MODEL_KEYS = ("name", "price_input", "price_cached_input", "price_output", "attributes", "sim", "endpoint")
@@ -229,7 +235,11 @@ def pool_from_dict(data: Mapping[str, Any], where: str = "<pool>") -> Pool:
             raise PoolError(f"{where}: model: duplicate model name {m.name!r}")
         seen.add(m.name)
     name = str(data.get("pool", {}).get("name", Path(str(where)).stem))
-    return Pool(name, models)
+    th = data.get("tool_heuristic")
+    if th is not None and not isinstance(th, Mapping):
+        raise PoolError(f"{where}: tool_heuristic: expected a table with [tool_heuristic.tools] and "
+                        "[tool_heuristic.classes]")
+    return Pool(name, models, dict(th) if th is not None else None)
 
 
 def load_pool(path: str | Path | None = None) -> Pool:

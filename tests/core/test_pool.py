@@ -116,3 +116,16 @@ def test_missing_file_and_empty_pool(tmp_path):
     path.write_text('[pool]\nname = "x"\n')
     with pytest.raises(PoolError, match="non-empty array"):
         load_pool(path)
+
+
+def test_tool_heuristic_table_is_kept(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text(GOOD + '\n[tool_heuristic.tools]\nsearch = "cheap"\n[tool_heuristic.classes]\ncheap = "b"\n')
+    pool = load_pool(path)
+    assert pool.tool_heuristic == {"tools": {"search": "cheap"}, "classes": {"cheap": "b"}}
+    assert load_pool(path).to_dict()["tool_heuristic"] == pool.tool_heuristic
+    assert pool.subset(["b"]).tool_heuristic == pool.tool_heuristic
+    assert default_pool().tool_heuristic is None and "tool_heuristic" not in default_pool().to_dict()
+    path.write_text('tool_heuristic = 3\n' + GOOD)
+    with pytest.raises(PoolError, match="tool_heuristic: expected a table"):
+        load_pool(path)
