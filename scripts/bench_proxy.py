@@ -7,6 +7,14 @@ cores). Every concurrency level runs against the same proxy, one after the other
 levels compare within one run. Usage:
 
     python scripts/bench_proxy.py [--checkpoint PATH] [--concurrency 1 200] [--conversations N] [--turns 5]
+    python scripts/bench_proxy.py --hostile [--flood 20000 --max-open 5000]
+
+``--hostile`` runs, next to honest conversations, clients that cheat (``n: 8``, rewritten 200 KB
+histories, 200 KB of tools, 30 MB bodies, a flood of new idle conversations) against an upstream
+that lies about usage for some calls (missing, negative, NaN, far above the cap); it reports budget
+overruns not attributable to a turn flagged ``over_cap``, acknowledged finishes missing from the
+log, the honest traffic's overhead, ``/health`` latency during the big bodies and the proxy's peak
+RSS (``scripts/bench_proxy_hostile.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake upstream/estimator live with the tests
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from live_fakes import FakeEstimator, FakeUpstream, free_port, make_pool  # noqa: E402
+from testing.live import FakeEstimator, FakeUpstream, free_port, make_pool  # noqa: E402
 
 from mtrouter_jax.core.pool import Endpoint, Pool  # noqa: E402
 
@@ -38,13 +47,18 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "ob
     "q": {"type": "string"}}}}} for n in ("web_search", "python", "read_file")]
 
 
-def _upstream(port: int) -> None:
+def _upstream(port: int, hostile: bool = False) -> None:
     import uvicorn
-    uvicorn.run(FakeUpstream(record=False).app(), host="127.0.0.1", port=port, log_level="error",
-                backlog=4096)
+    if hostile:
+        from bench_proxy_hostile import lying_upstream
+        app = lying_upstream()
+    else:
+        app = FakeUpstream(record=False).app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", backlog=4096)
 
 
-def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_aiohttp: bool) -> None:
+def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_aiohttp: bool,
+           limits: dict | None = None) -> None:
     import logging
     if no_aiohttp:  # as without openai's aiohttp extra: the upstream clients fall back to httpx
         sys.modules["aiohttp"] = None  # type: ignore[assignment]
@@ -64,7 +78,11 @@ def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_a
         router = Router(est, pool=with_endpoints(est.pool, upstream_base), log_path=log)
     else:
         router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
-    app = create_app(router, timeout=30.0, max_retries=0)
+    kw = {}
+    if limits:
+        from mtrouter_jax.live.server.limits import Limits
+        kw["limits"] = Limits(**limits)
+    app = create_app(router, timeout=30.0, max_retries=0, **kw)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)  # as mtrouter serve
 
 
@@ -218,7 +236,13 @@ def main(argv=None) -> dict:
                    help="proxy without aiohttp (the upstream clients' httpx fallback)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/live.md")
+    p.add_argument("--hostile", action="store_true", help="the hostile mix next to honest traffic")
+    p.add_argument("--flood", type=int, default=20_000, help="new idle conversations of the flood (--hostile)")
+    p.add_argument("--max-open", type=int, default=5_000, help="the proxy's --max-open (--hostile)")
     a = p.parse_args(argv)
+    if a.hostile:
+        from bench_proxy_hostile import run_hostile
+        return run_hostile(a)
 
     ctx = mp.get_context("spawn")
     port, pport = free_port(), free_port()
