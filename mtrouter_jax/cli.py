@@ -82,9 +82,16 @@ def cmd_simulate(a) -> int:
         start = sum(1 for _ in iter_episodes(out))  # appended episodes get fresh ids
     eps = simulate_dataset(a.seed, a.n, pool, WorldConfig(), behaviour=behaviour, out=out,
                            budget_range=None if a.no_budgets else "auto", with_features=not a.no_features,
-                           start_id=start, id_prefix=f"sim-s{a.seed}")
+                           start_id=start, id_prefix=_sim_id_prefix(router, explore, a.seed))
     print(f"wrote {len(eps)} episodes ({sum(len(e.turns) for e in eps)} turns) to {out}")
     return 0
+
+
+def _sim_id_prefix(router: str, explore: str | None, seed: int) -> str:
+    """Episode ids name the behaviour policy (the default roulette: plain ``sim-sSEED``), so two logs
+    simulated with the same seed and different policies do not collide when trained on together."""
+    policy = "" if router == "uniform" and not explore else router + (f"+{explore}" if explore else "")
+    return f"sim-{re.sub(r'[^A-Za-z0-9_.:+-]', '_', policy) + '-' if policy else ''}s{seed}"
 
 
 def _load_training_episodes(a, pool):

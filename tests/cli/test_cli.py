@@ -180,3 +180,15 @@ def test_run_main_job_tiny(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert len(res["meta"]["budgets"]) == 2 and len(res["meta"]["rounds"]) == 1
     assert len(res["routers"]["mtrouter"]["points"]) == 2
+
+
+def test_two_behaviours_at_one_seed_do_not_collide(tmp_path):
+    """README's cheat sheet simulates the roulette and the heuristic at seed 0, then trains on both."""
+    a, b = tmp_path / "sim.jsonl", tmp_path / "mix.jsonl"
+    assert main(["simulate", "--n", "3", "--out", str(a), "--no-features"]) == 0
+    assert main(["simulate", "--n", "3", "--out", str(b), "--no-features", "--router", "tool-heuristic",
+                 "--explore", "eps:0.3"]) == 0
+    ids_a, ids_b = ({e.episode_id for e in read_episodes(p)} for p in (a, b))
+    assert len(ids_a) == len(ids_b) == 3 and not ids_a & ids_b
+    assert all(i.startswith("sim-s0-") for i in ids_a) and all(i.startswith("sim-tool-heuristic+eps:0.3-s0-")
+                                                              for i in ids_b)

@@ -21,9 +21,7 @@ import pytest
 from testing.artifacts import trained_checkpoint
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[2] / "scripts").glob("*.py"))
-BROKEN = {  # script -> why it cannot run today (owned elsewhere; remove the entry once fixed)
-    "bench_proxy.py": "imports `live_fakes`, which moved to tests/testing/live.py (issue 16 layout)",
-}
+BROKEN: dict[str, str] = {}  # script -> why it cannot run today (xfail; remove the entry once fixed)
 
 
 def run_script(path: Path, argv: list[str]) -> tuple[int, str]:
