@@ -11,27 +11,13 @@ import re
 import sys
 from pathlib import Path
 
-from mtrouter_jax.cli_commands import (check_fresh_dir, cmd_inspect, cmd_pool, cmd_route, cmd_serve, empty_logs,
-                                       empty_logs_error, finite_float, non_negative_float, non_negative_int,
-                                       positive_float, positive_int, print_coverage, probability,
-                                       sim_incompatibility)
+from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_inspect, cmd_pool, cmd_route, cmd_serve,
+                                       empty_logs, empty_logs_error, finite_float, non_negative_float,
+                                       non_negative_int, positive_float, positive_int, print_coverage, probability,
+                                       quiet_libraries, sim_incompatibility)
 from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
 
 DEFAULT_OUT = "runs/default"
-_TYPE_NAMES = {"int": "an integer", "float": "a number"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors in one line (no usage block): what was wrong, and where the help is."""
-
-    def error(self, message):
-        # argparse names a failing ``type=`` function ("invalid _budget value: 'abc'"): say what was expected
-        message = re.sub(r"invalid (\w+) value: (.*)$",
-                         lambda m: f"invalid value {m[2]}" + (f" (expected {_TYPE_NAMES[m[1]]})"
-                                                             if m[1] in _TYPE_NAMES else ""), message)
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
 def _pool(path):
     from mtrouter_jax.core.pool import load_pool
 
@@ -238,7 +224,7 @@ def _add_train_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="mtrouter", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="mtrouter", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="main job: simulate -> train -> sweep, print a table, write a plot")
@@ -356,25 +342,9 @@ def _usage_error_types() -> tuple[type, ...]:
             RouterSpecError, ScienceWorldArgumentError, ScienceWorldUnavailable, ProfileError)
 
 
-def _quiet_libraries() -> None:
-    """Hush start-up chatter nobody acted on: jax's "Unable to initialize backend 'tpu'" and orbax's
-    absl INFO lines (``serve`` logs at INFO). Only loggers the user left unset (NOTSET) are touched."""
-    import logging
-
-    lg = logging.getLogger("jax._src.xla_bridge")
-    if lg.level == logging.NOTSET:
-        lg.setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-    except ImportError:  # absl comes with orbax; without it there is nothing to hush
-        return
-    if absl_logging.get_absl_logger().level == logging.NOTSET:
-        absl_logging.set_verbosity(absl_logging.WARNING)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.fn(args)
     except Exception as e:  # noqa: BLE001 - narrowed right below

@@ -7,10 +7,43 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 from mtrouter_jax.core.errors import UsageError
+
+
+# --- the parser's errors and the libraries' chatter ----------------------------------------------
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (no usage block): what was wrong, and where the help is."""
+
+    def error(self, message):
+        # argparse names a failing ``type=`` function ("invalid _budget value: 'abc'"): say what was expected
+        message = re.sub(r"invalid (\w+) value: (.*)$",
+                         lambda m: f"invalid value {m[2]}" + (f" (expected {_TYPE_NAMES[m[1]]})"
+                                                             if m[1] in _TYPE_NAMES else ""), message)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def quiet_libraries() -> None:
+    """Hush start-up chatter nobody acted on: jax's "Unable to initialize backend 'tpu'" and orbax's
+    absl INFO lines (``serve`` logs at INFO). Only loggers the user left unset (NOTSET) are touched."""
+    import logging
+
+    lg = logging.getLogger("jax._src.xla_bridge")
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with orbax; without it there is nothing to hush
+        return
+    if absl_logging.get_absl_logger().level == logging.NOTSET:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 # --- argument checks (argparse ``type=``: a bad value is one line naming the option, exit 2) ----
@@ -209,6 +242,6 @@ def cmd_serve(a) -> int:
     return 0
 
 
-__all__ = ["print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+__all__ = ["OneLineParser", "quiet_libraries", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
            "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "probability"]
