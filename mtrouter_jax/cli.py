@@ -35,7 +35,8 @@ def _train_cfg(a):
     from mtrouter_jax.estimator.train import TrainConfig
 
     return TrainConfig(max_epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, learning_rate=a.lr,
-                       patience=a.patience, max_seconds=a.max_train_seconds)
+                       patience=a.patience, max_seconds=a.max_train_seconds,
+                       pair_weight=getattr(a, "pair_weight", 1.0))
 
 
 def cmd_simulate(a) -> int:
@@ -124,7 +125,10 @@ def cmd_train(a) -> int:
         from mtrouter_jax.estimator.text import HashedNgramEncoder
 
         text = HashedNgramEncoder(dim=a.text_dim)
-    tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress)
+    if a.immediate and a.bootstrap_steps and a.bootstrap_iterations:
+        a.bootstrap_iterations = 0  # one-turn targets take no bootstrapping
+    tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress,
+                       immediate=a.immediate)
     print_coverage(episodes, pool)
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
                                 aggregate=a.bootstrap_aggregate)
@@ -269,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--propensity-weighting", action="store_true")
     p.add_argument("--dense-progress", action="store_true",
                    help="score targets from each turn on (needs per-turn `progress` in the logs, e.g. ScienceWorld)")
+    p.add_argument("--immediate", action="store_true",
+                   help="one-turn score targets: what each turn itself gained minus its own error penalty (needs "
+                        "per-turn `progress`); no bootstrapping; route with --router learned at λ 0 (greedy per turn)")
+    p.add_argument("--pair-weight", type=non_negative_float, default=1.0,
+                   help="weight of the executed-counterfactual pair loss where the logs hold linked branches "
+                        "(collect scienceworld --branch K); 0 = branches train as ordinary episodes")
     p.add_argument("--ensemble", type=positive_int, default=5,
                    help="estimators trained together (one vmapped step) for the safe router's uncertainty (1 = one)")
     p.add_argument("--bootstrap-aggregate", choices=["mean", "min", "lcb"], default="mean",

@@ -57,6 +57,11 @@ class TargetConfig:
     # unchanged, but late turns no longer carry the whole episode's outcome noise. With
     # bootstrapping this is an n-step TD target with per-turn rewards (docs/benchmarks.md).
     dense_progress: bool = False
+    # one-turn ("immediate") score targets: what the turn itself did — the score it gained minus its
+    # own AEC penalty (a wrong focus that ends the task shows as the fall to the failure score) —
+    # the n = 1 bootstrapped target with the next state's value set to 0. Needs per-turn progress;
+    # routing on it is greedy per turn, like the privileged bound (issue 17, docs/benchmarks.md).
+    immediate: bool = False
 
     def __post_init__(self):
         if self.bootstrap_steps < 0 or self.bootstrap_iterations < 0:
@@ -64,6 +69,8 @@ class TargetConfig:
                              f"{self.bootstrap_steps} and {self.bootstrap_iterations}")
         if self.bootstrap_iterations and not self.bootstrap_steps:
             raise ValueError("bootstrap_iterations > 0 needs bootstrap_steps >= 1")
+        if self.immediate and self.bootstrap_iterations:
+            raise ValueError("immediate targets are one-turn targets: they take no bootstrapping")
 
 
 @dataclasses.dataclass
@@ -222,8 +229,12 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
     n_ep = np.array([n_by_task.get(e.task_type, float(np.median(lengths))) for e in episodes], np.float32)
 
     score_t = np.asarray(annealed_error_targets(score_norm, arr["sev"], mask, n_ep, config.aec))
-    if config.dense_progress:
+    if config.dense_progress or config.immediate:
         score_t = score_t - progress_before(episodes, ranges, mask.shape[1])
+    if config.immediate:  # S'_t - S'_{t+1} with progress: this turn's gain minus its own penalty
+        nxt = np.concatenate([score_t[:, 1:], np.zeros_like(score_t[:, :1])], axis=1)
+        has_next = np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], axis=1)
+        score_t = np.where(has_next, score_t - nxt, score_t)
     cost_t = np.asarray(remaining_cost_targets(arr["cost"], mask, cost_scale))
     if config.cost_target == "future":
         cost_t = (cost_t - arr["cost"] / cost_scale) * mask
