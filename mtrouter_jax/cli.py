@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_inspect, cmd_pool, cmd_route, cmd_serve,
-                                       empty_logs, empty_logs_error, finite_float, non_negative_float,
+                                       empty_logs, empty_logs_error, finite_float, fit_line, non_negative_float,
                                        non_negative_int, positive_float, positive_int, print_coverage, probability,
                                        quiet_libraries, sim_incompatibility)
 from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
@@ -132,9 +132,7 @@ def cmd_train(a) -> int:
     print_coverage(episodes, pool)
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
                                 aggregate=a.bootstrap_aggregate)
-    print(f"checkpoint {a.out}: {len(episodes)} episodes, best epoch {res.best_epoch}, val loss "
-          f"{res.val_loss:.4f} (per-model-mean baseline {res.baseline_val_loss:.4f}), "
-          f"{res.turns_per_second:,.0f} turns/s")
+    print(fit_line(a.out, len(episodes), res))
     ref = (getattr(est, "meta", None) or {}).get("reference")
     if ref:  # what the safe router keeps to, per budget (mtrouter inspect shows the candidates)
         from mtrouter_jax.routing.reference import Reference

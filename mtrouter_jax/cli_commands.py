@@ -125,6 +125,23 @@ def print_coverage(episodes, pool) -> None:
     console.print(t)
     for w in coverage_warnings(rep):
         console.print(f"[yellow]warning:[/yellow] {w}")
+    if len(episodes) < FEW_EPISODES:
+        console.print(f"[yellow]warning:[/yellow] only {len(episodes)} episodes: far too few to tell the models "
+                      f"apart (the measurements in docs/benchmarks.md use 500-1,500); the router will lean on "
+                      "its reference policy")
+
+
+FEW_EPISODES = 100  # below this, per-model outcome estimates are mostly noise (docs/benchmarks.md)
+
+
+def fit_line(out, n_episodes: int, res) -> str:
+    """The one-line summary of a fit (no 'baseline nan' when the log was too small for a validation split)."""
+    import math
+
+    base = (f"per-model-mean baseline {res.baseline_val_loss:.4f}" if math.isfinite(res.baseline_val_loss)
+            else "no validation split: too few episodes, so this is the training loss")
+    return (f"checkpoint {out}: {n_episodes} episodes, best epoch {res.best_epoch}, val loss {res.val_loss:.4f} "
+            f"({base}), {res.turns_per_second:,.0f} turns/s")
 
 
 def sim_incompatibility(est, world) -> str | None:
