@@ -15,7 +15,10 @@ DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"
 
 
 def _budget(text: str) -> float:
-    b = float(text)
+    try:
+        b = float(text)
+    except ValueError:
+        b = math.nan
     if not math.isfinite(b) or b <= 0:
         raise argparse.ArgumentTypeError(f"budget must be a number > 0 USD, got {text!r}")
     return b

@@ -45,7 +45,9 @@ def _one_line(rc, lines, *needles):
     (["run", "--rho", "1.5"], ["argument --rho", "[0, 1]"]),
     (["sweep", "--ckpt", "x", "--budgets", "0.1", "-1"], ["argument --budgets", "a number > 0"]),
     (["route", "--conversation", "c", "--score", "inf"], ["argument --score", "a finite number"]),
-    (["collect", "scienceworld", "--budget", "abc"], ["argument --budget", "invalid value 'abc'"]),
+    (["collect", "scienceworld", "--budget", "abc"], ["argument --budget", "a number > 0 USD", "'abc'"]),
+    (["collect", "scienceworld", "--budget", "-1"], ["argument --budget", "a number > 0 USD", "'-1'"]),
+    (["eval", "scienceworld", "--budgets", "0.1", "abc"], ["argument --budgets", "a number > 0 USD", "'abc'"]),
 ])
 def test_bad_numbers_are_one_line_naming_the_option(tmp_path, capsys, argv, needles):
     out = tmp_path / "out"

@@ -3,7 +3,7 @@
 1. ``mtrouter serve --router tool-heuristic --explore sticky:0.9`` (no checkpoint) routes an agent's
    conversations (``model="mtrouter-explore-0.50"``); ``mtrouter route --score`` reports outcomes;
 2. ``mtrouter train --data round1.jsonl`` trains a checkpoint on those logs;
-3. ``mtrouter serve --router learned --checkpoint ckpt1 --explore beta:0.5`` routes round 2
+3. ``mtrouter serve --router safe --checkpoint ckpt1 --explore beta:0.5`` routes round 2
    (the paper's stage B, online); 4. ``mtrouter train --data round1.jsonl round2.jsonl``.
 
 Every logged propensity is recomputed from the logged turns with the policy's own function.
