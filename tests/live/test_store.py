@@ -95,7 +95,8 @@ def connect(request):
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     from mtrouter_jax.live.store.redis import RedisStore
 
-    return lambda: RedisStore(server.url, prefix=prefix)
+    # contract tests, not timing tests: a loaded 2-core CI machine can stall a connect past the 1 s default
+    return lambda: RedisStore(server.url, prefix=prefix, timeout_s=10.0)
 
 
 def arun(connect, body, replicas: int = 1):
