@@ -41,6 +41,7 @@ from mtrouter_jax.live.server.proxy import Proxy
 from mtrouter_jax.live.server.startup import startup_lines
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
+from mtrouter_jax.live.store import StateStore, StoreUnavailable, open_store
 
 log = logging.getLogger("mtrouter_jax.live")
 
@@ -135,10 +136,12 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                keys: KeyRing | Mapping[str, Tenant] | None = None, public_metrics: bool = False,
                log_text: bool = False, allow_missing_keys: bool = False, timeout: float = 120.0,
                max_retries: int = 2, limits: Limits | None = None, max_open: int | None = None,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, state: StateStore | None = None,
+               lease_ms: int | None = None) -> FastAPI:
     """The proxy app. ``backends`` default: clients for every pool model (keys from env). ``keys``:
     API keys with their tenants (``tenancy.py``), ``token`` one more admin key; ``limits``: the
-    resource limits (``max_open``/``max_body_bytes`` override theirs)."""
+    resource limits (``max_open``/``max_body_bytes`` override theirs); ``state``: a store shared
+    with other replicas (``server/shared.py``; None: this process only, as before)."""
     if backends is None:
         backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
                             allow_missing_keys=allow_missing_keys)
@@ -149,7 +152,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys)
     if token is not None:
         ring = KeyRing({**{k.decode(): t for k, t in ring.keys}, token: Tenant("admin", admin=True)})
-    proxy = Proxy(router, backends, log_text, limits)
+    proxy = Proxy(router, backends, log_text, limits, state, lease_ms)
     metrics = proxy.metrics
 
     async def sweep_idle():
@@ -160,11 +163,17 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        sweeper = asyncio.get_running_loop().create_task(sweep_idle()) if limits.idle_timeout else None
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(sweep_idle())] if limits.idle_timeout else []
+        if proxy.writer is not None:
+            tasks.append(loop.create_task(proxy.writer.run()))
         yield
-        if sweeper is not None:
-            sweeper.cancel()
+        for t in tasks:
+            t.cancel()
         await anyio.to_thread.run_sync(proxy.store.close_all)  # log open conversations (unscored)
+        if proxy.writer is not None:
+            with contextlib.suppress(StoreUnavailable, OSError):
+                await proxy.writer.drain_once()  # what this replica's finishes committed last
         await backends.aclose()
 
     app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
@@ -194,6 +203,9 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
             return await coro
         except ApiError:
             raise
+        except StoreUnavailable as e:  # --state: no silent fallback to per-replica state
+            from mtrouter_jax.live.server.shared import unavailable
+            raise unavailable(e) from None
         except Exception:
             log.exception("internal error while handling a request")
             raise ApiError(500, "internal error in the routing proxy (logged)", "api_error", "internal_error") from None
@@ -228,8 +240,12 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.get("/v1/mtrouter/conversations/{cid}")
     async def conversation(cid: str, request: Request):
         owner = _owner(request, _tenant(request))
+        if proxy.shared is not None:  # the store's version, whichever replica served the last turn
+            got = await proxy.shared.info(cid, owner)
+            if got is not None:
+                return got
         conv = proxy.store.get(cid, owner)
-        if conv is not None:
+        if conv is not None and proxy.shared is None:
             return conv.episode.info()
         if (owner, cid) in proxy.store.done:
             return proxy.store.done[(owner, cid)]
@@ -253,7 +269,13 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "open_conversations": len(proxy.store.open)}
+        if proxy.state is not None:
+            try:
+                await proxy.state.ping()
+            except StoreUnavailable as e:
+                return ApiError(503, str(e), "api_error", "state_unavailable").response()
+        return {"status": "ok", "open_conversations": len(proxy.store.open),
+                **({"state": "shared"} if proxy.state is not None else {})}
 
     return app
 
@@ -263,7 +285,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
           keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20, keys=None,
           public_metrics=False, max_open=10_000, tenant_max_open=None, max_turns=1000, turn_deadline=45.0,
-          idle_timeout=3600.0, score_range=None) -> None:
+          idle_timeout=3600.0, score_range=None, state=None) -> None:
     """Build the router and run the proxy with uvicorn (blocks). Bad options raise a ``UsageError``
     subclass naming the flag (``LogPathError``, ``KeysFileError``, ``RouterSpecError``, ...)."""
     import uvicorn
@@ -279,8 +301,10 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "
                     "(pip install 'openai[aiohttp]'; docs/live.md)")
+    store = None if state in (None, "memory") else open_store(state)
     app = create_app(r, keys=ring, public_metrics=public_metrics, log_text=log_text,
-                     allow_missing_keys=allow_missing_keys, timeout=timeout, max_retries=max_retries, limits=limits)
+                     allow_missing_keys=allow_missing_keys, timeout=timeout, max_retries=max_retries, limits=limits,
+                     state=store)
     uvicorn.run(app, host=host, port=port, log_level="info", **{**UVICORN_OPTIONS, "timeout_keep_alive": keep_alive})
 
 

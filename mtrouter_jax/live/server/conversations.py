@@ -25,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 
@@ -87,6 +87,12 @@ class Conversation:
     n_seen: int = 0
     last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tenant_obj: Tenant = ANONYMOUS
+    # with a shared state store (server/shared.py): the stored version this copy is, whether its
+    # episode id is claimed, and the turn in progress (lease, reservations)
+    version: int = 0
+    claimed: bool = False
+    turn: Any = None
 
 
 class ConversationStore:
@@ -105,6 +111,7 @@ class ConversationStore:
         for eid in _logged_ids(router.log_path):  # ids of earlier runs on this log stay taken
             self._remember(_digest(eid))
         self._tasks: set[asyncio.Task] = set()
+        self.shared = None  # server/shared.py's SharedConversations with --state (closes go through it)
         # a thread lock, not an asyncio one: close_all runs in a worker thread at shutdown
         self.lock = threading.Lock()
 
@@ -149,17 +156,21 @@ class ConversationStore:
                 if cap is not None and self.per_tenant.get(tenant.name, 0) >= cap:
                     raise ApiError(429, f"this key's tenant has {cap} open conversations, its limit; finish some, "
                                         "or retry later", "rate_limit_error", "too_many_conversations")
-                if tenant.budget_cap is not None:
-                    budget = tenant.budget_cap if budget is None else min(budget, tenant.budget_cap)
                 # start first: a bad budget/seed raises before the store changes
-                ep = self.router.start_episode(self._episode_id(cid, derived), task, budget, lam, explore=explore,
-                                               seed=seed)
-                conv = Conversation(ep, derived, cid, tenant.name)
+                ep = self.new_episode(cid, derived, budget, task, lam, explore, seed, tenant)
+                conv = Conversation(ep, derived, cid, tenant.name, tenant_obj=tenant)
                 self.open[key] = conv
                 self.per_tenant[tenant.name] = self.per_tenant.get(tenant.name, 0) + 1
             self.open.move_to_end(key)
             conv.last_used = time.time()
         return conv
+
+    def new_episode(self, cid: str, derived: bool, budget: float | None, task: str | None, lam: float | None,
+                    explore: bool = False, seed: int | None = None, tenant: Tenant = ANONYMOUS) -> LiveEpisode:
+        """A new episode of the tenant's conversation ``cid`` (its budget clipped to the tenant's cap)."""
+        if tenant.budget_cap is not None:
+            budget = tenant.budget_cap if budget is None else min(budget, tenant.budget_cap)
+        return self.router.start_episode(self._episode_id(cid, derived), task, budget, lam, explore=explore, seed=seed)
 
     def _remove_locked(self, conv: Conversation) -> bool:
         key = (conv.tenant, conv.cid)
@@ -199,13 +210,19 @@ class ConversationStore:
         """End ``cid`` (after its in-flight turn, if any) and log it; 404 when it is not open; 503
         (the conversation stays open: retry) when the log line cannot be written."""
         conv = self.get(cid, tenant)
+        transient = conv is None and self.shared is not None
+        if transient:  # shared state: a conversation this replica has not served is finished from the store
+            conv = await self.shared.attach(cid, tenant)
         if conv is None:
             raise ApiError(404, f"no open conversation {cid!r}", code="conversation_not_found")
         async with conv.lock:
-            if conv.episode.finished or self.get(cid, tenant) is not conv:
+            if conv.episode.finished or (not transient and self.get(cid, tenant) is not conv):
                 raise ApiError(404, f"no open conversation {cid!r}", code="conversation_not_found")
             try:
-                info = await anyio.to_thread.run_sync(self._close, conv, score, score_range, meta, "finished")
+                if self.shared is not None:
+                    info = await self.shared.close(conv, score, score_range, meta, "finished")
+                else:
+                    info = await anyio.to_thread.run_sync(self._close, conv, score, score_range, meta, "finished")
             except OSError as e:
                 log.error("conversation %s: could not write its episode to %s (%s); kept open",
                           conv.episode.episode_id, self.router.log_path, e)
@@ -225,7 +242,12 @@ class ConversationStore:
     async def _close_locked(self, conv: Conversation, score, score_range, meta, reason: str) -> dict | None:
         async with conv.lock:
             try:
+                if self.shared is not None:
+                    return await self.shared.close(conv, score, score_range, meta, reason)
                 return await anyio.to_thread.run_sync(self._close, conv, score, score_range, meta, reason)
+            except ApiError as e:  # shared state: finished elsewhere, or the store is down
+                log.warning("conversation %s (%s) not closed here: %s", conv.cid, reason, e.message)
+                return None
             except OSError as e:
                 log.error("conversation %s (%s): could not write its episode to %s (%s); lost",
                           conv.episode.episode_id, reason, self.router.log_path, e)
@@ -233,20 +255,31 @@ class ConversationStore:
                     self.on_close("write_failed")
                 return None
 
-    def _close(self, conv: Conversation, score, score_range, meta, reason: str) -> dict:
+    def close_meta(self, conv: Conversation, meta: dict | None) -> dict:
+        """The episode meta the log records besides the episode's own: conversation, tenant, checkpoint."""
         meta = {**(meta or {}), "conversation": conv.cid}
         if conv.tenant:
             meta["tenant"] = conv.tenant
+        digest = getattr(conv.episode.router, "digest", None)
+        if digest is not None:
+            meta["checkpoint"] = digest
+        return meta
+
+    def _close(self, conv: Conversation, score, score_range, meta, reason: str) -> dict:
+        meta = self.close_meta(conv, meta)
         with conv.episode.lock:
             ep = conv.episode.finish(score, score_range, meta)
             info = {**conv.episode.info(), "logged": ep is not None and self.router.log_path is not None}
+        self.remember_done(conv, info, reason)
+        return info
+
+    def remember_done(self, conv: Conversation, info: dict, reason: str) -> None:
         with self.lock:
             self.done[(conv.tenant, conv.cid)] = info
             while len(self.done) > self.keep_finished:
                 self.done.popitem(last=False)
         if self.on_close is not None:
             self.on_close(reason)
-        return info
 
     def close_all(self) -> None:
         """Log every open conversation unscored (server shutdown; in-flight requests are over)."""
@@ -254,6 +287,8 @@ class ConversationStore:
             items = list(self.open.values())
             self.open.clear()
             self.per_tenant.clear()
+        if self.shared is not None:  # the conversations live on in the store: other replicas continue them
+            return
         for conv in items:
             if not conv.episode.finished:
                 try:

@@ -56,3 +56,6 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-range", default=None,
                    help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
                         "send its own)")
+    p.add_argument("--state", default=None,
+                   help="where conversations, budgets and finishes live: memory (default: this process) or "
+                        "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")

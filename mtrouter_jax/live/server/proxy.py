@@ -30,6 +30,7 @@ from mtrouter_jax.live.server.replies import tool_and_action, upstream_message
 from mtrouter_jax.live.server.streams import TurnStream, dumps
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, Tenant
 from mtrouter_jax.live.router import BudgetExhausted, Router
+from mtrouter_jax.live.store import StateStore
 
 log = logging.getLogger("mtrouter_jax.live")
 
@@ -46,11 +47,28 @@ def _nbytes(obj: Any) -> int:
 class Proxy:
     """The request handling behind the FastAPI app (``server.create_app`` wires the routes)."""
 
-    def __init__(self, router: Router, backends: Backends, log_text: bool = False, limits: Limits | None = None):
+    def __init__(self, router: Router, backends: Backends, log_text: bool = False, limits: Limits | None = None,
+                 state: StateStore | None = None, lease_ms: int | None = None):
         self.router, self.backends, self.log_text = router, backends, log_text
         self.limits = limits or Limits()
         self.store = ConversationStore(router, self.limits, on_close=self._on_close)
         self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
+        self.routers = {getattr(router, "digest", None): router}  # by checkpoint digest (reloads add)
+        self.state, self.shared, self.writer = state, None, None
+        if state is not None:  # replicas share conversations, budgets and finishes (server/shared.py)
+            from mtrouter_jax.live.server.logwriter import LogWriter
+            from mtrouter_jax.live.server.shared import LEASE_MS, SharedConversations
+            self.shared = self.store.shared = SharedConversations(state, self, lease_ms or LEASE_MS)
+            if router.log_path is not None:
+                self.writer = LogWriter(state, router.log_path)
+
+    def router_for(self, digest: str | None) -> Router:
+        """The router of a conversation started with the checkpoint ``digest`` (kept across reloads)."""
+        r = self.routers.get(digest)
+        if r is None:
+            raise ApiError(409, f"this conversation was started with checkpoint {digest!r}, which this replica has "
+                                "not loaded (reload it here, or finish the conversation)", code="checkpoint_unknown")
+        return r
 
     def _on_close(self, reason: str) -> None:
         self.metrics.closed.labels(reason).inc()
@@ -82,9 +100,13 @@ class Proxy:
             raise ApiError(409, f"conversation {req.cid!r} is busy with another request", code="busy") from None
         handed_over = False  # a stream releases the lock when it ends
         try:
+            if self.shared is not None:  # lease + the stored state (raises 409 busy, 503)
+                await self.shared.begin(conv, req)
             if conv.episode.finished:  # finished (or evicted) while we waited
                 raise ApiError(409, f"conversation {req.cid!r} was just finished; retry", code="finished")
             if req.derived and conv.n_seen and len(req.messages) < conv.n_seen - 1:
+                if self.shared is not None:
+                    await self.shared.end(conv)
                 conv.lock.release()
                 handed_over = True
                 await self.store.restart(conv)
@@ -97,7 +119,11 @@ class Proxy:
             return resp
         finally:
             if not handed_over:
-                conv.lock.release()
+                try:
+                    if self.shared is not None:
+                        await self.shared.end(conv)
+                finally:
+                    conv.lock.release()
 
     def _input_bounds(self, req: ChatRequest, conv: Conversation) -> tuple[float, float]:
         """(upper bound, estimate) of this call's input tokens; attaches new tool results (else new
@@ -184,13 +210,22 @@ class Proxy:
             return b
 
         async def call(model):
+            if self.shared is not None:  # the attempt's worst case, held across replicas until settled
+                out = self._completion_hi(model, limit_for(model))
+                await self.shared.reserve(conv, model, ep.router.turn_cost(model, hi, 0, out))
             t0 = time.perf_counter()
             try:
                 if req.stream:
                     return await self.backends.aopen_stream(model, body_for(model))
                 return await self.backends.achat(model, body_for(model))
             except RecursionError:  # a reply nested deeper than the JSON decoder can follow
+                if self.shared is not None:
+                    await self.shared.unreserve(conv, model)
                 raise UpstreamError(model, "bad_response", "upstream sent JSON nested too deeply") from None
+            except BaseException:
+                if self.shared is not None:
+                    await self.shared.unreserve(conv, model)
+                raise
             finally:
                 self.metrics.upstream.labels(model).observe(time.perf_counter() - t0)
 

@@ -99,7 +99,7 @@ class TurnStream(StreamingResponse):
         finally:
             await self._cleanup()
 
-    def _finish_turn(self) -> dict:
+    async def _finish_turn(self) -> dict:
         st, ep = self.state, self.conv.episode
         st["recorded"] = True
         try:
@@ -109,12 +109,18 @@ class TurnStream(StreamingResponse):
             return {"model": self.att.model, "spent": ep.spent, "remaining": ep.remaining,
                     "turn_cost": ep.turns[-1].cost, "fallbacks": self.att.fallbacks}
         finally:
-            self.conv.lock.release()
+            try:
+                if self.proxy.shared is not None:  # settle, write the state, release the lease
+                    with anyio.CancelScope(shield=True):
+                        await self.proxy.shared.end(self.conv)
+            finally:
+                self.conv.lock.release()
 
     async def _cleanup(self) -> None:
         if not self.state["recorded"]:  # the client went away: the turn still happened (and is billed)
             self.meta.setdefault("stream_error", "client_disconnected")
-            self._finish_turn()
+            with anyio.CancelScope(shield=True):
+                await self._finish_turn()
         if not self.state["closed"]:
             self.state["closed"] = True
             with anyio.CancelScope(shield=True):
@@ -173,7 +179,7 @@ class TurnStream(StreamingResponse):
                 log.warning("stream from %s was interrupted (%s): the client gets an error event, not [DONE]",
                             self.att.model, error)
                 self.meta["stream_error"] = error
-            acct = self._finish_turn()
+            acct = await self._finish_turn()
             yield f": mtrouter {json.dumps(acct)}\n\n"
             if error is None:
                 yield "data: [DONE]\n\n"

@@ -107,8 +107,10 @@ class StateStore(Protocol):
         """USD held by live (unexpired) reservations."""
 
     # ---- finished episodes
-    async def finish_once(self, conv_id: str, episode_json: bytes) -> bool:
-        """Queue the finished episode and drop the state, exactly once: False if already done."""
+    async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:
+        """Queue the finished episode and drop the state, exactly once: False if already done.
+        ``state_of``: the id whose state to drop when it is not ``conv_id`` (the proxy marks each
+        *episode* finished once, and keeps state per conversation, which outlives its episodes)."""
 
     async def drain_finished(self, count: int = 100) -> list[Finished]:
         """The oldest unacknowledged finished episodes (for the single log writer)."""

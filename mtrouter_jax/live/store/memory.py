@@ -185,7 +185,7 @@ class MemoryStore:
             return b.reserved()
 
     # ------------------------------------------------------------------ finished episodes
-    async def finish_once(self, conv_id: str, episode_json: bytes) -> bool:
+    async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:
         with self._lock:
             now = self._now()
             dl = self._finished.get(conv_id)
@@ -194,7 +194,7 @@ class MemoryStore:
             self._finished[conv_id] = now + self.finished_ttl
             eid = f"{next(self._entry)}-0"
             self._stream[eid] = Finished(eid, conv_id, bytes(episode_json))
-            self._states.pop(conv_id, None)
+            self._states.pop(conv_id if state_of is None else state_of, None)
             self._tick(now)
             return True
 

@@ -233,8 +233,9 @@ class RedisStore:
         return float(await self._do(self._reserved(keys=self._budget_keys(conv_id), args=[])))
 
     # ------------------------------------------------------------------ finished episodes
-    async def finish_once(self, conv_id: str, episode_json: bytes) -> bool:
-        keys = [self._k(conv_id, "fin"), self.stream, self._k(conv_id, "state")]
+    async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:
+        # (with ``state_of`` the script touches two conversations' keys: one Redis, not a cluster)
+        keys = [self._k(conv_id, "fin"), self.stream, self._k(conv_id if state_of is None else state_of, "state")]
         return bool(await self._do(self._finish(keys=keys, args=[conv_id, bytes(episode_json),
                                                                  self.finished_ttl])))
 

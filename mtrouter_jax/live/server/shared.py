@@ -1,0 +1,324 @@
+"""Conversations shared by proxy replicas through a ``StateStore`` (issue 19; ``--state redis://...``).
+
+Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn:
+
+1. **lease** the conversation (``acquire_lease``, fencing token; waited for like the in-process
+   lock, ``LEASE_WAIT_S``; renewed every third of ``LEASE_MS`` while the turn or its stream runs),
+   so two replicas never run turns of one conversation at once;
+2. **sync**: the stored state (``episode_state``) replaces the cached episode when another replica
+   wrote a newer version; the spend is the store's counter when that is higher (a late settle);
+3. **reserve** each upstream attempt's worst case (``store.reserve``: atomic across replicas;
+   released when the attempt fails), **settle** the billed cost, **put** the new state (fenced:
+   a replica that lost its lease writes nothing) with a TTL of twice the idle timeout, release.
+
+Finishing marks the *episode* finished once (``finish_once``, any replica) and queues it for the
+one log writer (``logwriter.py``). ``StoreUnavailable`` before the upstream call is a 503 (no turn
+ran; no fallback to per-replica state); after it, the reply is returned and the settle retried
+(settles are idempotent) before this replica's next store call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
+from mtrouter_jax.live.server.api import ApiError
+from mtrouter_jax.live.store import Lease, StateStore, StoreUnavailable
+from mtrouter_jax.live.store.base import DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS, EPS_USD
+
+if TYPE_CHECKING:
+    from mtrouter_jax.live.server.conversations import Conversation
+    from mtrouter_jax.live.server.proxy import Proxy
+
+log = logging.getLogger("mtrouter_jax.live")
+LEASE_MS = 15_000  # a replica killed mid-turn blocks its conversation this long at most
+LEASE_WAIT_S = 600.0  # as long as a request waits for its conversation's previous turn in-process
+_POLL_S = (0.002, 0.05)  # lease polling: first and longest sleep
+
+
+def conv_key(tenant: str, cid: str) -> str:
+    """The store id of a tenant's conversation (unambiguous for any tenant name and id)."""
+    return f"c:{len(tenant)}:{tenant}/{cid}"
+
+
+def episode_key(eid: str) -> str:
+    return f"e:{eid}"
+
+
+def unavailable(e: StoreUnavailable) -> ApiError:
+    return ApiError(503, f"{e}; no turn was run: retry when it is back (the proxy does not fall back to "
+                         "per-replica state or budgets)", "api_error", "state_unavailable")
+
+
+@dataclass
+class TurnHandle:
+    """A turn in progress under a lease: its reservations (model -> id) and the renewing task."""
+
+    lease: Lease
+    n_turns: int
+    reservations: dict[str, str] = field(default_factory=dict)
+    renewer: asyncio.Task | None = None
+    lost: bool = False
+
+
+class SharedConversations:
+    """The lease / sync / reserve / settle / put cycle of ``Proxy`` turns on a shared store."""
+
+    def __init__(self, store: StateStore, proxy: "Proxy", lease_ms: int = LEASE_MS,
+                 wait_s: float = LEASE_WAIT_S):
+        self.store, self.proxy, self.lease_ms, self.wait_s = store, proxy, int(lease_ms), float(wait_s)
+        self.pending: list[tuple[str, str, float]] = []  # settles to retry: (episode key, id, USD)
+        self.nonce = secrets.token_hex(4)
+
+    @property
+    def state_ttl_ms(self) -> int:
+        idle = self.proxy.limits.idle_timeout
+        return DEFAULT_BUDGET_TTL_MS if not idle else int(max(2 * idle, 60.0) * 1000)
+
+    # ------------------------------------------------------------------ lease
+    async def lease(self, key: str, what: str) -> Lease:
+        """The lease of ``key``, waiting up to ``wait_s`` (409 ``busy`` beyond)."""
+        deadline, pause = time.monotonic() + self.wait_s, _POLL_S[0]
+        while True:
+            got = await self.store.acquire_lease(key, self.lease_ms)
+            if got is not None:
+                return got
+            if time.monotonic() >= deadline:
+                raise ApiError(409, f"conversation {what!r} is busy with a turn on another replica (its lease "
+                                    f"was held for {self.wait_s:g} s); retry", code="busy")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL_S[1])
+
+    async def _renew(self, h: TurnHandle) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                if not await self.store.renew(h.lease, self.lease_ms):
+                    h.lost = True
+                    log.warning("conversation lease %s lost mid-turn (held past %d ms): its state will not be "
+                                "written by this replica", h.lease.conv_id, self.lease_ms)
+                    return
+            except StoreUnavailable as e:
+                log.warning("could not renew lease %s: %s", h.lease.conv_id, e)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await self.store.release_lease(lease)
+        except StoreUnavailable as e:  # it expires on its own
+            log.warning("could not release lease %s (%s): it expires in %d ms", lease.conv_id, e, self.lease_ms)
+
+    # ------------------------------------------------------------------ state
+    async def _load(self, conv: "Conversation") -> dict | None:
+        got = await self.store.get(conv_key(conv.tenant, conv.cid))
+        return None if got is None else json.loads(got.data)
+
+    def _adopt(self, conv: "Conversation", doc: dict) -> None:
+        """Take the stored version of ``conv`` (another replica wrote it since)."""
+        c = doc["conv"]
+        router = self.proxy.router_for(c.get("checkpoint"))
+        conv.episode = restore_episode(router, doc["episode"])
+        conv.version, conv.n_seen, conv.derived, conv.last_used = doc["v"], c["n_seen"], c["derived"], c["last_used"]
+        conv.claimed = True
+
+    async def _claim(self, conv: "Conversation", req) -> None:
+        """A new conversation: its episode id is claimed once in the store (a client id reused on any
+        replica gets the ``ID-RUN-N`` form, as in one process)."""
+        if conv.claimed:
+            return
+        if await self.store.acquire_lease("id:" + conv.episode.episode_id, DEFAULT_FINISHED_TTL_MS) is None:
+            conv.episode = self.proxy.store.new_episode(conv.cid, True, req.budget, req.task, req.lam, req.explore,
+                                                        req.seed, conv.tenant_obj)
+            await self.store.acquire_lease("id:" + conv.episode.episode_id, DEFAULT_FINISHED_TTL_MS)
+        conv.claimed = True
+
+    async def begin(self, conv: "Conversation", req) -> None:
+        """Lease ``conv`` and bring it up to date with the store (raises 409 busy, 503)."""
+        try:
+            await self.flush()
+            lease = await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        try:
+            doc = await self._load(conv)
+            if doc is None:
+                if conv.version:  # finished or expired elsewhere since this replica saw it: a new episode
+                    conv.episode = self.proxy.store.new_episode(conv.cid, conv.derived, req.budget, req.task, req.lam,
+                                                                req.explore, req.seed, conv.tenant_obj)
+                    conv.version, conv.n_seen, conv.claimed = 0, 0, False
+                await self._claim(conv, req)
+            elif doc["v"] != conv.version:
+                self._adopt(conv, doc)
+            ep = conv.episode
+            if ep.budget is not None:
+                spent = await self.store.spent(episode_key(ep.episode_id))
+                if spent > ep.spent + EPS_USD:  # a settle this state has not seen (a replica that stalled)
+                    ep.spent = spent
+        except BaseException as e:
+            await self._release(lease)
+            if isinstance(e, StoreUnavailable):
+                raise unavailable(e) from None
+            raise
+        h = TurnHandle(lease, len(conv.episode.turns))
+        h.renewer = asyncio.get_running_loop().create_task(self._renew(h))
+        conv.turn = h
+
+    async def _put(self, conv: "Conversation", token: int | None) -> bool:
+        doc = {"v": conv.version + 1, "episode": episode_state(conv.episode),
+               "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
+                        "checkpoint": getattr(conv.episode.router, "digest", None)}}
+        ok = await self.store.put(conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms,
+                                  conv.tenant, token)
+        if ok:
+            conv.version += 1
+        return ok
+
+    # ------------------------------------------------------------------ budget
+    async def reserve(self, conv: "Conversation", model: str, amount: float) -> None:
+        """Hold ``amount`` USD of the budget for an attempt on ``model`` (402/409 when it does not fit)."""
+        ep, h = conv.episode, conv.turn
+        if ep.budget is None or h is None:
+            return
+        rid = f"{h.lease.token}:{len(ep.turns)}:{model}:{self.nonce}"
+        ekey = episode_key(ep.episode_id)
+        try:
+            if await self.store.reserve(ekey, rid, amount, ep.budget):
+                h.reservations[model] = rid
+                return
+            held, spent = await self.store.reserved(ekey), await self.store.spent(ekey)
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        if held > EPS_USD:
+            raise ApiError(409, f"conversation {conv.cid!r}: ${held:.6f} of its budget is held by a turn that has "
+                                "not settled (another replica's, perhaps one that died: it is released within "
+                                f"{self.store_reservation_s():g} s); retry", code="budget_held")
+        ep.spent = max(ep.spent, spent)
+        raise self.proxy._budget_error(f"budget exhausted: conversation {conv.cid!r} spent ${spent:.6f} of "
+                                       f"${ep.budget:.6f}; a {model} turn could cost up to ${amount:.6f}")
+
+    @staticmethod
+    def store_reservation_s() -> float:
+        from mtrouter_jax.live.store.base import DEFAULT_RESERVATION_TTL_MS
+        return DEFAULT_RESERVATION_TTL_MS / 1000
+
+    async def unreserve(self, conv: "Conversation", model: str) -> None:
+        """The attempt on ``model`` failed: its reservation goes (or expires, if the store is down)."""
+        h = conv.turn
+        rid = None if h is None else h.reservations.pop(model, None)
+        if rid is not None:
+            try:
+                await self.store.release(episode_key(conv.episode.episode_id), rid)
+            except StoreUnavailable as e:
+                log.warning("could not release a reservation of %s (%s): it expires on its own", conv.cid, e)
+
+    async def flush(self) -> None:
+        """Retry the settles the store missed (idempotent: each bills once)."""
+        while self.pending:
+            ekey, rid, cost = self.pending[0]
+            await self.store.settle(ekey, rid, cost)
+            self.pending.pop(0)
+
+    # ------------------------------------------------------------------ end of a turn
+    async def end(self, conv: "Conversation") -> None:
+        """Settle the served attempt, release the others, write the state and release the lease."""
+        h, conv.turn = conv.turn, None
+        if h is None:
+            return
+        if h.renewer is not None:
+            h.renewer.cancel()
+        ep = conv.episode
+        ekey = episode_key(ep.episode_id)
+        recorded = len(ep.turns) > h.n_turns
+        try:
+            if recorded and ep.turns[-1].model in h.reservations:
+                rid = h.reservations.pop(ep.turns[-1].model)
+                self.pending.append((ekey, rid, ep.turns[-1].cost))
+                await self.flush()
+            for model in list(h.reservations):
+                await self.unreserve(conv, model)
+            if recorded and not await self._put(conv, h.lease.token):
+                log.warning("conversation %s: its lease was lost mid-turn; another replica's state stands "
+                            "(this turn is billed, its history not kept)", conv.cid)
+                conv.version = -1  # reload next time
+        except StoreUnavailable as e:
+            log.error("conversation %s: the state store failed after the upstream call (%s): the turn is billed "
+                      "here, its settle is retried with this replica's next store call", conv.cid, e)
+        finally:
+            await self._release(h.lease)
+
+    # ------------------------------------------------------------------ reads and finishes
+    async def info(self, cid: str, tenant: str) -> dict | None:
+        try:
+            got = await self.store.get(conv_key(tenant, cid))
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        if got is None:
+            return None
+        st = json.loads(got.data)["episode"]
+        turns = st["turns"]
+        rem = None if st["budget"] is None else max(st["budget"] - st["spent"], 0.0)
+        return {"episode_id": st["episode_id"], "task_type": st["task_type"], "budget": st["budget"],
+                "spent": st["spent"], "remaining": rem, "turns": len(turns), "tokens": st["tokens"],
+                "models": [t["model"] for t in turns], "errors": sum(t["error"] is not None for t in turns),
+                "ended": st["ended"], "finished": False, "lam": st["lam"], "policy": st["policy"],
+                "explore": st["explore"], "seed": st["seed"]}
+
+    async def attach(self, cid: str, tenant: str) -> "Conversation | None":
+        """A cached copy of a stored conversation this replica has not served (to finish it), or None."""
+        from mtrouter_jax.live.server.conversations import Conversation
+        from mtrouter_jax.live.server.tenancy import Tenant
+
+        conv = Conversation(None, False, cid, tenant, tenant_obj=Tenant(tenant))  # type: ignore[arg-type]
+        try:
+            doc = await self._load(conv)
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        if doc is None:
+            return None
+        self._adopt(conv, doc)
+        return conv
+
+    async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
+        """Finish ``conv`` on the store, exactly once across replicas (404 when it is no longer open
+        anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
+        try:
+            lease = await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        try:
+            doc = await self._load(conv)
+            if doc is None:
+                if conv.version or not conv.episode.turns:
+                    raise ApiError(404, f"no open conversation {conv.cid!r}", code="conversation_not_found")
+            elif doc["v"] != conv.version:
+                self._adopt(conv, doc)
+            if reason == "expired" and time.time() - conv.last_used <= self.proxy.limits.idle_timeout:
+                return None  # in use on another replica
+            ep = conv.episode
+            if ep.turns:
+                episode = ep.to_episode(score, score_range, self.proxy.store.close_meta(conv, meta))
+                ok = await self.store.finish_once(episode_key(ep.episode_id), dumps_state(episode.to_dict()),
+                                                  state_of=conv_key(conv.tenant, conv.cid))
+                if not ok:
+                    raise ApiError(404, f"conversation {conv.cid!r} was already finished", code="conversation_not_found")
+            else:
+                await self.store.delete(conv_key(conv.tenant, conv.cid))
+            ep.finished = True
+            info = {**ep.info(), "logged": bool(ep.turns)}
+            self.proxy.store.remember_done(conv, info, reason)
+            if self.proxy.writer is not None:
+                self.proxy.writer.wake()
+            return info
+        except StoreUnavailable as e:
+            raise ApiError(503, f"{e}; the conversation was not finished: retry the finish", "api_error",
+                           "state_unavailable") from None
+        finally:
+            await self._release(lease)
+
+
+__all__ = ["SharedConversations", "TurnHandle", "conv_key", "episode_key", "LEASE_MS", "LEASE_WAIT_S", "unavailable"]

@@ -1,0 +1,228 @@
+"""Proxy replicas on one state store (issue 19): two apps (uvicorn threads, each with its own event
+loop and its own store client) on one real ``redis-server`` (or one shared ``MemoryStore``) in front
+of one fake upstream. Turns of one conversation interleaved across replicas never exceed its
+budget, a finish on either replica is logged exactly once, a lease held by a dead replica hands
+the conversation over when it expires, Redis down -> 503 with a message, Redis back -> served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from test_store import _start_redis  # the real redis-server fixture's helpers
+from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
+from testing.live import FakeEstimator, ServerThread, make_pool
+from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
+from mtrouter_jax.live.router import Router
+from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.live.server.shared import conv_key, episode_key
+from mtrouter_jax.live.store import MemoryStore
+from mtrouter_jax.logs.io import read_episodes
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+BUDGET = 0.0004  # a handful of turns of the fake upstream
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = _start_redis(tmp_path_factory)
+    yield server
+    server.kill()
+
+
+class Replicas:
+    """``n`` proxy apps on one store (``kind``: "redis" or "memory") and one log file."""
+
+    def __init__(self, upstream, log, kind, server=None, n=2, lease_ms=None, **kw):
+        from mtrouter_jax.live.store.redis import RedisStore
+
+        self.prefix = f"t{uuid.uuid4().hex[:8]}:"
+        self.shared = MemoryStore() if kind == "memory" else None
+        self.server, self.log, self.threads = server, log, []
+        pool = make_pool(upstream.url + "/v1")
+        for _ in range(n):
+            store = self.shared if kind == "memory" else RedisStore(server.url, prefix=self.prefix, timeout_s=0.5)
+            app = create_app(Router(FakeEstimator(pool), log_path=log), timeout=5.0, max_retries=0, state=store,
+                             lease_ms=lease_ms, **kw)
+            self.threads.append(ServerThread(app).__enter__())
+        self.http = [httpx.Client(base_url=t.url, timeout=30.0) for t in self.threads]
+
+    def store(self):
+        """A fresh client of the same store (for a test's own look at it, on its own loop)."""
+        if self.shared is not None:
+            return self.shared
+        from mtrouter_jax.live.store.redis import RedisStore
+        return RedisStore(self.server.url, prefix=self.prefix)
+
+    def close(self):
+        for h in self.http:
+            h.close()
+        for t in self.threads:
+            t.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def replicas(request, upstream, tmp_path):
+    made = []
+
+    def make(**kw):
+        server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+        r = Replicas(upstream, tmp_path / f"live{len(made)}.jsonl", request.param, server, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def _turn_body(i: int) -> dict:
+    msgs = [{"role": "user", "content": "solve it"}]
+    for j in range(i):
+        msgs += [{"role": "assistant", "content": f"step {j}"}, {"role": "user", "content": "go on " * 20}]
+    return {"model": f"mtrouter-{BUDGET}", "messages": msgs}
+
+
+async def _interleaved(urls, cid, plan):
+    """Send the turns of ``plan`` (replica index per turn, in waves of concurrent requests)."""
+    async with httpx.AsyncClient(timeout=60.0) as c:
+        codes, costs, i = [], [], 0
+        for wave in plan:
+            reqs = []
+            for rep in wave:
+                reqs.append(c.post(urls[rep] + "/v1/chat/completions", json=_turn_body(i),
+                                   headers={"X-MTRouter-Conversation": cid}))
+                i += 1
+            for r in await asyncio.gather(*reqs):
+                codes.append(r.status_code)
+                costs.append(float(r.headers.get("x-mtrouter-turn-cost", 0)))
+        return codes, costs
+
+
+def _spent(store_factory, cid, eid=None):
+    async def main():
+        s = store_factory()
+        try:
+            got = await s.get(conv_key("", cid))
+            st = json.loads(got.data)["episode"]
+            return st, await s.spent(episode_key(st["episode_id"])), await s.reserved(episode_key(st["episode_id"]))
+        finally:
+            await s.close()
+    return asyncio.run(main())
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(plan=hs.lists(hs.lists(hs.integers(0, 1), min_size=1, max_size=3), min_size=3, max_size=6))
+def test_interleaved_turns_across_replicas_never_exceed_the_budget(replicas, plan):
+    reps = getattr(replicas, "_made", None) or replicas()
+    replicas._made = reps  # one pair of replicas for every example (starting them is the slow part)
+    cid = f"c-{uuid.uuid4().hex[:8]}"
+    codes, costs = asyncio.run(_interleaved([t.url for t in reps.threads], cid, plan))
+    assert set(codes) <= {200, 402}, codes
+    st, spent, held = _spent(reps.store, cid)
+    billed = sum(t["cost"] for t in st["turns"])
+    assert sum(costs) == pytest.approx(billed, abs=1e-12)  # what the replicas answered = what is stored
+    assert len(st["turns"]) == codes.count(200)  # every served turn is in the shared state, once
+    assert billed <= BUDGET + 1e-12 and spent == pytest.approx(billed, abs=1e-12) and held == 0
+
+
+def test_a_finish_on_either_replica_is_logged_exactly_once(replicas):
+    reps = replicas()
+    cids = [f"f-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
+    for k, cid in enumerate(cids):
+        for i in range(2):
+            r = reps.http[(k + i) % 2].post("/v1/chat/completions", json=_turn_body(i) | {"model": "mtrouter"},
+                                            headers={"X-MTRouter-Conversation": cid})
+            assert r.status_code == 200, r.text
+
+    async def race(cid):  # both replicas finish the same conversation at once
+        async with httpx.AsyncClient(timeout=30.0) as c:
+            rs = await asyncio.gather(*(c.post(f"{t.url}/v1/mtrouter/conversations/{cid}/finish",
+                                               json={"score": 1, "score_range": [0, 1]}) for t in reps.threads))
+            return sorted(r.status_code for r in rs)
+
+    for cid in cids:
+        assert asyncio.run(race(cid)) == [200, 404]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        eps = read_episodes(reps.log) if reps.log.exists() else []
+        if len(eps) >= len(cids):
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # a duplicate would arrive within the writers' next drains
+    lines = [json.loads(x) for x in reps.log.read_text().splitlines()]
+    assert sorted(x["meta"]["conversation"] for x in lines) == sorted(cids)  # each once, none twice
+    assert all(len(x["turns"]) == 2 for x in lines)
+
+
+def test_a_lease_left_by_a_dead_replica_hands_the_conversation_over(replicas):
+    reps = replicas(lease_ms=600)
+    cid = f"l-{uuid.uuid4().hex[:6]}"
+    assert reps.http[0].post("/v1/chat/completions", json=_turn_body(0),
+                             headers={"X-MTRouter-Conversation": cid}).status_code == 200
+
+    async def grab():  # a replica that takes the lease and dies mid-turn (never releases it)
+        s = reps.store()
+        lease = await s.acquire_lease(conv_key("", cid), 600)
+        if reps.shared is None:
+            await s.close()
+        return lease
+
+    assert asyncio.run(grab()) is not None
+    t0 = time.monotonic()
+    r = reps.http[1].post("/v1/chat/completions", json=_turn_body(1), headers={"X-MTRouter-Conversation": cid})
+    waited = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    assert 0.2 < waited < 5.0  # it waited for the expiry, then ran the turn
+    st, spent, _ = _spent(reps.store, cid)
+    assert len(st["turns"]) == 2 and spent == pytest.approx(sum(t["cost"] for t in st["turns"]))
+
+
+def test_redis_down_is_a_503_with_a_message_and_back_it_serves_again(upstream, tmp_path, tmp_path_factory):
+    server = _start_redis(tmp_path_factory)  # its own server: this test kills it
+    reps = Replicas(upstream, tmp_path / "down.jsonl", "redis", server)
+    try:
+        cid = "d-1"
+        assert reps.http[0].post("/v1/chat/completions", json=_turn_body(0),
+                                 headers={"X-MTRouter-Conversation": cid}).status_code == 200
+        n_calls = len(upstream.requests)
+        server.kill()
+        for h in reps.http:
+            r = h.post("/v1/chat/completions", json=_turn_body(1), headers={"X-MTRouter-Conversation": cid})
+            assert r.status_code == 503, r.text
+            err = r.json()["error"]
+            assert err["code"] == "state_unavailable" and "unreachable" in err["message"]
+            assert "no turn was run" in err["message"]
+            assert h.get("/health").status_code == 503
+        assert len(upstream.requests) == n_calls  # nothing reached the upstream, nothing was billed
+        server.start()  # same port; no persistence: the conversation starts over
+        r = reps.http[1].post("/v1/chat/completions", json=_turn_body(0), headers={"X-MTRouter-Conversation": cid})
+        assert r.status_code == 200, r.text
+        assert reps.http[0].get("/health").json()["status"] == "ok"
+    finally:
+        reps.close()
+        server.kill()
+
+
+def test_a_restored_episode_decides_exactly_as_the_original():
+    r = Router(FakeEstimator(make_pool()), explore="beta:0.5")
+    ep = r.start_episode("e1", "qa", 0.5, explore=True)
+    rng = random.Random(0)
+    for _ in range(6):
+        d = ep.decide(input_tokens_hi=1000 + rng.randrange(500))
+        ep.record(d.model, {"prompt_tokens": 500, "completion_tokens": 50},
+                  tool_name=rng.choice(["web_search", "python", None]))
+        ep.attach_observation(rng.choice(["ok", "Error: invalid action"]))
+        ep2 = restore_episode(r, json.loads(dumps_state(episode_state(ep))))
+        a, b = ep.decide(input_tokens_hi=1200), ep2.decide(input_tokens_hi=1200)
+        assert (a.model, a.propensity) == (b.model, b.propensity) and (a.features == b.features).all()
+        assert ep2.to_episode().to_dict() == ep.to_episode().to_dict()
+        ep.last_decision = None
