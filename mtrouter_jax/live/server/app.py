@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import signal
 import sys
 import time
 from typing import Mapping
@@ -31,13 +32,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtrouter_jax.core.errors import UsageError
-from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget  # noqa: F401  (parse_budget: re-export)
+from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget, parse_json  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
 from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathError, check_log_writable,  # noqa: F401
                                              parse_score_range)
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
+from mtrouter_jax.live.server.reload import Reloader, stamp
 from mtrouter_jax.live.server.startup import startup_lines
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
@@ -137,11 +139,12 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                log_text: bool = False, allow_missing_keys: bool = False, timeout: float = 120.0,
                max_retries: int = 2, limits: Limits | None = None, max_open: int | None = None,
                max_body_bytes: int | None = None, state: StateStore | None = None,
-               lease_ms: int | None = None) -> FastAPI:
+               lease_ms: int | None = None, reload_build=None, sighup: bool = False) -> FastAPI:
     """The proxy app. ``backends`` default: clients for every pool model (keys from env). ``keys``:
     API keys with their tenants (``tenancy.py``), ``token`` one more admin key; ``limits``: the
     resource limits (``max_open``/``max_body_bytes`` override theirs); ``state``: a store shared
-    with other replicas (``server/shared.py``; None: this process only, as before)."""
+    with other replicas (``server/shared.py``; None: this process only, as before); ``reload_build``:
+    checkpoint path -> Router for reloads (``server/reload.py``); ``sighup``: SIGHUP reloads too."""
     if backends is None:
         backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
                             allow_missing_keys=allow_missing_keys)
@@ -152,7 +155,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys)
     if token is not None:
         ring = KeyRing({**{k.decode(): t for k, t in ring.keys}, token: Tenant("admin", admin=True)})
-    proxy = Proxy(router, backends, log_text, limits, state, lease_ms)
+    proxy = Proxy(stamp(router), backends, log_text, limits, state, lease_ms)
+    reloader = proxy.reloader = Reloader(proxy, reload_build)
     metrics = proxy.metrics
 
     async def sweep_idle():
@@ -167,7 +171,15 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         tasks = [loop.create_task(sweep_idle())] if limits.idle_timeout else []
         if proxy.writer is not None:
             tasks.append(loop.create_task(proxy.writer.run()))
+        if sighup:  # (main thread only: ``mtrouter serve``)
+            def on_hup():
+                t = loop.create_task(reloader.reload())
+                t.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error(
+                    "SIGHUP reload failed: %s", getattr(t.exception(), "message", t.exception())))
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         yield
+        if sighup:
+            loop.remove_signal_handler(signal.SIGHUP)
         for t in tasks:
             t.cancel()
         await anyio.to_thread.run_sync(proxy.store.close_all)  # log open conversations (unscored)
@@ -177,7 +189,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         await backends.aclose()
 
     app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
-    app.state.proxy = proxy
+    app.state.proxy, app.state.reloader = proxy, reloader
     app.add_middleware(_Gate, keys=ring, proxy=proxy, public_metrics=public_metrics)
 
     def error_response(e: ApiError):
@@ -260,7 +272,19 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.get("/v1/mtrouter/router")
     async def router_info():
         """The served policy, exploration, vocabularies and the effective tool-name mapping."""
-        return router.describe()
+        return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest}
+
+    @app.post("/v1/mtrouter/admin/reload")
+    async def reload(request: Request):
+        """Load, verify and swap in a checkpoint (body ``{"checkpoint": PATH}``, optional) for new
+        conversations; open ones keep theirs. Admin key."""
+        if not _tenant(request).admin:
+            raise ApiError(403, "reload needs an admin key", "permission_error", "admin_required")
+        raw = await _read_body(request, 65_536)
+        body = parse_json(raw, "reload body") if raw.strip() else {}
+        if not isinstance(body, dict) or set(body) - {"checkpoint"} or not isinstance(body.get("checkpoint", ""), str):
+            raise ApiError(400, 'reload body: expected {"checkpoint": "PATH"} (optional)', param="checkpoint")
+        return await guarded(reloader.reload(body.get("checkpoint")))
 
     @app.get("/metrics")
     async def prometheus():
@@ -293,8 +317,10 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     ring = load_keys(keys, token)
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
-    r = router_from_options(checkpoint, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
-                     lam_table)
+    def build(ckpt):  # a reload: the same options, another checkpoint
+        return router_from_options(ckpt, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
+                                   lam_table)
+    r = build(checkpoint)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
     if importlib.util.find_spec("aiohttp") is None:
@@ -304,7 +330,9 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     store = None if state in (None, "memory") else open_store(state)
     app = create_app(r, keys=ring, public_metrics=public_metrics, log_text=log_text,
                      allow_missing_keys=allow_missing_keys, timeout=timeout, max_retries=max_retries, limits=limits,
-                     state=store)
+                     state=store, reload_build=build, sighup=True)
+    log.info("state: %s", "this process (memory)" if store is None else
+             f"shared: {getattr(store, 'url', state).split('@')[-1]} (replicas share conversations, budgets, finishes)")
     uvicorn.run(app, host=host, port=port, log_level="info", **{**UVICORN_OPTIONS, "timeout_keep_alive": keep_alive})
 
 

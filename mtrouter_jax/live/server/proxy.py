@@ -54,7 +54,7 @@ class Proxy:
         self.store = ConversationStore(router, self.limits, on_close=self._on_close)
         self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
         self.routers = {getattr(router, "digest", None): router}  # by checkpoint digest (reloads add)
-        self.state, self.shared, self.writer = state, None, None
+        self.state, self.shared, self.writer, self.reloader = state, None, None, None
         if state is not None:  # replicas share conversations, budgets and finishes (server/shared.py)
             from mtrouter_jax.live.server.logwriter import LogWriter
             from mtrouter_jax.live.server.shared import LEASE_MS, SharedConversations
@@ -62,12 +62,18 @@ class Proxy:
             if router.log_path is not None:
                 self.writer = LogWriter(state, router.log_path)
 
-    def router_for(self, digest: str | None) -> Router:
-        """The router of a conversation started with the checkpoint ``digest`` (kept across reloads)."""
+    async def router_for(self, digest: str | None, path: str | None = None) -> Router:
+        """The router of a conversation started with the checkpoint ``digest`` (kept across reloads;
+        with ``--state``, one another replica loaded is loaded here from ``path``, digest checked)."""
         r = self.routers.get(digest)
+        if r is None and path and self.reloader is not None:
+            r = await self.reloader.load(path)
+            if r.digest == digest:
+                self.routers.setdefault(digest, r)
+            r = self.routers.get(digest)
         if r is None:
-            raise ApiError(409, f"this conversation was started with checkpoint {digest!r}, which this replica has "
-                                "not loaded (reload it here, or finish the conversation)", code="checkpoint_unknown")
+            raise ApiError(409, f"this conversation was started with checkpoint {digest!r}, which this replica "
+                                "cannot load (reload it here, or finish the conversation)", code="checkpoint_unknown")
         return r
 
     def _on_close(self, reason: str) -> None:

@@ -118,10 +118,10 @@ class SharedConversations:
         got = await self.store.get(conv_key(conv.tenant, conv.cid))
         return None if got is None else json.loads(got.data)
 
-    def _adopt(self, conv: "Conversation", doc: dict) -> None:
+    async def _adopt(self, conv: "Conversation", doc: dict) -> None:
         """Take the stored version of ``conv`` (another replica wrote it since)."""
         c = doc["conv"]
-        router = self.proxy.router_for(c.get("checkpoint"))
+        router = await self.proxy.router_for(c.get("checkpoint"), c.get("checkpoint_path"))
         conv.episode = restore_episode(router, doc["episode"])
         conv.version, conv.n_seen, conv.derived, conv.last_used = doc["v"], c["n_seen"], c["derived"], c["last_used"]
         conv.claimed = True
@@ -153,7 +153,7 @@ class SharedConversations:
                     conv.version, conv.n_seen, conv.claimed = 0, 0, False
                 await self._claim(conv, req)
             elif doc["v"] != conv.version:
-                self._adopt(conv, doc)
+                await self._adopt(conv, doc)
             ep = conv.episode
             if ep.budget is not None:
                 spent = await self.store.spent(episode_key(ep.episode_id))
@@ -171,7 +171,8 @@ class SharedConversations:
     async def _put(self, conv: "Conversation", token: int | None) -> bool:
         doc = {"v": conv.version + 1, "episode": episode_state(conv.episode),
                "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
-                        "checkpoint": getattr(conv.episode.router, "digest", None)}}
+                        "checkpoint": getattr(conv.episode.router, "digest", None),
+                        "checkpoint_path": getattr(conv.episode.router, "checkpoint_path", None)}}
         ok = await self.store.put(conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms,
                                   conv.tenant, token)
         if ok:
@@ -280,7 +281,7 @@ class SharedConversations:
             raise unavailable(e) from None
         if doc is None:
             return None
-        self._adopt(conv, doc)
+        await self._adopt(conv, doc)
         return conv
 
     async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
@@ -296,7 +297,7 @@ class SharedConversations:
                 if conv.version or not conv.episode.turns:
                     raise ApiError(404, f"no open conversation {conv.cid!r}", code="conversation_not_found")
             elif doc["v"] != conv.version:
-                self._adopt(conv, doc)
+                await self._adopt(conv, doc)
             if reason == "expired" and time.time() - conv.last_used <= self.proxy.limits.idle_timeout:
                 return None  # in use on another replica
             ep = conv.episode
