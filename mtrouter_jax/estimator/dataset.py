@@ -24,6 +24,8 @@ from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.routing.policies import pace_costs
 from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.core.pricing import call_cost
+from mtrouter_jax.estimator.log_stats import check_models, global_stats, length_buckets
+from mtrouter_jax.estimator.log_stats import score_norm as norm_scores
 from mtrouter_jax.estimator.pairs import branch_links, pair_rows
 from mtrouter_jax.estimator.targets import (AECConfig, annealed_error_targets, expected_steps_by_task,
                                   remaining_cost_targets)
@@ -130,9 +132,6 @@ def _pad(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool) -> dict
     no_tool = layout.tools.index("reasoning") if "reasoning" in layout.tools else len(layout.tools)
     for i, e in enumerate(episodes):
         n = len(e.turns)
-        for name in set(e.models) | {t.model for t in e.turns}:
-            if name not in model_pos:
-                raise ValueError(f"episode {e.episode_id}: model {name!r} is not in the pool ({', '.join(pool.names)})")
         arr["mask"][i, :n] = True
         arr["model"][i, :n] = [model_pos[t.model] for t in e.turns]
         arr["tool"][i, :n] = [no_tool if t.tool is None else v
@@ -194,43 +193,69 @@ def fingerprint(episodes: Sequence[Episode]) -> str:
     return h.hexdigest()[:16]
 
 
+# a log whose padded (episodes x longest episode) grid is larger than this many cells is built in
+# length buckets, so one very long episode does not pad every other to its length (memory)
+MAX_PADDED_CELLS = 1 << 22
+
+
 def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetConfig = TargetConfig(),
                         layout: FeatureLayout | None = None, text_encoder: TextEncoder | None = None,
-                        ) -> TrainingData:
-    """Turn validated episodes into per-turn training arrays (features, targets, weights)."""
+                        max_padded_cells: int = MAX_PADDED_CELLS) -> TrainingData:
+    """Turn validated episodes into per-turn training arrays (features, targets, weights).
+
+    Rows are ordered by (episode, turn). Logs whose padded grid would exceed ``max_padded_cells``
+    are built in buckets of similar length with the same global statistics (the same rows; targets
+    equal up to float32 rounding of the suffix sums), so memory grows with the turns, not with
+    episodes x the longest episode."""
     if not episodes:
         raise ValueError("no episodes to train on")
     unscored = [e.episode_id for e in episodes if e.score is None]
     if unscored:  # a null score is an unknown outcome, never a target
         raise ValueError(f"{len(unscored)} episode(s) have no score (score is null), e.g. {unscored[:3]}; "
                          "drop them first with mtrouter_jax.logs.io.drop_unscored")
+    check_models(episodes, pool)
     costs_per_ep = np.array([e.total_cost for e in episodes], np.float64)
     cost_scale = float(costs_per_ep.mean()) if costs_per_ep.mean() > 0 else 1.0
     if layout is None:
         layout = build_layout(episodes, pool, cost_scale=cost_scale)
+    g = global_stats(episodes, pool, config, layout, cost_scale)
+    first, family, links = branch_links(episodes)  # a branch's replayed prefix is its base's data
+    buckets = length_buckets([len(e.turns) for e in episodes], max_padded_cells)
+    parts = [_rows([episodes[i] for i in b], pool, config, layout, text_encoder, g, first[b]) for b in buckets]
+    if len(parts) == 1:
+        data, turn = parts[0]
+        ep = data.episode
+    else:  # back to (episode, turn) order, episode indices of the whole log
+        ep = np.concatenate([b[d.episode] for b, (d, _) in zip(buckets, parts)]).astype(np.int32)
+        turn = np.concatenate([t for _, t in parts])
+        order = np.lexsort((turn, ep))
+        ep, turn = ep[order], turn[order]
+        cat = lambda f: np.concatenate([getattr(d, f) for d, _ in parts])[order]  # noqa: E731
+        data = dataclasses.replace(
+            parts[0][0], episode=ep, **{f: cat(f) for f in ("features", "model", "score_target", "cost_target",
+                                                             "weight", "turn_cost_hi", "remaining_budget",
+                                                             "pace_cost")})
+    row_of = {(int(i), int(t)): r for r, (i, t) in enumerate(zip(ep, turn))}
+    return dataclasses.replace(data, fingerprint=fingerprint(episodes), n_episodes=len(episodes),
+                               pairs=pair_rows(links, row_of) if links else None,
+                               group=family[ep].astype(np.int32) if links else None)
+
+
+def _rows(episodes: Sequence[Episode], pool: Pool, config: TargetConfig, layout: FeatureLayout,
+          text_encoder: TextEncoder | None, g: dict, first: np.ndarray) -> tuple[TrainingData, np.ndarray]:
+    """Training rows of ``episodes`` (one padded grid) with the log's global statistics ``g``; rows
+    before ``first`` (E,) are left out. Returns the data (local episode indices) and each row's turn."""
+    cost_scale, n_by_task, out_hi, out_mean = g["cost_scale"], g["n_by_task"], g["out_hi"], g["out_mean"]
     arr = _pad(episodes, layout, pool)
     feats = replay_features(arr, layout)  # (E, T, F)
     mask = arr["mask"]
-    E = mask.shape[0]
-
-    # normalised terminal scores
-    ranges = np.array([e.score_range or config.default_score_range for e in episodes], np.float64)
-    raw = np.array([e.score for e in episodes], np.float64)
-    score_norm = ((raw - ranges[:, 0]) / (ranges[:, 1] - ranges[:, 0])).astype(np.float32)
-
-    # expected steps N per task type: configured, else median successful length
-    lengths = mask.sum(1)
-    n_tasks = len(layout.task_types)
-    med = expected_steps_by_task(lengths, score_norm, np.minimum(arr["task"], n_tasks - 1), n_tasks,
-                                 success_threshold=config.success_threshold)
-    n_by_task = {t: float(med[i]) for i, t in enumerate(layout.task_types)}
-    if config.expected_steps:
-        n_by_task.update({k: float(v) for k, v in config.expected_steps.items()})
-    n_ep = np.array([n_by_task.get(e.task_type, float(np.median(lengths))) for e in episodes], np.float32)
+    E, T = mask.shape
+    ranges, score_norm = norm_scores(episodes, config)
+    n_ep = np.array([n_by_task.get(e.task_type, g["median_length"]) for e in episodes], np.float32)
 
     score_t = np.asarray(annealed_error_targets(score_norm, arr["sev"], mask, n_ep, config.aec))
     if config.dense_progress or config.immediate:
-        score_t = score_t - progress_before(episodes, ranges, mask.shape[1])
+        score_t = score_t - progress_before(episodes, ranges, T)
     if config.immediate:  # S'_t - S'_{t+1} with progress: this turn's gain minus its own penalty
         nxt = np.concatenate([score_t[:, 1:], np.zeros_like(score_t[:, :1])], axis=1)
         has_next = np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], axis=1)
@@ -252,7 +277,6 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
         obs = [[None] + [t.observation for t in e.turns[:-1]] for e in episodes]
         flat_obs = [o for row in obs for o in row]
         text = text_encoder.encode(flat_obs).astype(np.float32)
-        T = mask.shape[1]
         text_full = np.zeros((E, T, text.shape[1]), np.float32)
         k = 0
         for i, row in enumerate(obs):
@@ -263,36 +287,24 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
     else:
         text_dim = 0
 
-    out_hi = np.zeros(M, np.float32)
-    out_mean = np.zeros(M, np.float32)
-    all_out = arr["output"][mask]
-    for m in range(M):
-        sel = arr["output"][mask & (arr["model"] == m)]
-        out_hi[m] = np.quantile(sel, 0.95) if sel.size else (np.quantile(all_out, 0.95) if all_out.size else 1000.0)
-        out_mean[m] = sel.mean() if sel.size else (all_out.mean() if all_out.size else 1000.0)
-
-    keep, family, links = branch_links(episodes)  # a branch's replayed prefix is its base's data
-    idx = np.nonzero(mask & keep)
-    row_of = {(int(i), int(t)): r for r, (i, t) in enumerate(zip(*idx))}
+    idx = np.nonzero(mask & (np.arange(T)[None, :] >= np.asarray(first)[:, None]))
     spent_before = np.cumsum(arr["cost"], axis=1) - arr["cost"]
     remaining = arr["budget"][:, None] - spent_before
     # the router's budget pacing (policy.budget_allowed), for the bootstrap value of each state
-    turn = np.arange(mask.shape[1], dtype=np.float32)[None, :, None]
+    turn = np.arange(T, dtype=np.float32)[None, :, None]
     pace = np.asarray(pace_costs(state_turn_costs(arr, pool, out_mean), arr["input"][..., None], turn,
                                  n_ep[:, None, None] - turn - 1, _per_token(pool, "price_cached_input"),
                                  _per_token(pool, "price_output"), out_mean))
-    return TrainingData(
+    data = TrainingData(
         features=feats[idx].astype(np.float32), model=arr["model"][idx].astype(np.int32),
         score_target=score_t[idx].astype(np.float32), cost_target=cost_t[idx].astype(np.float32),
         weight=w[idx].astype(np.float32), episode=idx[0].astype(np.int32), layout=layout,
         text_dim=text_dim, cost_scale=cost_scale, expected_steps=n_by_task, output_tokens_hi=out_hi,
-        output_tokens_mean=out_mean,
-        fingerprint=fingerprint(episodes), n_episodes=E,
+        output_tokens_mean=out_mean, fingerprint="", n_episodes=E,
         turn_cost_hi=state_turn_costs(arr, pool, out_hi)[idx].astype(np.float32),
         remaining_budget=remaining[idx].astype(np.float32), pace_cost=pace[idx].astype(np.float32),
-        pairs=pair_rows(links, row_of) if links else None,
-        group=family[idx[0]].astype(np.int32) if links else None,
     )
+    return data, idx[1].astype(np.int64)
 
 
 def _per_token(pool: Pool, attr: str) -> np.ndarray:

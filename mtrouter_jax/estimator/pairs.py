@@ -28,18 +28,16 @@ class BranchLinkWarning(UserWarning):
 
 
 def branch_links(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
-    """For E episodes padded to T turns: ``keep`` (E, T) — False on a branch's replayed prefix (a
-    copy of its base's turns, not new data) —, ``group`` (E,) — the base's index for a branch,
-    so a pair lands on one side of the validation split — and the pairs ``(base, branch, t)``.
+    """For E episodes: ``first`` (E,) — the first turn that is training data: 0, or t for a
+    branch, whose turns before t replay its base's (a copy, not new data) —, ``group`` (E,) — the
+    base's index for a branch, so a pair lands on one side of the validation split — and the pairs
+    ``(base, branch, t)``.
 
     A branch whose base is not in ``episodes``, whose turn is out of range or whose replayed
     prefix does not match the base (models, actions) keeps its own turns from t on and forms no
     pair (one warning says how many)."""
     E = len(episodes)
-    T = max((len(e.turns) for e in episodes), default=0)
-    keep = np.zeros((E, T), bool)
-    for i, e in enumerate(episodes):
-        keep[i, :len(e.turns)] = True
+    first = np.zeros(E, np.int64)
     group = np.arange(E, dtype=np.int32)
     index = {e.episode_id: i for i, e in enumerate(episodes)}
     pairs, unlinked = [], 0
@@ -51,7 +49,7 @@ def branch_links(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, l
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(e.turns):
             unlinked += 1
             continue
-        keep[j, :t] = False
+        first[j] = t
         i = index.get(meta[BRANCH_OF])
         if i is None or i == j or t >= len(episodes[i].turns) or not _same_prefix(episodes[i], e, t):
             unlinked += 1
@@ -62,7 +60,7 @@ def branch_links(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, l
         warnings.warn(f"{unlinked} branch episode(s) form no pair (base not in the data, branch_turn out of range, "
                       "or a replayed prefix that differs from its base); their own turns are kept",
                       BranchLinkWarning, stacklevel=3)
-    return keep, group, pairs
+    return first, group, pairs
 
 
 def _same_prefix(base: Episode, branch: Episode, t: int) -> bool:

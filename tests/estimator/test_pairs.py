@@ -44,16 +44,16 @@ def test_links_keep_the_branch_tail_and_refuse_bad_links():
     base = _episode("b", [_turn("gpt-5", "explore", f"x{i}") for i in range(4)], 0.5)
     br = _episode("b~t2", [*base.turns[:2], _turn("gpt-oss-120b", "explore"), base.turns[3]], 0.7,
                   {"branch_of": "b", "branch_turn": 2})
-    keep, group, pairs = branch_links([base, br])
+    first, group, pairs = branch_links([base, br])
     assert pairs == [(0, 1, 2)] and group.tolist() == [0, 0]
-    assert keep.tolist() == [[True] * 4, [False, False, True, True]]
+    assert first.tolist() == [0, 2]
     orphan = dataclasses.replace(br, episode_id="o", meta={"branch_of": "missing", "branch_turn": 2})
     other_prefix = dataclasses.replace(br, episode_id="p", turns=(_turn("gpt-oss-120b", "explore"), *br.turns[1:]))
     out_of_range = dataclasses.replace(br, episode_id="r", meta={"branch_of": "b", "branch_turn": 9})
     with pytest.warns(BranchLinkWarning, match="3 branch episode"):
-        keep, group, pairs = branch_links([base, orphan, other_prefix, out_of_range])
+        first, group, pairs = branch_links([base, orphan, other_prefix, out_of_range])
     assert pairs == [] and group.tolist() == [0, 1, 2, 3]
-    assert keep[1].tolist() == [False, False, True, True] and keep[3].all()
+    assert first.tolist() == [0, 2, 2, 0]
 
 
 def _world(n=160, seed=0, noise=0.25):
