@@ -10,17 +10,14 @@ import pytest
 
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.logs.io import iter_episodes, write_episodes
-from mtrouter_jax.scienceworld.engine import ScienceWorldUnavailable, require_java
+from testing.scienceworld import skip_without_scienceworld
 
 TASK, VARIATION = "find-living-thing", 1
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    try:
-        require_java()
-    except ScienceWorldUnavailable as e:
-        pytest.skip(str(e))
+    skip_without_scienceworld()
     from mtrouter_jax.live.router import Router
     from mtrouter_jax.scienceworld import ScienceWorldEngine
     from mtrouter_jax.scienceworld.engine import DEFAULT_TASKS

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from mtrouter_jax.scienceworld.engine import ScienceWorldUnavailable, require_java
+from testing.scienceworld import skip_without_scienceworld
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "scienceworld.md"
@@ -27,10 +26,7 @@ def doc_env_oneliner() -> str:
 
 
 def test_doc_env_oneliner_exits_without_exception_noise():
-    try:
-        require_java()
-    except ScienceWorldUnavailable as e:
-        pytest.skip(str(e))
+    skip_without_scienceworld()
     argv = shlex.split(doc_env_oneliner())
     assert argv[:2] == ["python", "-c"], argv
     r = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)

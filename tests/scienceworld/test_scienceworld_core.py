@@ -21,6 +21,7 @@ from mtrouter_jax.scienceworld import (NO_ACTION_OBSERVATION, Session, HistoryWi
                                        require_java, variations)
 from mtrouter_jax.scienceworld.agent import window_start
 from mtrouter_jax.scienceworld.scripted import AgentProfile, garble, visible_objects
+from testing.scienceworld import skip_without_scienceworld
 
 # ----------------------------------------------------------------------------- protocol (no JVM)
 
@@ -158,10 +159,7 @@ def test_require_java_says_what_is_missing(monkeypatch):
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    try:
-        require_java()
-    except ScienceWorldUnavailable as e:
-        pytest.skip(str(e))
+    skip_without_scienceworld()
     from mtrouter_jax.scienceworld import ScienceWorldEngine
 
     eng = ScienceWorldEngine(gold_cache=tmp_path_factory.mktemp("gold"))

@@ -9,6 +9,7 @@ import pytest
 
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.scienceworld.scripted import WORLDS, ProfileError, load_profiles
+from testing.scienceworld import skip_without_scienceworld
 
 # Pinned when each world was frozen (before any router was trained on it). A change here means a
 # world was tuned: make a new world with a new name instead.
@@ -74,12 +75,8 @@ def test_bound_choice_follows_the_profiles_and_the_budget():
 
 def test_bound_plays_a_real_episode(tmp_path_factory):
     """The privileged bound routes a real ScienceWorld episode by the gold action type due, within budget."""
-    from mtrouter_jax.scienceworld.engine import ScienceWorldUnavailable, require_java
 
-    try:
-        require_java()
-    except ScienceWorldUnavailable as e:
-        pytest.skip(str(e))
+    skip_without_scienceworld()
     from mtrouter_jax.live.router import Router
     from mtrouter_jax.scienceworld import ScienceWorldEngine
     from mtrouter_jax.scienceworld.bound import run_bound
