@@ -219,10 +219,13 @@ class SharedConversations:
 
     async def flush(self) -> None:
         """Retry the settles the store missed (idempotent: each bills once)."""
-        while self.pending:
-            ekey, rid, cost = self.pending[0]
-            await self.store.settle(ekey, rid, cost)
-            self.pending.pop(0)
+        todo, self.pending = self.pending, []  # (taken whole: concurrent turns flush too)
+        for i, (ekey, rid, cost) in enumerate(todo):
+            try:
+                await self.store.settle(ekey, rid, cost)
+            except StoreUnavailable:
+                self.pending = todo[i:] + self.pending
+                raise
 
     # ------------------------------------------------------------------ end of a turn
     async def end(self, conv: "Conversation") -> None:
@@ -238,8 +241,11 @@ class SharedConversations:
         try:
             if recorded and ep.turns[-1].model in h.reservations:
                 rid = h.reservations.pop(ep.turns[-1].model)
-                self.pending.append((ekey, rid, ep.turns[-1].cost))
-                await self.flush()
+                try:
+                    await self.store.settle(ekey, rid, ep.turns[-1].cost)
+                except StoreUnavailable:
+                    self.pending.append((ekey, rid, ep.turns[-1].cost))
+                    raise
             for model in list(h.reservations):
                 await self.unreserve(conv, model)
             if recorded and not await self._put(conv, h.lease.token):

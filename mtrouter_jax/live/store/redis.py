@@ -145,10 +145,13 @@ class RedisStore:
         # one immediate retry, on connection errors only: a pooled connection the server dropped
         # (restart) is replaced without failing the call; a timeout is not retried (the proxy
         # should answer 503 now, and every script is idempotent anyway)
-        self.r = aioredis.Redis.from_url(
+        # a *blocking* pool: more concurrent calls than connections wait (up to timeout_s) for one
+        # instead of failing with "Too many connections" (which 100 conversations in flight hit)
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            max_connections=max_connections)
+            max_connections=max_connections, timeout=self.timeout_s)
+        self.r = aioredis.Redis(connection_pool=pool,
+                                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         reg = self.r.register_script
         self._reserve, self._settle, self._release = reg(_RESERVE), reg(_SETTLE), reg(_RELEASE)
         self._reserved, self._lease, self._put, self._finish = (
