@@ -21,6 +21,7 @@ import contextlib
 import importlib.util
 import logging
 import signal
+import threading
 import sys
 import time
 from typing import Mapping
@@ -171,14 +172,17 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         tasks = [loop.create_task(sweep_idle())] if limits.idle_timeout else []
         if proxy.writer is not None:
             tasks.append(loop.create_task(proxy.writer.run()))
-        if sighup:  # (main thread only: ``mtrouter serve``)
+        # signal handlers exist only in the main thread: an app served from another thread (tests,
+        # an embedding program) reloads through the admin endpoint only
+        hup = sighup and threading.current_thread() is threading.main_thread()
+        if hup:
             def on_hup():
                 t = loop.create_task(reloader.reload())
                 t.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error(
                     "SIGHUP reload failed: %s", getattr(t.exception(), "message", t.exception())))
             loop.add_signal_handler(signal.SIGHUP, on_hup)
         yield
-        if sighup:
+        if hup:
             loop.remove_signal_handler(signal.SIGHUP)
         for t in tasks:
             t.cancel()
