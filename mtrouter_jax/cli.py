@@ -125,8 +125,6 @@ def cmd_train(a) -> int:
         from mtrouter_jax.estimator.text import HashedNgramEncoder
 
         text = HashedNgramEncoder(dim=a.text_dim)
-    if a.immediate and a.bootstrap_steps and a.bootstrap_iterations:
-        a.bootstrap_iterations = 0  # one-turn targets take no bootstrapping
     tcfg = _target_cfg(a, propensity_weighting=a.propensity_weighting, dense_progress=a.dense_progress,
                        immediate=a.immediate)
     print_coverage(episodes, pool)
@@ -200,7 +198,8 @@ def _aec(scale: float):
 def _target_cfg(a, **kw):
     from mtrouter_jax.estimator.dataset import TargetConfig
 
-    iters = a.bootstrap_iterations if a.bootstrap_steps else 0
+    # one-turn (--immediate) targets take no bootstrapping
+    iters = a.bootstrap_iterations if a.bootstrap_steps and not kw.get("immediate") else 0
     return TargetConfig(aec=_aec(a.aec_scale), bootstrap_steps=a.bootstrap_steps if iters else 0,
                         bootstrap_iterations=iters, **kw)
 

@@ -105,6 +105,15 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def agent_step(msgs: list, msg: dict, t: int) -> None:
+    """What a scripted agent appends after a reply: the reply, a result per tool call, else "continue"."""
+    msgs.append(msg)
+    for tc in msg.get("tool_calls") or []:
+        msgs.append({"role": "tool", "tool_call_id": tc["id"], "content": f"result {t}"})
+    if not msg.get("tool_calls"):
+        msgs.append({"role": "user", "content": "continue"})
+
+
 class _Http:
     """The load generator's HTTP client: aiohttp when installed (a tenth of httpx's CPU per request
     at 200 in flight, so the generator does not starve the proxy of the 2 shared cores), else httpx."""
@@ -156,12 +165,7 @@ async def conversation(http: _Http, cid: str, turns: int, budget: float | None) 
         if hdr.get("x-mtrouter-fallbacks"):
             errors.append("fallback:" + hdr["x-mtrouter-fallbacks"])  # served, but a model failed
         overhead.append(float(hdr["x-mtrouter-overhead-ms"]))
-        msg = resp["choices"][0]["message"]
-        msgs.append(msg)
-        for tc in msg.get("tool_calls") or []:
-            msgs.append({"role": "tool", "tool_call_id": tc["id"], "content": f"result {t}"})
-        if not msg.get("tool_calls"):
-            msgs.append({"role": "user", "content": "continue"})
+        agent_step(msgs, resp["choices"][0]["message"], t)
     try:
         status, _, _ = await http.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5, "score_range": [0, 1]})
         if status != 200:

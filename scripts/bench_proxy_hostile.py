@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from bench_proxy import TOOLS, _Http, _proxy, _upstream, _wait, conversation, run_level  # noqa: F401
-from testing.live import FakeUpstream, free_port
+from testing.live import FakeUpstream, completion, free_port
 
 LIES = ("missing", "negative", "nan", "string", "huge")
 
@@ -51,10 +51,7 @@ def lying_upstream():
             usage = {**usage, "prompt_tokens": "many"}
         elif lie == "huge":
             usage = {**usage, "completion_tokens": 10**6}
-        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]}
-        if lie != "missing":
-            reply["usage"] = usage
+        reply = completion(body, msg, None if lie == "missing" else usage, cid="x")
         return Response(json.dumps(reply), media_type="application/json")
 
     return app

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_proxy import TOOLS, _Http, _upstream, _wait  # noqa: E402
+from bench_proxy import TOOLS, _Http, _upstream, _wait, agent_step  # noqa: E402
 from testing.live import FakeEstimator, free_port, make_pool  # noqa: E402
 
 
@@ -103,12 +103,7 @@ class Load:
             self.latency.append((time.perf_counter() - t0) * 1e3)
             self.overhead.append(float(hdr["x-mtrouter-overhead-ms"]))
             billed.append(float(hdr["x-mtrouter-turn-cost"]))
-            msg = resp["choices"][0]["message"]
-            msgs.append(msg)
-            for tc in msg.get("tool_calls") or []:
-                msgs.append({"role": "tool", "tool_call_id": tc["id"], "content": f"result {t}"})
-            if not msg.get("tool_calls"):
-                msgs.append({"role": "user", "content": "continue"})
+            agent_step(msgs, resp["choices"][0]["message"], t)
         status, _, _ = await self.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5, "score_range": [0, 1]})
         return {"cid": cid, "billed": billed, "codes": codes, "finished": status == 200}
 

@@ -27,8 +27,7 @@ from mtrouter_jax.core.pricing import call_cost
 from mtrouter_jax.estimator.log_stats import check_models, global_stats, length_buckets
 from mtrouter_jax.estimator.log_stats import score_norm as norm_scores
 from mtrouter_jax.estimator.pairs import branch_links, pair_rows
-from mtrouter_jax.estimator.targets import (AECConfig, annealed_error_targets, expected_steps_by_task,
-                                  remaining_cost_targets)
+from mtrouter_jax.estimator.targets import AECConfig, annealed_error_targets, remaining_cost_targets
 from mtrouter_jax.estimator.text import TextEncoder
 
 SEVERITY_INDEX = {s: i for i, s in enumerate(SEVERITIES)}
@@ -235,9 +234,10 @@ def build_training_data(episodes: Sequence[Episode], pool: Pool, config: TargetC
             parts[0][0], episode=ep, **{f: cat(f) for f in ("features", "model", "score_target", "cost_target",
                                                              "weight", "turn_cost_hi", "remaining_budget",
                                                              "pace_cost")})
-    row_of = {(int(i), int(t)): r for r, (i, t) in enumerate(zip(ep, turn))}
-    return dataclasses.replace(data, fingerprint=fingerprint(episodes), n_episodes=len(episodes),
-                               pairs=pair_rows(links, row_of) if links else None,
+    pairs = None
+    if links:  # (a dict over every row costs seconds on big logs: only where there are pairs)
+        pairs = pair_rows(links, {(int(i), int(t)): r for r, (i, t) in enumerate(zip(ep, turn))})
+    return dataclasses.replace(data, fingerprint=fingerprint(episodes), n_episodes=len(episodes), pairs=pairs,
                                group=family[ep].astype(np.int32) if links else None)
 
 

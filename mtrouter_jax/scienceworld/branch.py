@@ -22,14 +22,20 @@ from typing import Sequence
 
 import numpy as np
 
+from mtrouter_jax.estimator.pairs import BRANCH_OF, BRANCH_TURN
 from mtrouter_jax.logs.io import Episode
 
-BRANCH_OF, BRANCH_TURN, BRANCH_COST = "branch_of", "branch_turn", "branch_cost"
+BRANCH_COST = "branch_cost"
 
 
-def branch_rng(seed: int, base_id: str, k: int) -> np.random.Generator:
-    """The draws of branch ``k`` of an episode (turn and alternative model): explicit and stable."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(base_id.encode()), int(k)])
+def branch_rng(seed: int, base_id: str) -> np.random.Generator:
+    """The draws of an episode's branches (turns and alternative models): explicit and stable."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(base_id.encode())])
+
+
+def real_cost(episode: Episode) -> float:
+    """What collecting ``episode`` cost: a branch's own turns (its replayed prefix is no new call)."""
+    return float((episode.meta or {}).get(BRANCH_COST, episode.total_cost))
 
 
 def branch_turns(n_turns: int, k: int, rng: np.random.Generator) -> list[int]:
@@ -50,24 +56,20 @@ def run_branch(make_episode, base: Episode, t: int, rng: np.random.Generator, na
     logged model itself, which must reproduce the base); None when none is allowed.
     """
     served = base.turns[t].model
-    seed = int((base.meta or {}).get("seed", 0))
-    probe = make_episode(f"{base.episode_id}~probe", seed)
+    ep = make_episode(f"{base.episode_id}~t{t}", int((base.meta or {}).get("seed", 0)))
     for turn in base.turns[:t]:
-        probe.replay(turn)
-    if probe.done:
+        ep.replay(turn)
+    if ep.done:
         return None
-    allowed = probe.allowed()
+    allowed = ep.allowed()
     alts = [m for i, m in enumerate(names) if allowed[i] and (m == alt if alt is not None else m != served)]
     if not alts:
         return None
-    alt = alts[int(rng.integers(len(alts)))] if alt is None else alts[0]
-    # the probe is the branch: rename it now that the alternative is known
-    probe.live.episode_id = f"{base.episode_id}~t{t}-{alt}"
-    spent_before = probe.live.spent
-    probe.step(alt)
-    if not probe.done:
-        run_continuation(probe)
-    logged = probe.finish()
+    spent_before = ep.live.spent
+    ep.step(alts[int(rng.integers(len(alts)))] if alt is None else alts[0])
+    if not ep.done:
+        run_continuation(ep)
+    logged = ep.finish()
     if logged is None:
         return None
     meta = {**(logged.meta or {}), BRANCH_OF: base.episode_id, BRANCH_TURN: int(t),
@@ -76,4 +78,4 @@ def run_branch(make_episode, base: Episode, t: int, rng: np.random.Generator, na
                    logged.score_range, logged.source, meta, logged.extra)
 
 
-__all__ = ["BRANCH_OF", "BRANCH_TURN", "BRANCH_COST", "branch_rng", "branch_turns", "run_branch"]
+__all__ = ["BRANCH_OF", "BRANCH_TURN", "BRANCH_COST", "branch_rng", "branch_turns", "real_cost", "run_branch"]

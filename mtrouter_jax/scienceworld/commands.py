@@ -101,8 +101,10 @@ def cmd_collect(a) -> int:
                   backend=a.backend, workers=a.workers, seed=a.seed, step_limit=a.step_limit, profiles=a.profiles,
                   branch=a.branch)
     n_turns = sum(len(e.turns) for e in eps)
-    n_br = sum(1 for e in eps if "branch_of" in (e.meta or {}))
-    spent = sum((e.meta or {}).get("branch_cost", e.total_cost) for e in eps)
+    from .branch import BRANCH_OF, real_cost
+
+    n_br = sum(1 for e in eps if BRANCH_OF in (e.meta or {}))
+    spent = sum(real_cost(e) for e in eps)
     print(f"appended {len(eps)} episodes{f' ({n_br} of them branches)' if n_br else ''} ({n_turns} turns, "
           f"${spent:.4f} spent) to {a.out}")
     return 0

@@ -158,9 +158,7 @@ class RoutedEpisode:
                                 action=outcome.action if outcome.action is not None else text,
                                 meta={"fallbacks": fallbacks} if fallbacks else None,
                                 next_context_tokens=float(self._context()), progress=float(outcome.score))
-        if not self.terminated and self.session.steps >= self.step_limit:
-            self.truncated, self.ended_by = True, "step limit"
-        elif not self.terminated and not self.allowed().any():
+        if not self._at_step_limit() and not self.terminated and not self.allowed().any():
             self.truncated, self.ended_by = True, "budget"
         return TurnResult(served, outcome, cost, self.live.turns[-1].propensity, fallbacks)
 
@@ -200,9 +198,15 @@ class RoutedEpisode:
                          action=outcome.action if outcome.action is not None else turn.action,
                          propensity=turn.propensity, meta={"replayed": True},
                          next_context_tokens=float(self._context()), progress=float(outcome.score))
+        self._at_step_limit()
+        return outcome
+
+    def _at_step_limit(self) -> bool:
+        """End the episode (truncated) when it reached the step limit unterminated; True if so."""
         if not self.terminated and self.session.steps >= self.step_limit:
             self.truncated, self.ended_by = True, "step limit"
-        return outcome
+            return True
+        return False
 
     def run(self) -> "RoutedEpisode":
         """Route every turn with the router's policy until the episode ends."""

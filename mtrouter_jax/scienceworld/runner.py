@@ -21,6 +21,7 @@ import numpy as np
 from mtrouter_jax.logs.io import Episode, append_episodes, episode_from_dict, iter_episodes
 from mtrouter_jax.core.pool import Pool, pool_from_dict
 
+from .branch import real_cost
 from .engine import DEFAULT_TASKS, check_task, variations
 
 
@@ -160,7 +161,7 @@ def _run_job(job: Job) -> dict:
     if logged is not None and job.branch > 0:
         from .branch import branch_rng, branch_turns, run_branch
 
-        rng = branch_rng(router.seed, logged.episode_id, 0)
+        rng = branch_rng(router.seed, logged.episode_id)
         for t in branch_turns(len(logged.turns), job.branch, rng):
             br = run_branch(make, logged, t, rng, router.pool.names, play)
             if br is not None:
@@ -214,8 +215,7 @@ def _consume(results, by_id, out_for, bar) -> Iterator[Episode]:
         eps = [episode_from_dict(d) for d in res["episodes"]]
         if eps:  # an episode and its branches land together (a resumed run skips the whole job)
             append_episodes(out_for(by_id[res["id"]]), eps)
-        # a branch really costs only its own turns, not the replayed prefix
-        bar.advance(sum((e.meta or {}).get("branch_cost", e.total_cost) for e in eps))
+        bar.advance(sum(real_cost(e) for e in eps))
         yield from eps
 
 

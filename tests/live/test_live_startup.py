@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
-from testing.live import FakeEstimator, FakeUpstream, ServerThread, make_pool
+from testing.live import FakeEstimator, FakeUpstream, ServerThread, completion, make_pool
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
 from mtrouter_jax.live.server.limits import Limits
@@ -72,9 +72,7 @@ def test_an_upstream_answering_a_stream_with_plain_json_is_relayed_as_sse(tmp_pa
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         b = json.loads(await request.body())
-        msg, usage = fake.response_for(b)
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": b["model"],
-                "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": usage}
+        return completion(b, *fake.response_for(b), cid="x")
 
     log = tmp_path / "j.jsonl"
     with ServerThread(app) as up, ServerThread(create_app(

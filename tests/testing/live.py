@@ -119,6 +119,15 @@ def _nbytes(obj) -> int:
 TOOL_CYCLE = ("web_search", "python", "python", "read_file", None, "browse_page", "bash")
 
 
+def completion(body: dict, msg: dict, usage: dict | None, cid: str = "chatcmpl-fake", created: int = 0) -> dict:
+    """A non-streamed chat completion answering ``body`` with ``msg`` (no ``usage`` key when None)."""
+    reply = {"id": cid, "object": "chat.completion", "created": created, "model": body["model"],
+             "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if msg.get("tool_calls") else "stop"}]}
+    if usage is not None:
+        reply["usage"] = usage
+    return reply
+
+
 @dataclass
 class FakeUpstream:
     """State and behaviour of the fake upstream; ``app()`` builds the FastAPI app."""
@@ -177,10 +186,7 @@ class FakeUpstream:
             msg, usage = self.response_for(body)
             cid, created = "chatcmpl-fake", int(time.time())
             if not body.get("stream"):
-                return {"id": cid, "object": "chat.completion", "created": created, "model": body["model"],
-                        "choices": [{"index": 0, "message": msg, "finish_reason":
-                                     "tool_calls" if msg.get("tool_calls") else "stop"}],
-                        "usage": usage}
+                return completion(body, msg, usage, cid, created)
 
             def chunk(delta, finish=None, usage_=None, choices=True):
                 d = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body["model"],

@@ -141,9 +141,9 @@ class SharedConversations:
         """Lease ``conv`` and bring it up to date with the store (raises 409 busy, 503)."""
         try:
             await self.flush()
-            lease = await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
         except StoreUnavailable as e:
             raise unavailable(e) from None
+        lease = await self._lease_of(conv)
         try:
             doc = await self._load(conv)
             if doc is None:
@@ -290,13 +290,17 @@ class SharedConversations:
         await self._adopt(conv, doc)
         return conv
 
+    async def _lease_of(self, conv: "Conversation"):
+        """The conversation's lease on the store (409 busy after the wait; 503 when unreachable)."""
+        try:
+            return await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+
     async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
         """Finish ``conv`` on the store, exactly once across replicas (404 when it is no longer open
         anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
-        try:
-            lease = await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
-        except StoreUnavailable as e:
-            raise unavailable(e) from None
+        lease = await self._lease_of(conv)
         try:
             doc = await self._load(conv)
             if doc is None:
