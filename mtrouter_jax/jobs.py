@@ -128,6 +128,7 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
     """Build targets, fit the estimator (an ensemble of ``ensemble`` members trained in one vmapped
     step when > 1), fit the reference policy the logs vouch for (``reference.fit_reference``, for
     the safe router), save an orbax checkpoint with full metadata, reload it."""
+    from mtrouter_jax.routing.draft import fit_type_outcomes
     from mtrouter_jax.routing.reference import fit_reference
 
     data = build_training_data(episodes, pool, target_cfg, text_encoder=text_encoder)
@@ -139,6 +140,8 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
         result, fits = fit(data, pool, train_cfg, ensemble, progress=progress), []
     check_fit(result, data)
     reference = fit_reference(episodes, data.layout, pool, target_cfg.default_score_range)
+    # per (action type, model) outcomes of single turns, for draft routing (routing/draft.py)
+    type_outcomes = fit_type_outcomes(episodes, data.layout.tools, data.layout.models, target_cfg.default_score_range)
     meta = {
         "pool": pool.to_dict(),
         "layout": data.layout.to_dict(),
@@ -164,6 +167,7 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
         "data": {"fingerprint": data.fingerprint, "n_episodes": data.n_episodes, "n_turns": data.n,
                  "sources": sorted({e.source or "?" for e in episodes})},
         "reference": reference.to_meta(),
+        "type_outcomes": type_outcomes.to_meta(),
         "bootstrap_aggregate": aggregate,
     }
     if getattr(result, "members", None) is not None:

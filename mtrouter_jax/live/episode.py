@@ -74,6 +74,7 @@ class LiveEpisode:
         self.finished = False
         self.started = time.time()
         self.nonfinite_decisions = 0
+        self.pending_draft: dict | None = None  # a billed draft the next record() folds in (live/draft.py)
 
     # ------------------------------------------------------------------ state
     @property
@@ -288,6 +289,11 @@ class LiveEpisode:
         if r.log_features and self.last_decision is not None:
             feats = tuple(float(x) for x in self.last_decision.features)
         turn_meta = {**(d.meta if d is not None else {}), **(meta or {})}
+        spent = cost
+        if self.pending_draft is not None:  # already in spent/tokens; the logged turn carries its cost
+            turn_meta["draft"] = self.pending_draft
+            cost += self.pending_draft["cost"]
+            self.pending_draft = None
         rec = TurnRecord(model, prompt, cached, completion, cost, ttype, tidx, error, propensity,
                        observation, action, feats, turn_meta, progress)
         ctx = float(prompt + completion) if next_context_tokens is None else float(next_context_tokens)
@@ -295,7 +301,7 @@ class LiveEpisode:
         self._last_args = (np.int32(mi), np.int32(tidx), np.float32(prompt), np.float32(completion),
                            np.float32(cost), np.float32(ctx))
         self.turns.append(rec)
-        self.spent += cost
+        self.spent += spent
         self.tokens += prompt + completion
         self.last_prompt, self.last_completion = prompt, completion
         self._readvance()

@@ -49,6 +49,9 @@ def validate_spec(spec: RouterSpec, pool: Pool, backend: str = "scripted") -> No
                 f"{', '.join(sorted(tools)) or 'none'}), not on ScienceWorld turns ({', '.join(TOOLS)}): "
                 "every turn would look unknown to it. Train on ScienceWorld logs: mtrouter collect scienceworld "
                 "--out sw.jsonl, then mtrouter train --data sw.jsonl --out CKPT", "--checkpoint")
+        if spec.draft and not read_meta(spec.checkpoint).get("type_outcomes"):
+            raise RouterSpecError(f"{spec.name}: checkpoint {spec.checkpoint} has no per-type turn outcomes "
+                                  "(trained before draft routing existed): retrain it with mtrouter train", "--routers")
         return
     build_router(spec.router, pool, TOOLS, tool_map=ToolModelMap.from_file(spec.tool_map) if spec.tool_map else None)
 
@@ -75,16 +78,17 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
     for r in [x.strip() for x in routers.split(",") if x.strip()]:
         if r == "fixed:*":
             out += [(m, "single", RouterSpec(f"fixed:{m}", label=m)) for m in pool.names]
-        elif r.partition("=")[0] in ("learned", "safe"):
+        elif r.partition("=")[0] in ("learned", "safe", "learned+draft", "safe+draft"):
             kind_, _, path = r.partition("=")
+            kind_, draft = kind_.removesuffix("+draft"), kind_.endswith("+draft")
             path = path or checkpoint
             if not path:
                 from mtrouter_jax.routing.specs import RouterSpecError
 
                 raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
-            base = "mtrouter" if kind_ == "learned" else "mtrouter-safe"
+            base = ("mtrouter" if kind_ == "learned" else "mtrouter-safe") + ("+draft" if draft else "")
             name = base if "=" not in r else f"{base}[{Path(path).name}]"
-            out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name)))
+            out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name, draft=draft)))
         elif r == "privileged-bound":
             out.append((r, "oracle", RouterSpec(r, label=r)))
         elif r.startswith("fixed:"):

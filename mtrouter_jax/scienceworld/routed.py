@@ -17,11 +17,12 @@ import numpy as np
 
 from mtrouter_jax.live.accounting import input_tokens_bound  # the proxy's bound: one budget guarantee
 from mtrouter_jax.live.backends import Backends, UpstreamError
+from mtrouter_jax.live.draft import cancel_draft, escalate_draft
 from mtrouter_jax.live.episode import Decision, LiveEpisode
 from mtrouter_jax.live.router import BudgetExhausted, Router
 from mtrouter_jax.logs.io import Episode
 
-from .agent import NO_ACTION_OBSERVATION, ChatBackend
+from .agent import NO_ACTION_OBSERVATION, ChatBackend, action_type, parse_action
 from .engine import ScienceWorldEngine
 from .session import Session, TurnOutcome
 
@@ -151,12 +152,23 @@ class RoutedEpisode:
                     d = self.decide(exclude=[f["model"] for f in fallbacks])
                 except BudgetExhausted:
                     raise e from None
+        meta = {"fallbacks": fallbacks} if fallbacks else {}
+        propensity = "decision"
+        if d is not None and self.router.draft_table is not None:  # the call was a draft (live/draft.py)
+            esc = escalate_draft(self.live, served, usage, action_type(parse_action(text)), hi)
+            if esc is not None:
+                try:
+                    text, usage = self._complete(esc, msgs, self.live.completion_cap(esc, hi))
+                    meta, propensity, served, d = {**d.meta, **meta}, d.propensity, esc, None
+                except UpstreamError as e:  # the draft (already paid for) is served after all
+                    cancel_draft(self.live)
+                    meta["draft_escalation_failed"] = {"model": esc, "error": e.kind}
         if d is not None:
             self.live.last_decision = d
         outcome = self.session.apply_reply(text)
         cost = self.live.record(served, usage, tool_name=outcome.action_type, observation=outcome.observation,
                                 action=outcome.action if outcome.action is not None else text,
-                                meta={"fallbacks": fallbacks} if fallbacks else None,
+                                propensity=propensity, meta=meta or None,
                                 next_context_tokens=float(self._context()), progress=float(outcome.score))
         if not self._at_step_limit() and not self.terminated and not self.allowed().any():
             self.truncated, self.ended_by = True, "budget"

@@ -36,6 +36,7 @@ class RouterSpec:
     lam: float | None = None
     seed: int = 0
     label: str = ""  # names the episodes of this router in logs and reports
+    draft: bool = False  # draft-and-escalate turns (routing/draft.py; needs the checkpoint's type outcomes)
 
     @property
     def name(self) -> str:
@@ -117,7 +118,7 @@ def _router_for(spec: RouterSpec):
         from .routed import TOOLS
 
         kw = dict(pool=_W["pool"], router=spec.router, explore=spec.explore, tool_map=spec.tool_map, lam=spec.lam,
-                  seed=spec.seed, log_text=_W["log_text"])
+                  seed=spec.seed, log_text=_W["log_text"], draft=spec.draft)
         if spec.router == "privileged-bound":  # it decides itself (scienceworld/bound.py); the router bills
             kw["router"] = "cheapest"
         if spec.checkpoint:

@@ -1,0 +1,66 @@
+"""Draft-and-escalate turns of a live episode (the rule: ``routing/draft.py``).
+
+The caller (the ScienceWorld loop, the proxy) makes the call its policy chose — the *draft* —
+and asks :func:`escalate_draft` whether to re-serve the turn with another model, given the draft's
+tool (action) type. If so, the draft is billed to the episode at once (it was a real call), the
+escalated model's completion cap is computed with the draft already spent, and the next
+``record`` logs one turn: the escalated model's call, whose ``cost`` includes the draft's and whose
+``meta.draft`` says what the draft was. If the escalated call fails, :func:`cancel_draft` takes the
+draft's bill back and the caller records the draft reply as the turn instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mtrouter_jax.live.accounting import parse_usage
+from mtrouter_jax.routing.draft import draft_escalation
+
+if TYPE_CHECKING:
+    from mtrouter_jax.live.episode import LiveEpisode
+
+_EPS_USD = 1e-12
+
+
+def escalate_draft(ep: "LiveEpisode", draft_model: str, usage: Any, tool_name: str | None,
+                   input_tokens_hi: float) -> str | None:
+    """The model to re-serve this turn with (the draft is then billed), or None: serve the draft."""
+    r = ep.router
+    table = r.draft_table
+    if table is None or ep.ended:
+        return None
+    ttype, k = r.tool_of(tool_name)
+    prompt, cached, completion = parse_usage(usage)
+    cost = r.turn_cost(draft_model, prompt, cached, completion)
+    hi = float(input_tokens_hi)
+    ep.spent += cost  # tentatively: what the escalated call may still spend is what is left after the draft
+    try:
+        allowed = np.ones(len(r.pool), bool)
+        if ep.budget is not None:
+            worst = ep.worst_costs(hi)
+            allowed &= ep.spent + worst <= ep.budget + _EPS_USD
+        allowed &= np.array([ep._cap(i, hi) != 0 for i in range(len(r.pool))])
+        j = draft_escalation(table, k, r.pool.index(draft_model), allowed, r.draft_n_min)
+    finally:
+        ep.spent -= cost
+    if j < 0:
+        return None
+    ep.spent += cost
+    ep.tokens += prompt + completion
+    ep.pending_draft = {"model": draft_model, "type": ttype, "input_tokens": prompt, "cached_tokens": cached,
+                        "output_tokens": completion, "cost": cost}
+    return r.pool.names[j]
+
+
+def cancel_draft(ep: "LiveEpisode") -> None:
+    """Take back the bill of a pending draft (its escalated call failed: the draft is served)."""
+    d = ep.pending_draft
+    if d is not None:
+        ep.spent -= d["cost"]
+        ep.tokens -= d["input_tokens"] + d["output_tokens"]
+        ep.pending_draft = None
+
+
+__all__ = ["escalate_draft", "cancel_draft"]

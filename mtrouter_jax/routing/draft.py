@@ -1,0 +1,140 @@
+"""Draft-and-escalate: a cheap draft's action type decides whether a turn is re-served (issue 17).
+
+The history features cannot tell when a decisive action is due (docs/benchmarks.md, "Executed
+counterfactuals": the estimators separate the turns where a ``focus`` is due with an AUC of
+0.46-0.64). The draft can: the router first calls the model its policy chose; if that reply's
+action (tool) type is one where the logs show another model significantly better *at that type*,
+the draft is discarded (and billed) and the turn is served by that model instead.
+
+"Better at a type" is measured on the turns' own outcomes: a turn's **gain** is the change of the
+normalised score it caused (``Turn.progress`` after it, ``meta.initial_score`` before the first),
+so a decisive wrong action (a wrong ``focus``, a bad ``submit``) shows as a large negative gain of
+the model that typed it. The table holds, per (executed action type, model), the number of logged
+turns and the mean and variance of their gains. Escalation is conservative, as the safe router is:
+the alternative's 95 % lower bound must exceed the draft model's upper bound, both with at least
+``n_min`` logged turns of that type, and the alternative's worst-case turn must fit the budget that
+is left after the draft. Where the logs have no per-turn progress the table is empty and nothing
+ever escalates.
+
+Pure numpy on tiny (K, M) tables: one decision costs microseconds, no device dispatch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mtrouter_jax.core.stats import Z95
+
+DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
+
+
+@dataclass(frozen=True)
+class TypeOutcomes:
+    """Per (executed action type, model): logged turns ``n``, mean ``mean`` and variance ``var`` of the gain."""
+
+    tools: tuple[str, ...]
+    models: tuple[str, ...]
+    n: np.ndarray  # (K, M) float
+    mean: np.ndarray  # (K, M)
+    var: np.ndarray  # (K, M)
+
+    def bounds(self, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) normal 95 % bounds of each cell's mean gain (±inf where n < 2)."""
+        se = np.sqrt(self.var / np.maximum(self.n, 1.0))
+        ok = self.n >= 2
+        return np.where(ok, self.mean - z * se, -np.inf), np.where(ok, self.mean + z * se, np.inf)
+
+    def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN) -> dict[str, dict[str, str]]:
+        """Readable summary: ``{type: {draft model: escalated model}}`` for every allowed-by-all case."""
+        out: dict[str, dict[str, str]] = {}
+        every = np.ones(len(self.models), bool)
+        for k, tool in enumerate(self.tools):
+            for d, draft in enumerate(self.models):
+                j = draft_escalation(self, k, d, every, n_min)
+                if j >= 0:
+                    out.setdefault(tool, {})[draft] = self.models[j]
+        return out
+
+    def to_meta(self) -> dict:
+        return {"tools": list(self.tools), "models": list(self.models), "n": self.n.tolist(),
+                "mean": self.mean.tolist(), "var": self.var.tolist()}
+
+    @classmethod
+    def from_meta(cls, d: dict) -> "TypeOutcomes":
+        return cls(tuple(d["tools"]), tuple(d["models"]), np.asarray(d["n"], np.float64),
+                   np.asarray(d["mean"], np.float64), np.asarray(d["var"], np.float64))
+
+
+def turn_gains(progress: Sequence[float | None], start: float, lo: float, hi: float) -> np.ndarray | None:
+    """(T,) normalised score change of each turn (``progress``: the score after each turn); None when
+    any turn lacks its progress (the turn's own outcome is then unknown)."""
+    if not progress or any(p is None for p in progress):
+        return None
+    after = (np.asarray(progress, np.float64) - lo) / (hi - lo)
+    before = np.r_[(float(start) - lo) / (hi - lo), after[:-1]]
+    return after - before
+
+
+def fit_table(tool_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, tools: Sequence[str],
+              models: Sequence[str]) -> TypeOutcomes:
+    """The table of per-turn ``gains`` grouped by (``tool_idx``, ``model_idx``), all (N,) arrays."""
+    K, M = len(tools), len(models)
+    n, s, s2 = np.zeros((K, M)), np.zeros((K, M)), np.zeros((K, M))
+    np.add.at(n, (tool_idx, model_idx), 1.0)
+    np.add.at(s, (tool_idx, model_idx), gains)
+    np.add.at(s2, (tool_idx, model_idx), np.square(gains))
+    mean = s / np.maximum(n, 1.0)
+    var = np.maximum(s2 / np.maximum(n, 1.0) - mean ** 2, 0.0) * n / np.maximum(n - 1.0, 1.0)  # unbiased
+    return TypeOutcomes(tuple(tools), tuple(models), n, mean, var)
+
+
+def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
+                   default_range: Sequence[float] = (-100.0, 100.0)) -> TypeOutcomes:
+    """The table of logged ``episodes``: every turn with a known progress, by its executed type
+    (``Turn.tool``; an unknown type counts as the vocabulary's last, "other"-like entry) and model."""
+    pos = {t: i for i, t in enumerate(tools)}
+    mpos = {m: i for i, m in enumerate(models)}
+    ti, mi, g = [], [], []
+    for e in episodes:
+        if (e.meta or {}).get("branch_of") is not None:  # a branch's replayed prefix is its base's turns
+            turns = [t for t in e.turns if not (t.meta or {}).get("replayed")]
+        else:
+            turns = list(e.turns)
+        lo, hi = e.score_range or default_range
+        all_prog = [t.progress for t in e.turns]
+        gains = turn_gains(all_prog, float((e.meta or {}).get("initial_score", lo)), lo, hi)
+        if gains is None:
+            continue
+        gains = gains[len(e.turns) - len(turns):]
+        for t, x in zip(turns, gains):
+            if t.model not in mpos or not math.isfinite(x):
+                continue
+            ti.append(pos.get(t.tool, len(tools) - 1))
+            mi.append(mpos[t.model])
+            g.append(x)
+    return fit_table(np.asarray(ti, np.int64), np.asarray(mi, np.int64), np.asarray(g, np.float64), tools, models)
+
+
+def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.ndarray,
+                      n_min: float = DEFAULT_DRAFT_N_MIN) -> int:
+    """The model to re-serve a turn whose draft (by model ``draft``) has action type ``tool``, or -1.
+
+    Among ``allowed`` models with ``n_min`` logged turns of that type, the one with the best lower
+    bound, if that bound is above the draft model's upper bound (which needs ``n_min`` turns too)."""
+    if not 0 <= tool < len(table.tools) or table.n[tool, draft] < n_min:
+        return -1
+    lcb, ucb = table.bounds()
+    cand = np.asarray(allowed, bool) & (table.n[tool] >= n_min)
+    cand[draft] = False
+    if not cand.any():
+        return -1
+    j = int(np.argmax(np.where(cand, lcb[tool], -np.inf)))
+    return j if lcb[tool, j] > ucb[tool, draft] else -1
+
+
+__all__ = ["TypeOutcomes", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
+           "DEFAULT_DRAFT_N_MIN"]
