@@ -180,7 +180,8 @@ class ScriptedBackend:
 
     Args:
         profiles: model name -> :class:`AgentProfile` (``load_profiles()``).
-        seed: base seed; replies depend only on (seed, episode id, step, model).
+        seed: base seed; replies depend only on (seed, episode id, step, model) — and on which call of
+            the step it is: a second call in one step draws independently of the first.
     """
 
     def __init__(self, profiles: Mapping[str, AgentProfile], seed: int = 0):
@@ -202,7 +203,14 @@ class ScriptedBackend:
         prof = self.profiles.get(model)
         if prof is None:
             raise ProfileError(f"no scripted profile for model {model!r} (have: {', '.join(self.profiles)})")
-        rng = np.random.default_rng([self.seed, _seed_key(session.episode_id), session.steps])
+        # the first call of each step draws from (seed, episode, step): common random numbers across
+        # routers. A further call in the same step (a draft's escalation, routing/draft.py) draws
+        # afresh: another model's reply is a new sample, not the first call's luck replayed.
+        step, n = session.scratch.get("scripted_calls", (None, -1))
+        n = n + 1 if step == session.steps else 0
+        session.scratch["scripted_calls"] = (session.steps, n)
+        key = [self.seed, _seed_key(session.episode_id), session.steps] + ([n] if n else [])
+        rng = np.random.default_rng(key)
         u = rng.random(4)  # mistake, variant, object, spare; fixed order: common random numbers
         z = float(rng.standard_normal())
         text = self._reply(prof, session, u)

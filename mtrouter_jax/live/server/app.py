@@ -313,7 +313,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
           keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20, keys=None,
           public_metrics=False, max_open=10_000, tenant_max_open=None, max_turns=1000, turn_deadline=45.0,
-          idle_timeout=3600.0, score_range=None, state=None) -> None:
+          idle_timeout=3600.0, score_range=None, state=None, draft=False) -> None:
     """Build the router and run the proxy with uvicorn (blocks). Bad options raise a ``UsageError``
     subclass naming the flag (``LogPathError``, ``KeysFileError``, ``RouterSpecError``, ...)."""
     import uvicorn
@@ -321,9 +321,15 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     ring = load_keys(keys, token)
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
+    if draft and state not in (None, "memory"):
+        from mtrouter_jax.routing.specs import RouterSpecError
+
+        raise RouterSpecError("--draft is not supported with --state redis://... yet (a draft and its escalation "
+                              "are two reservations of one turn; only the in-process store accounts them)", "--draft")
+
     def build(ckpt):  # a reload: the same options, another checkpoint
         return router_from_options(ckpt, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
-                                   lam_table)
+                                   lam_table, draft)
     r = build(checkpoint)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)

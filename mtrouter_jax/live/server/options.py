@@ -56,6 +56,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-range", default=None,
                    help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
                         "send its own)")
+    p.add_argument("--draft", action="store_true",
+                   help="draft-and-escalate: a non-streamed turn whose reply calls a tool type the checkpoint's logs "
+                        "show another model significantly better at is re-served by that model (the draft is "
+                        "billed; docs/live.md, 'Draft routing')")
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
                         "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")

@@ -22,6 +22,7 @@ from mtrouter_jax.live.accounting import checked_usage, input_tokens_bound
 from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, ChatRequest, header_value,
                                           parse_chat_request, parse_finish)
 from mtrouter_jax.live.backends import Backends, UpstreamError, acall_with_fallback
+from mtrouter_jax.live.draft import cancel_draft, escalate_draft
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.server.prometheus import ProxyMetrics
@@ -272,11 +273,42 @@ class Proxy:
             raise ApiError(502, f"upstream {att.model} sent a reply that is not a JSON object "
                                 f"(the turn was billed at its worst case)", "upstream_error", "bad_response")
         name, action = tool_and_action(resp)
-        self._record(conv, req, att.model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
-        resp["model"] = att.model
+        model = att.model
+        if ep.router.draft_table is not None and req.passthrough is None and self.shared is None:
+            model, resp, name, action, out_hi = await self._escalate(conv, req, model, resp, name, action, hi, out_hi,
+                                                                     meta, caps, call, limit_for, prop)
+            hdr["X-MTRouter-Model"] = model
+        self._record(conv, req, model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
+        resp["model"] = model
         hdr.update(_money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
         return Response(dumps(resp), media_type="application/json", headers=hdr)
+
+    async def _escalate(self, conv, req, model, resp, name, action, hi, out_hi, meta, caps, call, limit_for, prop):
+        """Draft routing (live/draft.py): re-serve the turn when the draft's tool type calls for another
+        model. Returns the (model, reply, tool, action, completion bound) to record; an escalation that
+        fails leaves the draft served (its bill taken back, the failure in the turn's meta)."""
+        ep = conv.episode
+        draft_usage, _ = checked_usage(resp.get("usage"), hi, out_hi)
+        esc = escalate_draft(ep, model, draft_usage, name, hi)
+        if esc is None:
+            return model, resp, name, action, out_hi
+        caps[esc] = ep.completion_cap(esc, hi)
+        try:
+            async with asyncio.timeout(self.limits.turn_deadline or None):
+                reply = await call(esc)
+        except (UpstreamError, TimeoutError) as e:
+            cancel_draft(ep)
+            meta["draft_escalation_failed"] = {"model": esc, "error": getattr(e, "kind", "deadline")}
+            return model, resp, name, action, out_hi
+        esc_hi = self._completion_hi(esc, limit_for(esc))
+        if not isinstance(reply, dict):  # charged, maybe: the draft stays billed, this call at its worst case
+            meta["bad_reply"] = type(reply).__name__
+            self._record(conv, req, esc, None, None, None, prop, meta, hi, esc_hi, flag="invalid")
+            raise ApiError(502, f"upstream {esc} sent a reply that is not a JSON object (the turn was billed at its "
+                                "worst case)", "upstream_error", "bad_response")
+        name, action = tool_and_action(reply)
+        return esc, reply, name, action, esc_hi
 
     def _completion_hi(self, model: str, limit: int | None) -> int:
         """Most completion tokens the upstream may bill: the limit sent, at most the model's output limit."""
