@@ -109,7 +109,9 @@ def _shadow(eps: list[Episode]) -> dict | None:
             ids.append(e.episode_id)
             explored |= any(p < 1.0 - 1e-9 for _, _, p in steps)
     rate, rate_ci = _mean_ci(agree)
-    out = {"checkpoints": sorted({str((e.meta or {}).get("shadow_checkpoint")) for e in shadowed}),
+    digests = {str(t.meta["shadow"].get("digest")) for e in shadowed for t in e.turns
+               if isinstance((t.meta or {}).get("shadow"), dict)}
+    out = {"checkpoints": sorted(digests),
            "episodes": len(shadowed), "turns": len(agree), "turns_missing": missing, "agreement": rate,
            "agreement_ci": rate_ci, "complete_episodes": complete,
            "all_agree_share": all_agree / complete if complete else NAN, "scored_complete": len(s),

@@ -267,3 +267,55 @@ def test_a_conversation_from_a_replica_without_the_shadow_logs_it_missing(upstre
     (e,) = read_episodes(log)
     assert "shadow" not in (e.turns[0].meta or {})
     assert "without this --shadow" in e.turns[1].meta["shadow"]["missing"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--canary", "ckpt"], "expected CKPT:FRACTION"),
+    (["--canary", ":0.1"], "expected CKPT:FRACTION"),
+    (["--canary", "ckpt:1.5"], "in (0, 1)"),
+    (["--canary", "ckpt:0"], "in (0, 1)"),
+    (["--canary", "ckpt:abc"], "in (0, 1)"),
+    (["--canary", "/no/such/ckpt:0.1"], "--canary: no checkpoint at /no/such/ckpt"),
+    (["--shadow", "/no/such/ckpt"], "--shadow: no checkpoint at /no/such/ckpt"),
+])
+def test_bad_canary_and_shadow_flags_are_one_line_with_status_2(capsys, flags, needle):
+    from mtrouter_jax.cli import main
+
+    capsys.readouterr()
+    rc = main(["serve", "--router", "fixed:cheap", "--allow-missing-keys", *flags])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("mtrouter serve: error: ") and needle in err[0], err
+
+
+def test_serve_loads_and_verifies_the_candidates_like_a_reload(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    import shutil
+
+    import uvicorn
+
+    from testing.artifacts import trained_checkpoint
+    from mtrouter_jax.cli import main
+    from mtrouter_jax.estimator.checkpoint import update_meta
+    from mtrouter_jax.live.server.reload import checkpoint_digest
+
+    src = trained_checkpoint(tmp_path_factory)
+    a, b, bad = tmp_path / "a", tmp_path / "b", tmp_path / "bad"
+    for d in (a, b, bad):
+        shutil.copytree(src, d)
+    update_meta(b, {"note": "retrained"})  # re-sealed: another digest
+    victim = max((f for f in bad.rglob("*") if f.is_file() and f.suffix != ".json"), key=lambda f: f.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    base = ["serve", "--checkpoint", str(a), "--allow-missing-keys", "--seed", "3"]
+    assert main([*base, "--canary", f"{b}:0.25", "--shadow", str(b)]) == 0
+    proxy = apps[0].state.proxy
+    assert proxy.arms.canary.digest == checkpoint_digest(b) != proxy.router.digest == checkpoint_digest(a)
+    assert proxy.arms.shadow.digest == checkpoint_digest(b) and proxy.arms.fraction == 0.25 and proxy.arms.seed == 3
+    assert proxy.routers[checkpoint_digest(b)] is proxy.arms.canary
+    capsys.readouterr()
+    for flag in ("--canary", "--shadow"):
+        rc = main([*base, flag, f"{bad}:0.1" if flag == "--canary" else str(bad)])
+        last = [x for x in capsys.readouterr().err.splitlines() if x.strip()][-1]
+        assert rc == 2 and f"{flag}: checkpoint {bad} cannot be used" in last, last

@@ -83,7 +83,8 @@ def load_candidate(flag: str, path: str, build: Callable[[str], Router], served:
     try:
         r = build(path)
     except (CheckpointError, OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{flag}: checkpoint {path} cannot be used ({type(e).__name__}: {e})") from None
+        why = " ".join(str(e).split())  # one line (an integrity report lists a file per line)
+        raise UsageError(f"{flag}: checkpoint {path} cannot be used ({type(e).__name__}: {why})") from None
     if not same_pool(r, served):
         raise UsageError(f"{flag}: checkpoint {path} routes over {list(r.pool.names)} (or at other prices) and the "
                          f"proxy over {list(served.pool.names)}; give both the same --pool")
