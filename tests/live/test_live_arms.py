@@ -25,7 +25,6 @@ from mtrouter_jax.logs.io import read_episodes
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
          for n in ("web_search", "python", "read_file")]
-TOOL_TYPE = {"web_search": "search", "python": "python", "read_file": "file", "browse_page": "search", "bash": "python"}
 
 
 def _fake_ckpt(router: Router, digest: str) -> Router:
