@@ -1,4 +1,4 @@
-"""`mtrouter` command line: run | simulate | train | sweep | serve | collect | eval | route | inspect | pool.
+"""`mtrouter` command line: run | simulate | train | sweep | serve | collect | eval | route | compare-arms | inspect | pool.
 
 A thin shell: parse arguments, call ``workflow``/library functions, print, exit with a clear
 message (and status 2) on bad input instead of a traceback.
@@ -11,10 +11,10 @@ import re
 import sys
 from pathlib import Path
 
-from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_inspect, cmd_pool, cmd_route, cmd_serve,
-                                       empty_logs, empty_logs_error, finite_float, fit_line, non_negative_float,
-                                       non_negative_int, positive_float, positive_int, print_coverage, probability,
-                                       quiet_libraries, sim_incompatibility)
+from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_compare_arms, cmd_inspect, cmd_pool,
+                                       cmd_route, cmd_serve, empty_logs, empty_logs_error, finite_float, fit_line,
+                                       non_negative_float, non_negative_int, positive_float, positive_int,
+                                       print_coverage, probability, quiet_libraries, sim_incompatibility)
 from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
 
 DEFAULT_OUT = "runs/default"
@@ -323,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="the server's --token (sent as 'Authorization: Bearer TOKEN')")
     p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds to wait for the server")
     p.set_defaults(fn=cmd_route)
+
+    p = sub.add_parser("compare-arms", help="canary vs control (and the shadow, paired) from live logs: scores, "
+                                            "costs, CIs")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="episode logs of `mtrouter serve --canary/--shadow --log`")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.set_defaults(fn=cmd_compare_arms)
 
     p = sub.add_parser("inspect", help="print a checkpoint's metadata")
     p.add_argument("ckpt", help="checkpoint directory")

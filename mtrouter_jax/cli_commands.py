@@ -1,6 +1,6 @@
 """Pieces of the `mtrouter` commands: argument checks (argparse ``type=`` functions, ``--out``,
 empty logs), the coverage table of the training logs, the simulator-vocabulary check of a
-checkpoint, and the light commands (`inspect`, `pool`, `route`, `serve`'s error handling)."""
+checkpoint, and the light commands (`inspect`, `pool`, `route`, `compare-arms`, `serve`'s error handling)."""
 
 from __future__ import annotations
 
@@ -241,6 +241,31 @@ def cmd_route(a) -> int:
     return 0
 
 
+def cmd_compare_arms(a) -> int:
+    """Canary vs control and the shadow's paired view, from live logs (``reporting/arms.py``)."""
+    from mtrouter_jax.core.jsonable import to_jsonable
+    from mtrouter_jax.logs.io import read_episodes
+    from mtrouter_jax.reporting.arms import arms_tables, compare_arms
+
+    missing = [p for p in a.logs if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"no log file {', '.join(missing)}")
+    empty = empty_logs(a.logs)
+    if len(empty) == len(a.logs):
+        raise UsageError(f"{', '.join(empty)}: no episodes (finish some conversations of `mtrouter serve --log ...`)")
+    report = compare_arms(read_episodes(a.logs), ", ".join(a.logs))
+    if a.json:
+        print(json.dumps(to_jsonable(report), indent=2))
+        return 0
+    tables, notes = arms_tables(report)
+    console = _console()
+    for t in tables:
+        console.print(t)
+    for n in notes:
+        console.print(f"note: {n}")
+    return 0
+
+
 def cmd_serve(a) -> int:
     import logging
 
@@ -260,5 +285,6 @@ def cmd_serve(a) -> int:
 
 
 __all__ = ["OneLineParser", "quiet_libraries", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+           "cmd_compare_arms",
            "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "probability"]

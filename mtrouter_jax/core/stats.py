@@ -35,4 +35,14 @@ def paired_mean_ci(a: Mapping[Hashable, float], b: Mapping[Hashable, float], ddo
     return float(d.mean()), ci95(d, ddof, single), int(d.size)
 
 
-__all__ = ["Z95", "ci95", "paired_differences", "paired_mean_ci"]
+def unpaired_mean_ci(a, b) -> tuple[float, float]:
+    """(mean(a) - mean(b), the 95 % half-width of Welch's unpaired interval: the two means' CIs
+    (``ci95``, ddof=1) added in quadrature, normal quantile); NaN width when a side has < 2 values."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not a.size or not b.size:
+        return float("nan"), float("nan")
+    nan = float("nan")
+    return float(a.mean() - b.mean()), math.hypot(ci95(a, 1, nan), ci95(b, 1, nan))
+
+
+__all__ = ["Z95", "ci95", "paired_differences", "paired_mean_ci", "unpaired_mean_ci"]

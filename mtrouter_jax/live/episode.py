@@ -75,6 +75,11 @@ class LiveEpisode:
         self.started = time.time()
         self.nonfinite_decisions = 0
         self.pending_draft: dict | None = None  # a billed draft the next record() folds in (live/draft.py)
+        # set by the proxy's arms (live/server/arms.py): "canary"/"control" under --canary; under
+        # --shadow the candidate's mirrored episode (None once lost: ``shadow_missing`` says why)
+        self.arm: str | None = None
+        self.shadow: LiveEpisode | None = None
+        self.shadow_missing: str | None = None
 
     # ------------------------------------------------------------------ state
     @property

@@ -3,9 +3,10 @@
 ``episode_state(ep)`` is everything a ``LiveEpisode`` needs to continue on another process with the
 same router: the ``HistorySummary`` (and the one before the last turn, which
 ``attach_observation`` re-advances from), the turns so far (``TurnRecord``), spend and token counts,
-the policy (by its exploration flag; the spec is kept to check), λ, seed, start time and why it
-ended. ``restore_episode(router, state)`` rebuilds it: decisions after a restore are those the
-original object would have made (same summary, same seed, same turn count; tested in
+the policy (by its exploration flag; the spec is kept to check), λ, seed, start time, why it
+ended and its canary arm (the shadow's mirrored episode is stored beside it: ``server/arms.py``).
+``restore_episode(router, state)`` rebuilds it: decisions after a restore are those the original
+object would have made (same summary, same seed, same turn count; tested in
 ``tests/live/test_replicas.py``). Floats round-trip exactly (float32 values are stored as the
 float64 they widen to).
 """
@@ -76,7 +77,7 @@ def episode_state(ep: "LiveEpisode") -> dict:
             "last_args": None if ep._last_args is None else [float(x) for x in ep._last_args],
             "turns": [_turn_out(t) for t in ep.turns], "spent": ep.spent, "tokens": ep.tokens,
             "last_prompt": ep.last_prompt, "last_completion": ep.last_completion, "ended": ep.ended,
-            "started": ep.started, "nonfinite_decisions": ep.nonfinite_decisions}
+            "started": ep.started, "nonfinite_decisions": ep.nonfinite_decisions, "arm": ep.arm}
 
 
 def restore_episode(router: "Router", st: dict) -> "LiveEpisode":
@@ -101,6 +102,7 @@ def restore_episode(router: "Router", st: dict) -> "LiveEpisode":
     ep.spent, ep.tokens = float(st["spent"]), int(st["tokens"])
     ep.last_prompt, ep.last_completion = int(st["last_prompt"]), int(st["last_completion"])
     ep.ended, ep.started, ep.nonfinite_decisions = st["ended"], float(st["started"]), int(st["nonfinite_decisions"])
+    ep.arm = st.get("arm")  # (states written before canaries existed have none)
     return ep
 
 

@@ -38,7 +38,7 @@ from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
 from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of
-from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, TypeOutcomes
+from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, draft_table_for
 from mtrouter_jax.routing.specs import ToolModelMap, build_router, with_exploration
 from mtrouter_jax.core.pricing import call_cost
 
@@ -148,9 +148,8 @@ class Router:
             kappa, n_min: the safe router's LCB width and minimum logged support (``routing.safe``).
             fused: decide in one jitted call when the estimator has a JAX forward pass
                 (``live/kernel.py``; bit-identical results); False keeps the four-call host path.
-            draft: draft-and-escalate turns (``routing/draft.py``): the policy's call is a draft, re-served
-                by the model the logs show significantly better at the draft's action type. Needs
-                ``type_outcomes`` (default: the checkpoint's); ``draft_n_min`` logged turns per cell.
+            draft, type_outcomes, draft_n_min: draft-and-escalate turns (``routing/draft.py``; the table
+                defaults to the checkpoint's ``meta.type_outcomes``).
         """
         self.estimator = estimator
         self.tool_map = tool_map or default_tool_map()
@@ -212,7 +211,8 @@ class Router:
                             "(as in simulation)", self.text_dim)
         if self.text_encoder is not None and int(self.text_encoder.dim) != self.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint text_dim {self.text_dim}")
-        self.draft_table, self.draft_n_min = self._draft_table(draft, type_outcomes), float(draft_n_min)
+        self.draft_table, self.draft_n_min = (draft_table_for(getattr(estimator, "meta", None), type_outcomes,
+                                              self.layout.tools, self.pool.names) if draft else None), draft_n_min
         self._tool_cache: dict[str | None, tuple[str, int]] = {}
         self._tool_lock = threading.Lock()
         self.learned_policy = self._learned() if estimator is not None else None
@@ -242,20 +242,6 @@ class Router:
         if arr.shape != (len(self.pool),):
             raise PoolMismatchError(f"{what} has {arr.shape[0]} entries, pool has {len(self.pool)} models")
         return np.array(arr)
-
-    def _draft_table(self, draft: bool, table) -> "TypeOutcomes | None":
-        if not draft:
-            return None
-        meta = getattr(self.estimator, "meta", None) or {}
-        if table is None and meta.get("type_outcomes"):
-            table = TypeOutcomes.from_meta(meta["type_outcomes"])
-        if table is None:
-            raise ValueError("draft routing needs per-(action type, model) turn outcomes: a checkpoint trained by "
-                             "this version of `mtrouter train` (older ones lack meta.type_outcomes)")
-        if tuple(table.tools) != tuple(self.layout.tools) or tuple(table.models) != tuple(self.pool.names):
-            raise PoolMismatchError(f"type outcomes over tools {list(table.tools)} and models {list(table.models)} do "
-                                    f"not match the router's {list(self.layout.tools)} / {list(self.pool.names)}")
-        return table
 
     def _learned(self) -> routing.RoutingPolicy:
         steps = expected_steps_for(getattr(self.estimator, "meta", None), list(self.layout.task_types) + ["<other>"])
@@ -394,22 +380,19 @@ def router_from_options(checkpoint=None, pool=None, router=None, explore=None, t
     if lam is not None and (not math.isfinite(lam) or lam < 0):
         raise RouterSpecError(f"--lam must be a finite number >= 0, got {lam}", "--lam")
     kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
-              assume_cache_hits=not strict_cache,
-              tool_models=ToolModelMap.from_file(tool_map) if tool_map else None)
-    if lam is not None:
-        kw["lam"] = lam
+              assume_cache_hits=not strict_cache, tool_models=ToolModelMap.from_file(tool_map) if tool_map else None,
+              **({"lam": lam} if lam is not None else {}), **({"draft": True} if draft else {}))
     if draft and not checkpoint:
         raise RouterSpecError("--draft needs --checkpoint CKPT (its per-type turn outcomes decide escalations)",
                               "--checkpoint")
-    if checkpoint:
-        kw["lam_table"] = lam_table
-        try:
-            return Router.from_checkpoint(checkpoint, pool=pool, draft=draft, **kw)
-        except ValueError as e:
-            if draft and "type_outcomes" in str(e):
-                raise RouterSpecError(f"--draft: checkpoint {checkpoint}: {e}", "--draft") from None
-            raise
-    return Router(None, pool, **kw)
+    if not checkpoint:
+        return Router(None, pool, **kw)
+    try:
+        return Router.from_checkpoint(checkpoint, pool=pool, lam_table=lam_table, **kw)
+    except ValueError as e:
+        if draft and "type" in str(e) and "outcomes" in str(e):  # no (or a mismatched) table: a usage error
+            raise RouterSpecError(f"--draft: {checkpoint}: {e}", "--draft") from None
+        raise
 
 
 __all__ = ["Router", "router_from_options", "LiveEpisode", "Decision", "Estimator", "BudgetExhausted", "PoolMismatchError",

@@ -119,6 +119,21 @@ def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
     return fit_table(np.asarray(ti, np.int64), np.asarray(mi, np.int64), np.asarray(g, np.float64), tools, models)
 
 
+def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequence[str],
+                    models: Sequence[str]) -> TypeOutcomes:
+    """The table a draft router uses: ``table``, else the checkpoint's ``meta.type_outcomes``; it must be
+    over the router's tool vocabulary and pool (ValueError otherwise, or when there is none)."""
+    if table is None and (meta or {}).get("type_outcomes"):
+        table = TypeOutcomes.from_meta(meta["type_outcomes"])
+    if table is None:
+        raise ValueError("draft routing needs per-(action type, model) turn outcomes: a checkpoint trained by "
+                         "this version of `mtrouter train` (older ones lack meta.type_outcomes)")
+    if tuple(table.tools) != tuple(tools) or tuple(table.models) != tuple(models):
+        raise ValueError(f"type outcomes over tools {list(table.tools)} and models {list(table.models)} do not "
+                         f"match the router's {list(tools)} / {list(models)}")
+    return table
+
+
 def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.ndarray,
                       n_min: float = DEFAULT_DRAFT_N_MIN) -> int:
     """The model to re-serve a turn whose draft (by model ``draft``) has action type ``tool``, or -1.
@@ -136,5 +151,5 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
     return j if lcb[tool, j] > ucb[tool, draft] else -1
 
 
-__all__ = ["TypeOutcomes", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
+__all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
            "DEFAULT_DRAFT_N_MIN"]

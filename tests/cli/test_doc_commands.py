@@ -51,6 +51,8 @@ SKIP = {  # how a command starts -> why the suite does not run it
                       "runs it on the suite's checkpoint",
     "mtrouter collect scienceworld": "needs ScienceWorld's JVM and minutes; tests/scienceworld/ run collect",
     "mtrouter eval scienceworld": "needs ScienceWorld's JVM and minutes; tests/scienceworld/ run eval",
+    "mtrouter compare-arms": "needs finished episodes of a serve --canary/--shadow (the docs' serve logs none); "
+                             "tests/reporting/test_compare_arms.py runs it on such a log",
 }
 TINY = {  # subcommand -> (option -> value) replaced or added, to fit the suite
     "simulate": {"--n": "12"},

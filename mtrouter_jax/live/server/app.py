@@ -33,6 +33,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtrouter_jax.core.errors import UsageError
+from mtrouter_jax.live.server.arms import Arms, check_flags, setup_arms
 from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget, parse_json  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
@@ -41,7 +42,7 @@ from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathErro
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
 from mtrouter_jax.live.server.reload import Reloader, stamp
-from mtrouter_jax.live.server.startup import startup_lines
+from mtrouter_jax.live.server.startup import arms_lines, startup_lines
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
 from mtrouter_jax.live.store import StateStore, StoreUnavailable, open_store
@@ -140,12 +141,14 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                log_text: bool = False, allow_missing_keys: bool = False, timeout: float = 120.0,
                max_retries: int = 2, limits: Limits | None = None, max_open: int | None = None,
                max_body_bytes: int | None = None, state: StateStore | None = None,
-               lease_ms: int | None = None, reload_build=None, sighup: bool = False) -> FastAPI:
+               lease_ms: int | None = None, reload_build=None, sighup: bool = False,
+               arms: Arms | None = None) -> FastAPI:
     """The proxy app. ``backends`` default: clients for every pool model (keys from env). ``keys``:
     API keys with their tenants (``tenancy.py``), ``token`` one more admin key; ``limits``: the
     resource limits (``max_open``/``max_body_bytes`` override theirs); ``state``: a store shared
     with other replicas (``server/shared.py``; None: this process only, as before); ``reload_build``:
-    checkpoint path -> Router for reloads (``server/reload.py``); ``sighup``: SIGHUP reloads too."""
+    checkpoint path -> Router for reloads (``server/reload.py``); ``sighup``: SIGHUP reloads too;
+    ``arms``: ``--canary`` / ``--shadow`` candidates (``server/arms.py``)."""
     if backends is None:
         backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
                             allow_missing_keys=allow_missing_keys)
@@ -156,7 +159,13 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys)
     if token is not None:
         ring = KeyRing({**{k.decode(): t for k, t in ring.keys}, token: Tenant("admin", admin=True)})
-    proxy = Proxy(stamp(router), backends, log_text, limits, state, lease_ms)
+    if arms is not None:
+        for cand in (arms.canary, arms.shadow):
+            if cand is not None:
+                stamp(cand)
+        if arms.canary is not None and arms.canary.digest is None:
+            raise ValueError("a canary router needs a checkpoint (its digest names it across replicas and reloads)")
+    proxy = Proxy(stamp(router), backends, log_text, limits, state, lease_ms, arms)
     reloader = proxy.reloader = Reloader(proxy, reload_build)
     metrics = proxy.metrics
 
@@ -276,7 +285,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.get("/v1/mtrouter/router")
     async def router_info():
         """The served policy, exploration, vocabularies and the effective tool-name mapping."""
-        return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest}
+        return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest, **proxy.arms.describe()}
 
     @app.post("/v1/mtrouter/admin/reload")
     async def reload(request: Request):
@@ -313,11 +322,12 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
           keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20, keys=None,
           public_metrics=False, max_open=10_000, tenant_max_open=None, max_turns=1000, turn_deadline=45.0,
-          idle_timeout=3600.0, score_range=None, state=None, draft=False) -> None:
+          idle_timeout=3600.0, score_range=None, state=None, canary=None, shadow=None, draft=False) -> None:
     """Build the router and run the proxy with uvicorn (blocks). Bad options raise a ``UsageError``
     subclass naming the flag (``LogPathError``, ``KeysFileError``, ``RouterSpecError``, ...)."""
     import uvicorn
     check_log_writable(log_path)
+    arm_flags = check_flags(canary, shadow)
     ring = load_keys(keys, token)
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
@@ -331,6 +341,14 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         return router_from_options(ckpt, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
                                    lam_table, draft)
     r = build(checkpoint)
+
+    def build_candidate(ckpt):  # a --canary / --shadow checkpoint routes as a checkpoint does
+        spec = router if router is not None and router.strip() in ("learned", "safe") else None
+        return router_from_options(ckpt, pool, spec, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
+                                   lam_table)
+    arms = setup_arms(*arm_flags, build_candidate, r)
+    for line in arms_lines(arms, r):
+        log.info("%s", line)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
     if importlib.util.find_spec("aiohttp") is None:
@@ -340,7 +358,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     store = None if state in (None, "memory") else open_store(state)
     app = create_app(r, keys=ring, public_metrics=public_metrics, log_text=log_text,
                      allow_missing_keys=allow_missing_keys, timeout=timeout, max_retries=max_retries, limits=limits,
-                     state=store, reload_build=build, sighup=True)
+                     state=store, reload_build=build, sighup=True, arms=arms)
     log.info("state: %s", "this process (memory)" if store is None else
              f"shared: {getattr(store, 'url', state).split('@')[-1]} (replicas share conversations, budgets, finishes)")
     uvicorn.run(app, host=host, port=port, log_level="info", **{**UVICORN_OPTIONS, "timeout_keep_alive": keep_alive})

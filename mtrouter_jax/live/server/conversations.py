@@ -32,6 +32,7 @@ import anyio
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.api import ApiError
+from mtrouter_jax.live.server.arms import Arms
 from mtrouter_jax.live.server.limits import Limits
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, Tenant
 
@@ -112,6 +113,7 @@ class ConversationStore:
             self._remember(_digest(eid))
         self._tasks: set[asyncio.Task] = set()
         self.shared = None  # server/shared.py's SharedConversations with --state (closes go through it)
+        self.arms = Arms()  # --canary / --shadow candidates (server/arms.py; the proxy sets its own)
         # a thread lock, not an asyncio one: close_all runs in a worker thread at shutdown
         self.lock = threading.Lock()
 
@@ -167,10 +169,11 @@ class ConversationStore:
 
     def new_episode(self, cid: str, derived: bool, budget: float | None, task: str | None, lam: float | None,
                     explore: bool = False, seed: int | None = None, tenant: Tenant = ANONYMOUS) -> LiveEpisode:
-        """A new episode of the tenant's conversation ``cid`` (its budget clipped to the tenant's cap)."""
+        """A new episode of the tenant's conversation ``cid`` (its budget clipped to the tenant's cap), on
+        its arm's router (``arms.py``: the served one unless ``--canary`` draws the candidate)."""
         if tenant.budget_cap is not None:
             budget = tenant.budget_cap if budget is None else min(budget, tenant.budget_cap)
-        return self.router.start_episode(self._episode_id(cid, derived), task, budget, lam, explore=explore, seed=seed)
+        return self.arms.start(self.router, self._episode_id(cid, derived), task, budget, lam, explore, seed)
 
     def _remove_locked(self, conv: Conversation) -> bool:
         key = (conv.tenant, conv.cid)
@@ -256,13 +259,19 @@ class ConversationStore:
                 return None
 
     def close_meta(self, conv: Conversation, meta: dict | None) -> dict:
-        """The episode meta the log records besides the episode's own: conversation, tenant, checkpoint."""
+        """The episode meta the log records besides the episode's own: conversation, tenant, checkpoint,
+        arm (``--canary``) and the shadow's checkpoint (``--shadow``)."""
         meta = {**(meta or {}), "conversation": conv.cid}
         if conv.tenant:
             meta["tenant"] = conv.tenant
-        digest = getattr(conv.episode.router, "digest", None)
+        ep = conv.episode
+        digest = getattr(ep.router, "digest", None)
         if digest is not None:
             meta["checkpoint"] = digest
+        if ep.arm is not None:
+            meta["arm"] = ep.arm
+        if self.arms.shadow is not None:
+            meta["shadow_checkpoint"] = getattr(self.arms.shadow, "digest", None)
         return meta
 
     def _close(self, conv: Conversation, score, score_range, meta, reason: str) -> dict:

@@ -63,3 +63,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
                         "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")
+    p.add_argument("--canary", default=None, metavar="CKPT:FRACTION",
+                   help="route FRACTION (in (0, 1)) of new conversations with the candidate checkpoint CKPT (same "
+                        "pool, verified on load); the arm is a hash of the episode id and --seed, logged as meta.arm "
+                        "(docs/live.md, 'Canary and shadow'; mtrouter compare-arms LOG)")
+    p.add_argument("--shadow", default=None, metavar="CKPT",
+                   help="on every routed turn also log the decision of the candidate checkpoint CKPT on the same "
+                        "history (meta.shadow), never served nor billed")

@@ -2,7 +2,7 @@
 
 Label values come from bounded sets only — pool model names, HTTP statuses, route templates,
 OpenAI error codes, upstream failure kinds (``timeout``, ``connection``, ``http_503``, ...),
-usage flags (``missing``, ``invalid``, ``over_cap``) and close reasons — never prompt text, keys
+usage flags (``missing``, ``invalid``, ``over_cap``), shadow stages and close reasons — never prompt text, keys
 or conversation ids, so the series count stays fixed however many conversations pass through.
 """
 
@@ -47,6 +47,11 @@ class ProxyMetrics:
                                    "request's bounds (over_cap: billed as reported)", ["reason"], registry=r)
         for reason in USAGE_FLAGS:
             self.usage_flags.labels(reason)
+        self.shadow_failures = Counter("mtrouter_shadow_failures", "Shadow (--shadow) decisions, records or "
+                                       "observations that raised; the served turns were unaffected", ["stage"],
+                                       registry=r)
+        for stage in ("decide", "record", "observe"):
+            self.shadow_failures.labels(stage)
         self.closed = Counter("mtrouter_conversations_closed", "Conversations ended, by reason",
                               ["reason"], registry=r)
         self.overhead = Histogram("mtrouter_router_overhead_seconds", "Time in the proxy per served request, "

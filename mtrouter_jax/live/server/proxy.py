@@ -23,6 +23,7 @@ from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, Cha
                                           parse_chat_request, parse_finish)
 from mtrouter_jax.live.backends import Backends, UpstreamError, acall_with_fallback
 from mtrouter_jax.live.draft import cancel_draft, escalate_draft
+from mtrouter_jax.live.server.arms import Arms
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.server.prometheus import ProxyMetrics
@@ -49,12 +50,16 @@ class Proxy:
     """The request handling behind the FastAPI app (``server.create_app`` wires the routes)."""
 
     def __init__(self, router: Router, backends: Backends, log_text: bool = False, limits: Limits | None = None,
-                 state: StateStore | None = None, lease_ms: int | None = None):
+                 state: StateStore | None = None, lease_ms: int | None = None, arms: Arms | None = None):
         self.router, self.backends, self.log_text = router, backends, log_text
         self.limits = limits or Limits()
         self.store = ConversationStore(router, self.limits, on_close=self._on_close)
         self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
         self.routers = {getattr(router, "digest", None): router}  # by checkpoint digest (reloads add)
+        self.arms = self.store.arms = arms or Arms(seed=router.seed)  # --canary / --shadow (server/arms.py)
+        self.arms.on_failure = lambda stage: self.metrics.shadow_failures.labels(stage).inc()
+        if self.arms.canary is not None:  # kept by digest: --state hands its conversations over like reloads
+            self.routers.setdefault(getattr(self.arms.canary, "digest", None), self.arms.canary)
         self.state, self.shared, self.writer, self.reloader = state, None, None, None
         if state is not None:  # replicas share conversations, budgets and finishes (server/shared.py)
             from mtrouter_jax.live.server.logwriter import LogWriter
@@ -144,7 +149,9 @@ class Proxy:
         if new:
             obs = [m for m in new if m.get("role") == "tool"] or [m for m in new if m.get("role") == "user"]
             if obs:
-                ep.attach_observation("\n".join(message_text(m.get("content")) for m in obs))
+                text = "\n".join(message_text(m.get("content")) for m in obs)
+                ep.attach_observation(text)
+                self.arms.observe(ep, text)
         extra = {k: req.body[k] for k in PROMPT_FIELDS if req.body.get(k) is not None}
         total_hi = input_tokens_bound(msgs, extra or None)
         if new is not None and ep.turns:
@@ -164,6 +171,7 @@ class Proxy:
         ep, cid, body = conv.episode, req.cid, req.body
         hi, est = self._input_bounds(req, conv)
         decisions: dict = {}
+        shadow = None
         if req.passthrough is not None:
             model = req.passthrough
             worst = ep.worst_costs(hi)[self.router.pool.index(model)]
@@ -183,6 +191,7 @@ class Proxy:
                 raise self._budget_error(str(e)) from None
             decisions[d.model] = d
             ranking, caps = [d.model], dict(d.max_output_tokens)
+            shadow = self.arms.decide(ep, hi, est, req.lam)  # on the same history, before anything is served
         failed: list[str] = []
 
         def on_fail(model, err):
@@ -254,6 +263,8 @@ class Proxy:
         meta = {"fallbacks": att.fallbacks} if att.fallbacks else {}
         if req.passthrough is not None:
             meta["passthrough"] = True
+        if shadow is not None:
+            meta["shadow"] = shadow
         ep.last_decision = decisions.get(att.model)
         prop = None if ep.last_decision is None else ep.last_decision.propensity
         hdr = {"X-MTRouter-Model": att.model, "X-MTRouter-Conversation": header_value(cid),
@@ -332,6 +343,7 @@ class Proxy:
             log.warning("conversation %s: %s usage from %s (billed %s)", req.cid, flag, model,
                         "as reported" if flag == "over_cap" else "at the worst case")
         cost = ep.record(model, usage, tool_name=tool, action=action, propensity=prop, meta=meta)
+        self.arms.record(ep, model, usage, tool, action)  # the shadow's history: the served turn, as billed
         conv.n_seen = len(req.messages) + 1
         conv.last_used = time.time()
         self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)

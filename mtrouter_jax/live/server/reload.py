@@ -7,7 +7,8 @@ routes over the same pool, and swaps it in for **new** conversations. A conversa
 router (and checkpoint) it started with until it ends: in-flight requests and streams are never
 interrupted, and the log's episode ``meta.checkpoint`` is the digest it was routed with. Routers
 stay known by digest (``Proxy.routers``), so with ``--state`` a conversation started elsewhere on
-a checkpoint this replica has also loaded continues here.
+a checkpoint this replica has also loaded continues here. A reload swaps the *control*: the
+``--canary`` candidate (``arms.py``) keeps its share of new conversations and is never evicted.
 
 The digest of a checkpoint is the sha256 of its integrity manifest (which holds the sha256 of
 every file), the first 16 hex digits; ``None`` for a router without a checkpoint.
@@ -100,8 +101,12 @@ class Reloader:
                                code="pool_mismatch")
             p = self.proxy
             p.routers[new.digest] = new
-            while len(p.routers) > KEEP_ROUTERS:  # the oldest go (never the served one)
-                p.routers.pop(next(k for k in p.routers if k != new.digest))
+            keep = {new.digest, *p.arms.pinned()}  # never the served one, nor the --canary candidate
+            while len(p.routers) > KEEP_ROUTERS:  # the oldest go
+                victims = [k for k in p.routers if k not in keep]
+                if not victims:
+                    break
+                p.routers.pop(victims[0])
             p.router = p.store.router = new  # new conversations start on it; open ones keep theirs
             self.count += 1
         log.info("reloaded: new conversations route with checkpoint %s (%s); open ones keep %s", new.digest, path,

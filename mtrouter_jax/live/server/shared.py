@@ -123,6 +123,7 @@ class SharedConversations:
         c = doc["conv"]
         router = await self.proxy.router_for(c.get("checkpoint"), c.get("checkpoint_path"))
         conv.episode = restore_episode(router, doc["episode"])
+        self.proxy.arms.adopt(conv.episode, doc.get("shadow"))  # the --shadow mirror, restored or said missing
         conv.version, conv.n_seen, conv.derived, conv.last_used = doc["v"], c["n_seen"], c["derived"], c["last_used"]
         conv.claimed = True
 
@@ -173,6 +174,9 @@ class SharedConversations:
                "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
                         "checkpoint": getattr(conv.episode.router, "digest", None),
                         "checkpoint_path": getattr(conv.episode.router, "checkpoint_path", None)}}
+        shadow = self.proxy.arms.shadow_doc(conv.episode)
+        if shadow is not None:
+            doc["shadow"] = shadow
         ok = await self.store.put(conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms,
                                   conv.tenant, token)
         if ok:

@@ -60,4 +60,21 @@ def startup_lines(router: Router, keys: KeyRing | None = None, limits: Limits | 
     return lines
 
 
-__all__ = ["startup_lines"]
+def arms_lines(arms, served: Router) -> list[str]:
+    """What ``--canary`` / ``--shadow`` do, one line each (none without them)."""
+    lines = []
+    if arms.canary is not None:
+        c = arms.canary
+        lines.append(f"canary: {arms.fraction:.1%} of new conversations route with checkpoint {c.digest} "
+                     f"({c.checkpoint_path}, {c.policy.spec}), the others with {getattr(served, 'digest', None)}; "
+                     "the log's meta.arm says which (mtrouter compare-arms LOG)")
+        if c.digest == getattr(served, "digest", None):
+            lines.append("canary: the candidate is the served checkpoint itself (same digest): both arms route alike")
+    if arms.shadow is not None:
+        sh = arms.shadow
+        lines.append(f"shadow: checkpoint {sh.digest} ({sh.checkpoint_path}, {sh.policy.spec}) decides every routed "
+                     "turn beside the served one, logged in the turn's meta.shadow, never served")
+    return lines
+
+
+__all__ = ["startup_lines", "arms_lines"]
