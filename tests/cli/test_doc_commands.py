@@ -51,6 +51,10 @@ SKIP = {  # how a command starts -> why the suite does not run it
                       "runs it on the suite's checkpoint",
     "mtrouter collect scienceworld": "needs ScienceWorld's JVM and minutes; tests/scienceworld/ run collect",
     "mtrouter eval scienceworld": "needs ScienceWorld's JVM and minutes; tests/scienceworld/ run eval",
+    "redis-server": "starts a server; tests/live/test_replicas.py and test_live_reload.py start a real one",
+    "mtrouter serve --state": "replicas on Redis: tests/live/test_replicas.py and test_live_reload.py run them on a "
+                              "real redis-server (the command is still parsed here)",
+    "curl": "the admin reload of the replicas above; tests/live/test_live_reload.py reloads across replicas",
     "mtrouter compare-arms": "needs finished episodes of a serve --canary/--shadow (the docs' serve logs none); "
                              "tests/reporting/test_compare_arms.py runs it on such a log",
 }

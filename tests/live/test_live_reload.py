@@ -106,3 +106,107 @@ def test_sighup_reloads_the_served_checkpoint(upstream, ckpts):
 
     assert asyncio.run(main()) == 1
     assert app.state.proxy.router is not router and app.state.proxy.router.digest == checkpoint_digest(a)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def shared_store(request, tmp_path_factory):
+    """``make()`` -> a client of one store shared by the replicas of a test (a fresh key prefix)."""
+    import uuid
+
+    from mtrouter_jax.live.store import MemoryStore
+
+    if request.param == "memory":
+        one = MemoryStore()
+        yield lambda: one
+        return
+    from test_store import _start_redis
+
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    server, prefix = _start_redis(tmp_path_factory), f"t{uuid.uuid4().hex[:8]}:"
+    yield lambda: RedisStore(server.url, prefix=prefix, timeout_s=5.0)
+    server.kill()
+
+
+def _digest_within(http, digest, seconds=20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if http.get("/v1/mtrouter/router").json()["checkpoint_digest"] == digest:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_one_reload_reaches_every_replica_and_replicas_started_later(upstream, ckpts, shared_store, tmp_path):
+    a, b, bad = ckpts
+    da, db = checkpoint_digest(a), checkpoint_digest(b)
+    names = read_meta(a)["layout"]["models"]
+    log = tmp_path / "live.jsonl"
+
+    def replica():
+        router = Router.from_checkpoint(a, pool=make_pool(upstream.url + "/v1", names=names), log_path=log)
+        app = create_app(router, keys=KEYS, timeout=5.0, max_retries=0, state=shared_store(), reload_poll_s=0.05)
+        return ServerThread(app).__enter__()
+
+    srv = [replica(), replica()]
+    http = [httpx.Client(base_url=s.url, timeout=30.0, headers=OPS) for s in srv]
+    try:
+        old = {"X-MTRouter-Conversation": "old"}
+        assert http[1].post("/v1/chat/completions", json=_body(0), headers=old).status_code == 200
+        r = http[0].post("/v1/mtrouter/admin/reload", json={"checkpoint": str(b)})
+        assert r.status_code == 200 and r.json()["fleet"]["published"] >= 1, r.text
+        assert _digest_within(http[1], db)  # the other replica loaded it on its own
+        fleet = http[1].get("/v1/mtrouter/router").json()["fleet"]
+        assert fleet["adopted_reloads"] == 1
+        # a refused reload is not published: every replica keeps b
+        assert http[1].post("/v1/mtrouter/admin/reload", json={"checkpoint": str(bad)}).status_code == 400
+        # a replica started after the reload serves the fleet's checkpoint, not its own --checkpoint
+        srv.append(replica())
+        http.append(httpx.Client(base_url=srv[2].url, timeout=30.0, headers=OPS))
+        assert _digest_within(http[2], db)
+        assert http[0].get("/v1/mtrouter/router").json()["checkpoint_digest"] == db
+        # the conversation opened before the reload keeps checkpoint a, on whichever replica its turns run
+        assert http[0].post("/v1/chat/completions", json=_body(1), headers=old).status_code == 200
+        new = {"X-MTRouter-Conversation": "new"}
+        assert http[2].post("/v1/chat/completions", json=_body(0), headers=new).status_code == 200
+        for cid in ("old", "new"):
+            assert http[1].post(f"/v1/mtrouter/conversations/{cid}/finish", json={}).status_code == 200
+    finally:
+        for h in http:
+            h.close()
+        for s in srv:
+            s.__exit__(None, None, None)
+    eps = {e.meta["conversation"]: e for e in read_episodes(log)}
+    assert eps["old"].meta["checkpoint"] == da and len(eps["old"].turns) == 2
+    assert eps["new"].meta["checkpoint"] == db
+
+
+def test_a_fleet_reload_this_replica_cannot_use_is_refused_here_and_logged(ckpts, tmp_path, caplog):
+    import asyncio
+    import json
+
+    from mtrouter_jax.live.server.control import FleetReloads
+    from mtrouter_jax.live.store import MemoryStore
+
+    a, _, bad = ckpts
+    names = read_meta(a)["layout"]["models"]
+    app = create_app(Router.from_checkpoint(a, pool=make_pool("http://127.0.0.1:9/v1", names=names)),
+                     state=MemoryStore())
+    fleet: FleetReloads = app.state.reloader.fleet
+    store, served = fleet.state, app.state.proxy.router.digest
+
+    async def main():
+        await store.publish_control(b"{not json")
+        assert await fleet.poll_once() is None
+        rec = {"checkpoint": str(bad), "digest": "0" * 16, "replica": "other"}
+        await store.publish_control(json.dumps(rec).encode())
+        assert await fleet.poll_once() is None
+        assert await fleet.poll_once() is None  # acted on once, not retried every poll
+
+    with caplog.at_level("ERROR", logger="mtrouter_jax.live"):
+        asyncio.run(main())
+    assert app.state.proxy.router.digest == served and fleet.adopted == 0 and fleet.seen == 2
+    text = caplog.text
+    assert "malformed" in text and "refused here" in text and str(bad) in text

@@ -276,6 +276,17 @@ def test_finish_once_is_exactly_once_under_concurrency(connect):
     arun(connect, body, replicas=2)
 
 
+# ---------------------------------------------------------------------- fleet control
+def test_control_record_is_the_last_published_with_a_growing_sequence(connect):
+    async def body(a, b):
+        assert await a.get_control() is None
+        seqs = await asyncio.gather(*((a if i % 2 else b).publish_control(f"r{i}".encode()) for i in range(20)))
+        assert sorted(seqs) == list(range(1, 21))  # one number per publication, none twice
+        last = seqs.index(20)
+        assert await b.get_control() == (20, f"r{last}".encode())  # the record published last
+    arun(connect, body, replicas=2)
+
+
 # ---------------------------------------------------------------------- open_store, faults
 def test_open_store_picks_the_backend_and_refuses_bad_urls():
     assert isinstance(open_store(None), MemoryStore) and isinstance(open_store("memory"), MemoryStore)

@@ -41,6 +41,7 @@ from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathErro
                                              parse_score_range)
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
+from mtrouter_jax.live.server.control import POLL_S, FleetReloads
 from mtrouter_jax.live.server.reload import Reloader, stamp
 from mtrouter_jax.live.server.startup import arms_lines, startup_lines
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
@@ -142,13 +143,14 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                max_retries: int = 2, limits: Limits | None = None, max_open: int | None = None,
                max_body_bytes: int | None = None, state: StateStore | None = None,
                lease_ms: int | None = None, reload_build=None, sighup: bool = False,
-               arms: Arms | None = None) -> FastAPI:
+               arms: Arms | None = None, reload_poll_s: float = POLL_S) -> FastAPI:
     """The proxy app. ``backends`` default: clients for every pool model (keys from env). ``keys``:
     API keys with their tenants (``tenancy.py``), ``token`` one more admin key; ``limits``: the
     resource limits (``max_open``/``max_body_bytes`` override theirs); ``state``: a store shared
     with other replicas (``server/shared.py``; None: this process only, as before); ``reload_build``:
     checkpoint path -> Router for reloads (``server/reload.py``); ``sighup``: SIGHUP reloads too;
-    ``arms``: ``--canary`` / ``--shadow`` candidates (``server/arms.py``)."""
+    ``arms``: ``--canary`` / ``--shadow`` candidates (``server/arms.py``); ``reload_poll_s``: with
+    ``state``, how often this replica looks for a reload made on another (``server/control.py``)."""
     if backends is None:
         backends = Backends(router.pool, timeout=timeout, max_retries=max_retries,
                             allow_missing_keys=allow_missing_keys)
@@ -167,6 +169,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
             raise ValueError("a canary router needs a checkpoint (its digest names it across replicas and reloads)")
     proxy = Proxy(stamp(router), backends, log_text, limits, state, lease_ms, arms)
     reloader = proxy.reloader = Reloader(proxy, reload_build)
+    if state is not None:  # one reload reaches every replica
+        reloader.fleet = FleetReloads(state, reloader, reload_poll_s)
     metrics = proxy.metrics
 
     async def sweep_idle():
@@ -181,6 +185,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         tasks = [loop.create_task(sweep_idle())] if limits.idle_timeout else []
         if proxy.writer is not None:
             tasks.append(loop.create_task(proxy.writer.run()))
+        if reloader.fleet is not None:
+            tasks.append(loop.create_task(reloader.fleet.run()))
         # signal handlers exist only in the main thread: an app served from another thread (tests,
         # an embedding program) reloads through the admin endpoint only
         hup = sighup and threading.current_thread() is threading.main_thread()
@@ -285,7 +291,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.get("/v1/mtrouter/router")
     async def router_info():
         """The served policy, exploration, vocabularies and the effective tool-name mapping."""
-        return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest, **proxy.arms.describe()}
+        return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest, **proxy.arms.describe(),
+                **({"fleet": reloader.fleet.describe()} if reloader.fleet is not None else {})}
 
     @app.post("/v1/mtrouter/admin/reload")
     async def reload(request: Request):

@@ -9,6 +9,7 @@ interrupted, and the log's episode ``meta.checkpoint`` is the digest it was rout
 stay known by digest (``Proxy.routers``), so with ``--state`` a conversation started elsewhere on
 a checkpoint this replica has also loaded continues here. A reload swaps the *control*: the
 ``--canary`` candidate (``arms.py``) keeps its share of new conversations and is never evicted.
+With ``--state``, a reload is published to the other replicas, which load it too (``control.py``).
 
 The digest of a checkpoint is the sha256 of its integrity manifest (which holds the sha256 of
 every file), the first 16 hex digits; ``None`` for a router without a checkpoint.
@@ -72,15 +73,17 @@ class Reloader:
         self.build = build or default_builder(proxy.router)
         self.lock = asyncio.Lock()
         self.count = 0
+        self.fleet = None  # FleetReloads (control.py) when replicas share a store
 
     async def load(self, path: str) -> Router:
         """A router on the checkpoint at ``path`` (verified on load), not served to new conversations."""
         return stamp(await anyio.to_thread.run_sync(self.build, str(path)))
 
-    async def reload(self, path: str | None = None) -> dict:
+    async def reload(self, path: str | None = None, publish: bool = True) -> dict:
         """Swap in the checkpoint at ``path`` (default: the served one, read again); 400 if it cannot be
-        used (the served checkpoint stays)."""
+        used (the served checkpoint stays). ``publish``: tell the other replicas (with ``--state``)."""
         from mtrouter_jax.estimator.integrity import CheckpointError
+        from mtrouter_jax.live.store import StoreUnavailable
 
         old = self.proxy.router
         path = path or getattr(old, "checkpoint_path", None)
@@ -111,8 +114,15 @@ class Reloader:
             self.count += 1
         log.info("reloaded: new conversations route with checkpoint %s (%s); open ones keep %s", new.digest, path,
                  old.digest)
-        return {"checkpoint": str(path), "digest": new.digest, "previous": old.digest, "policy": new.policy.spec,
-                "reloads": self.count}
+        out = {"checkpoint": str(path), "digest": new.digest, "previous": old.digest, "policy": new.policy.spec,
+               "reloads": self.count}
+        if publish and self.fleet is not None:
+            try:  # served here already: a store outage leaves the others on their checkpoint, said so
+                out["fleet"] = {"published": await self.fleet.publish(str(path), new.digest)}
+            except StoreUnavailable as e:
+                log.error("reload not published to the other replicas: %s", e)
+                out["fleet"] = {"published": None, "error": str(e)}
+        return out
 
 
 __all__ = ["Reloader", "checkpoint_digest", "stamp", "default_builder", "KEEP_ROUTERS"]

@@ -19,6 +19,10 @@ A ``StateStore`` holds, per conversation id:
   replica, returns False) and drops the state; one log writer reads the finished episodes with
   ``drain_finished`` and acknowledges them with ``ack_finished`` once they are durable.
 
+and, for the whole fleet, one **control record** (``publish_control``/``get_control``): the last
+checkpoint reload any replica made, with a sequence number that grows with every publication, so
+one reload reaches every replica (``server/control.py``).
+
 Every method raises ``StoreUnavailable`` when the backend cannot be reached (the proxy answers 503;
 no silent fallback to per-replica state).
 """
@@ -117,6 +121,13 @@ class StateStore(Protocol):
 
     async def ack_finished(self, entry_ids: list[str]) -> None:
         """Forget entries the writer has made durable (unacknowledged ones come back)."""
+
+    # ---- fleet control (checkpoint reloads)
+    async def publish_control(self, data: bytes) -> int:
+        """Replace the fleet's control record by ``data``; its sequence number (> every earlier one)."""
+
+    async def get_control(self) -> tuple[int, bytes] | None:
+        """The latest control record and its sequence number; None before the first publication."""
 
     # ---- lifecycle
     async def ping(self) -> None:

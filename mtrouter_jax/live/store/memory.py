@@ -54,6 +54,7 @@ class MemoryStore:
         self._fence = itertools.count(1)
         self._entry = itertools.count(1)
         self._writes = 0
+        self._control: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ helpers (lock held)
     def _tick(self, now: float) -> None:
@@ -206,6 +207,17 @@ class MemoryStore:
         with self._lock:
             for eid in entry_ids:
                 self._stream.pop(eid, None)
+
+    # ------------------------------------------------------------------ fleet control
+    async def publish_control(self, data: bytes) -> int:
+        with self._lock:
+            seq = (self._control[0] if self._control else 0) + 1
+            self._control = (seq, bytes(data))
+            return seq
+
+    async def get_control(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            return self._control
 
     # ------------------------------------------------------------------ lifecycle
     async def ping(self) -> None:

@@ -8,6 +8,7 @@ Keys of one conversation share a hash tag (``mtr:{ID}:...``) so each Lua script 
 ``spent``  USD billed (INCRBYFLOAT); ``held`` hash id -> amount and ``dl`` zset id -> deadline (ms,
            server clock) of the open reservations; ``closed`` set of settled/released ids
 ``fin``    the finish marker (SET NX PX); finished episodes go to the stream ``mtr:finished``
+``mtr:control``  hash ``s`` (sequence, HINCRBY) and ``d`` (the last reload any replica published)
 
 ``reserve``, ``settle``, ``release`` and fenced ``put`` are Lua scripts (``register_script``), so a
 check and its write are one atomic step across replicas; reservations past their deadline are
@@ -104,6 +105,13 @@ redis.call('DEL', KEYS[3])
 return 1
 """
 
+# the sequence number and the record change in one step: a reader never sees a new number with an old record
+_CONTROL = """
+local s = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('HSET', KEYS[1], 'd', ARGV[1])
+return s
+"""
+
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -156,6 +164,7 @@ class RedisStore:
         self._reserve, self._settle, self._release = reg(_RESERVE), reg(_SETTLE), reg(_RELEASE)
         self._reserved, self._lease, self._put, self._finish = (
             reg(_RESERVED), reg(_LEASE), reg(_PUT), reg(_FINISH))
+        self._control = reg(_CONTROL)
         self.stream = f"{prefix}finished"
 
     # ------------------------------------------------------------------ helpers
@@ -249,6 +258,14 @@ class RedisStore:
     async def ack_finished(self, entry_ids: list[str]) -> None:
         if entry_ids:
             await self._do(self.r.xdel(self.stream, *entry_ids))
+
+    # ------------------------------------------------------------------ fleet control
+    async def publish_control(self, data: bytes) -> int:
+        return int(await self._do(self._control(keys=[f"{self.prefix}control"], args=[bytes(data)])))
+
+    async def get_control(self) -> tuple[int, bytes] | None:
+        seq, data = await self._do(self.r.hmget(f"{self.prefix}control", ["s", "d"]))
+        return None if seq is None or data is None else (int(seq), bytes(data))
 
     # ------------------------------------------------------------------ lifecycle
     async def ping(self) -> None:
