@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("train", help="train the outcome estimator and write an orbax checkpoint")
-    p.add_argument("--data", nargs="*", default=[], help="trajectory JSONL files")
+    p.add_argument("--data", nargs="*", default=[],
+                   help="trajectory JSONL files, or directories of them (every *.jsonl, by name: per-replica logs)")
     p.add_argument("--import-official", nargs="*", default=[], help="official *.traj.json files or dirs")
     p.add_argument("--simulate", type=non_negative_int, default=0, metavar="N",
                    help="also simulate N episodes (sticky roulette, --rho)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import multiprocessing as mp
@@ -39,6 +40,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_proxy import TOOLS, _Http, _upstream, _wait, agent_step  # noqa: E402
 from testing.live import FakeEstimator, free_port, make_pool  # noqa: E402
+
+from mtrouter_jax.live.server.logwriter import WRITER_LEASE_MS  # noqa: E402
+
+WRITER_LEASE_S = WRITER_LEASE_MS / 1000
 
 
 def _replica(port: int, upstream_base: str, log: str, state: str | None) -> None:
@@ -69,6 +74,11 @@ def _redis(workdir: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("redis-server did not start")
 
 
+def _why(status: int, resp) -> str:
+    code = resp.get("error", {}).get("code") if isinstance(resp, dict) and isinstance(resp.get("error"), dict) else None
+    return f"{status} {code}"
+
+
 class Load:
     """Round-robin requests over the replicas; per conversation: billed costs, finish status."""
 
@@ -77,6 +87,7 @@ class Load:
         self.rr = itertools.count()
         self.dead: set[int] = set()
         self.latency, self.overhead, self.errors = [], [], []
+        self.other: list[str] = []  # answers other than 200/402, as "STATUS code"
 
     async def post(self, path, body, headers=None):
         for _ in range(len(self.https) + 1):
@@ -99,12 +110,17 @@ class Load:
                                                 {"X-MTRouter-Conversation": cid})
             codes.append(status)
             if status != 200:
+                if status != 402:
+                    self.other.append(_why(status, resp))
                 continue
             self.latency.append((time.perf_counter() - t0) * 1e3)
             self.overhead.append(float(hdr["x-mtrouter-overhead-ms"]))
             billed.append(float(hdr["x-mtrouter-turn-cost"]))
             agent_step(msgs, resp["choices"][0]["message"], t)
-        status, _, _ = await self.post(f"/v1/mtrouter/conversations/{cid}/finish", {"score": 0.5, "score_range": [0, 1]})
+        status, _, resp = await self.post(f"/v1/mtrouter/conversations/{cid}/finish",
+                                          {"score": 0.5, "score_range": [0, 1]})
+        if status != 200:
+            self.other.append("finish " + _why(status, resp))
         return {"cid": cid, "billed": billed, "codes": codes, "finished": status == 200}
 
 
@@ -143,10 +159,17 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
         return load, convs, wall
 
     load, convs, wall = asyncio.run(main())
-    time.sleep(1.5)  # the log writer's last drains
-    lines = [json.loads(x) for x in Path(log).read_text().splitlines()] if Path(log).exists() else []
-    logged = [x["meta"]["conversation"] for x in lines]
     acked = {c["cid"] for c in convs if c["finished"] and c["billed"]}
+
+    def logged_now() -> list[str]:
+        lines = [json.loads(x) for x in Path(log).read_text().splitlines()] if Path(log).exists() else []
+        return [x["meta"]["conversation"] for x in lines]
+
+    # the log writers' last drains: ~0.2 s, or up to the writer lease when the killed replica held it
+    t_end, deadline = time.perf_counter(), time.perf_counter() + WRITER_LEASE_S + 5.0
+    while not acked <= set(logged := logged_now()) and time.perf_counter() < deadline:
+        time.sleep(0.2)
+    catch_up = time.perf_counter() - t_end
     for p in procs:
         p.kill()
     if redis is not None:
@@ -156,6 +179,8 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
     return {"replicas": n, "state": "redis" if state else "memory", "killed": kill,
             "conversations": len(convs), "turns_served": served, "refused_402": sum(c["codes"].count(402) for c in convs),
             "other_errors": sum(sum(1 for s in c["codes"] if s not in (200, 402)) for c in convs) + len(load.errors),
+            "other_answers": dict(collections.Counter(load.other + [f"connection {e}" for e in load.errors])),
+            "log_catch_up_s": round(catch_up, 1),
             "overruns": sum(sum(c["billed"]) > args.budget + 1e-12 for c in convs),
             "lost": len(acked - set(logged)), "duplicated": len(logged) - len(set(logged)),
             "req_per_s": round(served / wall, 1), "e2e_p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -166,12 +191,14 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
 
 def table(rows: list[dict]) -> str:
     out = ["| replicas | state | kill -9 | conversations × turns | turns served / 402 | overruns | lost / duplicated "
-           "episodes | req/s | end-to-end p50 / p99 (ms) | in-proxy p50 / p99 (ms) |", "|" + "---|" * 10]
+           "episodes | log caught up (s) | req/s | end-to-end p50 / p99 (ms) | in-proxy p50 / p99 (ms) | other answers |",
+           "|" + "---|" * 12]
     for r in rows:
         out.append(f"| {r['replicas']} | {r['state']} | {'yes' if r['killed'] else 'no'} | {r['conversations']} × "
                    f"{r['turns']} | {r['turns_served']} / {r['refused_402']} | {r['overruns']} | {r['lost']} / "
-                   f"{r['duplicated']} | {r['req_per_s']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | "
-                   f"{r['overhead_p50_ms']} / {r['overhead_p99_ms']} |")
+                   f"{r['duplicated']} | {r['log_catch_up_s']} | {r['req_per_s']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | "
+                   f"{r['overhead_p50_ms']} / {r['overhead_p99_ms']} | "
+                   f"{', '.join(f'{k}: {v}' for k, v in sorted(r['other_answers'].items())) or '—'} |")
     return "\n".join(out)
 
 

@@ -125,13 +125,22 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield lineno, raw
 
 
-def _as_paths(paths: str | os.PathLike | Sequence) -> list[Path]:
+def _as_paths(paths: str | os.PathLike | Sequence, dirs: bool = True) -> list[Path]:
+    """The log files named; with ``dirs``, a directory stands for its ``*.jsonl`` files, by name
+    (per-replica logs: ``mtrouter train --data logs/``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out = [Path(p) for p in paths]
-    for p in out:
-        if not p.is_file():
+    out = []
+    for p in map(Path, paths):
+        if dirs and p.is_dir():
+            found = sorted(f for f in p.glob("*.jsonl") if f.is_file())
+            if not found:
+                raise FileNotFoundError(f"no trajectory logs (*.jsonl) in the directory {p}")
+            out += found
+        elif not p.is_file():
             raise FileNotFoundError(f"trajectory log not found: {p}")
+        else:
+            out.append(p)
     return out
 
 
@@ -143,7 +152,9 @@ def read_episodes(paths: str | os.PathLike | Sequence, pool_models: set[str] | N
     ``max_problems`` problems. An ``episode_id`` that repeats (a restarted proxy, two logs of the
     same run) keeps its first record, with one :class:`DuplicateEpisodesWarning` naming where;
     ``strict=True`` makes a repeat a problem instead.
-    Raises FileNotFoundError (naming the path) before reading anything if a file is missing.
+    A directory stands for its ``*.jsonl`` files, in name order (so a repeat keeps the record of
+    the file first by name). Raises FileNotFoundError (naming the path) before reading anything if
+    a file is missing.
     Unknown fields are kept (``extra``) with one :class:`UnknownFieldsWarning` per file that has
     them; ``strict=True`` reports them as problems instead.
     """
@@ -193,7 +204,7 @@ def iter_episodes(path: str | os.PathLike, pool_models: set[str] | None = None,
     Memory stays bounded by one line plus the set of episode ids seen (for the duplicate check).
     The file's :class:`UnknownFieldsWarning` (if any) comes when the iteration ends or is closed.
     """
-    (p,) = _as_paths(path)
+    (p,) = _as_paths(path, dirs=False)
     first_seen: dict[str, int] = {}
     duplicates: list[str] = []
     tally = _UnknownTally(str(p))

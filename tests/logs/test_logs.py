@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mtrouter_jax.logs.io import (SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
                                append_episodes, iter_episodes, parse_episode, read_episodes,
                                write_episodes)
+from mtrouter_jax.logs.records import DuplicateEpisodesWarning
 from mtrouter_jax.logs.schema import LEVELS
 
 
@@ -212,6 +213,21 @@ def test_all_or_nothing_and_max_problems(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_episodes([tmp_path / "nope.jsonl"])
+
+
+def test_a_directory_reads_its_jsonl_files_by_name_and_repeats_are_kept_once(tmp_path):
+    logs = tmp_path / "replicas"
+    logs.mkdir()
+    write_lines(logs / "replica-b.jsonl", ep_dict("e2"), ep_dict("e1", score=0.0))  # e1 repeated
+    write_lines(logs / "replica-a.jsonl", ep_dict("e1", score=1.0))
+    (logs / "notes.txt").write_text("not a log")
+    with pytest.warns(DuplicateEpisodesWarning, match="replica-b.jsonl:2"):
+        eps = read_episodes(logs)
+    assert [(e.episode_id, e.score) for e in eps] == [("e1", 1.0), ("e2", 1.0)]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no trajectory logs .* in the directory .*empty"):
+        read_episodes([empty])
 
 
 def test_iter_episodes_stops_at_first_bad_line(tmp_path):

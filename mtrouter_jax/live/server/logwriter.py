@@ -26,13 +26,16 @@ from mtrouter_jax.live.store import StateStore, StoreUnavailable
 
 log = logging.getLogger("mtrouter_jax.live")
 WRITER_KEY = "w:log-writer"
+# how long a dead writer holds the log back: another replica drains once its lease expires; renewed
+# after every batch, so it only needs to outlast one batch's write + fsync
+WRITER_LEASE_MS = 10_000
 _ID = re.compile(rb'"episode_id":\s*("(?:[^"\\]|\\.)*")')
 
 
 class LogWriter:
     """Drains ``store``'s finished episodes into ``path`` while holding the writer lease."""
 
-    def __init__(self, store: StateStore, path: str | Path, every_s: float = 0.2, lease_ms: int = 30_000,
+    def __init__(self, store: StateStore, path: str | Path, every_s: float = 0.2, lease_ms: int = WRITER_LEASE_MS,
                  batch: int = 200):
         self.store, self.path, self.every_s, self.lease_ms, self.batch = store, Path(path), every_s, lease_ms, batch
         self.seen: set[str] = set()
@@ -118,4 +121,4 @@ class LogWriter:
                 await asyncio.sleep(1.0)
 
 
-__all__ = ["LogWriter", "WRITER_KEY"]
+__all__ = ["LogWriter", "WRITER_KEY", "WRITER_LEASE_MS"]
