@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from mtrouter_jax.logs.detect import (message_text, ErrorRuleSet, ToolTypeMap, default_tool_map, hle_rules,
                      scienceworld_action_type, scienceworld_rules)
-from mtrouter_jax.logs.io import Episode, LogFormatError, Turn, parse_episode
+from mtrouter_jax.logs.io import Episode, LogFormatError, Turn, expand_paths, parse_episode
 
 TRAJECTORY_FORMAT = "mini-agentic-router-1"
 KEPT_EXIT_STATUSES = ("Submitted", "LimitsExceeded", "ForcedAnswer")
@@ -65,20 +65,6 @@ class ImportReport:
 class _Drop(Exception):
     def __init__(self, reason: str):
         self.reason = reason
-
-
-def _find_files(paths: str | os.PathLike | Sequence) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(x for x in p.rglob("*" + SUFFIX) if x.is_file()))
-        elif p.is_file():
-            out.append(p)
-        else:  # an input the user named that is not there is a usage error, not data
-            raise FileNotFoundError(f"trajectory path not found: {p}")
-    return out
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -253,7 +239,7 @@ def import_official_trajectories(paths: str | os.PathLike | Sequence,
     been validated against the JSONL schema.
     """
     tool_map = tool_map or default_tool_map()
-    files = _find_files(paths)
+    files = expand_paths(paths, SUFFIX, recursive=True, empty_dir_ok=True, missing="trajectory path not found")
     report = ImportReport(n_files=len(files))
     pool = set(models) if models is not None else None
     raw: list[tuple[Path, str, dict, list[Turn]]] = []

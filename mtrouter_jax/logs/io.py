@@ -125,22 +125,36 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield lineno, raw
 
 
+def expand_paths(paths: str | os.PathLike | Sequence, suffix: str, *, recursive: bool = False,
+                 empty_dir_ok: bool = False, missing: str = "trajectory log not found") -> list[Path]:
+    """The files named in ``paths``; a directory stands for its files ending in ``suffix`` (below it
+    with ``recursive``), by name. FileNotFoundError (``missing``: PATH) for a path that is not there,
+    and, unless ``empty_dir_ok``, for a directory without such a file."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in (p.rglob if recursive else p.glob)("*" + suffix) if f.is_file())
+            if not found and not empty_dir_ok:
+                raise FileNotFoundError(f"no trajectory logs (*{suffix}) in the directory {p}")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:  # an input the user named that is not there is a usage error, not data
+            raise FileNotFoundError(f"{missing}: {p}")
+    return out
+
+
 def _as_paths(paths: str | os.PathLike | Sequence, dirs: bool = True) -> list[Path]:
     """The log files named; with ``dirs``, a directory stands for its ``*.jsonl`` files, by name
     (per-replica logs: ``mtrouter train --data logs/``)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out = []
-    for p in map(Path, paths):
-        if dirs and p.is_dir():
-            found = sorted(f for f in p.glob("*.jsonl") if f.is_file())
-            if not found:
-                raise FileNotFoundError(f"no trajectory logs (*.jsonl) in the directory {p}")
-            out += found
-        elif not p.is_file():
+    if dirs:
+        return expand_paths(paths, ".jsonl")
+    out = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    for p in out:
+        if not p.is_file():
             raise FileNotFoundError(f"trajectory log not found: {p}")
-        else:
-            out.append(p)
     return out
 
 
@@ -338,4 +352,4 @@ def drop_unscored(episodes: Iterable[Episode]) -> tuple[list[Episode], int]:
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "KNOWN_SCHEMAS", "SEVERITIES", "LogFormatError", "DuplicateEpisodesWarning",
            "UnknownFieldsWarning", "TurnError", "Turn", "Episode", "parse_episode", "read_episodes",
-           "iter_episodes", "append_episodes", "write_episodes", "episode_from_dict", "drop_unscored"]
+           "iter_episodes", "append_episodes", "write_episodes", "episode_from_dict", "drop_unscored", "expand_paths"]

@@ -11,6 +11,7 @@ import pytest
 
 from testing.artifacts import trained_checkpoint
 from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
+from test_store import connect, redis_server  # noqa: F401  (fixtures: one store shared by the replicas)
 from testing.live import ServerThread, make_pool
 from mtrouter_jax.estimator.checkpoint import read_meta, update_meta
 from mtrouter_jax.live.router import Router
@@ -108,26 +109,6 @@ def test_sighup_reloads_the_served_checkpoint(upstream, ckpts):
     assert app.state.proxy.router is not router and app.state.proxy.router.digest == checkpoint_digest(a)
 
 
-@pytest.fixture(params=["redis", "memory"])
-def shared_store(request, tmp_path_factory):
-    """``make()`` -> a client of one store shared by the replicas of a test (a fresh key prefix)."""
-    import uuid
-
-    from mtrouter_jax.live.store import MemoryStore
-
-    if request.param == "memory":
-        one = MemoryStore()
-        yield lambda: one
-        return
-    from test_store import _start_redis
-
-    from mtrouter_jax.live.store.redis import RedisStore
-
-    server, prefix = _start_redis(tmp_path_factory), f"t{uuid.uuid4().hex[:8]}:"
-    yield lambda: RedisStore(server.url, prefix=prefix, timeout_s=5.0)
-    server.kill()
-
-
 def _digest_within(http, digest, seconds=20.0) -> bool:
     import time
 
@@ -139,7 +120,7 @@ def _digest_within(http, digest, seconds=20.0) -> bool:
     return False
 
 
-def test_one_reload_reaches_every_replica_and_replicas_started_later(upstream, ckpts, shared_store, tmp_path):
+def test_one_reload_reaches_every_replica_and_replicas_started_later(upstream, ckpts, connect, tmp_path):
     a, b, bad = ckpts
     da, db = checkpoint_digest(a), checkpoint_digest(b)
     names = read_meta(a)["layout"]["models"]
@@ -147,7 +128,7 @@ def test_one_reload_reaches_every_replica_and_replicas_started_later(upstream, c
 
     def replica():
         router = Router.from_checkpoint(a, pool=make_pool(upstream.url + "/v1", names=names), log_path=log)
-        app = create_app(router, keys=KEYS, timeout=5.0, max_retries=0, state=shared_store(), reload_poll_s=0.05)
+        app = create_app(router, keys=KEYS, timeout=5.0, max_retries=0, state=connect(), reload_poll_s=0.05)
         return ServerThread(app).__enter__()
 
     srv = [replica(), replica()]

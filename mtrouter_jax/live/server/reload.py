@@ -27,6 +27,7 @@ import anyio
 
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.api import ApiError
+from mtrouter_jax.live.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from mtrouter_jax.live.server.proxy import Proxy
@@ -83,7 +84,6 @@ class Reloader:
         """Swap in the checkpoint at ``path`` (default: the served one, read again); 400 if it cannot be
         used (the served checkpoint stays). ``publish``: tell the other replicas (with ``--state``)."""
         from mtrouter_jax.estimator.integrity import CheckpointError
-        from mtrouter_jax.live.store import StoreUnavailable
 
         old = self.proxy.router
         path = path or getattr(old, "checkpoint_path", None)
