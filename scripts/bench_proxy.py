@@ -8,6 +8,12 @@ levels compare within one run. Usage:
 
     python scripts/bench_proxy.py [--checkpoint PATH] [--concurrency 1 200] [--conversations N] [--turns 5]
     python scripts/bench_proxy.py --hostile [--flood 20000 --max-open 5000]
+    python scripts/bench_proxy.py --checkpoint PATH --concurrency 200 --state memory redis --passthrough
+
+``--state``, ``--passthrough``, ``--baseline SRC`` and ``--profile OUT`` compare arms in one run
+(``scripts/bench_proxy_arms.py``): the proxy per state backend (memory; redis on a redis-server
+started here), the same from another source tree, and a bare Starlette + aiohttp pass-through (the
+floor), each reported as req/s and the server process's CPU milliseconds per request.
 
 ``--hostile`` runs, next to honest conversations, clients that cheat (``n: 8``, rewritten 200 KB
 histories, 200 KB of tools, 30 MB bodies, a flood of new idle conversations) against an upstream
@@ -58,10 +64,16 @@ def _upstream(port: int, hostile: bool = False) -> None:
 
 
 def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_aiohttp: bool,
-           limits: dict | None = None) -> None:
+           limits: dict | None = None, state: str | None = None, src: str | None = None) -> None:
+    """The proxy as ``mtrouter serve`` runs it; ``src``: from another source tree's ``mtrouter_jax``
+    (e.g. a ``git worktree`` of the commit before a change), for before/after in one run."""
     import logging
     if no_aiohttp:  # as without openai's aiohttp extra: the upstream clients fall back to httpx
         sys.modules["aiohttp"] = None  # type: ignore[assignment]
+    if src is not None:  # this process imported the package already (the bench's own imports): forget it
+        for name in [m for m in sys.modules if m == "mtrouter_jax" or m.startswith("mtrouter_jax.")]:
+            del sys.modules[name]
+        sys.path.insert(0, str(Path(src).resolve()))
 
     import uvicorn
 
@@ -75,13 +87,19 @@ def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_a
     if checkpoint:
         from mtrouter_jax.estimator.checkpoint import load_checkpoint
         est = load_checkpoint(checkpoint)
-        router = Router(est, pool=with_endpoints(est.pool, upstream_base), log_path=log)
+        from mtrouter_jax.core.pool import Endpoint as E, Pool as P  # (src's classes, not this tree's)
+        pool = P(est.pool.name, tuple(dataclasses.replace(m, endpoint=E(upstream_base, f"fake-{m.name}", None))
+                                      for m in est.pool.models))
+        router = Router(est, pool=pool, log_path=log)
     else:
         router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
     kw = {}
     if limits:
         from mtrouter_jax.live.server.limits import Limits
         kw["limits"] = Limits(**limits)
+    if state not in (None, "memory"):  # as mtrouter serve: "memory" is the in-process store
+        from mtrouter_jax.live.store import open_store
+        kw["state"] = open_store(state)
     app = create_app(router, timeout=30.0, max_retries=0, **kw)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)  # as mtrouter serve
 
@@ -240,6 +258,14 @@ def main(argv=None) -> dict:
                    help="proxy without aiohttp (the upstream clients' httpx fallback)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/live.md")
+    p.add_argument("--state", nargs="+", default=None, metavar="STATE",
+                   help="arms: 'memory', 'redis' (a redis-server started here) or redis:// URLs; each is a proxy")
+    p.add_argument("--passthrough", action="store_true",
+                   help="also drive the same levels through a bare Starlette + aiohttp pass-through (the floor)")
+    p.add_argument("--baseline", default=None, metavar="SRC",
+                   help="also each proxy arm from this source tree (e.g. a git worktree of the commit before)")
+    p.add_argument("--rounds", type=int, default=1, help="arms run interleaved, this many times each")
+    p.add_argument("--profile", default=None, help="record the first proxy arm with py-spy into this speedscope JSON")
     p.add_argument("--hostile", action="store_true", help="the hostile mix next to honest traffic")
     p.add_argument("--flood", type=int, default=20_000, help="new idle conversations of the flood (--hostile)")
     p.add_argument("--max-open", type=int, default=5_000, help="the proxy's --max-open (--hostile)")
@@ -247,6 +273,9 @@ def main(argv=None) -> dict:
     if a.hostile:
         from bench_proxy_hostile import run_hostile
         return run_hostile(a)
+    if a.state or a.passthrough or a.baseline or a.profile:
+        from bench_proxy_arms import run_arms
+        return run_arms(a)
 
     ctx = mp.get_context("spawn")
     port, pport = free_port(), free_port()

@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_proxy import TOOLS, _Http, _upstream, _wait, agent_step  # noqa: E402
+from bench_proxy_arms import _redis  # noqa: E402
 from testing.live import FakeEstimator, free_port, make_pool  # noqa: E402
 
 from mtrouter_jax.live.server.logwriter import WRITER_LEASE_MS  # noqa: E402
@@ -58,20 +58,6 @@ def _replica(port: int, upstream_base: str, log: str, state: str | None) -> None
     router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
     app = create_app(router, timeout=30.0, max_retries=0, state=None if state is None else open_store(state))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)
-
-
-def _redis(workdir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            import socket
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def _why(status: int, resp) -> str:

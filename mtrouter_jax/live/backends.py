@@ -48,6 +48,14 @@ def async_http_client():
         return openai.DefaultAsyncHttpxClient(limits=UPSTREAM_LIMITS)
 
 
+def _ssl_context():
+    """The TLS context the openai aiohttp transport uses (httpx's: certifi and SSL_CERT_FILE/DIR)."""
+    try:
+        return httpx.create_ssl_context()
+    except AttributeError:  # an httpx without it: aiohttp's default verification
+        return True
+
+
 class BackendConfigError(ValueError):
     """A pool model cannot be called (no endpoint, missing API key variable)."""
 
@@ -164,6 +172,12 @@ class Backends:
         self.timeout, self.max_retries = timeout, max_retries
         self.clients: dict[str, openai.OpenAI] = {}
         self.aclients: dict[str, openai.AsyncOpenAI] = {}  # made on first use, on the running loop
+        try:  # non-streaming async calls go straight over aiohttp when it is installed (live/aiochat.py)
+            from mtrouter_jax.live import aiochat
+            self._direct_mod, self._direct = aiochat, aiochat.DirectCalls(timeout, max_retries, _ssl_context,
+                                                                             UPSTREAM_LIMITS)
+        except ImportError:
+            self._direct_mod, self._direct = None, None
         self.model_ids: dict[str, str] = {}
         self.base_urls: dict[str, str] = {}
         shared: dict[tuple[str, str], openai.OpenAI] = {}
@@ -243,17 +257,39 @@ class Backends:
     async def achat(self, model: str, body: dict) -> dict:
         """Non-streaming call on the event loop; returns the upstream's JSON response (raises UpstreamError).
 
-        The body goes out as is through the client's low-level ``post`` (its auth, timeout and
-        retries) rather than ``chat.completions.create``, whose client-side re-validation of every
-        message and tool schema cost more CPU than the rest of the proxy's request handling.
+        With aiohttp installed the body goes out over it directly (``live/aiochat.py``: the openai
+        client's timeouts, retries and errors, without its ~0.7 ms of request building); without,
+        through the client's low-level ``post`` (never ``chat.completions.create``, whose
+        re-validation of every message and tool schema cost more than the rest of the proxy).
         """
         payload = {k: v for k, v in body.items() if k != "stream"}
         payload["model"] = self.model_ids[model]
+        if self._direct is not None:
+            return await self._achat_direct(model, payload)
         try:
             resp = await self._aclient(model).post("/chat/completions", cast_to=httpx.Response, body=payload)
             return resp.json()
         except (openai.APIError, ValueError) as e:
             raise _wrap(model, e) from None
+
+    async def _achat_direct(self, model: str, payload: dict) -> dict:
+        """``achat`` over aiohttp: the errors (after the retries) are those the openai client raises."""
+        m = self._direct_mod
+        try:
+            reply = await self._direct.post(self._keys[model], m.dumps_body(payload))
+        except m.CallTimeout:
+            raise UpstreamError(model, "timeout", "upstream timed out") from None
+        except m.CallConnectionError as e:
+            raise UpstreamError(model, "connection", f"connection failed ({type(e.cause).__name__})") from None
+        except ValueError as e:  # NaN in the body: as the openai client's encoder
+            raise UpstreamError(model, "bad_response", f"upstream sent an unreadable response ({e})") from None
+        if (st := reply.status) >= 400:
+            raise UpstreamError(model, f"http_{st}", f"upstream returned HTTP {st}", st, m.json_or_none(reply.body),
+                                retryable=st in _FALLBACK_STATUS or st >= 500)
+        try:
+            return json.loads(reply.body)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise UpstreamError(model, "bad_response", f"upstream sent an unreadable response ({e})") from None
 
     async def aopen_stream(self, model: str, body: dict) -> AsyncStreamCall:
         """Start a streaming call on the event loop (``stream_options.include_usage`` forced on);
@@ -274,6 +310,8 @@ class Backends:
         for client in {id(c): c for c in self.aclients.values()}.values():
             await client.close()
         self.aclients.clear()
+        if self._direct is not None:
+            await self._direct.aclose()
 
 
 @dataclass

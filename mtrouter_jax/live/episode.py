@@ -63,6 +63,7 @@ class LiveEpisode:
         self.summary: HistorySummary = initial_summary_fn(
             np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
         self._before_last: HistorySummary | None = None
+        self._ctx_seen: tuple | None = None  # (summary.context_tokens leaf, its float): _context_tokens
         self._last_args: tuple | None = None
         self.turns: list[TurnRecord] = []
         self.spent = 0.0
@@ -127,9 +128,9 @@ class LiveEpisode:
         if self.ended:
             raise BudgetExhausted(self.ended)
         base = float(self.last_prompt + self.last_completion)
-        if context_tokens is not None and float(context_tokens) != float(self.summary.context_tokens):
+        if context_tokens is not None and float(context_tokens) != self._context_tokens():
             self.summary = self.summary.replace(context_tokens=jnp.asarray(context_tokens, jnp.float32))
-        hi = max(base, float(self.summary.context_tokens)) if input_tokens_hi is None else float(input_tokens_hi)
+        hi = max(base, self._context_tokens()) if input_tokens_hi is None else float(input_tokens_hi)
         worst = self.worst_costs(hi)
         expected = self.worst_costs(hi, r.output_tokens_mean)
         # the hard rule in float64 (the guarantee must not hinge on float32) and the strict cap:
@@ -186,6 +187,14 @@ class LiveEpisode:
                      time.perf_counter() - t0, meta)
         self.last_decision = d  # record() logs its propensity when the call goes to d.model
         return d
+
+    def _context_tokens(self) -> float:
+        """``summary.context_tokens`` as a float, read from the device once per summary leaf (each
+        read is a device-to-host copy; the leaf is replaced, never mutated, when it changes)."""
+        leaf = self.summary.context_tokens
+        if self._ctx_seen is None or self._ctx_seen[0] is not leaf:
+            self._ctx_seen = (leaf, float(leaf))
+        return self._ctx_seen[1]
 
     def _text(self) -> np.ndarray:
         """(T,) embedding of the latest observation (zeros without one; (0,) without text features)."""

@@ -70,9 +70,10 @@ class _Gate:
     CPU under load.)
     """
 
-    def __init__(self, app, keys: KeyRing, proxy: Proxy, public_metrics: bool = False):
+    def __init__(self, app, keys: KeyRing, proxy: Proxy, public_metrics: bool = False, fast: dict | None = None):
         self.app, self.keys, self.proxy = app, keys, proxy
         self.public = OPEN_PATHS + (("/metrics",) + DOCS_PATHS if public_metrics else ())
+        self.fast = fast if fast is not None else {}  # POST path -> (route, ASGI handler): see create_app
 
     def _refusal(self, scope) -> ApiError | None:
         path = scope["path"]
@@ -104,6 +105,10 @@ class _Gate:
             if err is not None:
                 self.proxy.metrics.errors.labels(str(err.status), err.code).inc()
                 return await err.response()(scope, receive, send_status)
+            fast = self.fast.get(scope["path"]) if scope["method"] == "POST" and not scope.get("root_path") else None
+            if fast is not None:
+                scope["route"] = fast[0]
+                return await fast[1](scope, receive, send_status)
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
@@ -209,7 +214,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
     app.state.proxy, app.state.reloader = proxy, reloader
-    app.add_middleware(_Gate, keys=ring, proxy=proxy, public_metrics=public_metrics)
+    fast: dict = {}  # filled below, once the chat route exists
+    app.add_middleware(_Gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
 
     def error_response(e: ApiError):
         metrics.errors.labels(str(e.status), e.code or e.type).inc()
@@ -247,6 +253,18 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         raw = await _read_body(request, limits.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
         return await guarded(proxy.chat(raw, headers, t0, _tenant(request)))
+
+    async def chat_asgi(scope, receive, send):
+        """The chat route as the gate calls it, past FastAPI's routing, dependency solving and
+        exception middleware (~0.3 ms of CPU a request at 200 in flight); the same handler, and
+        its errors answered as ``api_error`` answers them."""
+        try:
+            response = await chat(Request(scope, receive))
+        except ApiError as e:
+            response = error_response(e)
+        await response(scope, receive, send)
+    fast["/v1/chat/completions"] = (next(r for r in app.routes if getattr(r, "path", None) == "/v1/chat/completions"),
+                                    chat_asgi)
 
     @app.get("/v1/models")
     async def models():
