@@ -130,7 +130,8 @@ def run_arms(a) -> dict:
                     pids = {"upstream": upstream.pid, "proxy": server.pid, "loadgen": os.getpid()}
                     if a.profile and spy is None and rnd == 0 and name.startswith("proxy/"):
                         spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", "100",
-                                                "--nonblocking", "--format", "speedscope", "--output", a.profile],
+                                                "--nonblocking", "--format", "speedscope", "--output", a.profile]
+                                               + (["--gil"] if a.profile_gil else []),
                                                stdout=subprocess.DEVNULL)
                         time.sleep(1.0)
                     for level in a.concurrency:

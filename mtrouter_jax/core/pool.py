@@ -12,6 +12,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -66,17 +67,21 @@ class Pool:
     # read (and checked against the pool) by the router that uses it
     tool_heuristic: Mapping[str, Any] | None = field(default=None, compare=False)
 
-    @property
+    @cached_property  # read on every decision: built once (the pool is frozen)
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.models)
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
 
     def __len__(self) -> int:
         return len(self.models)
 
     def index(self, name: str) -> int:
         try:
-            return self.names.index(name)
-        except ValueError:
+            return self._positions[name]
+        except (KeyError, TypeError):
             raise KeyError(f"unknown model {name!r} (pool {self.name!r} has: {', '.join(self.names)})") from None
 
     def __getitem__(self, name: str) -> ModelSpec:

@@ -34,7 +34,8 @@ def input_tokens_bound(messages: Sequence[Any], tools: Any = None) -> int:
 def _usage_get(usage: Any, key: str, default=0):
     if usage is None:
         return default
-    v = usage.get(key, default) if isinstance(usage, Mapping) else getattr(usage, key, default)
+    # (a dict, the usual case, first: the Mapping check is an ABC lookup)
+    v = usage.get(key, default) if type(usage) is dict or isinstance(usage, Mapping) else getattr(usage, key, default)
     return default if v is None else v
 
 

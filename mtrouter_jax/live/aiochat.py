@@ -49,6 +49,15 @@ class Reply:
     body: bytes
 
 
+def ssl_context():
+    """The TLS context the openai aiohttp transport uses (httpx's: certifi and SSL_CERT_FILE/DIR)."""
+    try:
+        import httpx
+        return httpx.create_ssl_context()
+    except (ImportError, AttributeError):  # an httpx without it: aiohttp's default verification
+        return True
+
+
 def dumps_body(payload: dict) -> bytes:
     """The request body as the openai client encodes it (compact, UTF-8, no NaN)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -48,14 +48,6 @@ def async_http_client():
         return openai.DefaultAsyncHttpxClient(limits=UPSTREAM_LIMITS)
 
 
-def _ssl_context():
-    """The TLS context the openai aiohttp transport uses (httpx's: certifi and SSL_CERT_FILE/DIR)."""
-    try:
-        return httpx.create_ssl_context()
-    except AttributeError:  # an httpx without it: aiohttp's default verification
-        return True
-
-
 class BackendConfigError(ValueError):
     """A pool model cannot be called (no endpoint, missing API key variable)."""
 
@@ -174,7 +166,7 @@ class Backends:
         self.aclients: dict[str, openai.AsyncOpenAI] = {}  # made on first use, on the running loop
         try:  # non-streaming async calls go straight over aiohttp when it is installed (live/aiochat.py)
             from mtrouter_jax.live import aiochat
-            self._direct_mod, self._direct = aiochat, aiochat.DirectCalls(timeout, max_retries, _ssl_context,
+            self._direct_mod, self._direct = aiochat, aiochat.DirectCalls(timeout, max_retries, aiochat.ssl_context,
                                                                              UPSTREAM_LIMITS)
         except ImportError:
             self._direct_mod, self._direct = None, None

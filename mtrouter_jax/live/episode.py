@@ -20,7 +20,8 @@ import numpy as np
 
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import HistorySummary, vocab_index
-from mtrouter_jax.live.kernel import decision_kernel, initial_summary_fn, policy_fn, unpack_decision
+from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_fn, policy_fn,
+                                     unpack_decision)
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
 from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.core.pricing import call_cost
@@ -48,8 +49,8 @@ class LiveEpisode:
         self.budget, self.lam = budget, float(lam)
         self.explore, self.seed = bool(explore), int(seed)
         self.policy = router.explore_policy if explore else router.policy
-        self._params = routing.set_lam(self.policy.params, jnp.float32(self.lam))
-        self._learned_params = (routing.set_lam(router.learned_policy.params, jnp.float32(self.lam))
+        self._params = routing.set_lam(self.policy.params, np.float32(self.lam))
+        self._learned_params = (routing.set_lam(router.learned_policy.params, np.float32(self.lam))
                                 if router.learned_policy is not None else {})
         self._decide = policy_fn(self.policy.dist, router.learned_policy is not None)
         # the fused one-call kernel (live/kernel.py), looked up once per episode, not per decision
@@ -129,6 +130,7 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         base = float(self.last_prompt + self.last_completion)
         if context_tokens is not None and float(context_tokens) != self._context_tokens():
+            # a device array like the other leaves (a host scalar: every jitted reader compiles twice)
             self.summary = self.summary.replace(context_tokens=jnp.asarray(context_tokens, jnp.float32))
         hi = max(base, self._context_tokens()) if input_tokens_hi is None else float(input_tokens_hi)
         worst = self.worst_costs(hi)
@@ -152,8 +154,8 @@ class LiveEpisode:
         if lam is not None and not _lam_ok(lam):
             raise ValueError(f"lam must be a finite number >= 0 in float32, got {lam}")
         if lam is not None and float(lam) != self.lam:
-            params = routing.set_lam(params, jnp.float32(lam))
-            lparams = routing.set_lam(lparams, jnp.float32(lam))
+            params = routing.set_lam(params, np.float32(lam))
+            lparams = routing.set_lam(lparams, np.float32(lam))
         turn = (np.int32(self.seed), np.int32(len(self.turns)), np.int32(len(exclude)))
         evaluate = self._evaluate_fused if self._kernel is not None else self._evaluate_host
         feats, score, cost_norm, member, policy_out = evaluate(
@@ -215,26 +217,7 @@ class LiveEpisode:
         return feats, score, cost_norm, member, (probs, a, p, values)
 
     def _evaluate_host(self, worst, expected, remaining, allowed, params, lparams, turn):
-        """The same evaluation through the estimator's numpy ``predict`` (estimators without a JAX
-        forward pass, e.g. test fakes): four dispatches instead of one."""
-        r = self.router
-        feats = self.features()
-        score = cost_norm = np.zeros(len(r.pool), np.float32)
-        member = score[None]
-        if r.estimator is not None:
-            if r.future_cost:
-                score, rem_cost = r.estimator.predict(feats, turn_cost=expected)
-            else:
-                score, rem_cost = r.estimator.predict(feats)
-            score = np.asarray(score, np.float32)
-            cost_norm = np.asarray(rem_cost, np.float32) / r.cost_scale
-            members = getattr(r.estimator, "predict_members", None)
-            member = np.asarray(members(feats)[..., 0], np.float32) if members is not None else score[None]
-        if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
-            return feats, score, cost_norm, member, None  # decide() takes the safe choice
-        inputs = routing.TurnInputs(worst_cost=worst, expected_cost=expected, remaining=remaining, allowed=allowed,
-                                    score=score, cost_norm=cost_norm, member_score=member)
-        return feats, score, cost_norm, member, self._decide(self.summary, inputs, params, lparams, *turn)
+        return evaluate_on_host(self, worst, expected, remaining, allowed, params, lparams, turn)
 
     def _nonfinite_choice(self, allowed, expected):
         """Safe choice when the estimator returned NaN/inf: the previous model if allowed, else the
@@ -301,7 +284,7 @@ class LiveEpisode:
                 self.turns[-1].observation = None
         feats = None
         if r.log_features and self.last_decision is not None:
-            feats = tuple(float(x) for x in self.last_decision.features)
+            feats = tuple(np.asarray(self.last_decision.features).tolist())  # Python floats, one call
         turn_meta = {**(d.meta if d is not None else {}), **(meta or {})}
         spent = cost
         if self.pending_draft is not None:  # already in spent/tokens; the logged turn carries its cost

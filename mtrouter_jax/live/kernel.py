@@ -133,5 +133,28 @@ def unpack_decision(out, n_features: int, m: int):
     return x, score, cost_norm, rest[4 * m + 2:].reshape(-1, m), probs, a, p, values
 
 
+def evaluate_on_host(ep, worst, expected, remaining, allowed, params, lparams, turn):
+    """``LiveEpisode``'s evaluation through the estimator's numpy ``predict`` (estimators without a JAX
+    forward pass, e.g. test fakes): four dispatches instead of one."""
+    r = ep.router
+    feats = ep.features()
+    score = cost_norm = np.zeros(len(r.pool), np.float32)
+    member = score[None]
+    if r.estimator is not None:
+        if r.future_cost:
+            score, rem_cost = r.estimator.predict(feats, turn_cost=expected)
+        else:
+            score, rem_cost = r.estimator.predict(feats)
+        score = np.asarray(score, np.float32)
+        cost_norm = np.asarray(rem_cost, np.float32) / r.cost_scale
+        members = getattr(r.estimator, "predict_members", None)
+        member = np.asarray(members(feats)[..., 0], np.float32) if members is not None else score[None]
+    if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
+        return feats, score, cost_norm, member, None  # decide() takes the safe choice
+    inputs = routing.TurnInputs(worst_cost=worst, expected_cost=expected, remaining=remaining, allowed=allowed,
+                                score=score, cost_norm=cost_norm, member_score=member)
+    return feats, score, cost_norm, member, ep._decide(ep.summary, inputs, params, lparams, *turn)
+
+
 __all__ = ["compiled_summary_fns", "initial_summary_fn", "policy_fn", "estimator_forward", "decision_kernel",
-           "unpack_decision"]
+           "unpack_decision", "evaluate_on_host"]

@@ -42,9 +42,10 @@ from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathErro
 from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-exported: mtrouter serve)
 from mtrouter_jax.live.server.proxy import Proxy
 from mtrouter_jax.live.server.control import POLL_S, FleetReloads
+from mtrouter_jax.live.server.gate import Gate, request_tenant
 from mtrouter_jax.live.server.reload import Reloader, stamp
 from mtrouter_jax.live.server.startup import arms_lines, startup_lines
-from mtrouter_jax.live.server.tenancy import ANONYMOUS, KeyRing, Tenant, load_keys
+from mtrouter_jax.live.server.tenancy import KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
 from mtrouter_jax.live.store import StateStore, StoreUnavailable, open_store
 
@@ -56,70 +57,6 @@ log = logging.getLogger("mtrouter_jax.live")
 UVICORN_OPTIONS = {"timeout_keep_alive": 75, "backlog": 4096}
 _ERROR_NAMES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
-TENANT_SCOPE = "mtrouter.tenant"  # the ASGI scope key the gate puts the caller's Tenant under
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
-OPEN_PATHS = ("/health",)
-
-
-class _Gate:
-    """Pure ASGI middleware: who is calling (``tenancy.KeyRing``) and request counts by route and status.
-
-    With keys configured every path but ``/health`` needs one (``/metrics`` an admin key), except
-    ``/metrics`` and the docs pages with ``public_metrics``. (Starlette's ``BaseHTTPMiddleware``
-    re-streams every response through a task group, which cost a visible share of each request's
-    CPU under load.)
-    """
-
-    def __init__(self, app, keys: KeyRing, proxy: Proxy, public_metrics: bool = False, fast: dict | None = None):
-        self.app, self.keys, self.proxy = app, keys, proxy
-        self.public = OPEN_PATHS + (("/metrics",) + DOCS_PATHS if public_metrics else ())
-        self.fast = fast if fast is not None else {}  # POST path -> (route, ASGI handler): see create_app
-
-    def _refusal(self, scope) -> ApiError | None:
-        path = scope["path"]
-        if not self.keys.enabled or path in self.public:
-            scope[TENANT_SCOPE] = ANONYMOUS if not self.keys.enabled else None
-            return None
-        tenant = self.keys.tenant_of(dict(scope["headers"]).get(b"authorization"))
-        if tenant is None:
-            return ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", "authentication_error",
-                            "invalid_api_key")
-        if path == "/metrics" and not tenant.admin:
-            return ApiError(403, "/metrics needs an admin key (or start the server with --public-metrics)",
-                            "permission_error", "admin_required")
-        scope[TENANT_SCOPE] = tenant
-        return None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = [500]
-
-        async def send_status(msg):
-            if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
-            await send(msg)
-
-        try:
-            err = self._refusal(scope)
-            if err is not None:
-                self.proxy.metrics.errors.labels(str(err.status), err.code).inc()
-                return await err.response()(scope, receive, send_status)
-            fast = self.fast.get(scope["path"]) if scope["method"] == "POST" and not scope.get("root_path") else None
-            if fast is not None:
-                scope["route"] = fast[0]
-                return await fast[1](scope, receive, send_status)
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            # the route *template* (never the path: it holds conversation ids)
-            self.proxy.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status[0])).inc()
-
-
-def _tenant(request: Request) -> Tenant:
-    return request.scope.get(TENANT_SCOPE) or ANONYMOUS
-
-
 def _owner(request: Request, tenant: Tenant) -> str:
     """Whose conversation a read/finish addresses: the caller's own; an admin's ``?tenant=NAME`` another's."""
     other = request.query_params.get("tenant")
@@ -215,7 +152,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
     app.state.proxy, app.state.reloader = proxy, reloader
     fast: dict = {}  # filled below, once the chat route exists
-    app.add_middleware(_Gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
+    app.add_middleware(Gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
 
     def error_response(e: ApiError):
         metrics.errors.labels(str(e.status), e.code or e.type).inc()
@@ -252,7 +189,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         t0 = time.perf_counter()
         raw = await _read_body(request, limits.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await guarded(proxy.chat(raw, headers, t0, _tenant(request)))
+        return await guarded(proxy.chat(raw, headers, t0, request_tenant(request)))
 
     async def chat_asgi(scope, receive, send):
         """The chat route as the gate calls it, past FastAPI's routing, dependency solving and
@@ -280,7 +217,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     async def conversations(request: Request):
         """Open conversations (most recently used last): id, turns, spend — to find a derived id. A
         tenant sees its own; an admin key every tenant's."""
-        tenant = _tenant(request)
+        tenant = request_tenant(request)
         return {"object": "list", "data": [{"id": cid, "derived": c.derived, "turns": len(c.episode.turns),
                                             "spent": c.episode.spent, "last_used": c.last_used,
                                             **({"tenant": owner} if tenant.admin and ring.enabled else {})}
@@ -288,7 +225,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     @app.get("/v1/mtrouter/conversations/{cid}")
     async def conversation(cid: str, request: Request):
-        owner = _owner(request, _tenant(request))
+        owner = _owner(request, request_tenant(request))
         if proxy.shared is not None:  # the store's version, whichever replica served the last turn
             got = await proxy.shared.info(cid, owner)
             if got is not None:
@@ -303,7 +240,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     @app.post("/v1/mtrouter/conversations/{cid}/finish")
     async def finish(cid: str, request: Request):
         raw = await _read_body(request, limits.max_body_bytes)
-        owner = _owner(request, _tenant(request))
+        owner = _owner(request, request_tenant(request))
         return await guarded(proxy.finish(cid, raw, Tenant(owner)))
 
     @app.get("/v1/mtrouter/router")
@@ -316,7 +253,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     async def reload(request: Request):
         """Load, verify and swap in a checkpoint (body ``{"checkpoint": PATH}``, optional) for new
         conversations; open ones keep theirs. Admin key."""
-        if not _tenant(request).admin:
+        if not request_tenant(request).admin:
             raise ApiError(403, "reload needs an admin key", "permission_error", "admin_required")
         raw = await _read_body(request, 65_536)
         body = parse_json(raw, "reload body") if raw.strip() else {}
