@@ -268,6 +268,7 @@ def main(argv=None) -> dict:
     p.add_argument("--profile", default=None, help="record the first proxy arm with py-spy into this speedscope JSON")
     p.add_argument("--profile-gil", action="store_true",
                    help="--profile only samples holding the GIL (the Python CPU, not threads waiting)")
+    p.add_argument("--profile-rate", type=int, default=100, help="--profile samples per second")
     p.add_argument("--hostile", action="store_true", help="the hostile mix next to honest traffic")
     p.add_argument("--flood", type=int, default=20_000, help="new idle conversations of the flood (--hostile)")
     p.add_argument("--max-open", type=int, default=5_000, help="the proxy's --max-open (--hostile)")

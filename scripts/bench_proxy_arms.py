@@ -129,7 +129,7 @@ def run_arms(a) -> dict:
                     run_level(base, {}, 1, 2, 3, a.budget, f"warm{rnd}")  # jit compiles, connections
                     pids = {"upstream": upstream.pid, "proxy": server.pid, "loadgen": os.getpid()}
                     if a.profile and spy is None and rnd == 0 and name.startswith("proxy/"):
-                        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", "100",
+                        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", str(a.profile_rate),
                                                 "--nonblocking", "--format", "speedscope", "--output", a.profile]
                                                + (["--gil"] if a.profile_gil else []),
                                                stdout=subprocess.DEVNULL)

@@ -15,13 +15,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import HistorySummary, vocab_index
 from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_fn, policy_fn,
-                                     unpack_decision)
+                                     to_device, unpack_decision)
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
 from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.core.pricing import call_cost
@@ -130,8 +129,7 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         base = float(self.last_prompt + self.last_completion)
         if context_tokens is not None and float(context_tokens) != self._context_tokens():
-            # a device array like the other leaves (a host scalar: every jitted reader compiles twice)
-            self.summary = self.summary.replace(context_tokens=jnp.asarray(context_tokens, jnp.float32))
+            self.summary = self.summary.replace(context_tokens=to_device(np.float32(context_tokens)))
         hi = max(base, self._context_tokens()) if input_tokens_hi is None else float(input_tokens_hi)
         worst = self.worst_costs(hi)
         expected = self.worst_costs(hi, r.output_tokens_mean)

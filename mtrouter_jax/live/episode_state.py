@@ -17,11 +17,12 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from mtrouter_jax.core.features import HistorySummary
 from mtrouter_jax.logs.io import TurnError
+from mtrouter_jax.live.kernel import to_device
 from mtrouter_jax.live.turns import TurnRecord
 
 if TYPE_CHECKING:
@@ -40,14 +41,15 @@ class EpisodeStateError(ValueError):
 def _summary_out(s: HistorySummary | None) -> dict | None:
     if s is None:
         return None
-    return {f.name: np.asarray(getattr(s, f.name)).tolist() for f in dataclasses.fields(s)}
+    host = jax.device_get(s)  # every leaf in one call
+    return {f.name: np.asarray(getattr(host, f.name)).tolist() for f in dataclasses.fields(host)}
 
 
 def _summary_in(d: dict | None) -> HistorySummary | None:
     if d is None:
         return None
-    return HistorySummary(**{k: jnp.asarray(v, jnp.float32 if k in _FLOAT_FIELDS else jnp.int32)
-                             for k, v in d.items()})
+    return to_device(HistorySummary(**{k: np.asarray(v, np.float32 if k in _FLOAT_FIELDS else np.int32)
+                                       for k, v in d.items()}))
 
 
 def _turn_out(t: TurnRecord) -> dict:
