@@ -157,3 +157,10 @@ def run_arms(a) -> dict:
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
+
+
+if __name__ == "__main__":  # the arms are options of bench_proxy.py: the same command line
+    import sys
+
+    from bench_proxy import main
+    main(sys.argv[1:] if any(x in sys.argv for x in ("-h", "--help")) else ["--passthrough", *sys.argv[1:]])
