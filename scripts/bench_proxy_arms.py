@@ -163,4 +163,4 @@ if __name__ == "__main__":  # the arms are options of bench_proxy.py: the same c
     import sys
 
     from bench_proxy import main
-    main(sys.argv[1:] if any(x in sys.argv for x in ("-h", "--help")) else ["--passthrough", *sys.argv[1:]])
+    main(["--passthrough", *sys.argv[1:]])

@@ -155,9 +155,9 @@ class LiveEpisode:
             params = routing.set_lam(params, np.float32(lam))
             lparams = routing.set_lam(lparams, np.float32(lam))
         turn = (np.int32(self.seed), np.int32(len(self.turns)), np.int32(len(exclude)))
-        evaluate = self._evaluate_fused if self._kernel is not None else self._evaluate_host
-        feats, score, cost_norm, member, policy_out = evaluate(
-            np.float32(worst), np.float32(expected), np.float32(remaining), allowed, params, lparams, turn)
+        args = (np.float32(worst), np.float32(expected), np.float32(remaining), allowed, params, lparams, turn)
+        feats, score, cost_norm, member, policy_out = (
+            self._evaluate_fused(*args) if self._kernel is not None else evaluate_on_host(self, *args))
         meta: dict = {}
         if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
             model_i, prop, probs, values = self._nonfinite_choice(allowed, expected)
@@ -213,9 +213,6 @@ class LiveEpisode:
         feats, score, cost_norm, member, probs, a, p, values = unpack_decision(
             out, r.layout.n_features + r.text_dim, len(r.pool))
         return feats, score, cost_norm, member, (probs, a, p, values)
-
-    def _evaluate_host(self, worst, expected, remaining, allowed, params, lparams, turn):
-        return evaluate_on_host(self, worst, expected, remaining, allowed, params, lparams, turn)
 
     def _nonfinite_choice(self, allowed, expected):
         """Safe choice when the estimator returned NaN/inf: the previous model if allowed, else the
