@@ -9,6 +9,7 @@ the checkpoint; unseen values fall into an "other" bucket. Layout is documented 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -87,11 +88,11 @@ class FeatureLayout:
     cost_scale: float = 1.0  # USD; the training data's mean episode cost
     version: int = 1
 
-    @property
-    def blocks(self) -> list[tuple[str, int]]:
+    @functools.cached_property  # read on every live decision; a frozen dataclass, so computed once
+    def blocks(self) -> tuple[tuple[str, int], ...]:
         """(name, width) of each feature block, in order."""
         nt, nk, ne, nm = len(self.task_types) + 1, len(self.tools) + 1, len(self.error_kinds) + 1, len(self.models)
-        return [
+        return (
             ("task_type_onehot", nt), ("turn_progress", 1),
             ("last_tool_onehot", nk + 1),  # + "no turn yet"
             ("recent_tool_share", nk),
@@ -102,9 +103,9 @@ class FeatureLayout:
             ("model_streak", 1),
             ("log_context_tokens", 1), ("log_billed_tokens", 1),
             ("cost_spent", 1), ("has_budget", 1), ("budget_remaining", 1), ("budget_remaining_frac", 1),
-        ]
+        )
 
-    @property
+    @functools.cached_property
     def n_features(self) -> int:
         return sum(w for _, w in self.blocks)
 

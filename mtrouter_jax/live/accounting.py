@@ -27,7 +27,10 @@ def json_bytes(obj: Any) -> int:
 def input_tokens_bound(messages: Sequence[Any], tools: Any = None) -> int:
     """An upper bound on the prompt tokens of ``messages`` (+ ``tools`` when given): their UTF-8 bytes
     plus ``MSG_OVERHEAD`` per message, since no tokenizer emits more tokens than bytes."""
-    total = sum(json_bytes(m) + MSG_OVERHEAD for m in messages)
+    n = len(messages)
+    # one encoding of the list instead of one per message: compact JSON of a list is "[" + the
+    # items joined by "," + "]", so the items' bytes are the list's less n + 1
+    total = (json_bytes(messages if type(messages) is list else list(messages)) - n - 1 if n else 0) + MSG_OVERHEAD * n
     return total + (json_bytes(tools) if tools is not None else 0)
 
 

@@ -129,7 +129,9 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         base = float(self.last_prompt + self.last_completion)
         if context_tokens is not None and float(context_tokens) != self._context_tokens():
-            self.summary = self.summary.replace(context_tokens=to_device(np.float32(context_tokens)))
+            ctx = np.float32(context_tokens)
+            self.summary = self.summary.replace(context_tokens=to_device(ctx))
+            self._ctx_seen = (self.summary.context_tokens, float(ctx))  # known here: no device read
         hi = max(base, self._context_tokens()) if input_tokens_hi is None else float(input_tokens_hi)
         worst = self.worst_costs(hi)
         expected = self.worst_costs(hi, r.output_tokens_mean)
@@ -306,6 +308,7 @@ class LiveEpisode:
         kind, sev = self.router.error_of(rec.error)
         self.summary = self.router._advance(self._before_last, m, tool, np.int32(kind), np.int32(sev),
                                             inp, out, cost, ctx)
+        self._ctx_seen = (self.summary.context_tokens, float(ctx))  # advance_summary sets it to ctx
 
     def attach_observation(self, text: str | None) -> TurnError | None:
         """Set the last turn's observation (its tool result) and re-derive its error/summary."""

@@ -381,9 +381,14 @@ def safe(learned_policy: RoutingPolicy, ref_table, support, seen, n_min: float =
     return RoutingPolicy(name, _safe_dist, p, uses_estimator=True, spec="safe")
 
 
+@functools.lru_cache(maxsize=None)
+def _is_mapping(t: type) -> bool:
+    return issubclass(t, Mapping)  # (an ABC check, ~10 us: once per type, not per leaf)
+
+
 def set_lam(params: Any, lam) -> Any:
     """``params`` with every ``"lam"`` entry (at any dict depth) replaced by ``lam``."""
-    if isinstance(params, Mapping):
+    if _is_mapping(type(params)):
         return {k: (lam if k == "lam" else set_lam(v, lam)) for k, v in params.items()}
     return params
 

@@ -485,3 +485,20 @@ _counter = [0]
 def fuzz_proxy_counter() -> int:
     _counter[0] += 1
     return _counter[0]
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls"]), _json, max_size=4),
+                max_size=6), st.none() | st.lists(_json, max_size=3))
+def test_input_bound_is_each_message_encoded_alone(messages, tools):
+    """The bound encodes the message list once; it must equal encoding each message on its own
+    (UTF-8 bytes of compact JSON + the per-message overhead), for any JSON content."""
+    from mtrouter_jax.live.accounting import MSG_OVERHEAD, json_bytes
+    each = sum(json_bytes(m) + MSG_OVERHEAD for m in messages) + (json_bytes(tools) if tools is not None else 0)
+    assert input_tokens_bound(messages, tools) == each
+    assert input_tokens_bound(tuple(messages), tools) == each

@@ -68,6 +68,13 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return False
 
 
+def _shallow(raw: bytes | bytearray | str) -> bool:
+    """Whether ``raw`` holds too few ``{``/``[`` (counted at C speed, strings included: an upper bound
+    on the containers) to nest deeper than ``MAX_JSON_DEPTH``: the walk is then not needed."""
+    opens = raw.count("{") + raw.count("[") if isinstance(raw, str) else raw.count(b"{") + raw.count(b"[")
+    return opens <= MAX_JSON_DEPTH
+
+
 def _finite_float(text: str) -> float:
     f = float(text)
     if math.isinf(f):  # 1e400: it would reach the upstream as "Infinity", which is not JSON
@@ -84,7 +91,7 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     else:
-        if not isinstance(obj, (dict, list)) or not _depth_exceeds(obj, MAX_JSON_DEPTH):
+        if not isinstance(obj, (dict, list)) or _shallow(raw) or not _depth_exceeds(obj, MAX_JSON_DEPTH):
             if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str that UTF-8 cannot encode
                 _check_no_lone_surrogates(obj, what)
             return obj

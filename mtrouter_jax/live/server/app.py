@@ -45,6 +45,7 @@ from mtrouter_jax.live.server.control import POLL_S, FleetReloads
 from mtrouter_jax.live.server.gate import Gate, request_tenant
 from mtrouter_jax.live.server.reload import Reloader, stamp
 from mtrouter_jax.live.server.startup import arms_lines, startup_lines
+from mtrouter_jax.live.server.streams import dumps
 from mtrouter_jax.live.server.tenancy import KeyRing, Tenant, load_keys
 from mtrouter_jax.live.router import Router, router_from_options
 from mtrouter_jax.live.store import StateStore, StoreUnavailable, open_store
@@ -57,6 +58,26 @@ log = logging.getLogger("mtrouter_jax.live")
 UVICORN_OPTIONS = {"timeout_keep_alive": 75, "backlog": 4096}
 _ERROR_NAMES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
+class ProxyApp(FastAPI):
+    """FastAPI, with the chat route's requests handed to the gate before FastAPI's own middleware
+    stack (body limit, exception telemetry, server errors: ~0.1 ms of CPU a request at 200 in
+    flight). The gate answers its errors in OpenAI's shape itself; everything else (other routes,
+    lifespan) goes through FastAPI as usual."""
+
+    fast_gate: Gate | None = None
+
+    async def __call__(self, scope, receive, send):
+        gate = self.fast_gate
+        if gate is not None and scope["type"] == "http" and gate.fast_route(scope) is not None:
+            scope["app"] = self
+            return await gate(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+FINISH_ROUTE = "/v1/mtrouter/conversations/{cid}/finish"
+FINISH_PATH = ("/v1/mtrouter/conversations/", "/finish")  # what surrounds the id in the path
+
+
 def _owner(request: Request, tenant: Tenant) -> str:
     """Whose conversation a read/finish addresses: the caller's own; an admin's ``?tenant=NAME`` another's."""
     other = request.query_params.get("tenant")
@@ -149,7 +170,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
                 await proxy.writer.drain_once()  # what this replica's finishes committed last
         await backends.aclose()
 
-    app = FastAPI(title="mtrouter-jax proxy", lifespan=lifespan)
+    app = ProxyApp(title="mtrouter-jax proxy", lifespan=lifespan)
     app.state.proxy, app.state.reloader = proxy, reloader
     fast: dict = {}  # filled below, once the chat route exists
     app.add_middleware(Gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
@@ -202,6 +223,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         await response(scope, receive, send)
     fast["/v1/chat/completions"] = (next(r for r in app.routes if getattr(r, "path", None) == "/v1/chat/completions"),
                                     chat_asgi)
+    app.fast_gate = Gate(None, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
 
     @app.get("/v1/models")
     async def models():
@@ -237,11 +259,25 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
             return proxy.store.done[(owner, cid)]
         raise ApiError(404, f"no conversation {cid!r}", code="conversation_not_found")
 
-    @app.post("/v1/mtrouter/conversations/{cid}/finish")
+    @app.post(FINISH_ROUTE)
     async def finish(cid: str, request: Request):
         raw = await _read_body(request, limits.max_body_bytes)
         owner = _owner(request, request_tenant(request))
-        return await guarded(proxy.finish(cid, raw, Tenant(owner)))
+        info = await guarded(proxy.finish(cid, raw, Tenant(owner)))
+        # a plain dict of JSON types: encoded directly (FastAPI's jsonable_encoder walk of it cost
+        # more CPU than the finish itself)
+        return Response(dumps(info), media_type="application/json")
+
+    async def finish_asgi(scope, receive, send):
+        """The finish route as the gate calls it (one a conversation: ~0.5 ms of FastAPI each)."""
+        cid = scope["path"][len(FINISH_PATH[0]):-len(FINISH_PATH[1])]
+        scope["path_params"] = {"cid": cid}
+        try:
+            response = await finish(cid, Request(scope, receive))
+        except ApiError as e:
+            response = error_response(e)
+        await response(scope, receive, send)
+    fast[FINISH_PATH] = (next(r for r in app.routes if getattr(r, "path", None) == FINISH_ROUTE), finish_asgi)
 
     @app.get("/v1/mtrouter/router")
     async def router_info():

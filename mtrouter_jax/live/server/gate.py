@@ -26,7 +26,22 @@ class Gate:
     def __init__(self, app, keys: KeyRing, proxy: Proxy, public_metrics: bool = False, fast: dict | None = None):
         self.app, self.keys, self.proxy = app, keys, proxy
         self.public = OPEN_PATHS + (("/metrics",) + DOCS_PATHS if public_metrics else ())
-        self.fast = fast if fast is not None else {}  # POST path -> (route, ASGI handler): see create_app
+        # POST path -> (route, ASGI handler), and (prefix, suffix) -> (route, handler) for the routes
+        # with one path parameter between them: see create_app
+        self.fast = fast if fast is not None else {}
+
+    def fast_route(self, scope) -> tuple | None:
+        """(route, ASGI handler) of a request the gate serves past FastAPI's routing, else None."""
+        if scope["method"] != "POST" or scope.get("root_path"):
+            return None
+        path = scope["path"]
+        got = self.fast.get(path)
+        if got is None:
+            for key, value in self.fast.items():
+                if type(key) is tuple and path.startswith(key[0]) and path.endswith(key[1]) \
+                        and len(path) > len(key[0]) + len(key[1]) and "/" not in path[len(key[0]):-len(key[1])]:
+                    return value
+        return got
 
     def _refusal(self, scope) -> ApiError | None:
         path = scope["path"]
@@ -58,7 +73,7 @@ class Gate:
             if err is not None:
                 self.proxy.metrics.errors.labels(str(err.status), err.code).inc()
                 return await err.response()(scope, receive, send_status)
-            fast = self.fast.get(scope["path"]) if scope["method"] == "POST" and not scope.get("root_path") else None
+            fast = self.fast_route(scope)
             if fast is not None:
                 scope["route"] = fast[0]
                 return await fast[1](scope, receive, send_status)
@@ -66,7 +81,7 @@ class Gate:
         finally:
             route = scope.get("route")
             # the route *template* (never the path: it holds conversation ids)
-            self.proxy.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status[0])).inc()
+            self.proxy.metrics.requests_of(getattr(route, "path", "unmatched"), str(status[0])).inc()
 
 
 def request_tenant(request: Request) -> Tenant:

@@ -8,6 +8,7 @@ or conversation ids, so the series count stays fixed however many conversations 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -60,6 +61,11 @@ class ProxyMetrics:
                                   "(failed ones included)", ["model"], buckets=UPSTREAM_BUCKETS, registry=r)
         self.open = Gauge("mtrouter_open_conversations", "Conversations currently open", registry=r)
         self.open.set_function(lambda: float(open_conversations()))
+        # the children of the per-request series, looked up once (``labels`` takes a lock and builds
+        # its key on every call; the label sets are bounded, see above)
+        self.requests_of, self.decisions_of, self.upstream_of, self.turns_of, self.spend_of = (
+            functools.lru_cache(maxsize=4096)(m.labels)
+            for m in (self.requests, self.decisions, self.upstream, self.turns, self.spend))
         for m in self.models:  # series exist (at 0) from the start: rate() works on the first scrape
             self.decisions.labels(m)
             self.spend.labels(m)
@@ -68,8 +74,8 @@ class ProxyMetrics:
 
     def turn(self, model: str, cost: float, routed: bool, switched: bool) -> None:
         """One recorded turn."""
-        self.turns.labels(model, "routed" if routed else "passthrough").inc()
-        self.spend.labels(model).inc(max(float(cost), 0.0))
+        self.turns_of(model, "routed" if routed else "passthrough").inc()
+        self.spend_of(model).inc(max(float(cost), 0.0))
         if switched:
             self.switches.inc()
 

@@ -155,14 +155,14 @@ class Proxy:
         extra = {k: req.body[k] for k in PROMPT_FIELDS if req.body.get(k) is not None}
         total_hi = input_tokens_bound(msgs, extra or None)
         if new is not None and ep.turns:
-            new_b = sum(_nbytes(m) + _MSG_OVERHEAD for m in new)
+            new_b = (_nbytes(new) - len(new) - 1 + _MSG_OVERHEAD * len(new)) if new else 0  # (a compact list's items)
             before = ep.last_prompt + ep.last_completion
             return total_hi, min(total_hi, before + new_b / 4)
         return total_hi, total_hi / 4
 
     def _decide(self, ep: LiveEpisode, hi, est, lam, exclude=()):
         d = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude)
-        self.metrics.decisions.labels(d.model).inc()
+        self.metrics.decisions_of(d.model).inc()
         if d.meta.get("nonfinite_fallback"):
             self.metrics.nonfinite.inc()
         return d
@@ -243,7 +243,7 @@ class Proxy:
                     await self.shared.unreserve(conv, model)
                 raise
             finally:
-                self.metrics.upstream.labels(model).observe(time.perf_counter() - t0)
+                self.metrics.upstream_of(model).observe(time.perf_counter() - t0)
 
         deadline = self.limits.turn_deadline or None
         try:
