@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_proxy import _proxy, _upstream, _wait, run_level
+from bench_proxy import _proxy, _upstream, _wait, batching_of, run_level, warm_up
 from testing.live import free_port
 
 
@@ -126,7 +126,7 @@ def run_arms(a) -> dict:
                 try:
                     base = f"http://127.0.0.1:{sport}"
                     _wait(base + "/health")
-                    run_level(base, {}, 1, 2, 3, a.budget, f"warm{rnd}")  # jit compiles, connections
+                    warm_up(base, max(a.concurrency), a.budget, f"warm{rnd}")  # jit compiles, connections
                     pids = {"upstream": upstream.pid, "proxy": server.pid, "loadgen": os.getpid()}
                     if a.profile and spy is None and rnd == 0 and name.startswith("proxy/"):
                         spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", str(a.profile_rate),
@@ -138,7 +138,7 @@ def run_arms(a) -> dict:
                         n = a.conversations or max(40, 2 * level)
                         tag = f"{name.replace('/', '-')}-{rnd}-c{level}"  # in finish URLs: no "/"
                         row = run_level(base, pids, level, n, a.turns, a.budget, tag)
-                        rows.append({"arm": name, "round": rnd, **row})
+                        rows.append({"arm": name, "round": rnd, **row, "decision_batching": batching_of(base)})
                         print(json.dumps(rows[-1]), flush=True)
                     if spy is not None and spy.returncode is None and spy.poll() is None:
                         spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits

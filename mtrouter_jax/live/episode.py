@@ -19,12 +19,12 @@ import numpy as np
 
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import HistorySummary, vocab_index
-from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_fn, policy_fn,
+from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_fn, lam_ok, policy_fn,
                                      to_device, unpack_decision)
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
 from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
 from mtrouter_jax.core.pricing import call_cost
-from mtrouter_jax.live.turns import Decision, TurnRecord
+from mtrouter_jax.live.turns import Decision, PreparedDecision, TurnRecord
 
 if TYPE_CHECKING:  # the router builds episodes; an episode only reads its router's fields
     from mtrouter_jax.live.router import Router
@@ -42,7 +42,7 @@ class LiveEpisode:
             if isinstance(budget, bool) or not np.isfinite(budget) or budget <= 0:
                 raise ValueError(f"budget must be a finite number > 0 USD (or None), got {budget!r}")
             budget = float(budget)
-        if not _lam_ok(lam):
+        if not lam_ok(lam):
             raise ValueError(f"lam must be a finite number >= 0 in float32, got {lam}")
         self.router, self.episode_id, self.task_type = router, episode_id, task_type
         self.budget, self.lam = budget, float(lam)
@@ -53,28 +53,25 @@ class LiveEpisode:
                                 if router.learned_policy is not None else {})
         self._decide = policy_fn(self.policy.dist, router.learned_policy is not None)
         # the fused one-call kernel (live/kernel.py), looked up once per episode, not per decision
-        self._kernel = None
+        self._kernel = self._kernel_key = None
         if router.fused and (router._forward is not None or router.estimator is None):
             fwd, _, treedef = router._forward if router._forward is not None else (None, (), None)
-            self._kernel = decision_kernel(router.layout, self.policy.dist, router.learned_policy is not None,
-                                           fwd, treedef, router.future_cost)
+            self._kernel_key = (router.layout, self.policy.dist, router.learned_policy is not None, fwd, treedef,
+                                router.future_cost)
+            self._kernel = decision_kernel(*self._kernel_key)
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
         self.summary: HistorySummary = initial_summary_fn(
             np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
-        self._before_last: HistorySummary | None = None
         self._ctx_seen: tuple | None = None  # (summary.context_tokens leaf, its float): _context_tokens
-        self._last_args: tuple | None = None
+        self._before_last: HistorySummary | None = None  # the summary before the last record, and its args:
+        self._last_args: tuple | None = None              # (_readvance re-derives the summary from them)
         self.turns: list[TurnRecord] = []
-        self.spent = 0.0
-        self.tokens = 0
-        self.last_prompt = 0
-        self.last_completion = 0
+        self.spent, self.tokens, self.last_prompt, self.last_completion = 0.0, 0, 0, 0
         self.last_decision: Decision | None = None
         self.ended: str | None = None  # why the episode ended (None: still open)
         self.finished = False
-        self.started = time.time()
-        self.nonfinite_decisions = 0
+        self.started, self.nonfinite_decisions = time.time(), 0
         self.pending_draft: dict | None = None  # a billed draft the next record() folds in (live/draft.py)
         # set by the proxy's arms (live/server/arms.py): "canary"/"control" under --canary; under
         # --shadow the candidate's mirrored episode (None once lost: ``shadow_missing`` says why)
@@ -123,6 +120,14 @@ class LiveEpisode:
             exclude: models not to consider (e.g. ones that just failed): the decision is then a
                 fallback, drawn among the models still allowed.
         """
+        prep = self.prepare_decision(input_tokens_hi, context_tokens, lam, exclude)
+        return self.complete_decision(prep, self.evaluate(prep))
+
+    def prepare_decision(self, input_tokens_hi: float | None = None, context_tokens: float | None = None,
+                         lam: float | None = None, exclude: Sequence[str] = ()) -> PreparedDecision:
+        """``decide`` up to the evaluation: the hard budget rule (raises ``BudgetExhausted``) and the
+        evaluation's inputs. ``evaluate`` (or a ``batch_kernel`` row) then ``complete_decision``
+        finish it; ``decide`` is the three in a row."""
         t0 = time.perf_counter()
         r = self.router
         if self.ended:
@@ -151,15 +156,33 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         remaining = np.inf if self.budget is None else self.budget - self.spent + _EPS_USD
         params, lparams = self._params, self._learned_params
-        if lam is not None and not _lam_ok(lam):
+        if lam is not None and not lam_ok(lam):
             raise ValueError(f"lam must be a finite number >= 0 in float32, got {lam}")
         if lam is not None and float(lam) != self.lam:
             params = routing.set_lam(params, np.float32(lam))
             lparams = routing.set_lam(lparams, np.float32(lam))
         turn = (np.int32(self.seed), np.int32(len(self.turns)), np.int32(len(exclude)))
         args = (np.float32(worst), np.float32(expected), np.float32(remaining), allowed, params, lparams, turn)
-        feats, score, cost_norm, member, policy_out = (
-            self._evaluate_fused(*args) if self._kernel is not None else evaluate_on_host(self, *args))
+        return PreparedDecision(t0, hi, worst, expected, allowed, caps, tuple(exclude), args,
+                                np.float32(self.lam if lam is None else lam))
+
+    def evaluate(self, prep: PreparedDecision) -> tuple:
+        """(features, score, cost_norm, member scores, policy outputs or None) of a prepared decision."""
+        return self._evaluate_fused(*prep.args) if self._kernel is not None else evaluate_on_host(self, *prep.args)
+
+    def unpack(self, out) -> tuple:
+        """``evaluate``'s result from one kernel output vector."""
+        r = self.router
+        feats, score, cost_norm, member, probs, a, p, values = unpack_decision(
+            out, r.layout.n_features + r.text_dim, len(r.pool))
+        return feats, score, cost_norm, member, (probs, a, p, values)
+
+    def complete_decision(self, prep: PreparedDecision, evaluated: tuple) -> Decision:
+        """The ``Decision`` from an evaluation (raises ``BudgetExhausted`` when the policy's model
+        does not fit); it becomes ``last_decision``."""
+        r = self.router
+        t0, hi, worst, expected, allowed, caps, exclude = prep[:7]
+        feats, score, cost_norm, member, policy_out = evaluated
         meta: dict = {}
         if not (np.isfinite(score).all() and np.isfinite(cost_norm).all() and np.isfinite(member).all()):
             model_i, prop, probs, values = self._nonfinite_choice(allowed, expected)
@@ -212,9 +235,7 @@ class LiveEpisode:
         leaves = r._forward[1] if r._forward is not None else ()
         out = self._kernel(self.summary, self._text(), leaves, np.float32(r.cost_scale), np.int32(0), worst,
                      expected, remaining, allowed, params, lparams, *turn)
-        feats, score, cost_norm, member, probs, a, p, values = unpack_decision(
-            out, r.layout.n_features + r.text_dim, len(r.pool))
-        return feats, score, cost_norm, member, (probs, a, p, values)
+        return self.unpack(out)
 
     def _nonfinite_choice(self, allowed, expected):
         """Safe choice when the estimator returned NaN/inf: the previous model if allowed, else the
@@ -345,8 +366,10 @@ class LiveEpisode:
              "explore": self.explore, "seed": self.seed, "started": self.started, **(meta or {})}
         if self.ended:
             m["ended"] = self.ended
-        return _make_episode(self.episode_id, self.task_type, score, self.budget, self.router.pool.names, turns,
-                             None if score_range is None else tuple(float(x) for x in score_range), m)
+        # an unknown score is logged as such (``score: null``, schema v2)
+        return Episode(self.episode_id, self.task_type, None if score is None else float(score), self.budget,
+                       self.router.pool.names, turns,
+                       None if score_range is None else tuple(float(x) for x in score_range), "live", m)
 
     def finish(self, score: float | None = None, score_range: Sequence[float] | None = None,
                meta: dict | None = None) -> Episode | None:
@@ -368,17 +391,6 @@ class LiveEpisode:
             append_episodes(self.router.log_path, ep)
         self.finished = True
         return ep
-
-
-def _lam_ok(lam) -> bool:
-    """λ is finite and >= 0 in float32, the policy's dtype (1e39 is finite in float64, inf in float32)."""
-    return bool(np.isfinite(lam)) and 0 <= float(lam) <= float(np.finfo(np.float32).max)
-
-
-def _make_episode(eid, task_type, score, budget, models, turns, score_range, meta) -> Episode:
-    """The finished episode; an unknown score is logged as such (``score: null``, schema v2)."""
-    return Episode(eid, task_type, None if score is None else float(score), budget, models, turns, score_range,
-                   "live", meta)
 
 
 __all__ = ["LiveEpisode", "Decision"]

@@ -38,6 +38,11 @@ to_device = jax.jit(lambda tree: tree)
 initial_summary_fn = jax.jit(initial_summary)
 
 
+def lam_ok(lam) -> bool:
+    """λ is finite and >= 0 in float32, the policy's dtype (1e39 is finite in float64, inf in float32)."""
+    return bool(np.isfinite(lam)) and 0 <= float(lam) <= float(np.finfo(np.float32).max)
+
+
 def _key(seed, turn, attempt):
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), turn), attempt)
 
@@ -95,6 +100,51 @@ def decision_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Cal
     vector`` packing features (F,), score (M,), cost_norm (M,), probs (M,), values (M,), the model
     index, its propensity and member scores (K*M) — one device-to-host copy instead of eight
     (``unpack_decision`` splits it)."""
+    return jax.jit(decision_fn(layout, dist, with_values, forward, treedef, future_cost))
+
+
+# the sizes a batch of decisions is cut into (each compiled once, on first use); a single one
+# takes ``decision_kernel``
+BATCH_SIZES = (16, 8, 4, 2)
+
+
+@lru_cache(maxsize=None)
+def batch_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
+                 future_cost: bool, m: int):
+    """Several conversations' decisions in one jitted call: ``(params leaves, cost_scale, zero, policy
+    params, learned params, rows) -> (B, D)``, each row ``(summary, text, floats, ints)`` as
+    ``pack_row`` builds it, the policy's λ set per row. The rows run one after the other
+    (``lax.map``) through the very function ``decision_kernel`` compiles, so each row's output is
+    bit-for-bit that of a single call (a ``vmap`` would batch the matrix products, which rounds
+    differently; ``tests/live/test_live_batching.py``); what the batch saves is the per-call cost
+    of dispatch, argument handling and a cold cache, about half of a single call's CPU."""
+    one = decision_fn(layout, dist, with_values, forward, treedef, future_cost)
+
+    def batched(leaves, cost_scale, zero, params, lparams, rows):
+        def row(r):
+            summary, text, f, i = r
+            lam = f[2 * m + 1]
+            return one(summary, text, leaves, cost_scale, zero, f[:m], f[m:2 * m], f[2 * m], f[2 * m + 2:] > 0.5,
+                       routing.set_lam(params, lam), routing.set_lam(lparams, lam), i[0], i[1], i[2])
+
+        return jax.lax.map(row, jax.tree_util.tree_map(lambda *x: jnp.stack(x), *rows))
+
+    return jax.jit(batched)
+
+
+def pack_row(summary, text, worst, expected, remaining, allowed, lam, seed, turn, attempt) -> tuple:
+    """One decision's inputs as a ``batch_kernel`` row: the summary, the text embedding, one float32
+    vector (worst, expected, remaining, λ, allowed as 0/1) and one int32 vector (seed, turn, attempt)."""
+    f = np.empty(3 * len(worst) + 2, np.float32)
+    m = len(worst)
+    f[:m], f[m:2 * m], f[2 * m], f[2 * m + 1], f[2 * m + 2:] = worst, expected, remaining, lam, allowed
+    return summary, text, f, np.array((seed, turn, attempt), np.int32)
+
+
+@lru_cache(maxsize=None)
+def decision_fn(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
+                future_cost: bool):
+    """The traced decision behind ``decision_kernel`` and ``batch_kernel`` (one home for both)."""
 
     def kernel(summary, text, leaves, cost_scale, zero, worst, expected, remaining, allowed, params, lparams,
                seed, turn, attempt):
@@ -126,7 +176,7 @@ def decision_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Cal
         return jnp.concatenate([x, score, cost_norm, probs, values, a.astype(f32)[None], p.astype(f32)[None],
                                 member.reshape(-1)])
 
-    return jax.jit(kernel)
+    return kernel
 
 
 def unpack_decision(out, n_features: int, m: int):
@@ -162,4 +212,4 @@ def evaluate_on_host(ep, worst, expected, remaining, allowed, params, lparams, t
 
 
 __all__ = ["compiled_summary_fns", "initial_summary_fn", "policy_fn", "estimator_forward", "decision_kernel",
-           "unpack_decision", "evaluate_on_host", "to_device"]
+           "decision_fn", "batch_kernel", "lam_ok", "pack_row", "BATCH_SIZES", "unpack_decision", "evaluate_on_host", "to_device"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,4 +48,19 @@ class TurnRecord:
     progress: float | None = None
 
 
-__all__ = ["Decision", "TurnRecord"]
+class PreparedDecision(NamedTuple):
+    """A decision up to its evaluation (``LiveEpisode.prepare_decision``): the budget rule's
+    inputs and the evaluation's arguments."""
+
+    t0: float
+    hi: float
+    worst: np.ndarray
+    expected: np.ndarray
+    allowed: np.ndarray
+    caps: dict
+    exclude: tuple
+    args: tuple  # (worst, expected, remaining, allowed, params, lparams, (seed, turn, attempt)) in float32/int32
+    lam: np.float32
+
+
+__all__ = ["PreparedDecision", "Decision", "TurnRecord"]

@@ -283,6 +283,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     async def router_info():
         """The served policy, exploration, vocabularies and the effective tool-name mapping."""
         return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest, **proxy.arms.describe(),
+                "decision_batching": proxy.batcher.describe(),
                 **({"fleet": reloader.fleet.describe()} if reloader.fleet is not None else {})}
 
     @app.post("/v1/mtrouter/admin/reload")

@@ -22,6 +22,7 @@ from mtrouter_jax.live.accounting import checked_usage, input_tokens_bound
 from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, ChatRequest, header_value,
                                           parse_chat_request, parse_finish)
 from mtrouter_jax.live.backends import Backends, UpstreamError, acall_with_fallback
+from mtrouter_jax.live.batching import DecisionBatcher
 from mtrouter_jax.live.draft import cancel_draft, escalate_draft
 from mtrouter_jax.live.server.arms import Arms
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
@@ -54,6 +55,7 @@ class Proxy:
         self.router, self.backends, self.log_text = router, backends, log_text
         self.limits = limits or Limits()
         self.store = ConversationStore(router, self.limits, on_close=self._on_close)
+        self.batcher = DecisionBatcher()
         self.metrics = ProxyMetrics(router.pool.names, lambda: len(self.store.open))
         self.routers = {getattr(router, "digest", None): router}  # by checkpoint digest (reloads add)
         self.arms = self.store.arms = arms or Arms(seed=router.seed)  # --canary / --shadow (server/arms.py)
@@ -161,7 +163,14 @@ class Proxy:
         return total_hi, total_hi / 4
 
     def _decide(self, ep: LiveEpisode, hi, est, lam, exclude=()):
-        d = ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude)
+        """A fallback re-decision (synchronous: ``acall_with_fallback``'s failure callback)."""
+        return self._counted(ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude))
+
+    async def _decide_batched(self, ep: LiveEpisode, hi, est, lam):
+        """The turn's decision, evaluated with the others in flight (``live/batching.py``)."""
+        return self._counted(await self.batcher.decide(ep, input_tokens_hi=hi, context_tokens=est, lam=lam))
+
+    def _counted(self, d):
         self.metrics.decisions_of(d.model).inc()
         if d.meta.get("nonfinite_fallback"):
             self.metrics.nonfinite.inc()
@@ -186,7 +195,7 @@ class Proxy:
             ep.last_decision = None
         else:
             try:
-                d = self._decide(ep, hi, est, req.lam)
+                d = await self._decide_batched(ep, hi, est, req.lam)
             except BudgetExhausted as e:
                 raise self._budget_error(str(e)) from None
             decisions[d.model] = d
