@@ -47,13 +47,18 @@ def chunk_sizes(n: int, sizes: tuple[int, ...] = BATCH_SIZES) -> list[int]:
 def batch_group(ep: LiveEpisode) -> tuple | None:
     """(key, batch kernel, shared arguments) under which ``ep``'s decisions batch with others'
     (same router, policy and kernel), or None (no fused kernel: the host path)."""
+    got = ep.__dict__.get("_batch_group", False)  # (looked up once per episode: the kernel cache hashes its key)
+    if got is not False:
+        return got
     if ep._kernel is None:
+        ep._batch_group = None
         return None
     r = ep.router
     leaves = r._forward[1] if r._forward is not None else ()
     lparams = r.learned_policy.params if r.learned_policy is not None else {}
-    return ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
-            (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
+    ep._batch_group = ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
+                       (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
+    return ep._batch_group
 
 
 def batch_row(ep: LiveEpisode, prep) -> tuple:
@@ -69,7 +74,7 @@ class DecisionBatcher:
     def __init__(self, sizes: tuple[int, ...] = BATCH_SIZES, background: bool = True):
         self.sizes = tuple(s for s in sizes if s > 1)
         self.background = background  # False: compile on the event loop, before evaluating (tests)
-        self.queue: list[tuple] = []  # (group key, kernel, shared args, episode, row, future)
+        self.queue: list[tuple] = []  # (group key, kernel, shared args, episode, prepared decision, future)
         self.scheduled = False
         self.calls: Counter = Counter()  # rows per evaluation -> how many evaluations (benchmarks, tests)
         self.compiled: set = set()  # (group key, size) whose batch kernel is compiled
@@ -91,7 +96,7 @@ class DecisionBatcher:
         key, kernel, shared = group
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.queue.append((key, kernel, shared, ep, batch_row(ep, prep), prep, fut))
+        self.queue.append((key, kernel, shared, ep, prep, fut))  # (rows packed at the flush, for chunks only)
         if not self.scheduled:
             self.scheduled = True
             loop.call_soon(self._flush)
@@ -117,7 +122,8 @@ class DecisionBatcher:
     def _compile(self, key, size: int, item) -> None:
         """Compile the batch kernel for ``size`` rows in the background (on a copy of one row)."""
         self._compiling.add((key, size))
-        _, kernel, shared, _, row, _, _ = item
+        _, kernel, shared, ep, prep, _ = item
+        row = batch_row(ep, prep)
 
         def work():
             try:
@@ -135,14 +141,14 @@ class DecisionBatcher:
         self.calls[len(items)] += 1
         try:
             if len(items) == 1:
-                _, _, _, ep, _, prep, fut = items[0]
+                _, _, _, ep, prep, fut = items[0]
                 evaluated = ep.evaluate(prep)
                 if not fut.done():
                     fut.set_result(evaluated)
                 return
             _, kernel, shared, *_ = items[0]
-            out = np.asarray(kernel(*shared, tuple(it[4] for it in items)))
-            for i, (_, _, _, ep, _, _, fut) in enumerate(items):
+            out = np.asarray(kernel(*shared, tuple(batch_row(it[3], it[4]) for it in items)))
+            for i, (_, _, _, ep, _, fut) in enumerate(items):
                 if not fut.done():
                     fut.set_result(ep.unpack(out[i]))
         except Exception as e:  # each waiting request raises it (the proxy answers 500 and logs it)
