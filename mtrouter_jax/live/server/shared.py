@@ -1,7 +1,7 @@
 """Conversations shared by proxy replicas through a ``StateStore`` (issue 19; ``--state redis://...``).
 
 Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn is three
-store round trips:
+store round trips (two without a budget):
 
 1. ``begin_turn``: **lease** the conversation (fencing token; waited for like the in-process lock,
    ``LEASE_WAIT_S``; renewed every third of ``LEASE_MS`` while the turn or its stream runs), so two
