@@ -256,6 +256,59 @@ def test_only_one_of_many_concurrent_acquirers_gets_the_lease(connect):
     arun(connect, body, replicas=2)
 
 
+# ---------------------------------------------------------------------- a turn's two steps
+def test_begin_turn_leases_reads_state_and_spent_and_a_held_lease_burns_no_token(connect):
+    async def body(a, b):
+        assert await a.put("c", b"s1", ttl_ms=5_000, owner="t")
+        assert await a.reserve("e", "r0", 0.5, budget=1.0) and await a.settle("e", "r0", 0.25)
+        lease, st, spent = await a.begin_turn("c", 5_000, "e")
+        assert st.data == b"s1" and st.owner == "t" and spent == pytest.approx(0.25)
+        assert await b.begin_turn("c", 5_000, "e") == (None, None, 0.0)  # held
+        assert await b.acquire_lease("c", 5_000) is None
+        assert await a.release_lease(lease)
+        nxt, st2, spent2 = await b.begin_turn("c", 5_000)
+        assert nxt.token == lease.token + 1  # the refusals burnt no token
+        assert st2 == st and spent2 == 0.0  # no budget asked
+        assert (await b.begin_turn("fresh", 5_000, "no-such-budget"))[1:] == (None, 0.0)
+    arun(connect, body, replicas=2)
+
+
+def test_end_turn_settles_releases_puts_and_frees_the_lease(connect):
+    async def body(s):
+        lease, _, _ = await s.begin_turn("c", 5_000, "e")
+        assert await s.reserve("e", "won", 0.6, budget=1.0) and await s.reserve("e", "lost", 0.4, budget=1.0)
+        assert await s.reserve("e2", "other", 0.2, budget=1.0)  # another budget in the same step
+        assert await s.end_turn(lease, ("c", b"v1", 5_000, None), ("e", "won", 0.1),
+                                [("e", "lost"), ("e2", "other")]) == (True, True)
+        assert (await s.get("c")).data == b"v1" and (await s.get("c")).owner is None
+        assert await s.spent("e") == pytest.approx(0.1) and await s.reserved("e") == 0.0
+        assert await s.reserved("e2") == 0.0 and await s.spent("e2") == 0.0
+        assert not await s.release("e", "lost")  # released by the end, closed
+        again, st, spent = await s.begin_turn("c", 5_000, "e")  # the lease was freed
+        assert st.data == b"v1" and spent == pytest.approx(0.1)
+        assert await s.end_turn(again, ("c", b"v2", 5_000, "t"), ("e", "won", 0.1)) == (True, False)  # billed once
+        assert await s.spent("e") == pytest.approx(0.1) and (await s.get("c")).owner == "t"
+        third, _, _ = await s.begin_turn("c", 5_000)
+        assert await s.end_turn(third) == (False, False) and (await s.get("c")).data == b"v2"
+        assert await s.acquire_lease("c", 5_000) is not None
+    arun(connect, body)
+
+
+def test_end_turn_with_a_stale_lease_still_settles_but_writes_nothing(connect):
+    async def body(a, b):
+        old, _, _ = await a.begin_turn("c", 300, "e")
+        assert await a.reserve("e", "r1", 0.5, budget=1.0)
+        await asyncio.sleep(0.4)  # the holder stalls past its lease
+        new, _, _ = await b.begin_turn("c", 5_000, "e")
+        assert new.token > old.token
+        assert await a.end_turn(old, ("c", b"stale", 5_000, None), ("e", "r1", 0.3)) == (False, True)
+        assert await a.get("c") is None and await a.spent("e") == pytest.approx(0.3)  # billed, not written
+        assert await a.acquire_lease("c", 5_000) is None  # nor was the new holder's lease dropped
+        assert await b.end_turn(new, ("c", b"fresh", 5_000, None)) == (True, False)  # its lease stood
+        assert (await a.get("c")).data == b"fresh"
+    arun(connect, body, replicas=2)
+
+
 # ---------------------------------------------------------------------- finished episodes
 def test_finish_once_is_exactly_once_under_concurrency(connect):
     async def body(a, b):

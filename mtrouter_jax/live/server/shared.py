@@ -1,15 +1,18 @@
 """Conversations shared by proxy replicas through a ``StateStore`` (issue 19; ``--state redis://...``).
 
-Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn:
+Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn is three
+store round trips (two without a budget):
 
-1. **lease** the conversation (``acquire_lease``, fencing token; waited for like the in-process
-   lock, ``LEASE_WAIT_S``; renewed every third of ``LEASE_MS`` while the turn or its stream runs),
-   so two replicas never run turns of one conversation at once;
-2. **sync**: the stored state (``episode_state``) replaces the cached episode when another replica
-   wrote a newer version; the spend is the store's counter when that is higher (a late settle);
-3. **reserve** each upstream attempt's worst case (``store.reserve``: atomic across replicas;
-   released when the attempt fails), **settle** the billed cost, **put** the new state (fenced:
-   a replica that lost its lease writes nothing) with a TTL of twice the idle timeout, release.
+1. ``begin_turn``: **lease** the conversation (fencing token; waited for like the in-process lock,
+   ``LEASE_WAIT_S``; renewed every third of ``LEASE_MS`` while the turn or its stream runs), so two
+   replicas never run turns of one conversation at once, and read its state and spend to **sync**:
+   the stored state (``episode_state``) replaces the cached episode when another replica wrote a
+   newer version; the spend is the store's counter when that is higher (a late settle);
+2. **reserve** each upstream attempt's worst case (``store.reserve``: atomic across replicas;
+   released when the attempt fails);
+3. ``end_turn``: **settle** the billed cost, release the other attempts' reservations, **put** the
+   new state (fenced: a replica that lost its lease writes nothing) with a TTL of twice the idle
+   timeout, release the lease.
 
 Finishing marks the *episode* finished once (``finish_once``, any replica) and queues it for the
 one log writer (``logwriter.py``). ``StoreUnavailable`` before the upstream call is a 503 (no turn
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
 from mtrouter_jax.live.server.api import ApiError
-from mtrouter_jax.live.store import Lease, StateStore, StoreUnavailable
+from mtrouter_jax.live.store import Lease, StateStore, StoredState, StoreUnavailable
 from mtrouter_jax.live.store.base import DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS, EPS_USD
 
 if TYPE_CHECKING:
@@ -58,12 +61,13 @@ def unavailable(e: StoreUnavailable) -> ApiError:
 
 @dataclass
 class TurnHandle:
-    """A turn in progress under a lease: its reservations (model -> id) and the renewing task."""
+    """A turn in progress under a lease: its reservations (model -> id) and its renewal (the timer
+    before the next one, or the renewal in flight)."""
 
     lease: Lease
     n_turns: int
     reservations: dict[str, str] = field(default_factory=dict)
-    renewer: asyncio.Task | None = None
+    renewer: asyncio.TimerHandle | asyncio.Task | None = None
     lost: bool = False
 
 
@@ -82,30 +86,38 @@ class SharedConversations:
         return DEFAULT_BUDGET_TTL_MS if not idle else int(max(2 * idle, 60.0) * 1000)
 
     # ------------------------------------------------------------------ lease
-    async def lease(self, key: str, what: str) -> Lease:
-        """The lease of ``key``, waiting up to ``wait_s`` (409 ``busy`` beyond)."""
+    async def lease(self, key: str, what: str, budget_key: str | None = None
+                    ) -> tuple[Lease, StoredState | None, float]:
+        """The lease of ``key`` with its stored state and ``budget_key``'s spend (``begin_turn``),
+        waiting up to ``wait_s`` (409 ``busy`` beyond)."""
         deadline, pause = time.monotonic() + self.wait_s, _POLL_S[0]
         while True:
-            got = await self.store.acquire_lease(key, self.lease_ms)
-            if got is not None:
-                return got
+            lease, got, spent = await self.store.begin_turn(key, self.lease_ms, budget_key)
+            if lease is not None:
+                return lease, got, spent
             if time.monotonic() >= deadline:
                 raise ApiError(409, f"conversation {what!r} is busy with a turn on another replica (its lease "
                                     f"was held for {self.wait_s:g} s); retry", code="busy")
             await asyncio.sleep(pause)
             pause = min(pause * 2, _POLL_S[1])
 
+    def _arm(self, h: TurnHandle) -> None:
+        # a timer, not a sleeping task per turn: most turns end long before their first renewal
+        h.renewer = asyncio.get_running_loop().call_later(self.lease_ms / 3000, self._start_renew, h)
+
+    def _start_renew(self, h: TurnHandle) -> None:
+        h.renewer = asyncio.get_running_loop().create_task(self._renew(h))
+
     async def _renew(self, h: TurnHandle) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            try:
-                if not await self.store.renew(h.lease, self.lease_ms):
-                    h.lost = True
-                    log.warning("conversation lease %s lost mid-turn (held past %d ms): its state will not be "
-                                "written by this replica", h.lease.conv_id, self.lease_ms)
-                    return
-            except StoreUnavailable as e:
-                log.warning("could not renew lease %s: %s", h.lease.conv_id, e)
+        try:
+            if not await self.store.renew(h.lease, self.lease_ms):
+                h.lost = True
+                log.warning("conversation lease %s lost mid-turn (held past %d ms): its state will not be "
+                            "written by this replica", h.lease.conv_id, self.lease_ms)
+                return
+        except StoreUnavailable as e:
+            log.warning("could not renew lease %s: %s", h.lease.conv_id, e)
+        self._arm(h)
 
     async def _release(self, lease: Lease) -> None:
         try:
@@ -115,8 +127,7 @@ class SharedConversations:
 
     # ------------------------------------------------------------------ state
     async def _load(self, conv: "Conversation") -> dict | None:
-        got = await self.store.get(conv_key(conv.tenant, conv.cid))
-        return None if got is None else json.loads(got.data)
+        return _doc(await self.store.get(conv_key(conv.tenant, conv.cid)))
 
     async def _adopt(self, conv: "Conversation", doc: dict) -> None:
         """Take the stored version of ``conv`` (another replica wrote it since)."""
@@ -144,9 +155,10 @@ class SharedConversations:
             await self.flush()
         except StoreUnavailable as e:
             raise unavailable(e) from None
-        lease = await self._lease_of(conv)
+        asked = None if conv.episode.budget is None else episode_key(conv.episode.episode_id)
+        lease, got, spent = await self._lease_of(conv, asked)
         try:
-            doc = await self._load(conv)
+            doc = _doc(got)
             if doc is None:
                 if conv.version:  # finished or expired elsewhere since this replica saw it: a new episode
                     conv.episode = self.proxy.store.new_episode(conv.cid, conv.derived, req.budget, req.task, req.lam,
@@ -157,7 +169,9 @@ class SharedConversations:
                 await self._adopt(conv, doc)
             ep = conv.episode
             if ep.budget is not None:
-                spent = await self.store.spent(episode_key(ep.episode_id))
+                ekey = episode_key(ep.episode_id)
+                if ekey != asked:  # the sync changed the episode: begin_turn read another one's spend
+                    spent = await self.store.spent(ekey)
                 if spent > ep.spent + EPS_USD:  # a settle this state has not seen (a replica that stalled)
                     ep.spent = spent
         except BaseException as e:
@@ -166,10 +180,11 @@ class SharedConversations:
                 raise unavailable(e) from None
             raise
         h = TurnHandle(lease, len(conv.episode.turns))
-        h.renewer = asyncio.get_running_loop().create_task(self._renew(h))
+        self._arm(h)
         conv.turn = h
 
-    async def _put(self, conv: "Conversation", token: int | None) -> bool:
+    def _state(self, conv: "Conversation") -> tuple[str, bytes, int, str]:
+        """``conv``'s next version as ``end_turn`` writes it: (key, JSON, TTL ms, owner)."""
         doc = {"v": conv.version + 1, "episode": episode_state(conv.episode),
                "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
                         "checkpoint": getattr(conv.episode.router, "digest", None),
@@ -177,11 +192,7 @@ class SharedConversations:
         shadow = self.proxy.arms.shadow_doc(conv.episode)
         if shadow is not None:
             doc["shadow"] = shadow
-        ok = await self.store.put(conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms,
-                                  conv.tenant, token)
-        if ok:
-            conv.version += 1
-        return ok
+        return conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms, conv.tenant
 
     # ------------------------------------------------------------------ budget
     async def reserve(self, conv: "Conversation", model: str, amount: float) -> None:
@@ -233,7 +244,8 @@ class SharedConversations:
 
     # ------------------------------------------------------------------ end of a turn
     async def end(self, conv: "Conversation") -> None:
-        """Settle the served attempt, release the others, write the state and release the lease."""
+        """Settle the served attempt, release the others, write the state and release the lease (one
+        ``end_turn``)."""
         h, conv.turn = conv.turn, None
         if h is None:
             return
@@ -242,25 +254,36 @@ class SharedConversations:
         ep = conv.episode
         ekey = episode_key(ep.episode_id)
         recorded = len(ep.turns) > h.n_turns
+        settle = None
+        if recorded and ep.turns[-1].model in h.reservations:
+            settle = (ekey, h.reservations.pop(ep.turns[-1].model), ep.turns[-1].cost)
+        releases = [(ekey, rid) for rid in h.reservations.values()]
+        h.reservations.clear()
+        state, bad = None, None
+        if recorded:
+            try:
+                state = self._state(conv)
+            except Exception as e:  # the call was made all the same: bill it, free the lease, then raise
+                bad = e
         try:
-            if recorded and ep.turns[-1].model in h.reservations:
-                rid = h.reservations.pop(ep.turns[-1].model)
-                try:
-                    await self.store.settle(ekey, rid, ep.turns[-1].cost)
-                except StoreUnavailable:
-                    self.pending.append((ekey, rid, ep.turns[-1].cost))
-                    raise
-            for model in list(h.reservations):
-                await self.unreserve(conv, model)
-            if recorded and not await self._put(conv, h.lease.token):
-                log.warning("conversation %s: its lease was lost mid-turn; another replica's state stands "
-                            "(this turn is billed, its history not kept)", conv.cid)
-                conv.version = -1  # reload next time
-        except StoreUnavailable as e:
+            written, _ = await self.store.end_turn(h.lease, state, settle, releases)
+        except BaseException as e:  # (StoreUnavailable, or cancelled)
+            if settle is not None:  # it may have billed already: settles are idempotent
+                self.pending.append(settle)
+            await self._release(h.lease)  # else it expires; the other reservations expire on their own
+            if not isinstance(e, StoreUnavailable):
+                raise
             log.error("conversation %s: the state store failed after the upstream call (%s): the turn is billed "
                       "here, its settle is retried with this replica's next store call", conv.cid, e)
-        finally:
-            await self._release(h.lease)
+            return
+        if bad is not None:
+            raise bad
+        if written:
+            conv.version += 1
+        elif recorded:
+            log.warning("conversation %s: its lease was lost mid-turn; another replica's state stands "
+                        "(this turn is billed, its history not kept)", conv.cid)
+            conv.version = -1  # reload next time
 
     # ------------------------------------------------------------------ reads and finishes
     async def info(self, cid: str, tenant: str) -> dict | None:
@@ -294,19 +317,20 @@ class SharedConversations:
         await self._adopt(conv, doc)
         return conv
 
-    async def _lease_of(self, conv: "Conversation"):
-        """The conversation's lease on the store (409 busy after the wait; 503 when unreachable)."""
+    async def _lease_of(self, conv: "Conversation", budget_key: str | None = None):
+        """The conversation's lease, stored state and spend (``lease``; 409 busy after the wait, 503
+        when unreachable)."""
         try:
-            return await self.lease(conv_key(conv.tenant, conv.cid), conv.cid)
+            return await self.lease(conv_key(conv.tenant, conv.cid), conv.cid, budget_key)
         except StoreUnavailable as e:
             raise unavailable(e) from None
 
     async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
         """Finish ``conv`` on the store, exactly once across replicas (404 when it is no longer open
         anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
-        lease = await self._lease_of(conv)
+        lease, got, _ = await self._lease_of(conv)
         try:
-            doc = await self._load(conv)
+            doc = _doc(got)
             if doc is None:
                 if conv.version or not conv.episode.turns:
                     raise ApiError(404, f"no open conversation {conv.cid!r}", code="conversation_not_found")
@@ -334,6 +358,10 @@ class SharedConversations:
                            "state_unavailable") from None
         finally:
             await self._release(lease)
+
+
+def _doc(got: StoredState | None) -> dict | None:
+    return None if got is None else json.loads(got.data)
 
 
 __all__ = ["SharedConversations", "TurnHandle", "conv_key", "episode_key", "LEASE_MS", "LEASE_WAIT_S", "unavailable"]

@@ -23,6 +23,12 @@ and, for the whole fleet, one **control record** (``publish_control``/``get_cont
 checkpoint reload any replica made, with a sequence number that grows with every publication, so
 one reload reaches every replica (``server/control.py``).
 
+A proxied turn takes two steps, each one atomic operation (one round trip on Redis) composing the
+single-step methods with their exact semantics: ``begin_turn`` (``acquire_lease``, then ``get`` and
+``spent``) and ``end_turn`` (``settle``, ``release`` of the other attempts, fenced ``put``,
+``release_lease``). The turn's ``reserve`` comes in between: its amount depends on the routing
+decision, which needs the state.
+
 Every method raises ``StoreUnavailable`` when the backend cannot be reached (the proxy answers 503;
 no silent fallback to per-replica state).
 """
@@ -109,6 +115,23 @@ class StateStore(Protocol):
 
     async def reserved(self, conv_id: str) -> float:
         """USD held by live (unexpired) reservations."""
+
+    # ---- a turn's two steps
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
+                         ) -> tuple[Lease | None, StoredState | None, float]:
+        """In one step: ``acquire_lease(conv_id, lease_ttl_ms)`` and, when it is granted, the stored
+        state (as ``get``) and ``spent(budget_conv_id)`` (0.0 for None). While another holder's lease
+        is live: ``(None, None, 0.0)``, no fencing token burnt."""
+
+    async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
+                       settle: tuple[str, str, float] | None = None,
+                       releases: list[tuple[str, str]] = ()) -> tuple[bool, bool]:
+        """In one step: ``settle(*settle)`` (billed even when the lease was lost: the money was
+        spent), ``release(*r)`` for each of ``releases``, ``put(*state)`` only while ``lease`` is
+        held (fenced by ``lease``; ``state`` is normally its conversation's), then
+        ``release_lease(lease)``. ``state``: (conv_id, data, ttl_ms, owner); ``settle``: (budget
+        conv_id, reservation_id, actual USD); ``releases``: (budget conv_id, reservation_id) pairs.
+        Returns (state written, settle billed), each False when not asked for."""
 
     # ---- finished episodes
     async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:

@@ -83,13 +83,52 @@ class MemoryStore:
             return None
         return got[0]
 
+    def _get(self, conv_id: str, now: float) -> StoredState | None:
+        got = self._states.get(conv_id)
+        return None if got is None or got[1] <= now else got[0]
+
+    def _put(self, conv_id: str, data: bytes, ttl_ms: int, owner: str | None, now: float) -> None:
+        self._states[conv_id] = (StoredState(bytes(data), owner), now + ttl_ms / 1000)
+        self._tick(now)
+
+    def _acquire(self, conv_id: str, ttl_ms: int, now: float) -> Lease | None:
+        if self._live_lease(conv_id, now) is not None:  # held: no token burnt
+            return None
+        token = next(self._fence)
+        self._leases[conv_id] = (token, now + ttl_ms / 1000)
+        self._tick(now)
+        return Lease(conv_id, token)
+
+    def _release_lease(self, lease: Lease, now: float) -> bool:
+        if self._live_lease(lease.conv_id, now) != lease.token:
+            return False
+        del self._leases[lease.conv_id]
+        return True
+
+    def _spent(self, conv_id: str, now: float) -> float:
+        b = self._budgets.get(conv_id)
+        return 0.0 if b is None or b.expires <= now else b.spent
+
+    def _settle(self, conv_id: str, reservation_id: str, actual: float, now: float) -> bool:
+        b = self._budget(conv_id, now)
+        if reservation_id in b.closed:
+            return False
+        b.closed.add(reservation_id)
+        b.held.pop(reservation_id, None)
+        b.spent += actual
+        return True
+
+    def _release(self, conv_id: str, reservation_id: str, now: float) -> bool:
+        b = self._budget(conv_id, now)
+        if reservation_id in b.closed:
+            return False
+        b.closed.add(reservation_id)
+        return b.held.pop(reservation_id, None) is not None
+
     # ------------------------------------------------------------------ conversation state
     async def get(self, conv_id: str) -> StoredState | None:
         with self._lock:
-            got = self._states.get(conv_id)
-            if got is None or got[1] <= self._now():
-                return None
-            return got[0]
+            return self._get(conv_id, self._now())
 
     async def put(self, conv_id: str, data: bytes, ttl_ms: int, owner: str | None = None,
                   token: int | None = None) -> bool:
@@ -98,8 +137,7 @@ class MemoryStore:
             now = self._now()
             if token is not None and self._live_lease(conv_id, now) != token:
                 return False
-            self._states[conv_id] = (StoredState(bytes(data), owner), now + ttl_ms / 1000)
-            self._tick(now)
+            self._put(conv_id, data, ttl_ms, owner, now)
             return True
 
     async def delete(self, conv_id: str) -> None:
@@ -110,13 +148,7 @@ class MemoryStore:
     async def acquire_lease(self, conv_id: str, ttl_ms: int) -> Lease | None:
         check_ttl(ttl_ms)
         with self._lock:
-            now = self._now()
-            if self._live_lease(conv_id, now) is not None:
-                return None
-            token = next(self._fence)
-            self._leases[conv_id] = (token, now + ttl_ms / 1000)
-            self._tick(now)
-            return Lease(conv_id, token)
+            return self._acquire(conv_id, ttl_ms, self._now())
 
     async def renew(self, lease: Lease, ttl_ms: int) -> bool:
         check_ttl(ttl_ms)
@@ -129,10 +161,7 @@ class MemoryStore:
 
     async def release_lease(self, lease: Lease) -> bool:
         with self._lock:
-            if self._live_lease(lease.conv_id, self._now()) != lease.token:
-                return False
-            del self._leases[lease.conv_id]
-            return True
+            return self._release_lease(lease, self._now())
 
     # ------------------------------------------------------------------ budget
     async def reserve(self, conv_id: str, reservation_id: str, amount: float, budget: float | None,
@@ -155,26 +184,15 @@ class MemoryStore:
     async def settle(self, conv_id: str, reservation_id: str, actual: float) -> bool:
         actual = check_amount(actual, "actual")
         with self._lock:
-            b = self._budget(conv_id, self._now())
-            if reservation_id in b.closed:
-                return False
-            b.closed.add(reservation_id)
-            b.held.pop(reservation_id, None)
-            b.spent += actual
-            return True
+            return self._settle(conv_id, reservation_id, actual, self._now())
 
     async def release(self, conv_id: str, reservation_id: str) -> bool:
         with self._lock:
-            b = self._budget(conv_id, self._now())
-            if reservation_id in b.closed:
-                return False
-            b.closed.add(reservation_id)
-            return b.held.pop(reservation_id, None) is not None
+            return self._release(conv_id, reservation_id, self._now())
 
     async def spent(self, conv_id: str) -> float:
         with self._lock:
-            b = self._budgets.get(conv_id)
-            return 0.0 if b is None or b.expires <= self._now() else b.spent
+            return self._spent(conv_id, self._now())
 
     async def reserved(self, conv_id: str) -> float:
         with self._lock:
@@ -184,6 +202,36 @@ class MemoryStore:
                 return 0.0
             b.prune(now)
             return b.reserved()
+
+    # ------------------------------------------------------------------ a turn's two steps
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
+                         ) -> tuple[Lease | None, StoredState | None, float]:
+        check_ttl(lease_ttl_ms, "lease_ttl_ms")
+        with self._lock:
+            now = self._now()
+            lease = self._acquire(conv_id, lease_ttl_ms, now)
+            if lease is None:
+                return None, None, 0.0
+            spent = 0.0 if budget_conv_id is None else self._spent(budget_conv_id, now)
+            return lease, self._get(conv_id, now), spent
+
+    async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
+                       settle: tuple[str, str, float] | None = None,
+                       releases: list[tuple[str, str]] = ()) -> tuple[bool, bool]:
+        if state is not None:
+            check_ttl(state[2])
+        if settle is not None:
+            settle = (settle[0], settle[1], check_amount(settle[2], "actual"))
+        with self._lock:
+            now = self._now()
+            settled = settle is not None and self._settle(*settle, now)  # billed even if the lease was lost
+            for bid, rid in releases:
+                self._release(bid, rid, now)
+            put = state is not None and self._live_lease(lease.conv_id, now) == lease.token
+            if put:
+                self._put(*state, now)
+            self._release_lease(lease, now)
+            return put, settled
 
     # ------------------------------------------------------------------ finished episodes
     async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:

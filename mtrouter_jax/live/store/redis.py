@@ -1,18 +1,21 @@
 """The shared state store: every replica of the proxy on one Redis (``--state redis://HOST:PORT/DB``).
 
 Same contract as the memory store (``store/base.py``), on the ``redis`` client's asyncio API.
-Keys of one conversation share a hash tag (``mtr:{ID}:...``) so each Lua script touches one slot:
+Keys of one conversation share a hash tag (``mtr:{ID}:...``) so a script on one of them touches one
+slot (the lease's fence counter, ``finish_once`` with ``state_of`` and a turn's ``end_turn``, which
+spans a conversation and its episode's budget, need one Redis, not a cluster):
 
 ``state``  hash ``d`` (the JSON bytes), ``o`` (owner), PX = the idle timeout
-``lease``  the holder's fencing token, SET NX PX; tokens come from one INCR counter ``mtr:fence``
+``lease``  the holder's fencing token (SET PX unless held); tokens come from one INCR counter ``mtr:fence``
 ``spent``  USD billed (INCRBYFLOAT); ``held`` hash id -> amount and ``dl`` zset id -> deadline (ms,
            server clock) of the open reservations; ``closed`` set of settled/released ids
 ``fin``    the finish marker (SET NX PX); finished episodes go to the stream ``mtr:finished``
 ``mtr:control``  hash ``s`` (sequence, HINCRBY) and ``d`` (the last reload any replica published)
 
-``reserve``, ``settle``, ``release`` and fenced ``put`` are Lua scripts (``register_script``), so a
-check and its write are one atomic step across replicas; reservations past their deadline are
-dropped by the next script that looks, so a replica that dies holding one frees the budget after
+``reserve``, ``settle``, ``release``, fenced ``put``, ``acquire_lease`` and a turn's two steps
+(``begin_turn``, ``end_turn``) are Lua scripts (``register_script``), so a check and its write are
+one atomic step across replicas, one round trip each; reservations past their deadline are dropped
+by the next script that looks, so a replica that dies holding one frees the budget after
 ``ttl_ms``. Every call has a deadline (sockets ~1 s); a connection error or timeout raises
 ``StoreUnavailable`` (the proxy answers 503). The client's pool reconnects on the next call, and a
 script the restarted server forgot is loaded again by the client (EVALSHA, then SCRIPT LOAD).
@@ -35,67 +38,119 @@ from mtrouter_jax.live.store.base import (DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHE
                                           StoredState, StoreUnavailable, check_amount, check_budget,
                                           check_ttl)
 
-_PRUNE = """
+# the budget of one conversation is KEYS[b+1..b+4] (spent, held, dl, closed): functions over the
+# offset b, so a turn's end can settle and release next to its put in one script
+_BUDGET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  redis.call('HDEL', KEYS[2], rid)
+local function prune(b)
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[b + 3], '-inf', now)) do
+    redis.call('HDEL', KEYS[b + 2], rid)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[b + 3], '-inf', now)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local function held()
+local function held(b)
   local s = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do s = s + tonumber(v) end
+  for _, v in ipairs(redis.call('HVALS', KEYS[b + 2])) do s = s + tonumber(v) end
   return s
 end
-local function touch(ms)
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
+local function touch(b, ms)
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[b + i], ms) end
+end
+local function settle(b, id, actual, keep)
+  prune(b)
+  if redis.call('SADD', KEYS[b + 4], id) == 0 then return 0 end
+  redis.call('HDEL', KEYS[b + 2], id)
+  redis.call('ZREM', KEYS[b + 3], id)
+  redis.call('INCRBYFLOAT', KEYS[b + 1], actual)
+  touch(b, keep)
+  return 1
+end
+local function release(b, id, keep)
+  prune(b)
+  if redis.call('SADD', KEYS[b + 4], id) == 0 then return 0 end
+  local n = redis.call('HDEL', KEYS[b + 2], id)
+  redis.call('ZREM', KEYS[b + 3], id)
+  touch(b, keep)
+  return n
 end
 """
 # KEYS: spent, held, dl, closed. ARGV: id, amount, budget ('' = none), ttl ms, keep ms, eps
-_RESERVE = _PRUNE + """
+_RESERVE = _BUDGET + """
+prune(0)
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 if ARGV[3] ~= '' then
   local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if spent + held() + tonumber(ARGV[2]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return 0 end
+  if spent + held(0) + tonumber(ARGV[2]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return 0 end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
-touch(ARGV[5])
+touch(0, ARGV[5])
 return 1
 """
-# ARGV: id, actual, keep ms
-_SETTLE = _PRUNE + """
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
-touch(ARGV[3])
-return 1
+_SETTLE = _BUDGET + "return settle(0, ARGV[1], ARGV[2], ARGV[3])"  # ARGV: id, actual, keep ms
+_RELEASE = _BUDGET + "return release(0, ARGV[1], ARGV[2])"  # ARGV: id, keep ms
+_RESERVED = _BUDGET + "prune(0) return string.format('%.17g', held(0))"
+# KEYS[1]: lease, KEYS[2]: the fence counter. ARGV[1]: ttl ms. (The counter is not in the
+# conversation's hash slot: one Redis, not a cluster.)
+_ACQUIRE_FN = """
+local function acquire()
+  if redis.call('EXISTS', KEYS[1]) == 1 then return false end  -- held: no token burnt
+  local token = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+  return token
+end
 """
-# ARGV: id, keep ms
-_RELEASE = _PRUNE + """
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
-local n = redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-touch(ARGV[2])
-return n
+_ACQUIRE = _ACQUIRE_FN + "return acquire()"
+# KEYS: lease, fence, state[, spent of the budget]. ARGV: ttl ms
+_BEGIN = _ACQUIRE_FN + """
+local token = acquire()
+if not token then return false end
+local st = redis.call('HMGET', KEYS[3], 'd', 'o')
+local spent = false
+if #KEYS > 3 then spent = redis.call('GET', KEYS[4]) end
+return {token, st[1], st[2], spent}
 """
-_RESERVED = _PRUNE + "return string.format('%.17g', held())"
 # KEYS: lease. ARGV: token, ttl ms ('' = delete)
 _LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
+# KEYS[s]: state. data, ttl ms, owner, has owner ('1')
+_PUT_FN = """
+local function put(s, data, ttl, owner, has_owner)
+  redis.call('DEL', KEYS[s])
+  if has_owner == '1' then redis.call('HSET', KEYS[s], 'd', data, 'o', owner)
+  else redis.call('HSET', KEYS[s], 'd', data) end
+  redis.call('PEXPIRE', KEYS[s], ttl)
+end
+"""
 # KEYS: state, lease. ARGV: data, ttl ms, owner ('' = none), has owner, token ('' = unfenced)
-_PUT = """
+_PUT = _PUT_FN + """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return 0 end
-redis.call('DEL', KEYS[1])
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'd', ARGV[1], 'o', ARGV[3])
-else redis.call('HSET', KEYS[1], 'd', ARGV[1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+put(1, ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
+"""
+# KEYS: lease, state, then spent/held/dl/closed per budget (budget i at offset 2 + 4 i).
+# ARGV: token, put ('1'), data, ttl ms, owner, has owner, keep ms, settle's budget ('' = none), its
+# id, actual, then (budget, id) per release. The settle comes first and bills whoever holds the
+# lease now (the call was made); the put only while the lease is still this token. (The budget
+# keys are tagged by the episode, the state and lease by the conversation: one Redis, not a cluster.)
+_END = _BUDGET + _PUT_FN + """
+local settled = 0
+if ARGV[8] ~= '' then settled = settle(2 + 4 * tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[7]) end
+for i = 11, #ARGV, 2 do release(2 + 4 * tonumber(ARGV[i]), ARGV[i + 1], ARGV[7]) end
+local written = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '1' then
+    put(2, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+    written = 1
+  end
+  redis.call('DEL', KEYS[1])
+end
+return {written, settled}
 """
 # KEYS: fin, stream, state. ARGV: conv id, episode, keep ms
 _FINISH = """
@@ -164,7 +219,9 @@ class RedisStore:
         self._reserve, self._settle, self._release = reg(_RESERVE), reg(_SETTLE), reg(_RELEASE)
         self._reserved, self._lease, self._put, self._finish = (
             reg(_RESERVED), reg(_LEASE), reg(_PUT), reg(_FINISH))
+        self._acquire, self._begin, self._end = reg(_ACQUIRE), reg(_BEGIN), reg(_END)
         self._control = reg(_CONTROL)
+        self.fence = f"{prefix}fence"
         self.stream = f"{prefix}finished"
 
     # ------------------------------------------------------------------ helpers
@@ -203,12 +260,8 @@ class RedisStore:
     # ------------------------------------------------------------------ lease
     async def acquire_lease(self, conv_id: str, ttl_ms: int) -> Lease | None:
         check_ttl(ttl_ms)
-        key = self._k(conv_id, "lease")
-        if await self._do(self.r.exists(key)):  # do not burn a token while it is held
-            return None
-        token = int(await self._do(self.r.incr(f"{self.prefix}fence")))
-        ok = await self._do(self.r.set(key, token, nx=True, px=ttl_ms))
-        return Lease(conv_id, token) if ok else None
+        token = await self._do(self._acquire(keys=[self._k(conv_id, "lease"), self.fence], args=[ttl_ms]))
+        return None if token is None else Lease(conv_id, int(token))
 
     async def renew(self, lease: Lease, ttl_ms: int) -> bool:
         check_ttl(ttl_ms)
@@ -243,6 +296,47 @@ class RedisStore:
 
     async def reserved(self, conv_id: str) -> float:
         return float(await self._do(self._reserved(keys=self._budget_keys(conv_id), args=[])))
+
+    # ------------------------------------------------------------------ a turn's two steps
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
+                         ) -> tuple[Lease | None, StoredState | None, float]:
+        check_ttl(lease_ttl_ms, "lease_ttl_ms")
+        keys = [self._k(conv_id, "lease"), self.fence, self._k(conv_id, "state")]
+        if budget_conv_id is not None:
+            keys.append(self._k(budget_conv_id, "spent"))
+        got = await self._do(self._begin(keys=keys, args=[lease_ttl_ms]))
+        if got is None:
+            return None, None, 0.0
+        token, data, owner, spent = got
+        state = None if data is None else StoredState(bytes(data), None if owner is None else owner.decode("utf-8"))
+        return Lease(conv_id, int(token)), state, 0.0 if spent is None else float(spent)
+
+    async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
+                       settle: tuple[str, str, float] | None = None,
+                       releases: list[tuple[str, str]] = ()) -> tuple[bool, bool]:
+        budgets: dict[str, int] = {}  # budget conv id -> its index among the script's key groups
+
+        def index(bid: str) -> str:
+            return str(budgets.setdefault(bid, len(budgets)))
+
+        args: list = [str(lease.token)]
+        if state is None:
+            args += ["0", "", "", "", "0"]
+        else:
+            sid, data, ttl_ms, owner = state
+            args += ["1", bytes(data), check_ttl(ttl_ms), owner or "", "0" if owner is None else "1"]
+        args.append(self.budget_ttl)
+        if settle is None:
+            args += ["", "", ""]
+        else:
+            args += [index(settle[0]), settle[1], repr(check_amount(settle[2], "actual"))]
+        for bid, rid in releases:
+            args += [index(bid), rid]
+        keys = [self._k(lease.conv_id, "lease"), self._k(lease.conv_id if state is None else sid, "state")]
+        for bid in budgets:
+            keys += self._budget_keys(bid)
+        written, settled = await self._do(self._end(keys=keys, args=args))
+        return bool(written), bool(settled)
 
     # ------------------------------------------------------------------ finished episodes
     async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:
