@@ -19,7 +19,7 @@ import numpy as np
 
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import HistorySummary, vocab_index
-from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_fn, lam_ok, policy_fn,
+from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_of, lam_ok, policy_fn,
                                      to_device, unpack_decision)
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
 from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
@@ -61,8 +61,7 @@ class LiveEpisode:
             self._kernel = decision_kernel(*self._kernel_key)
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
-        self.summary: HistorySummary = initial_summary_fn(
-            np.int32(task), np.float32(context_tokens), np.float32(np.inf if budget is None else budget))
+        self.summary: HistorySummary = initial_summary_of(task, context_tokens, np.inf if budget is None else budget)
         self._ctx_seen: tuple | None = None  # (summary.context_tokens leaf, its float): _context_tokens
         self._before_last: HistorySummary | None = None  # the summary before the last record, and its args:
         self._last_args: tuple | None = None              # (_readvance re-derives the summary from them)
