@@ -135,3 +135,26 @@ def test_keys_file_toml_json_and_env(tmp_path):
             load_keys(t, env={})
     with pytest.raises(KeysFileError, match="cannot read"):
         load_keys(tmp_path / "missing.toml", env={})
+
+
+def test_the_gates_fast_routes_match_what_fastapi_would_route():
+    """Chat and finish reach the gate before FastAPI's stack (``ProxyApp``); anything else, or a
+    finish path FastAPI would not match (no id, an id with a slash, a mounted app), goes through FastAPI."""
+    from mtrouter_jax.live.server.app import FINISH_PATH
+    from mtrouter_jax.live.server.gate import Gate
+
+    gate = Gate(None, keys=None, proxy=None, fast={"/v1/chat/completions": ("chat", None),
+                                                     FINISH_PATH: ("finish", None)})
+
+    def route(path, method="POST", root_path=""):
+        got = gate.fast_route({"path": path, "method": method, "root_path": root_path})
+        return None if got is None else got[0]
+
+    assert route("/v1/chat/completions") == "chat"
+    assert route("/v1/mtrouter/conversations/abc-1/finish") == "finish"
+    assert route("/v1/mtrouter/conversations/a b%2F/finish") == "finish"
+    for path in ("/v1/mtrouter/conversations//finish", "/v1/mtrouter/conversations/a/b/finish",
+                 "/v1/mtrouter/conversations/finish", "/v1/chat/completions/", "/v1/models"):
+        assert route(path) is None, path
+    assert route("/v1/chat/completions", method="GET") is None
+    assert route("/v1/chat/completions", root_path="/proxy") is None
