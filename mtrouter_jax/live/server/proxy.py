@@ -10,10 +10,8 @@ GIL (docs/benchmarks.md, "Live proxy under load").
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -37,14 +35,9 @@ from mtrouter_jax.live.store import StateStore
 
 log = logging.getLogger("mtrouter_jax.live")
 
-_MSG_OVERHEAD = 8  # chat-template tokens per message, generous
 BUSY_TIMEOUT_S = 600.0  # a request waits this long for its conversation's previous turn
 # Request fields besides ``messages`` that the upstream renders into the prompt: the input bound counts them.
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
-
-
-def _nbytes(obj: Any) -> int:
-    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 class Proxy:
@@ -157,7 +150,7 @@ class Proxy:
         extra = {k: req.body[k] for k in PROMPT_FIELDS if req.body.get(k) is not None}
         total_hi = input_tokens_bound(msgs, extra or None)
         if new is not None and ep.turns:
-            new_b = (_nbytes(new) - len(new) - 1 + _MSG_OVERHEAD * len(new)) if new else 0  # (a compact list's items)
+            new_b = input_tokens_bound(new)  # their bytes + the per-message overhead
             before = ep.last_prompt + ep.last_completion
             return total_hi, min(total_hi, before + new_b / 4)
         return total_hi, total_hi / 4
