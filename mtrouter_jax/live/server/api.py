@@ -68,11 +68,10 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return False
 
 
-def _shallow(raw: bytes | bytearray | str) -> bool:
-    """Whether ``raw`` holds too few ``{``/``[`` (counted at C speed, strings included: an upper bound
-    on the containers) to nest deeper than ``MAX_JSON_DEPTH``: the walk is then not needed."""
-    opens = raw.count("{") + raw.count("[") if isinstance(raw, str) else raw.count(b"{") + raw.count(b"[")
-    return opens <= MAX_JSON_DEPTH
+def json_containers(raw: bytes | bytearray | str) -> int:
+    """How many ``{``/``[`` ``raw`` holds, counted at C speed on the text (strings included: an upper
+    bound on its JSON objects and arrays, hence on how deep they can nest)."""
+    return raw.count("{") + raw.count("[") if isinstance(raw, str) else raw.count(b"{") + raw.count(b"[")
 
 
 def _finite_float(text: str) -> float:
@@ -82,8 +81,9 @@ def _finite_float(text: str) -> float:
     return f
 
 
-def parse_json(raw: bytes, what: str = "request body") -> Any:
-    """Decode a JSON body; 400 for invalid UTF-8, syntax errors, NaN/Infinity and absurd nesting."""
+def parse_json(raw: bytes, what: str = "request body", containers: int | None = None) -> Any:
+    """Decode a JSON body; 400 for invalid UTF-8, syntax errors, NaN/Infinity and absurd nesting.
+    ``containers``: ``json_containers(raw)`` when the caller has counted them already."""
     try:
         obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
@@ -91,7 +91,10 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     else:
-        if not isinstance(obj, (dict, list)) or _shallow(raw) or not _depth_exceeds(obj, MAX_JSON_DEPTH):
+        if containers is None:
+            containers = json_containers(raw)
+        # (with no more brackets than levels allowed, the nesting cannot exceed them: no walk)
+        if not isinstance(obj, (dict, list)) or containers <= MAX_JSON_DEPTH or not _depth_exceeds(obj, MAX_JSON_DEPTH):
             if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str that UTF-8 cannot encode
                 _check_no_lone_surrogates(obj, what)
             return obj

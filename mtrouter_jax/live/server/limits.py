@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from mtrouter_jax.core.errors import UsageError
-from mtrouter_jax.live.server.api import ApiError, parse_json
+from mtrouter_jax.live.server.api import ApiError, json_containers, parse_json
 
 MAX_BODY_BYTES = 64 * 2**20
 # Bodies up to this size are decoded inline (a thread hop costs more than decoding them); larger
@@ -100,11 +100,11 @@ def check_log_writable(path: str | Path | None) -> None:
 
 
 def _decode(raw: bytes, what: str) -> Any:
-    containers = raw.count(b"{") + raw.count(b"[")
+    containers = json_containers(raw)
     if containers > MAX_JSON_CONTAINERS:
         raise ApiError(413, f"{what} holds up to {containers} JSON objects/arrays, more than the proxy's limit of "
                             f"{MAX_JSON_CONTAINERS}", code="request_too_large")
-    return parse_json(raw, what)
+    return parse_json(raw, what, containers)
 
 
 async def decode_body(raw: bytes, what: str = "request body") -> Any:
