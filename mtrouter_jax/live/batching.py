@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,20 +48,15 @@ def chunk_sizes(n: int, sizes: tuple[int, ...] = BATCH_SIZES) -> list[int]:
 def batch_group(ep: LiveEpisode) -> tuple | None:
     """(key, batch kernel, shared arguments) under which ``ep``'s decisions batch with others'
     (same router, policy and kernel), or None (no fused kernel: the host path)."""
-    got = ep.__dict__.get("_batch_group", False)  # (looked up once per episode: the kernel cache hashes its key)
-    if got is not False:
-        return got
     if ep._kernel is None:
-        ep._batch_group = None
         return None
     r = ep.router
     leaves = r._forward[1] if r._forward is not None else ()
     lparams = r.learned_policy.params if r.learned_policy is not None else {}
     # (ids, not the objects: the batcher's ``compiled`` set must not keep a reloaded-away router
     # alive; an id reused by a later router at worst makes one batch compile inline)
-    ep._batch_group = ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
-                       (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
-    return ep._batch_group
+    return ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
+            (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
 
 
 def batch_row(ep: LiveEpisode, prep) -> tuple:
@@ -80,18 +76,26 @@ class DecisionBatcher:
         self.scheduled = False
         self.calls: Counter = Counter()  # rows per evaluation -> how many evaluations (benchmarks, tests)
         self.compiled: set = set()  # (group key, size) whose batch kernel is compiled
+        self.failed: set = set()  # ... whose compilation failed (not retried: those rows stay single)
         self._compiling: set = set()
+        # each episode's group, looked up once (the kernel cache hashes its whole key on every lookup)
+        self._groups: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def describe(self) -> dict:
         """Batch sizes, those compiled and compiling, and evaluations by rows (``/v1/mtrouter/router``)."""
         return {"sizes": list(self.sizes), "compiled": sorted({s for _, s in self.compiled}),
-                "compiling": sorted({s for k, s in self._compiling if (k, s) not in self.compiled}),
+                "compiling": sorted({s for k, s in self._compiling - self.compiled - self.failed}),
+                "failed": sorted({s for _, s in self.failed}),
                 "evaluations_by_rows": {str(k): v for k, v in sorted(self.calls.items())}}
 
     async def decide(self, ep: LiveEpisode, **kwargs) -> Decision:
         """``ep.decide(**kwargs)``, evaluated with the other decisions queued in this loop turn."""
         prep = ep.prepare_decision(**kwargs)  # the budget rule runs here (BudgetExhausted as usual)
-        group = batch_group(ep) if not prep.exclude else None
+        group = None
+        if not prep.exclude:
+            group = self._groups.get(ep, False)
+            if group is False:
+                group = self._groups[ep] = batch_group(ep)
         if group is None:
             self.calls[1] += 1
             return ep.complete_decision(prep, ep.evaluate(prep))
@@ -113,7 +117,7 @@ class DecisionBatcher:
                 groups.setdefault(item[0], []).append(item)
         for key, items in groups.items():
             for s in self.sizes:
-                if s <= len(items) and (key, s) not in self.compiled and (key, s) not in self._compiling:
+                if s <= len(items) and (key, s) not in self._compiling:  # (once: compiled, failed or under way)
                     self._compile(key, s, items[0])
             ready = tuple(s for s in self.sizes if (key, s) in self.compiled)
             start = 0
@@ -132,6 +136,7 @@ class DecisionBatcher:
                 kernel(*shared, (row,) * size).block_until_ready()
                 self.compiled.add((key, size))
             except Exception:  # the rows keep the single kernel
+                self.failed.add((key, size))
                 log.exception("could not compile the decision batch kernel for %d rows", size)
 
         if self.background:

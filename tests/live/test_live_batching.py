@@ -94,6 +94,8 @@ def test_a_batch_kernel_that_fails_to_compile_leaves_the_single_kernel(tmp_path,
     for a, b in zip(single, done):
         same_decision(a, b)
     assert set(batcher.calls) == {1} and "could not compile" in caplog.text
+    state = batcher.describe()  # a failed size is reported as such, not as still compiling
+    assert state["failed"] == [2, 4] and state["compiling"] == [] and state["compiled"] == []
     batcher.compiled.update((group[0], s) for s in batcher.sizes)  # as if compiled, failing when run
     done = asyncio.run(asyncio.wait_for(_gather_errors(batcher, eps), 30))
     assert all(isinstance(d, RuntimeError) and "kernel failed" in str(d) for d in done)
