@@ -59,18 +59,21 @@ UVICORN_OPTIONS = {"timeout_keep_alive": 75, "backlog": 4096}
 _ERROR_NAMES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
 class ProxyApp(FastAPI):
-    """FastAPI, with the chat route's requests handed to the gate before FastAPI's own middleware
-    stack (body limit, exception telemetry, server errors: ~0.1 ms of CPU a request at 200 in
-    flight). The gate answers its errors in OpenAI's shape itself; everything else (other routes,
-    lifespan) goes through FastAPI as usual."""
+    """FastAPI behind the proxy's gate: every request meets the gate first, which serves the chat and
+    finish routes itself, before FastAPI's own middleware stack (body limit, exception telemetry,
+    server errors: ~0.1 ms of CPU a request at 200 in flight), and hands everything else (other
+    routes, lifespan) to FastAPI."""
 
-    fast_gate: Gate | None = None
+    gate: Gate | None = None  # create_app sets it
 
     async def __call__(self, scope, receive, send):
-        gate = self.fast_gate
-        if gate is not None and scope["type"] == "http" and gate.fast_route(scope) is not None:
-            scope["app"] = self
-            return await gate(scope, receive, send)
+        if self.gate is None:
+            return await super().__call__(scope, receive, send)
+        scope["app"] = self
+        await self.gate(scope, receive, send)
+
+    async def behind_gate(self, scope, receive, send):
+        """FastAPI's own handling (the gate's inner app)."""
         await super().__call__(scope, receive, send)
 
 
@@ -172,8 +175,8 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
 
     app = ProxyApp(title="mtrouter-jax proxy", lifespan=lifespan)
     app.state.proxy, app.state.reloader = proxy, reloader
-    fast: dict = {}  # filled below, once the chat route exists
-    app.add_middleware(Gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
+    fast: dict = {}  # the routes the gate serves itself: filled below, once they exist
+    app.gate = Gate(app.behind_gate, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
 
     def error_response(e: ApiError):
         metrics.errors.labels(str(e.status), e.code or e.type).inc()
@@ -223,7 +226,6 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
         await response(scope, receive, send)
     fast["/v1/chat/completions"] = (next(r for r in app.routes if getattr(r, "path", None) == "/v1/chat/completions"),
                                     chat_asgi)
-    app.fast_gate = Gate(None, keys=ring, proxy=proxy, public_metrics=public_metrics, fast=fast)
 
     @app.get("/v1/models")
     async def models():
