@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mtrouter_jax.live.episode import LiveEpisode
-from mtrouter_jax.live.kernel import BATCH_SIZES, batch_kernel, pack_row
+from mtrouter_jax.live.kernel import BATCH_SIZES, batch_kernel, stack_rows
 from mtrouter_jax.live.turns import Decision
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -57,13 +57,6 @@ def batch_group(ep: LiveEpisode) -> tuple | None:
     # alive; an id reused by a later router at worst makes one batch compile inline)
     return ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
             (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
-
-
-def batch_row(ep: LiveEpisode, prep) -> tuple:
-    """``ep``'s prepared decision as a ``batch_kernel`` row (its λ set in the kernel, as
-    ``prepare_decision`` sets it)."""
-    worst, expected, remaining, allowed, _, _, turn = prep.args
-    return pack_row(ep.summary, ep._text(), worst, expected, remaining, allowed, prep.lam, *turn)
 
 
 class DecisionBatcher:
@@ -129,11 +122,11 @@ class DecisionBatcher:
         """Compile the batch kernel for ``size`` rows in the background (on a copy of one row)."""
         self._compiling.add((key, size))
         _, kernel, shared, ep, prep, _ = item
-        row = batch_row(ep, prep)
+        row = ep.decision_row(prep)
 
         def work():
             try:
-                kernel(*shared, (row,) * size).block_until_ready()
+                kernel(*shared, stack_rows((row,) * size)).block_until_ready()
                 self.compiled.add((key, size))
             except Exception:  # the rows keep the single kernel
                 self.failed.add((key, size))
@@ -154,7 +147,7 @@ class DecisionBatcher:
                     fut.set_result(evaluated)
                 return
             _, kernel, shared, *_ = items[0]
-            out = np.asarray(kernel(*shared, tuple(batch_row(it[3], it[4]) for it in items)))
+            out = np.asarray(kernel(*shared, stack_rows([it[3].decision_row(it[4]) for it in items])))
             for i, (_, _, _, ep, _, fut) in enumerate(items):
                 if not fut.done():
                     fut.set_result(ep.unpack(out[i]))
@@ -164,4 +157,4 @@ class DecisionBatcher:
                     it[-1].set_exception(e)
 
 
-__all__ = ["DecisionBatcher", "chunk_sizes", "batch_group", "batch_row"]
+__all__ = ["DecisionBatcher", "chunk_sizes", "batch_group"]

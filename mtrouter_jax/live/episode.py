@@ -19,12 +19,12 @@ import numpy as np
 
 from mtrouter_jax.routing import policies as routing
 from mtrouter_jax.core.features import HistorySummary, vocab_index
-from mtrouter_jax.live.kernel import (decision_kernel, evaluate_on_host, initial_summary_of, lam_ok, policy_fn,
-                                     to_device, unpack_decision)
+from mtrouter_jax.live.kernel import decision_kernel, evaluate_on_host, lam_ok, pack_row, policy_fn, unpack_decision
+from mtrouter_jax.live import summary_words as words
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage
-from mtrouter_jax.logs.io import Episode, Turn, TurnError, append_episodes
+from mtrouter_jax.logs.io import Episode, TurnError, append_episodes
 from mtrouter_jax.core.pricing import call_cost
-from mtrouter_jax.live.turns import Decision, PreparedDecision, TurnRecord
+from mtrouter_jax.live.turns import Decision, PreparedDecision, TurnRecord, logged_turns
 
 if TYPE_CHECKING:  # the router builds episodes; an episode only reads its router's fields
     from mtrouter_jax.live.router import Router
@@ -58,13 +58,14 @@ class LiveEpisode:
             fwd, _, treedef = router._forward if router._forward is not None else (None, (), None)
             self._kernel_key = (router.layout, self.policy.dist, router.learned_policy is not None, fwd, treedef,
                                 router.future_cost)
-            self._kernel = decision_kernel(*self._kernel_key)
+            self._kernel = decision_kernel(*self._kernel_key, len(router.pool))
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
-        self.summary: HistorySummary = initial_summary_of(task, context_tokens, np.inf if budget is None else budget)
-        self._ctx_seen: tuple | None = None  # (summary.context_tokens leaf, its float): _context_tokens
-        self._before_last: HistorySummary | None = None  # the summary before the last record, and its args:
-        self._last_args: tuple | None = None              # (_readvance re-derives the summary from them)
+        # the summary as host words (live/summary_words.py), and the words before the last record with
+        # that record's advance arguments (_readvance re-derives the summary from them)
+        self._words = words.initial_words(task, context_tokens, np.inf if budget is None else budget)
+        self._before_words: np.ndarray | None = None
+        self._last_args: tuple | None = None
         self.turns: list[TurnRecord] = []
         self.spent, self.tokens, self.last_prompt, self.last_completion = 0.0, 0, 0, 0
         self.last_decision: Decision | None = None
@@ -79,6 +80,15 @@ class LiveEpisode:
         self.shadow_missing: str | None = None
 
     # ------------------------------------------------------------------ state
+    @property
+    def summary(self) -> HistorySummary:
+        """The history summary (host leaves: views of the episode's words)."""
+        return words.unpack(self._words)
+
+    @summary.setter
+    def summary(self, s: HistorySummary) -> None:
+        self._words = words.pack(s)
+
     @property
     def remaining(self) -> float | None:
         """USD left (None when there is no budget)."""
@@ -133,9 +143,7 @@ class LiveEpisode:
             raise BudgetExhausted(self.ended)
         base = float(self.last_prompt + self.last_completion)
         if context_tokens is not None and float(context_tokens) != self._context_tokens():
-            ctx = np.float32(context_tokens)
-            self.summary = self.summary.replace(context_tokens=to_device(ctx))
-            self._ctx_seen = (self.summary.context_tokens, float(ctx))  # known here: no device read
+            self._words = words.with_context(self._words, context_tokens)
         hi = max(base, self._context_tokens()) if input_tokens_hi is None else float(input_tokens_hi)
         worst = self.worst_costs(hi)
         expected = self.worst_costs(hi, r.output_tokens_mean)
@@ -167,7 +175,7 @@ class LiveEpisode:
 
     def evaluate(self, prep: PreparedDecision) -> tuple:
         """(features, score, cost_norm, member scores, policy outputs or None) of a prepared decision."""
-        return self._evaluate_fused(*prep.args) if self._kernel is not None else evaluate_on_host(self, *prep.args)
+        return self._evaluate_fused(prep) if self._kernel is not None else evaluate_on_host(self, *prep.args)
 
     def unpack(self, out) -> tuple:
         """``evaluate``'s result from one kernel output vector."""
@@ -213,12 +221,8 @@ class LiveEpisode:
         return d
 
     def _context_tokens(self) -> float:
-        """``summary.context_tokens`` as a float, read from the device once per summary leaf (each
-        read is a device-to-host copy; the leaf is replaced, never mutated, when it changes)."""
-        leaf = self.summary.context_tokens
-        if self._ctx_seen is None or self._ctx_seen[0] is not leaf:
-            self._ctx_seen = (leaf, float(leaf))
-        return self._ctx_seen[1]
+        """``summary.context_tokens`` as a float."""
+        return words.context_of(self._words)
 
     def _text(self) -> np.ndarray:
         """(T,) embedding of the latest observation (zeros without one; (0,) without text features)."""
@@ -228,12 +232,18 @@ class LiveEpisode:
             return np.zeros(r.text_dim, np.float32)
         return np.asarray(r.text_encoder.encode([obs]), np.float32).reshape(-1)
 
-    def _evaluate_fused(self, worst, expected, remaining, allowed, params, lparams, turn):
+    def decision_row(self, prep: PreparedDecision) -> tuple:
+        """The kernel row of a prepared decision (``kernel.pack_row``; λ is set in the kernel)."""
+        worst, expected, remaining, allowed, _, _, turn = prep.args
+        return pack_row(self._words, self._text(), worst, expected, remaining, allowed, prep.lam, *turn)
+
+    def _evaluate_fused(self, prep: PreparedDecision):
         """Features, estimator outputs and the policy's draw in one jitted call (live/kernel.py)."""
         r = self.router
         leaves = r._forward[1] if r._forward is not None else ()
-        out = self._kernel(self.summary, self._text(), leaves, np.float32(r.cost_scale), np.int32(0), worst,
-                     expected, remaining, allowed, params, lparams, *turn)
+        lparams = r.learned_policy.params if r.learned_policy is not None else {}
+        out = self._kernel(leaves, np.float32(r.cost_scale), np.int32(0), self.policy.params, lparams,
+                           self.decision_row(prep))
         return self.unpack(out)
 
     def _nonfinite_choice(self, allowed, expected):
@@ -311,7 +321,7 @@ class LiveEpisode:
         rec = TurnRecord(model, prompt, cached, completion, cost, ttype, tidx, error, propensity,
                        observation, action, feats, turn_meta, progress)
         ctx = float(prompt + completion) if next_context_tokens is None else float(next_context_tokens)
-        self._before_last = self.summary
+        self._before_words = self._words
         self._last_args = (np.int32(mi), np.int32(tidx), np.float32(prompt), np.float32(completion),
                            np.float32(cost), np.float32(ctx))
         self.turns.append(rec)
@@ -326,9 +336,7 @@ class LiveEpisode:
         rec = self.turns[-1]
         m, tool, inp, out, cost, ctx = self._last_args
         kind, sev = self.router.error_of(rec.error)
-        self.summary = self.router._advance(self._before_last, m, tool, np.int32(kind), np.int32(sev),
-                                            inp, out, cost, ctx)
-        self._ctx_seen = (self.summary.context_tokens, float(ctx))  # advance_summary sets it to ctx
+        self._words = words.advance_words(self._before_words, m, tool, kind, sev, inp, out, cost, ctx)
 
     def attach_observation(self, text: str | None) -> TurnError | None:
         """Set the last turn's observation (its tool result) and re-derive its error/summary."""
@@ -355,12 +363,7 @@ class LiveEpisode:
     def to_episode(self, score: float | None = None,
                    score_range: Sequence[float] | None = None, meta: dict | None = None) -> Episode:
         """The episode as a ``logs.Episode`` (an unknown score is logged as such: ``score=None``)."""
-        text = self.router.log_text
-        turns = tuple(Turn(t.model, t.input_tokens, t.cached_tokens, t.output_tokens, t.cost, t.tool,
-                           t.error, t.propensity,
-                           observation=t.observation if text else None,
-                           action=t.action if text else None, features=t.features,
-                           meta=t.meta or None, progress=t.progress) for t in self.turns)
+        turns = logged_turns(self.turns, self.router.log_text)
         m = {"lam": self.lam, "router": "mtrouter-jax live", "policy": self.policy.spec,
              "explore": self.explore, "seed": self.seed, "started": self.started, **(meta or {})}
         if self.ended:

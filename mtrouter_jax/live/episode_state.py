@@ -17,12 +17,11 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-import jax
 import numpy as np
 
 from mtrouter_jax.core.features import HistorySummary
 from mtrouter_jax.logs.io import TurnError
-from mtrouter_jax.live.kernel import to_device
+from mtrouter_jax.live import summary_words as words
 from mtrouter_jax.live.turns import TurnRecord
 
 if TYPE_CHECKING:
@@ -38,18 +37,18 @@ class EpisodeStateError(ValueError):
     """A stored state that this router cannot continue (another pool, policy or schema)."""
 
 
-def _summary_out(s: HistorySummary | None) -> dict | None:
-    if s is None:
+def _summary_out(w: np.ndarray | None) -> dict | None:
+    if w is None:
         return None
-    host = jax.device_get(s)  # every leaf in one call
-    return {f.name: np.asarray(getattr(host, f.name)).tolist() for f in dataclasses.fields(host)}
+    s = words.unpack(w)
+    return {f.name: getattr(s, f.name).tolist() for f in dataclasses.fields(s)}
 
 
-def _summary_in(d: dict | None) -> HistorySummary | None:
+def _summary_in(d: dict | None) -> np.ndarray | None:
     if d is None:
         return None
-    return to_device(HistorySummary(**{k: np.asarray(v, np.float32 if k in _FLOAT_FIELDS else np.int32)
-                                       for k, v in d.items()}))
+    return words.pack(HistorySummary(**{k: np.asarray(v, np.float32 if k in _FLOAT_FIELDS else np.int32)
+                                        for k, v in d.items()}))
 
 
 _TURN_FIELDS = tuple(f.name for f in dataclasses.fields(TurnRecord))
@@ -79,8 +78,8 @@ def episode_state(ep: "LiveEpisode") -> dict:
     """The JSON-able state of ``ep`` (see the module docstring)."""
     return {"schema": STATE_SCHEMA, "episode_id": ep.episode_id, "task_type": ep.task_type, "budget": ep.budget,
             "lam": ep.lam, "explore": ep.explore, "seed": ep.seed, "policy": ep.policy.spec,
-            "pool": list(ep.router.pool.names), "summary": _summary_out(ep.summary),
-            "before_last": _summary_out(ep._before_last),
+            "pool": list(ep.router.pool.names), "summary": _summary_out(ep._words),
+            "before_last": _summary_out(ep._before_words),
             "last_args": None if ep._last_args is None else [float(x) for x in ep._last_args],
             "turns": [_turn_out(t) for t in ep.turns], "spent": ep.spent, "tokens": ep.tokens,
             "last_prompt": ep.last_prompt, "last_completion": ep.last_completion, "ended": ep.ended,
@@ -101,8 +100,8 @@ def restore_episode(router: "Router", st: dict) -> "LiveEpisode":
     if ep.policy.spec != st["policy"]:
         raise EpisodeStateError(f"stored episode {st['episode_id']!r} was routed by {st['policy']!r}, this "
                                 f"router's policy is {ep.policy.spec!r}")
-    ep.summary = _summary_in(st["summary"])
-    ep._before_last = _summary_in(st["before_last"])
+    ep._words = _summary_in(st["summary"])
+    ep._before_words = _summary_in(st["before_last"])
     la = st["last_args"]
     ep._last_args = None if la is None else tuple(t(x) for t, x in zip(_LAST_ARGS, la))
     ep.turns = [_turn_in(t) for t in st["turns"]]

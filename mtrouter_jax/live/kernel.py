@@ -19,37 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.routing import policies as routing
-from mtrouter_jax.core.features import FeatureLayout, advance_summary, history_features, initial_summary
+from mtrouter_jax.core.features import FeatureLayout, history_features
+from mtrouter_jax.live.summary_words import unpack_traced, word_layout
 
 
 @lru_cache(maxsize=None)
-def compiled_summary_fns(layout: FeatureLayout):
-    """One jitted (features, advance) pair per layout (layout is hashable, hence static)."""
-    feats = jax.jit(lambda s: history_features(s, layout))
-    return feats, jax.jit(advance_summary)
-
-
-# a pytree of host arrays onto the device in one jitted call (~7 us): ``jnp.asarray`` is an eager
-# op of ~30 us per leaf, and the results are device arrays like every other summary leaf (a host
-# leaf would make each jitted reader of the summary compile a second time)
-to_device = jax.jit(lambda tree: tree)
-
-# eager ``initial_summary`` costs ~0.4 ms of op-by-op dispatch per new conversation; jitted ~0.03 ms
-initial_summary_fn = jax.jit(initial_summary)
-_INITIAL: dict = {}  # (task, context tokens, budget) -> summary: its leaves are never mutated, only replaced
-
-
-def initial_summary_of(task: int, context_tokens: float, budget: float):
-    """The summary a new conversation starts from, computed once per (task, context, budget): a busy
-    proxy starts conversations with a handful of budgets, and the jitted call (13 outputs) is the
-    larger part of starting one."""
-    key = (int(task), float(np.float32(context_tokens)), float(np.float32(budget)))
-    got = _INITIAL.get(key)
-    if got is None:
-        if len(_INITIAL) >= 4096:  # (clients choose budgets: bounded)
-            _INITIAL.clear()
-        got = _INITIAL[key] = initial_summary_fn(np.int32(task), np.float32(context_tokens), np.float32(budget))
-    return got
+def compiled_features(layout: FeatureLayout):
+    """One jitted ``history_features`` per layout (layout is hashable, hence static)."""
+    return jax.jit(lambda s: history_features(s, layout))
 
 
 def lam_ok(lam) -> bool:
@@ -107,14 +84,34 @@ def _rounded(x, zero):
 
 
 @lru_cache(maxsize=None)
+def row_fn(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef, future_cost: bool,
+           m: int):
+    """One decision from one row: ``(params leaves, cost_scale, zero (int32 0), policy params, learned
+    params, row) -> one float32 vector`` packing features (F,), score (M,), cost_norm (M,), probs (M,),
+    values (M,), the model index, its propensity and member scores (K*M) — one device-to-host copy
+    instead of eight (``unpack_decision`` splits it). The row is ``pack_row``'s: the text embedding,
+    one float32 vector (worst, expected, remaining, λ, allowed as 0/1) and one int32 vector (the
+    summary's words, seed, turn, attempt); λ is set in the policy params here."""
+    one = decision_fn(layout, dist, with_values, forward, treedef, future_cost)
+    n_words = word_layout()[1]
+
+    def row(leaves, cost_scale, zero, params, lparams, r):
+        text, f, i = r
+        lam = f[2 * m + 1]
+        return one(unpack_traced(i[:n_words]), text, leaves, cost_scale, zero, f[:m], f[m:2 * m], f[2 * m],
+                   f[2 * m + 2:] > 0.5, routing.set_lam(params, lam), routing.set_lam(lparams, lam),
+                   i[n_words], i[n_words + 1], i[n_words + 2])
+
+    return row
+
+
+@lru_cache(maxsize=None)
 def decision_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
-                    future_cost: bool):
-    """The jitted decision: ``(summary, text (T,), params leaves, cost_scale, zero (int32 0), worst (M,), expected (M,),
-    remaining, allowed (M,), policy params, learned params, seed, turn, attempt) -> one float32
-    vector`` packing features (F,), score (M,), cost_norm (M,), probs (M,), values (M,), the model
-    index, its propensity and member scores (K*M) — one device-to-host copy instead of eight
-    (``unpack_decision`` splits it)."""
-    return jax.jit(decision_fn(layout, dist, with_values, forward, treedef, future_cost))
+                    future_cost: bool, m: int):
+    """The jitted decision of one row (``row_fn``): features, the checkpoint's forward pass (every
+    ensemble member), the member mean, the cost normalisation and the policy's distribution, draw
+    and decision values in one call."""
+    return jax.jit(row_fn(layout, dist, with_values, forward, treedef, future_cost, m))
 
 
 # the sizes a batch of decisions is cut into (each compiled once, on first use); a single one
@@ -126,33 +123,34 @@ BATCH_SIZES = (16, 8, 4, 2)
 def batch_kernel(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
                  future_cost: bool, m: int):
     """Several conversations' decisions in one jitted call: ``(params leaves, cost_scale, zero, policy
-    params, learned params, rows) -> (B, D)``, each row ``(summary, text, floats, ints)`` as
-    ``pack_row`` builds it, the policy's λ set per row. The rows run one after the other
-    (``lax.map``) through the very function ``decision_kernel`` compiles, so each row's output is
-    bit-for-bit that of a single call (a ``vmap`` would batch the matrix products, which rounds
-    differently; ``tests/live/test_live_batching.py``); what the batch saves is the per-call cost
-    of dispatch, argument handling and a cold cache, about half of a single call's CPU."""
-    one = decision_fn(layout, dist, with_values, forward, treedef, future_cost)
+    params, learned params, rows) -> (B, D)``, the rows stacked by ``stack_rows``. The rows run one
+    after the other (``lax.map``) through the very function ``decision_kernel`` compiles, so each
+    row's output is bit-for-bit that of a single call (a ``vmap`` would batch the matrix products,
+    which rounds differently; ``tests/live/test_live_batching.py``); what the batch saves is the
+    per-call cost of dispatch, argument handling and a cold cache, about half of a single call's CPU."""
+    row = row_fn(layout, dist, with_values, forward, treedef, future_cost, m)
 
     def batched(leaves, cost_scale, zero, params, lparams, rows):
-        def row(r):
-            summary, text, f, i = r
-            lam = f[2 * m + 1]
-            return one(summary, text, leaves, cost_scale, zero, f[:m], f[m:2 * m], f[2 * m], f[2 * m + 2:] > 0.5,
-                       routing.set_lam(params, lam), routing.set_lam(lparams, lam), i[0], i[1], i[2])
-
-        return jax.lax.map(row, jax.tree_util.tree_map(lambda *x: jnp.stack(x), *rows))
+        return jax.lax.map(lambda r: row(leaves, cost_scale, zero, params, lparams, r), rows)
 
     return jax.jit(batched)
 
 
-def pack_row(summary, text, worst, expected, remaining, allowed, lam, seed, turn, attempt) -> tuple:
-    """One decision's inputs as a ``batch_kernel`` row: the summary, the text embedding, one float32
-    vector (worst, expected, remaining, λ, allowed as 0/1) and one int32 vector (seed, turn, attempt)."""
-    f = np.empty(3 * len(worst) + 2, np.float32)
+def pack_row(words, text, worst, expected, remaining, allowed, lam, seed, turn, attempt) -> tuple:
+    """One decision's inputs as a row: the text embedding, one float32 vector (worst, expected,
+    remaining, λ, allowed as 0/1) and one int32 vector (the summary's words, seed, turn, attempt)."""
     m = len(worst)
+    f = np.empty(3 * m + 2, np.float32)
     f[:m], f[m:2 * m], f[2 * m], f[2 * m + 1], f[2 * m + 2:] = worst, expected, remaining, lam, allowed
-    return summary, text, f, np.array((seed, turn, attempt), np.int32)
+    n = len(words)
+    i = np.empty(n + 3, np.int32)
+    i[:n], i[n], i[n + 1], i[n + 2] = words, seed, turn, attempt
+    return text, f, i
+
+
+def stack_rows(rows) -> tuple:
+    """Rows stacked on the host into three (B, ...) arrays (three kernel arguments, not 3·B)."""
+    return tuple(np.stack(x) for x in zip(*rows))
 
 
 @lru_cache(maxsize=None)
@@ -225,5 +223,6 @@ def evaluate_on_host(ep, worst, expected, remaining, allowed, params, lparams, t
     return feats, score, cost_norm, member, ep._decide(ep.summary, inputs, params, lparams, *turn)
 
 
-__all__ = ["compiled_summary_fns", "initial_summary_fn", "policy_fn", "estimator_forward", "decision_kernel",
-           "decision_fn", "batch_kernel", "lam_ok", "initial_summary_of", "pack_row", "BATCH_SIZES", "unpack_decision", "evaluate_on_host", "to_device"]
+__all__ = ["compiled_features", "policy_fn", "estimator_forward", "decision_kernel",
+           "decision_fn", "row_fn", "batch_kernel", "lam_ok", "pack_row", "stack_rows", "BATCH_SIZES", "unpack_decision",
+           "evaluate_on_host"]

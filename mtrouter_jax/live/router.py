@@ -33,7 +33,7 @@ from mtrouter_jax.logs.detect import ErrorRuleSet, ToolTypeMap, default_rules, d
 from mtrouter_jax.core.features import NO_VALUE, FeatureLayout, vocab_index
 from mtrouter_jax.live.accounting import BudgetExhausted, parse_usage  # noqa: F401  (re-exported)
 from mtrouter_jax.live.episode import Decision, LiveEpisode  # noqa: F401  (re-exported)
-from mtrouter_jax.live.kernel import compiled_summary_fns, estimator_forward
+from mtrouter_jax.live.kernel import compiled_features, estimator_forward
 from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
@@ -194,7 +194,7 @@ class Router:
         # checkpoints whose cost head excludes this turn ("future") need this turn's expected cost
         self.future_cost = getattr(estimator, "cost_target", "remaining") == "future"
         self.max_output = np.array([s.attributes.get("max_output_k", default_max_output / 1000) * 1000 for s in m])
-        self._feats, self._advance = compiled_summary_fns(self.layout)  # shared per layout
+        self._feats = compiled_features(self.layout)  # shared per layout
         # the one-call decision path (live/kernel.py) when the estimator has a JAX forward pass
         self.fused = bool(fused)
         fwd = estimator_forward(estimator)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mtrouter_jax.logs.io import TurnError
+from mtrouter_jax.logs.io import Turn, TurnError
 
 
 @dataclass(frozen=True)
@@ -63,4 +63,12 @@ class PreparedDecision(NamedTuple):
     lam: np.float32
 
 
-__all__ = ["PreparedDecision", "Decision", "TurnRecord"]
+def logged_turns(turns: list["TurnRecord"], text: bool) -> tuple[Turn, ...]:
+    """The kept turns as logged ``Turn``s (observation and action only when text is logged)."""
+    return tuple(Turn(t.model, t.input_tokens, t.cached_tokens, t.output_tokens, t.cost, t.tool, t.error,
+                      t.propensity, observation=t.observation if text else None,
+                      action=t.action if text else None, features=t.features, meta=t.meta or None,
+                      progress=t.progress) for t in turns)
+
+
+__all__ = ["logged_turns", "PreparedDecision", "Decision", "TurnRecord"]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from testing.live import FakeEstimator, make_pool
 from mtrouter_jax.core.features import NO_VALUE
-from mtrouter_jax.live.kernel import compiled_summary_fns
+from mtrouter_jax.live.kernel import compiled_features
+from mtrouter_jax.live import summary_words
 from mtrouter_jax.live.router import BudgetExhausted, PoolMismatchError, Router
 from mtrouter_jax.logs.io import read_episodes
 
@@ -125,8 +126,8 @@ def test_budget_never_exceeded_when_calls_obey_the_bounds(budget, turns):
 
 
 def test_features_compiled_once_per_layout(router):
-    feats, advance = compiled_summary_fns(router.layout)
-    assert feats is router._feats and advance is router._advance
+    feats, advance = compiled_features(router.layout), summary_words._advance_jit
+    assert feats is router._feats
     ep = router.start_episode(budget=0.5)
     for i in range(5):
         ep.choose(input_tokens_hi=100 * (i + 1), context_tokens=50.0 * i)
