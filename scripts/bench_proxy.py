@@ -101,6 +101,11 @@ def _proxy(port: int, upstream_base: str, checkpoint: str | None, log: str, no_a
         from mtrouter_jax.live.store import open_store
         kw["state"] = open_store(state)
     app = create_app(router, timeout=30.0, max_retries=0, **kw)
+    try:  # as mtrouter serve (an older tree without it serves as it did)
+        from mtrouter_jax.live.server.heap import freeze_heap
+        freeze_heap()
+    except ImportError:
+        pass
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)  # as mtrouter serve
 
 

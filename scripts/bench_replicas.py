@@ -57,6 +57,8 @@ def _replica(port: int, upstream_base: str, log: str, state: str | None) -> None
     logging.getLogger("mtrouter_jax.live").setLevel(logging.ERROR)
     router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
     app = create_app(router, timeout=30.0, max_retries=0, state=None if state is None else open_store(state))
+    from mtrouter_jax.live.server.heap import freeze_heap
+    freeze_heap()  # as mtrouter serve
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", **UVICORN_OPTIONS)
 
 

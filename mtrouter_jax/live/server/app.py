@@ -43,6 +43,7 @@ from mtrouter_jax.live.server.options import add_serve_args  # noqa: F401  (re-e
 from mtrouter_jax.live.server.proxy import Proxy
 from mtrouter_jax.live.server.control import POLL_S, FleetReloads
 from mtrouter_jax.live.server.gate import Gate, request_tenant
+from mtrouter_jax.live.server.heap import freeze_heap
 from mtrouter_jax.live.server.reload import Reloader, stamp
 from mtrouter_jax.live.server.startup import arms_lines, startup_lines
 from mtrouter_jax.live.server.streams import dumps
@@ -362,6 +363,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
                      state=store, reload_build=build, sighup=True, arms=arms)
     log.info("state: %s", "this process (memory)" if store is None else
              f"shared: {getattr(store, 'url', state).split('@')[-1]} (replicas share conversations, budgets, finishes)")
+    freeze_heap()  # (live/server/heap.py: full collections skip what startup built)
     uvicorn.run(app, host=host, port=port, log_level="info", **{**UVICORN_OPTIONS, "timeout_keep_alive": keep_alive})
 
 

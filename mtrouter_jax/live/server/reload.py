@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import anyio
 
 from mtrouter_jax.live.router import Router
+from mtrouter_jax.live.server.heap import refreeze_heap
 from mtrouter_jax.live.server.api import ApiError
 from mtrouter_jax.live.store import StoreUnavailable
 
@@ -114,6 +115,7 @@ class Reloader:
             self.count += 1
         log.info("reloaded: new conversations route with checkpoint %s (%s); open ones keep %s", new.digest, path,
                  old.digest)
+        refreeze_heap()  # (the load's own objects join the frozen heap; replaced routers' cycles go)
         out = {"checkpoint": str(path), "digest": new.digest, "previous": old.digest, "policy": new.policy.spec,
                "reloads": self.count}
         if publish and self.fleet is not None:
