@@ -51,12 +51,9 @@ def batch_group(ep: LiveEpisode) -> tuple | None:
     if ep._kernel is None:
         return None
     r = ep.router
-    leaves = r._forward[1] if r._forward is not None else ()
-    lparams = r.learned_policy.params if r.learned_policy is not None else {}
     # (ids, not the objects: the batcher's ``compiled`` set must not keep a reloaded-away router
     # alive; an id reused by a later router at worst makes one batch compile inline)
-    return ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)),
-            (leaves, np.float32(r.cost_scale), np.int32(0), ep.policy.params, lparams))
+    return ((id(ep._kernel), id(ep.policy), id(r)), batch_kernel(*ep._kernel_key, len(r.pool)), ep.kernel_shared())
 
 
 class DecisionBatcher:

@@ -61,8 +61,7 @@ class LiveEpisode:
             self._kernel = decision_kernel(*self._kernel_key, len(router.pool))
         self.lock = threading.Lock()  # callers (the server) hold it across choose/call/record
         task = int(vocab_index(router.layout.task_types, [task_type])[0])
-        # the summary as host words (live/summary_words.py), and the words before the last record with
-        # that record's advance arguments (_readvance re-derives the summary from them)
+        # the summary as host words (live/summary_words.py); _readvance re-derives it from the two below
         self._words = words.initial_words(task, context_tokens, np.inf if budget is None else budget)
         self._before_words: np.ndarray | None = None
         self._last_args: tuple | None = None
@@ -233,18 +232,21 @@ class LiveEpisode:
         return np.asarray(r.text_encoder.encode([obs]), np.float32).reshape(-1)
 
     def decision_row(self, prep: PreparedDecision) -> tuple:
-        """The kernel row of a prepared decision (``kernel.pack_row``; λ is set in the kernel)."""
+        """The kernel row of a prepared decision (``kernel.pack_row``)."""
         worst, expected, remaining, allowed, _, _, turn = prep.args
         return pack_row(self._words, self._text(), worst, expected, remaining, allowed, prep.lam, *turn)
 
+    def kernel_shared(self) -> tuple:
+        """(estimator leaves, cost scale, zero, policy params, learned params): the kernel arguments
+        every row of this router and policy shares (λ is set per row, in the kernel)."""
+        r = self.router
+        lparams = r.learned_policy.params if r.learned_policy is not None else {}
+        leaves = r._forward[1] if r._forward is not None else ()
+        return leaves, np.float32(r.cost_scale), np.int32(0), self.policy.params, lparams
+
     def _evaluate_fused(self, prep: PreparedDecision):
         """Features, estimator outputs and the policy's draw in one jitted call (live/kernel.py)."""
-        r = self.router
-        leaves = r._forward[1] if r._forward is not None else ()
-        lparams = r.learned_policy.params if r.learned_policy is not None else {}
-        out = self._kernel(leaves, np.float32(r.cost_scale), np.int32(0), self.policy.params, lparams,
-                           self.decision_row(prep))
-        return self.unpack(out)
+        return self.unpack(self._kernel(*self.kernel_shared(), self.decision_row(prep)))
 
     def _nonfinite_choice(self, allowed, expected):
         """Safe choice when the estimator returned NaN/inf: the previous model if allowed, else the

@@ -156,7 +156,8 @@ def stack_rows(rows) -> tuple:
 @lru_cache(maxsize=None)
 def decision_fn(layout: FeatureLayout, dist, with_values: bool, forward: Callable | None, treedef,
                 future_cost: bool):
-    """The traced decision behind ``decision_kernel`` and ``batch_kernel`` (one home for both)."""
+    """The traced decision of one summary, behind ``row_fn`` and so both ``decision_kernel`` and
+    ``batch_kernel`` (one home for both)."""
 
     def kernel(summary, text, leaves, cost_scale, zero, worst, expected, remaining, allowed, params, lparams,
                seed, turn, attempt):
