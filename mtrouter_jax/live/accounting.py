@@ -6,9 +6,10 @@ guarantee is the same wherever a turn is served.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping, Sequence
+
+from mtrouter_jax.core.jsonfast import dumps_compact
 
 MSG_OVERHEAD = 8  # chat-template tokens per message, generous
 MAX_USAGE_TOKENS = 2**31 - 1  # a reported count above this is no token count (invalid, not "over the cap")
@@ -21,7 +22,7 @@ class BudgetExhausted(RuntimeError):
 
 def json_bytes(obj: Any) -> int:
     """UTF-8 bytes of ``obj`` as compact JSON (a BPE token is at least one byte)."""
-    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return len(dumps_compact(obj))  # (json.dumps's bytes, at orjson's speed where they agree)
 
 
 def input_tokens_bound(messages: Sequence[Any], tools: Any = None) -> int:

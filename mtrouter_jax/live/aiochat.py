@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from mtrouter_jax.core.jsonfast import dumps_compact
+
 log = logging.getLogger("mtrouter_jax.live")
 
 INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, MAX_RETRY_AFTER_DELAY = 0.5, 8.0, 120.0  # openai's constants
@@ -60,7 +62,7 @@ def ssl_context():
 
 def dumps_body(payload: dict) -> bytes:
     """The request body as the openai client encodes it (compact, UTF-8, no NaN)."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return dumps_compact(payload, allow_nan=False)
 
 
 def json_or_none(body: bytes):

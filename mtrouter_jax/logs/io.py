@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from mtrouter_jax.core.jsonfast import dumps_compact
 from mtrouter_jax.logs.schema import (KNOWN_SCHEMAS, LEVELS, SCHEMA_V1, SCHEMA_VERSION, SEVERITIES, Episode,
                                       LogFormatError, Turn, TurnError, UnknownFieldsWarning, parse_record)
 from mtrouter_jax.logs.records import DuplicateEpisodesWarning
@@ -259,10 +260,10 @@ def _serialise(episodes: Iterable[Episode] | Episode, where: str) -> bytes:
         except LogFormatError as e:
             problems.extend(e.problems)
             continue
-        lines.append(json.dumps(d, allow_nan=False, separators=(",", ":"), ensure_ascii=False))
+        lines.append(dumps_compact(d, allow_nan=False))
     if problems:  # nothing is written if any episode of the batch is invalid
         raise LogFormatError(problems)
-    return "".join(line + "\n" for line in lines).encode("utf-8")
+    return b"".join(line + b"\n" for line in lines)
 
 
 def _write_all(fd: int, data: bytes) -> None:

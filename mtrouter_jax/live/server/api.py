@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 from fastapi.responses import JSONResponse
 
+from mtrouter_jax.core.jsonfast import NOT_FAST, deeper_than, loads_fast
+
 ROUTED = "mtrouter"
 EXPLORE = "explore"
 _ROUTED_MODEL = re.compile(r"^mtrouter(?:-(explore|greedy))?(?:-(.+))?$")
@@ -58,16 +60,6 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth_exceeds(obj: Any, limit: int) -> bool:
-    """Whether the dict/list ``obj`` nests deeper than ``limit`` levels (recursion stops at ``limit``)."""
-    if limit <= 0:
-        return True
-    for c in obj.values() if type(obj) is dict else obj:
-        if (type(c) is dict or type(c) is list) and _depth_exceeds(c, limit - 1):
-            return True
-    return False
-
-
 def json_containers(raw: bytes | bytearray | str) -> int:
     """How many ``{``/``[`` ``raw`` holds, counted at C speed on the text (strings included: an upper
     bound on its JSON objects and arrays, hence on how deep they can nest)."""
@@ -84,21 +76,23 @@ def _finite_float(text: str) -> float:
 def parse_json(raw: bytes, what: str = "request body", containers: int | None = None) -> Any:
     """Decode a JSON body; 400 for invalid UTF-8, syntax errors, NaN/Infinity and absurd nesting.
     ``containers``: ``json_containers(raw)`` when the caller has counted them already."""
-    try:
-        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
-        obj = None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise ApiError(400, f"{what} is not valid JSON: {e}") from None
-    else:
-        if containers is None:
-            containers = json_containers(raw)
-        # (with no more brackets than levels allowed, the nesting cannot exceed them: no walk)
-        if not isinstance(obj, (dict, list)) or containers <= MAX_JSON_DEPTH or not _depth_exceeds(obj, MAX_JSON_DEPTH):
-            if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str that UTF-8 cannot encode
-                _check_no_lone_surrogates(obj, what)
-            return obj
-    raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    obj = loads_fast(raw)  # orjson where it provably decodes as below (core/jsonfast.py) ...
+    fast = obj is not NOT_FAST  # ... and it refuses NaN, 1e400 and lone surrogates outright
+    if not fast:
+        try:
+            obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
+            raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ApiError(400, f"{what} is not valid JSON: {e}") from None
+    if containers is None:
+        containers = json_containers(raw)
+    # (with no more brackets than levels allowed, the nesting cannot exceed them: no walk)
+    if isinstance(obj, (dict, list)) and containers > MAX_JSON_DEPTH and deeper_than(obj, MAX_JSON_DEPTH):
+        raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    if not fast and _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str UTF-8 cannot encode
+        _check_no_lone_surrogates(obj, what)
+    return obj
 
 
 def _check_no_lone_surrogates(obj: Any, what: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi.responses import StreamingResponse
 
+from mtrouter_jax.core.jsonfast import dumps_compact
 from mtrouter_jax.live.backends import SSE_DONE, Attempt, sse_payload
 from mtrouter_jax.live.server.api import ApiError, ChatRequest
 from mtrouter_jax.live.server.conversations import Conversation
@@ -38,12 +39,12 @@ def _finite_json(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON of an upstream object for the client (non-finite numbers as null)."""
+def dumps(obj: Any) -> bytes:
+    """Compact JSON (UTF-8) of an upstream object for the client (non-finite numbers as null)."""
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return dumps_compact(obj, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite_json(obj), ensure_ascii=False, separators=(",", ":"))
+        return dumps_compact(_finite_json(obj))
 
 
 def _json_reply_as_chunks(raw: bytes, model: str) -> list:
@@ -169,7 +170,7 @@ class TurnStream(StreamingResponse):
                         if not ch.get("choices"):
                             continue
                         ch = {k: v for k, v in ch.items() if k != "usage"}
-                    yield f"data: {dumps(ch)}\n\n"
+                    yield b"data: " + dumps(ch) + b"\n\n"
                 else:
                     if not st["done"] and not st["finish_reason"]:
                         error = "upstream_cut"  # the connection ended before [DONE] and any finish_reason
