@@ -31,7 +31,7 @@ from bench_proxy import TOOLS, agent_step  # noqa: E402
 
 
 def canned(n: list):
-    async def achat(model, body):
+    async def achat(model, body, finite=False):
         n[0] += 1
         i = n[0]
         call = {"id": f"t{i}", "type": "function", "function": {"name": "search", "arguments": "{\"q\": \"x\"}"}}

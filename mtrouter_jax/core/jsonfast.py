@@ -11,9 +11,9 @@ included, at the old speed):
   exact), so bodies with a run of 19 or more digits take the standard library; anything orjson
   refuses (NaN, ``1e400``, lone surrogates, a BOM, deep nesting, invalid UTF-8) does too, so the
   caller's own error messages and rules apply unchanged.
-- encoding: orjson's output is taken only when it decodes back to an equal object (which rules
-  out NaN/Infinity, written as null, and tuples) and holds none of the float spellings where the
-  two differ (orjson writes ``1e-6`` and ``0.00001`` where Python writes ``1e-06`` and ``1e-05``;
+- encoding: orjson's output is taken only when it holds no ``null`` that is not a None (orjson
+  writes NaN and Infinity as null: an output with a null must decode back to an equal object,
+  unless the caller knows the object finite) and none of the float spellings where the two differ (orjson writes ``1e-6`` and ``0.00001`` where Python writes ``1e-06`` and ``1e-05``;
   elsewhere both write the shortest round-trip digits the same way); subclasses and non-JSON types
   take the standard library, which encodes or refuses them as before.
 
@@ -23,6 +23,7 @@ Without orjson installed (it comes with the ``live`` extra) every call is the st
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -35,8 +36,9 @@ except ImportError:  # pragma: no cover - exercised by the fallback tests throug
 # shortest integer orjson may turn into a float is -2**63 - 1) is then a substring search
 _DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # "0" for 0-9, else " "
 _RUN_19 = b"0" * 19
-# orjson's spellings of floats that Python spells otherwise (a string holding one only costs speed)
-_OTHER_FLOAT_SPELLING = re.compile(rb"e-[0-9](?![0-9])|0\.0000")
+# orjson's spellings of floats that Python spells otherwise, 1e-6 (1e-06) and 0.00001 (1e-05); a
+# string that holds one only costs speed
+_SHORT_NEG_EXPONENT = re.compile(rb"e-[0-9](?![0-9])")
 _PASSTHROUGH = 0 if orjson is None else (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
                                          | orjson.OPT_PASSTHROUGH_DATACLASS)
 NOT_FAST = object()  # ``loads_fast``'s answer when the standard library has to decide
@@ -80,22 +82,50 @@ def loads_fast(raw: bytes | bytearray | memoryview) -> Any:
     return obj
 
 
-def _stdlib(obj: Any, allow_nan: bool) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan).encode("utf-8")
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with NaN/Infinity as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
-def dumps_compact(obj: Any, allow_nan: bool = True) -> bytes:
-    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan)`` as UTF-8
-    bytes, byte for byte (raising what it raises)."""
+def _stdlib(obj: Any, nonfinite: str) -> bytes:
+    if nonfinite == "null":
+        try:
+            return _stdlib(obj, "raise")
+        except ValueError:
+            obj = _finite_or_null(obj)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=nonfinite != "raise").encode("utf-8")
+
+
+def _other_float_spelling(out: bytes) -> bool:
+    return (b"e-" in out and _SHORT_NEG_EXPONENT.search(out) is not None) or b"0.0000" in out
+
+
+def dumps_compact(obj: Any, nonfinite: str = "token", finite: bool = False) -> bytes:
+    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`` as UTF-8 bytes, byte for byte,
+    NaN and Infinity written as such (``nonfinite="token"``, ``allow_nan=True``), refused with
+    json's ValueError (``"raise"``, ``allow_nan=False``) or written as null (``"null"``: what a
+    client can read; tuples and lists nested as plain JSON). ``finite``: the caller knows ``obj``
+    holds no NaN or Infinity (``parse_json`` refuses them), which spares the check that orjson did
+    not write one of them as null."""
     if orjson is not None:
         try:
             out = orjson.dumps(obj, default=_refuse, option=_PASSTHROUGH)
         except (orjson.JSONEncodeError, TypeError):
             pass
         else:
-            if not _OTHER_FLOAT_SPELLING.search(out) and orjson.loads(out) == obj:
+            # (tuples: both write a list; a null that is not a None can only be a NaN or an Infinity,
+            # and orjson's null for those is what "null" asks for)
+            if not _other_float_spelling(out) and (finite or nonfinite == "null" or b"null" not in out
+                                                   or orjson.loads(out) == obj):
                 return out
-    return _stdlib(obj, allow_nan)
+    return _stdlib(obj, nonfinite)
 
 
 __all__ = ["loads_fast", "dumps_compact", "deeper_than", "NOT_FAST", "MAX_FAST_DEPTH"]

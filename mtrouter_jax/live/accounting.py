@@ -20,19 +20,22 @@ class BudgetExhausted(RuntimeError):
     """No model's worst-case cost for the next turn fits the remaining budget; the episode ended."""
 
 
-def json_bytes(obj: Any) -> int:
-    """UTF-8 bytes of ``obj`` as compact JSON (a BPE token is at least one byte)."""
-    return len(dumps_compact(obj))  # (json.dumps's bytes, at orjson's speed where they agree)
+def json_bytes(obj: Any, finite: bool = False) -> int:
+    """UTF-8 bytes of ``obj`` as compact JSON (a BPE token is at least one byte); ``finite``: the
+    caller knows it holds no NaN/Infinity (``jsonfast.dumps_compact``)."""
+    return len(dumps_compact(obj, finite=finite))  # (json.dumps's bytes, at orjson's speed where they agree)
 
 
-def input_tokens_bound(messages: Sequence[Any], tools: Any = None) -> int:
+def input_tokens_bound(messages: Sequence[Any], tools: Any = None, finite: bool = False) -> int:
     """An upper bound on the prompt tokens of ``messages`` (+ ``tools`` when given): their UTF-8 bytes
-    plus ``MSG_OVERHEAD`` per message, since no tokenizer emits more tokens than bytes."""
+    plus ``MSG_OVERHEAD`` per message, since no tokenizer emits more tokens than bytes. ``finite``:
+    they hold no NaN/Infinity (a request decoded by ``parse_json``), which saves a check."""
     n = len(messages)
     # one encoding of the list instead of one per message: compact JSON of a list is "[" + the
     # items joined by "," + "]", so the items' bytes are the list's less n + 1
-    total = (json_bytes(messages if type(messages) is list else list(messages)) - n - 1 if n else 0) + MSG_OVERHEAD * n
-    return total + (json_bytes(tools) if tools is not None else 0)
+    total = (json_bytes(messages if type(messages) is list else list(messages), finite) - n - 1 if n else 0) \
+        + MSG_OVERHEAD * n
+    return total + (json_bytes(tools, finite) if tools is not None else 0)
 
 
 def _usage_get(usage: Any, key: str, default=0):

@@ -60,9 +60,10 @@ def ssl_context():
         return True
 
 
-def dumps_body(payload: dict) -> bytes:
-    """The request body as the openai client encodes it (compact, UTF-8, no NaN)."""
-    return dumps_compact(payload, allow_nan=False)
+def dumps_body(payload: dict, finite: bool = False) -> bytes:
+    """The request body as the openai client encodes it (compact, UTF-8, no NaN; ``finite``: the
+    caller knows it holds none, ``jsonfast.dumps_compact``)."""
+    return dumps_compact(payload, "raise", finite)
 
 
 def json_or_none(body: bytes):

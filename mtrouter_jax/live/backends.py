@@ -247,29 +247,30 @@ class Backends:
             self.aclients[model] = client
         return client
 
-    async def achat(self, model: str, body: dict) -> dict:
+    async def achat(self, model: str, body: dict, finite: bool = False) -> dict:
         """Non-streaming call on the event loop; returns the upstream's JSON response (raises UpstreamError).
 
         With aiohttp installed the body goes out over it directly (``live/aiochat.py``: the openai
         client's timeouts, retries and errors, without its ~0.7 ms of request building); without,
         through the client's low-level ``post`` (never ``chat.completions.create``, whose
         re-validation of every message and tool schema cost more than the rest of the proxy).
+        ``finite``: the body holds no NaN/Infinity (the proxy's, decoded by ``parse_json``).
         """
         payload = {k: v for k, v in body.items() if k != "stream"}
         payload["model"] = self.model_ids[model]
         if self._direct is not None:
-            return await self._achat_direct(model, payload)
+            return await self._achat_direct(model, payload, finite)
         try:
             resp = await self._aclient(model).post("/chat/completions", cast_to=httpx.Response, body=payload)
             return resp.json()
         except (openai.APIError, ValueError) as e:
             raise _wrap(model, e) from None
 
-    async def _achat_direct(self, model: str, payload: dict) -> dict:
+    async def _achat_direct(self, model: str, payload: dict, finite: bool = False) -> dict:
         """``achat`` over aiohttp: the errors (after the retries) are those the openai client raises."""
         m = self._direct_mod
         try:
-            reply = await self._direct.post(self._keys[model], m.dumps_body(payload))
+            reply = await self._direct.post(self._keys[model], m.dumps_body(payload, finite))
         except m.CallTimeout:
             raise UpstreamError(model, "timeout", "upstream timed out") from None
         except m.CallConnectionError as e:

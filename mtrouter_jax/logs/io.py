@@ -260,7 +260,7 @@ def _serialise(episodes: Iterable[Episode] | Episode, where: str) -> bytes:
         except LogFormatError as e:
             problems.extend(e.problems)
             continue
-        lines.append(dumps_compact(d, allow_nan=False))
+        lines.append(dumps_compact(d, "raise"))
     if problems:  # nothing is written if any episode of the batch is invalid
         raise LogFormatError(problems)
     return b"".join(line + b"\n" for line in lines)

@@ -15,8 +15,30 @@ from mtrouter_jax.core.jsonfast import MAX_FAST_DEPTH, NOT_FAST, dumps_compact, 
 pytest.importorskip("orjson")  # (the live extra's; without it both functions are the standard library)
 
 
-def _stdlib_dumps(obj, allow_nan=True):
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan).encode("utf-8")
+def _stdlib_dumps(obj, nonfinite="token"):
+    """What the proxy wrote before core/jsonfast.py (``streams.dumps`` for "null")."""
+    def plain(o, allow_nan):
+        return json.dumps(o, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan).encode("utf-8")
+    if nonfinite != "null":
+        return plain(obj, nonfinite == "token")
+    try:
+        return plain(obj, False)
+    except ValueError:
+        def nulls(o):
+            if isinstance(o, float):
+                return o if math.isfinite(o) else None
+            if isinstance(o, dict):
+                return {k: nulls(v) for k, v in o.items()}
+            return [nulls(v) for v in o] if isinstance(o, list) else o
+        return plain(nulls(obj), True)
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    return all(_finite(v) for v in obj) if isinstance(obj, (list, tuple)) else True
 
 
 def _same(a, b) -> bool:
@@ -48,9 +70,11 @@ def _outcome(fn, *args):
 
 
 @settings(max_examples=600, deadline=None)
-@given(json_like, st.booleans())
-def test_dumps_compact_is_the_standard_library_byte_for_byte(obj, allow_nan):
-    assert _outcome(dumps_compact, obj, allow_nan) == _outcome(_stdlib_dumps, obj, allow_nan)
+@given(json_like, st.sampled_from(["token", "raise", "null"]))
+def test_dumps_compact_is_the_standard_library_byte_for_byte(obj, nonfinite):
+    assert _outcome(dumps_compact, obj, nonfinite) == _outcome(_stdlib_dumps, obj, nonfinite)
+    if _finite(obj):  # what the caller may vouch for changes nothing
+        assert _outcome(dumps_compact, obj, nonfinite, True) == _outcome(_stdlib_dumps, obj, nonfinite)
 
 
 @settings(max_examples=600, deadline=None)
@@ -83,9 +107,10 @@ def test_where_the_two_codecs_differ_the_standard_library_answers():
     assert loads_fast(deep) is NOT_FAST  # the standard library's recursion limit is the caller's rule
     assert loads_fast(b"[" * MAX_FAST_DEPTH + b"]" * MAX_FAST_DEPTH) is not NOT_FAST
     assert dumps_compact([1e-5, 1e-6, 0.5]) == b"[1e-05,1e-06,0.5]"  # Python's spelling, not orjson's
-    assert dumps_compact([float("nan")]) == b"[NaN]"
+    assert dumps_compact([float("nan"), None]) == b"[NaN,null]"
+    assert dumps_compact([float("nan"), None], "null") == b"[null,null]"
     with pytest.raises(ValueError):
-        dumps_compact({"x": float("inf")}, allow_nan=False)
+        dumps_compact({"x": float("inf")}, "raise")
     assert dumps_compact({"t": (1, 2)}) == b'{"t":[1,2]}'
     assert dumps_compact({1: 2}) == b'{"1":2}'
 
@@ -108,4 +133,5 @@ def test_without_orjson_both_are_the_standard_library(monkeypatch):
     assert loads_fast(b"[1]") is NOT_FAST
     assert dumps_compact({"a": [1, 0.5, None]}) == b'{"a":[1,0.5,null]}'
     with pytest.raises(ValueError):
-        dumps_compact([float("nan")], allow_nan=False)
+        dumps_compact([float("nan")], "raise")
+    assert dumps_compact([float("inf")], "null") == b"[null]"

@@ -148,9 +148,9 @@ class Proxy:
                 ep.attach_observation(text)
                 self.arms.observe(ep, text)
         extra = {k: req.body[k] for k in PROMPT_FIELDS if req.body.get(k) is not None}
-        total_hi = input_tokens_bound(msgs, extra or None)
+        total_hi = input_tokens_bound(msgs, extra or None, finite=True)  # (parse_json refused NaN/Infinity)
         if new is not None and ep.turns:
-            new_b = input_tokens_bound(new)  # their bytes + the per-message overhead
+            new_b = input_tokens_bound(new, finite=True)  # their bytes + the per-message overhead
             before = ep.last_prompt + ep.last_completion
             return total_hi, min(total_hi, before + new_b / 4)
         return total_hi, total_hi / 4
@@ -235,7 +235,7 @@ class Proxy:
             try:
                 if req.stream:
                     return await self.backends.aopen_stream(model, body_for(model))
-                return await self.backends.achat(model, body_for(model))
+                return await self.backends.achat(model, body_for(model), finite=True)  # (as decoded)
             except RecursionError:  # a reply nested deeper than the JSON decoder can follow
                 if self.shared is not None:
                     await self.shared.unreserve(conv, model)

@@ -28,23 +28,9 @@ log = logging.getLogger("mtrouter_jax.live")
 _WARNED_JSON: set[str] = set()
 
 
-def _finite_json(obj: Any) -> Any:
-    """``obj`` with NaN/Infinity (which an upstream may send, and JSON cannot carry) as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
 def dumps(obj: Any) -> bytes:
     """Compact JSON (UTF-8) of an upstream object for the client (non-finite numbers as null)."""
-    try:
-        return dumps_compact(obj, allow_nan=False)
-    except ValueError:
-        return dumps_compact(_finite_json(obj))
+    return dumps_compact(obj, "null")
 
 
 def _json_reply_as_chunks(raw: bytes, model: str) -> list:
