@@ -14,12 +14,12 @@ float64 they widen to).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mtrouter_jax.core.features import HistorySummary
+from mtrouter_jax.core.jsonfast import dumps_compact
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.live import summary_words as words
 from mtrouter_jax.live.turns import TurnRecord
@@ -114,7 +114,7 @@ def restore_episode(router: "Router", st: dict) -> "LiveEpisode":
 
 def dumps_state(obj: Any) -> bytes:
     """Compact JSON bytes (infinite summary budgets are written as ``Infinity``: internal data only)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return dumps_compact(obj)  # (json.dumps's bytes, at orjson's speed where they agree)
 
 
 __all__ = ["episode_state", "restore_episode", "dumps_state", "EpisodeStateError", "STATE_SCHEMA"]

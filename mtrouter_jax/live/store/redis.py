@@ -234,7 +234,9 @@ class RedisStore:
     async def _do(self, awaitable):
         """Await one Redis call under the deadline; unreachable -> StoreUnavailable."""
         try:
-            return await asyncio.wait_for(awaitable, 2 * self.timeout_s)
+            # (a timeout scope, not ``wait_for``: on Python 3.11 that wraps every call in a task of its own)
+            async with asyncio.timeout(2 * self.timeout_s):
+                return await awaitable
         except _UNAVAILABLE as e:
             raise StoreUnavailable(f"state store {redact(self.url)} unreachable: "
                                    f"{type(e).__name__}: {e}".rstrip(": ")) from e
