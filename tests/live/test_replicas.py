@@ -228,3 +228,18 @@ def test_a_restored_episode_decides_exactly_as_the_original():
         assert (a.model, a.propensity) == (b.model, b.propensity) and (a.features == b.features).all()
         assert ep2.to_episode().to_dict() == ep.to_episode().to_dict()
         ep.last_decision = None
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.integers(1, 10**6), hs.integers(1, 10**6), hs.booleans())
+def test_the_stored_version_is_read_off_the_documents_first_bytes(written, held, infinite_budget):
+    """``begin`` skips decoding the state when it is the version the replica holds: the prefix test
+    agrees with decoding it, for every pair of versions (1 vs 12, ...) and either encoder path."""
+    from mtrouter_jax.live.server.shared import _is_version
+    from mtrouter_jax.live.store import StoredState
+
+    doc = {"v": written, "episode": {"budget": float("inf") if infinite_budget else 0.5, "turns": []},
+           "conv": {"n_seen": 3}}
+    got = StoredState(dumps_state(doc), None)
+    assert _is_version(got, held) == (json.loads(got.data)["v"] == held)
+    assert not _is_version(None, held) and not _is_version(got, 0)

@@ -101,8 +101,13 @@ class Proxy:
         conv = self.store.get_or_start(req.cid, req.derived, req.budget, req.task, req.lam, req.explore, req.seed,
                                        tenant)
         try:
-            async with asyncio.timeout(BUSY_TIMEOUT_S):  # (a cancelled acquire never holds the lock)
-                await conv.lock.acquire()
+            # the timeout scope (a timer each) only where acquire can wait: locked, or a waiter queued
+            # that a release has woken but that has not run yet (``asyncio.Lock``'s own fast-path test)
+            if conv.lock.locked() or getattr(conv.lock, "_waiters", None):
+                async with asyncio.timeout(BUSY_TIMEOUT_S):  # (a cancelled acquire never holds the lock)
+                    await conv.lock.acquire()
+            else:
+                await conv.lock.acquire()  # (returns at once)
         except TimeoutError:
             raise ApiError(409, f"conversation {req.cid!r} is busy with another request", code="busy") from None
         handed_over = False  # a stream releases the lock when it ends

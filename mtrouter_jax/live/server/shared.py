@@ -158,14 +158,14 @@ class SharedConversations:
         asked = None if conv.episode.budget is None else episode_key(conv.episode.episode_id)
         lease, got, spent = await self._lease_of(conv, asked)
         try:
-            doc = _doc(got)
+            doc = CURRENT if _is_version(got, conv.version) else _doc(got)
             if doc is None:
                 if conv.version:  # finished or expired elsewhere since this replica saw it: a new episode
                     conv.episode = self.proxy.store.new_episode(conv.cid, conv.derived, req.budget, req.task, req.lam,
                                                                 req.explore, req.seed, conv.tenant_obj)
                     conv.version, conv.n_seen, conv.claimed = 0, 0, False
                 await self._claim(conv, req)
-            elif doc["v"] != conv.version:
+            elif doc is not CURRENT and doc["v"] != conv.version:
                 await self._adopt(conv, doc)
             ep = conv.episode
             if ep.budget is not None:
@@ -330,11 +330,11 @@ class SharedConversations:
         anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
         lease, got, _ = await self._lease_of(conv)
         try:
-            doc = _doc(got)
+            doc = CURRENT if _is_version(got, conv.version) else _doc(got)
             if doc is None:
                 if conv.version or not conv.episode.turns:
                     raise ApiError(404, f"no open conversation {conv.cid!r}", code="conversation_not_found")
-            elif doc["v"] != conv.version:
+            elif doc is not CURRENT and doc["v"] != conv.version:
                 await self._adopt(conv, doc)
             if reason == "expired" and time.time() - conv.last_used <= self.proxy.limits.idle_timeout:
                 return None  # in use on another replica
@@ -362,6 +362,16 @@ class SharedConversations:
 
 def _doc(got: StoredState | None) -> dict | None:
     return None if got is None else json.loads(got.data)
+
+
+CURRENT = object()  # ``begin`` / ``close``: the stored state is the version this replica holds (not parsed)
+
+
+def _is_version(got: StoredState | None, version: int) -> bool:
+    """Whether ``got`` is version ``version`` (> 0) of a state ``_state`` wrote, read off its first
+    bytes: ``{"v":N,`` opens every document it writes, so the usual turn (this replica wrote the
+    last version) does not decode the whole episode only to compare one number."""
+    return got is not None and version > 0 and got.data.startswith(b'{"v":%d,' % version)
 
 
 __all__ = ["SharedConversations", "TurnHandle", "conv_key", "episode_key", "LEASE_MS", "LEASE_WAIT_S", "unavailable"]
