@@ -200,7 +200,7 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "mtr:", timeout_s: float = 1.0,
                  budget_ttl_ms: int = DEFAULT_BUDGET_TTL_MS,
-                 finished_ttl_ms: int = DEFAULT_FINISHED_TTL_MS, max_connections: int = 64):
+                 finished_ttl_ms: int = DEFAULT_FINISHED_TTL_MS, max_connections: int = 256):
         self.url = check_redis_url(url)
         self.prefix, self.timeout_s = prefix, float(timeout_s)
         self.budget_ttl = check_ttl(budget_ttl_ms, "budget_ttl_ms")
@@ -209,10 +209,14 @@ class RedisStore:
         # (restart) is replaced without failing the call; a timeout is not retried (the proxy
         # should answer 503 now, and every script is idempotent anyway)
         # a *blocking* pool: more concurrent calls than connections wait (up to timeout_s) for one
-        # instead of failing with "Too many connections" (which 100 conversations in flight hit)
+        # instead of failing with "Too many connections" (which 100 conversations in flight hit).
+        # The wait is local contention, not an unreachable Redis: it may take the whole deadline of
+        # a call (``_do``), and the pool is larger than the usual number of turns in flight (at 200
+        # in flight with 64 connections and the event loop saturated, a wait of 1 s was passed and
+        # answered as "unreachable": docs/benchmarks.md, run E); connections open only as needed.
         pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            max_connections=max_connections, timeout=self.timeout_s)
+            max_connections=max_connections, timeout=2 * self.timeout_s)
         self.r = aioredis.Redis(connection_pool=pool,
                                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         reg = self.r.register_script
