@@ -66,7 +66,7 @@ def loads_fast(raw: bytes | bytearray | memoryview) -> Any:
     caller then decodes with the standard library and its own options and errors). Objects
     nested deeper than ``MAX_FAST_DEPTH`` are the standard library's too: it may run out of
     recursion on them where orjson does not, and callers rely on what it does."""
-    if orjson is None:
+    if orjson is None or not isinstance(raw, (bytes, bytearray, memoryview)):  # (a str: json.loads's)
         return NOT_FAST
     raw = bytes(raw)
     if _RUN_19 in raw.translate(_DIGITS):

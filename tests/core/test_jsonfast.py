@@ -100,6 +100,7 @@ def test_loads_fast_never_accepts_what_the_standard_library_would_not(raw):
 
 def test_where_the_two_codecs_differ_the_standard_library_answers():
     assert loads_fast(b"[123456789012345678901234567890]") is NOT_FAST  # orjson: a float
+    assert loads_fast("[1]") is NOT_FAST and loads_fast(bytearray(b"[1]")) == [1]
     assert loads_fast(b"[-9223372036854775809]") is NOT_FAST
     for refused in (b"[NaN]", b"1e400", b'"\\ud800"', b"\xef\xbb\xbf{}", b"[1,]", b"\xff"):
         assert loads_fast(refused) is NOT_FAST
