@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_proxy import TOOLS, agent_step  # noqa: E402
 
-from mtrouter_jax.core.jsonfast import NOT_FAST, dumps_compact, loads_fast, orjson  # noqa: E402
+from mtrouter_jax.core.jsonfast import dumps_compact, loads, orjson  # noqa: E402
 from mtrouter_jax.live.server.api import (_SURROGATE_ESCAPE, _finite_float, _reject_constant,  # noqa: E402
                                           json_containers, parse_json)
 
@@ -62,7 +62,7 @@ def main() -> None:
          lambda: len(dumps_compact(msgs, finite=True)) + len(dumps_compact(extra, finite=True))),
         ("upstream body", lambda: _stdlib_compact(body, False), lambda: dumps_compact(body, "raise", True)),
         ("upstream reply decode", lambda: json.loads(reply_raw),
-         lambda: r if (r := loads_fast(reply_raw)) is not NOT_FAST else json.loads(reply_raw)),
+         lambda: loads(reply_raw)),
         ("reply to the client", lambda: _stdlib_compact(reply, False), lambda: dumps_compact(reply, "null")),
     ]
     print(f"request {len(raw)} bytes (turn {a.turns}); orjson {'installed' if orjson is not None else 'MISSING'}")

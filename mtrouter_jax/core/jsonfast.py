@@ -13,9 +13,10 @@ included, at the old speed):
   caller's own error messages and rules apply unchanged.
 - encoding: orjson's output is taken only when it holds no ``null`` that is not a None (orjson
   writes NaN and Infinity as null: an output with a null must decode back to an equal object,
-  unless the caller knows the object finite) and none of the float spellings where the two differ (orjson writes ``1e-6`` and ``0.00001`` where Python writes ``1e-06`` and ``1e-05``;
-  elsewhere both write the shortest round-trip digits the same way); subclasses and non-JSON types
-  take the standard library, which encodes or refuses them as before.
+  unless the caller knows the object finite) and none of the float spellings where the two
+  differ (orjson writes ``1e-6`` and ``0.00001`` where Python writes ``1e-06`` and ``1e-05``;
+  elsewhere both write the shortest round-trip digits the same way); subclasses and non-JSON
+  types take the standard library, which encodes or refuses them as before.
 
 Without orjson installed (it comes with the ``live`` extra) every call is the standard library's.
 """
@@ -61,11 +62,14 @@ def deeper_than(obj: Any, limit: int) -> bool:
     return False
 
 
-def loads_fast(raw: bytes | bytearray | memoryview) -> Any:
+def loads_fast(raw: bytes | bytearray | memoryview, max_depth: int = MAX_FAST_DEPTH,
+               containers: int | None = None) -> Any:
     """``json.loads(raw)``'s object where orjson provably gives the same, else ``NOT_FAST`` (the
     caller then decodes with the standard library and its own options and errors). Objects
-    nested deeper than ``MAX_FAST_DEPTH`` are the standard library's too: it may run out of
-    recursion on them where orjson does not, and callers rely on what it does."""
+    nested deeper than ``max_depth`` (at most ``MAX_FAST_DEPTH``) are the standard library's too:
+    it may run out of recursion on them where orjson does not, and callers rely on what it does;
+    a caller that refuses deeper objects anyway passes its own limit and need not walk again.
+    ``containers``: the count of ``{`` and ``[`` in ``raw``, when the caller has it already."""
     if orjson is None or not isinstance(raw, (bytes, bytearray, memoryview)):  # (a str: json.loads's)
         return NOT_FAST
     raw = bytes(raw)
@@ -75,11 +79,19 @@ def loads_fast(raw: bytes | bytearray | memoryview) -> Any:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return NOT_FAST
+    max_depth = min(max_depth, MAX_FAST_DEPTH)
+    if containers is None:
+        containers = raw.count(b"[") + raw.count(b"{")
     # (no more brackets than levels allowed: the nesting cannot exceed them, no walk)
-    if raw.count(b"[") + raw.count(b"{") > MAX_FAST_DEPTH and type(obj) in (dict, list) \
-            and deeper_than(obj, MAX_FAST_DEPTH):
+    if containers > max_depth and type(obj) in (dict, list) and deeper_than(obj, max_depth):
         return NOT_FAST
     return obj
+
+
+def loads(raw: bytes | bytearray | memoryview | str) -> Any:
+    """``json.loads(raw)`` (its result and its errors), through orjson where that is the same."""
+    obj = loads_fast(raw)
+    return json.loads(raw) if obj is NOT_FAST else obj
 
 
 def _finite_or_null(obj: Any) -> Any:
@@ -128,4 +140,4 @@ def dumps_compact(obj: Any, nonfinite: str = "token", finite: bool = False) -> b
     return _stdlib(obj, nonfinite)
 
 
-__all__ = ["loads_fast", "dumps_compact", "deeper_than", "NOT_FAST", "MAX_FAST_DEPTH"]
+__all__ = ["loads", "loads_fast", "dumps_compact", "deeper_than", "NOT_FAST", "MAX_FAST_DEPTH"]

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 import httpx
 import openai
 
-from mtrouter_jax.core.jsonfast import NOT_FAST, loads_fast
+from mtrouter_jax.core import jsonfast
 from mtrouter_jax.core.pool import Pool
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -280,11 +280,8 @@ class Backends:
         if (st := reply.status) >= 400:
             raise UpstreamError(model, f"http_{st}", f"upstream returned HTTP {st}", st, m.json_or_none(reply.body),
                                 retryable=st in _FALLBACK_STATUS or st >= 500)
-        got = loads_fast(reply.body)  # (orjson where it decodes as json.loads does: core/jsonfast.py)
-        if got is not NOT_FAST:
-            return got
         try:
-            return json.loads(reply.body)
+            return jsonfast.loads(reply.body)  # (orjson where it decodes as json.loads does)
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise UpstreamError(model, "bad_response", f"upstream sent an unreadable response ({e})") from None
 

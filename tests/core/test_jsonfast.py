@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mtrouter_jax.core import jsonfast
-from mtrouter_jax.core.jsonfast import MAX_FAST_DEPTH, NOT_FAST, dumps_compact, loads_fast
+from mtrouter_jax.core.jsonfast import MAX_FAST_DEPTH, NOT_FAST, dumps_compact, loads, loads_fast
 
 pytest.importorskip("orjson")  # (the live extra's; without it both functions are the standard library)
 
@@ -87,6 +87,7 @@ def test_loads_fast_decodes_as_the_standard_library_or_defers(obj):
     got = loads_fast(raw)
     if got is not NOT_FAST:
         assert _same(got, json.loads(raw))
+    assert _same(loads(raw), json.loads(raw))
 
 
 @settings(max_examples=400, deadline=None)
@@ -96,6 +97,9 @@ def test_loads_fast_never_accepts_what_the_standard_library_would_not(raw):
     got = loads_fast(raw)
     if got is not NOT_FAST:
         assert _same(got, json.loads(raw))
+    ok, res = _outcome(loads, raw)  # loads: json.loads's result, or its exception
+    ref_ok, ref = _outcome(json.loads, raw)
+    assert ok == ref_ok and (_same(res, ref) if ok == "ok" else res is ref)
 
 
 def test_where_the_two_codecs_differ_the_standard_library_answers():
@@ -107,6 +111,9 @@ def test_where_the_two_codecs_differ_the_standard_library_answers():
     deep = b"[" * (MAX_FAST_DEPTH + 1) + b"]" * (MAX_FAST_DEPTH + 1)
     assert loads_fast(deep) is NOT_FAST  # the standard library's recursion limit is the caller's rule
     assert loads_fast(b"[" * MAX_FAST_DEPTH + b"]" * MAX_FAST_DEPTH) is not NOT_FAST
+    assert loads_fast(b"[[[]]]", max_depth=2) is NOT_FAST and loads_fast(b"[[]]", max_depth=2) == [[]]
+    assert loads_fast(b"[" * 300 + b"]" * 300, max_depth=10**6) is NOT_FAST  # (never beyond MAX_FAST_DEPTH)
+    assert loads_fast(b"[[[]]]", max_depth=2, containers=3) is NOT_FAST
     assert dumps_compact([1e-5, 1e-6, 0.5]) == b"[1e-05,1e-06,0.5]"  # Python's spelling, not orjson's
     assert dumps_compact([float("nan"), None]) == b"[NaN,null]"
     assert dumps_compact([float("nan"), None], "null") == b"[null,null]"
@@ -131,7 +138,7 @@ def test_where_the_two_codecs_differ_the_standard_library_answers():
 
 def test_without_orjson_both_are_the_standard_library(monkeypatch):
     monkeypatch.setattr(jsonfast, "orjson", None)
-    assert loads_fast(b"[1]") is NOT_FAST
+    assert loads_fast(b"[1]") is NOT_FAST and loads(b"[1]") == [1]
     assert dumps_compact({"a": [1, 0.5, None]}) == b'{"a":[1,0.5,null]}'
     with pytest.raises(ValueError):
         dumps_compact([float("nan")], "raise")

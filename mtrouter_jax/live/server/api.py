@@ -76,21 +76,23 @@ def _finite_float(text: str) -> float:
 def parse_json(raw: bytes, what: str = "request body", containers: int | None = None) -> Any:
     """Decode a JSON body; 400 for invalid UTF-8, syntax errors, NaN/Infinity and absurd nesting.
     ``containers``: ``json_containers(raw)`` when the caller has counted them already."""
-    obj = loads_fast(raw)  # orjson where it provably decodes as below (core/jsonfast.py) ...
-    fast = obj is not NOT_FAST  # ... and it refuses NaN, 1e400 and lone surrogates outright
-    if not fast:
-        try:
-            obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-        except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
-            raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-            raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     if containers is None:
         containers = json_containers(raw)
+    # orjson where it provably decodes as below (core/jsonfast.py): it refuses NaN, 1e400 and lone
+    # surrogates outright, and leaves objects deeper than our limit to the path below
+    obj = loads_fast(raw, MAX_JSON_DEPTH, containers)
+    if obj is not NOT_FAST:
+        return obj
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:  # the decoder recurses per nesting level: 10k ``[`` exhaust it
+        raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     # (with no more brackets than levels allowed, the nesting cannot exceed them: no walk)
     if isinstance(obj, (dict, list)) and containers > MAX_JSON_DEPTH and deeper_than(obj, MAX_JSON_DEPTH):
         raise ApiError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
-    if not fast and _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str UTF-8 cannot encode
+    if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str UTF-8 cannot encode
         _check_no_lone_surrogates(obj, what)
     return obj
 

@@ -23,13 +23,13 @@ ran; no fallback to per-replica state); after it, the reply is returned and the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mtrouter_jax.core import jsonfast
 from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
 from mtrouter_jax.live.server.api import ApiError
 from mtrouter_jax.live.store import Lease, StateStore, StoredState, StoreUnavailable
@@ -293,7 +293,7 @@ class SharedConversations:
             raise unavailable(e) from None
         if got is None:
             return None
-        st = json.loads(got.data)["episode"]
+        st = jsonfast.loads(got.data)["episode"]
         turns = st["turns"]
         rem = None if st["budget"] is None else max(st["budget"] - st["spent"], 0.0)
         return {"episode_id": st["episode_id"], "task_type": st["task_type"], "budget": st["budget"],
@@ -361,7 +361,7 @@ class SharedConversations:
 
 
 def _doc(got: StoredState | None) -> dict | None:
-    return None if got is None else json.loads(got.data)
+    return None if got is None else jsonfast.loads(got.data)
 
 
 CURRENT = object()  # ``begin`` / ``close``: the stored state is the version this replica holds (not parsed)

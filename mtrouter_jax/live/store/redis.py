@@ -208,7 +208,7 @@ class RedisStore:
         # one immediate retry, on connection errors only: a pooled connection the server dropped
         # (restart) is replaced without failing the call; a timeout is not retried (the proxy
         # should answer 503 now, and every script is idempotent anyway)
-        # a *blocking* pool: more concurrent calls than connections wait (up to timeout_s) for one
+        # a *blocking* pool: more concurrent calls than connections wait (up to 2 x timeout_s) for one
         # instead of failing with "Too many connections" (which 100 conversations in flight hit).
         # The wait is local contention, not an unreachable Redis: it may take the whole deadline of
         # a call (``_do``), and the pool is larger than the usual number of turns in flight (at 200
