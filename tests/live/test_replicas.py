@@ -233,13 +233,90 @@ def test_a_restored_episode_decides_exactly_as_the_original():
 @settings(max_examples=200, deadline=None)
 @given(hs.integers(1, 10**6), hs.integers(1, 10**6), hs.booleans())
 def test_the_stored_version_is_read_off_the_documents_first_bytes(written, held, infinite_budget):
-    """``begin`` skips decoding the state when it is the version the replica holds: the prefix test
-    agrees with decoding it, for every pair of versions (1 vs 12, ...) and either encoder path."""
-    from mtrouter_jax.live.server.shared import _is_version
-    from mtrouter_jax.live.store import StoredState
+    """``begin`` asks the store to send the state back only when it is not the version the replica
+    holds (``known``, compared with the stored bytes): the prefix test agrees with decoding it, for
+    every pair of versions (1 vs 12, ...) and either encoder path."""
+    from mtrouter_jax.live.server.shared import _known
 
     doc = {"v": written, "episode": {"budget": float("inf") if infinite_budget else 0.5, "turns": []},
            "conv": {"n_seen": 3}}
-    got = StoredState(dumps_state(doc), None)
-    assert _is_version(got, held) == (json.loads(got.data)["v"] == held)
-    assert not _is_version(None, held) and not _is_version(got, 0)
+    data = dumps_state(doc)
+    assert data.startswith(_known(held)) == (json.loads(data)["v"] == held)
+    assert _known(0) is None and _known(-1) is None
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the calls of a turn's steps (``begin_turn`` with a reservation
+    sent along counted apart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def begin_turn(self, conv_id, lease_ttl_ms, budget_conv_id=None, known=None, reservation=None):
+        got = await super().begin_turn(conv_id, lease_ttl_ms, budget_conv_id, known, reservation)
+        if conv_id.startswith("c:"):
+            self.calls.append("begin+reserve" if got.reserved else "begin")
+        return got
+
+    async def reserve(self, *a, **kw):
+        self.calls.append("reserve")
+        return await super().reserve(*a, **kw)
+
+    async def end_turn(self, *a, **kw):
+        self.calls.append("end")
+        return await super().end_turn(*a, **kw)
+
+
+def _obs_body(i: int, task: str = "solve it", budget: float = 0.01) -> dict:
+    msgs = [{"role": "user", "content": task}]
+    for j in range(i):
+        msgs += [{"role": "assistant", "content": f"step {j}"},
+                 {"role": "user", "content": "No known action matches that input." if j % 3 == 1 else f"result {j} " * (j + 1)}]
+    return {"model": f"mtrouter-{budget}", "messages": msgs}
+
+
+def test_a_turn_after_the_replicas_own_reserves_with_its_lease_and_a_stale_guess_is_decided_again(upstream, tmp_path):
+    """The replica that wrote a conversation's last version decides on its copy and reserves in the
+    lease's step (two store steps a turn); where another replica wrote since, the guess is dropped,
+    the stored copy adopted, and the turn decided again: the served history is the one a single
+    replica serves for the same requests (each observation attached once, the same models and bills)."""
+    store = CountingStore()
+    pool = make_pool(upstream.url + "/v1")
+    threads = [ServerThread(create_app(Router(FakeEstimator(pool), log_path=tmp_path / "g.jsonl"), timeout=5.0,
+                                       max_retries=0, state=store)).__enter__() for _ in range(2)]
+    try:
+        http = [httpx.Client(base_url=t.url, timeout=30.0) for t in threads]
+        served = [0, 0, 0, 1, 0, 0, 1, 1]
+        steps = []
+        for cid, plan in (("mixed", served), ("alone", [0] * len(served))):
+            for i, rep in enumerate(plan):
+                store.calls.clear()
+                # (tasks of one length that differ at once: the fake upstream's prompt cache treats both alike)
+                r = http[rep].post("/v1/chat/completions", json=_obs_body(i, f"{cid[0]} solve it"),
+                                   headers={"X-MTRouter-Conversation": cid})
+                assert r.status_code == 200, r.text
+                steps.append(list(store.calls))
+        n = len(served)
+        assert steps[:n] == [["begin", "reserve", "end"],  # a new conversation
+                             ["begin+reserve", "end"], ["begin+reserve", "end"],
+                             ["begin", "reserve", "end"],  # replica 1 had no copy
+                             ["begin", "reserve", "end"],  # replica 0's copy was stale: decided again
+                             ["begin+reserve", "end"],
+                             ["begin", "reserve", "end"], ["begin+reserve", "end"]]
+        assert steps[n:] == [["begin", "reserve", "end"]] + [["begin+reserve", "end"]] * (n - 1)
+
+        async def turns(cid):
+            got = await store.get(conv_key("", cid))
+            return json.loads(got.data)["episode"]["turns"]
+
+        mixed, alone = asyncio.run(turns("mixed")), asyncio.run(turns("alone"))
+        keep = ("model", "cost", "error", "propensity", "input_tokens", "cached_tokens", "output_tokens", "features")
+        assert len(mixed) == n and [{k: t.get(k) for k in keep} for t in mixed] == \
+            [{k: t.get(k) for k in keep} for t in alone]
+        assert sum(t["error"] is not None for t in mixed) == 2  # each observation attached once, to its turn
+        for h in http:
+            h.close()
+    finally:
+        for t in threads:
+            t.__exit__(None, None, None)

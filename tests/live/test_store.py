@@ -261,21 +261,68 @@ def test_begin_turn_leases_reads_state_and_spent_and_a_held_lease_burns_no_token
     async def body(a, b):
         assert await a.put("c", b"s1", ttl_ms=5_000, owner="t")
         assert await a.reserve("e", "r0", 0.5, budget=1.0) and await a.settle("e", "r0", 0.25)
-        lease, st, spent = await a.begin_turn("c", 5_000, "e")
+        lease, st, spent, *_ = await a.begin_turn("c", 5_000, "e")
         assert st.data == b"s1" and st.owner == "t" and spent == pytest.approx(0.25)
-        assert await b.begin_turn("c", 5_000, "e") == (None, None, 0.0)  # held
+        assert await b.begin_turn("c", 5_000, "e") == (None, None, 0.0, False, None)  # held
         assert await b.acquire_lease("c", 5_000) is None
         assert await a.release_lease(lease)
-        nxt, st2, spent2 = await b.begin_turn("c", 5_000)
+        nxt, st2, spent2, *_ = await b.begin_turn("c", 5_000)
         assert nxt.token == lease.token + 1  # the refusals burnt no token
         assert st2 == st and spent2 == 0.0  # no budget asked
-        assert (await b.begin_turn("fresh", 5_000, "no-such-budget"))[1:] == (None, 0.0)
+        assert (await b.begin_turn("fresh", 5_000, "no-such-budget"))[1:] == (None, 0.0, False, None)
+    arun(connect, body, replicas=2)
+
+def test_begin_turn_with_known_bytes_does_not_send_back_the_state_it_matches(connect):
+    async def body(a, b):
+        assert await a.put("c", b'{"v":7,"episode":{}}', ttl_ms=5_000, owner="t")
+        got = await a.begin_turn("c", 5_000, known=b'{"v":7,')
+        assert got.same and got.state is None and got.reserved is None
+        assert await a.release_lease(got.lease)
+        for other in (b'{"v":70,', b'{"v":8,', b'x'):  # a prefix of another version is not the same
+            got = await b.begin_turn("c", 5_000, known=other)
+            assert not got.same and got.state.data == b'{"v":7,"episode":{}}' and got.state.owner == "t"
+            assert await b.release_lease(got.lease)
+        got = await a.begin_turn("gone", 5_000, known=b'{"v":1,')
+        assert not got.same and got.state is None
+    arun(connect, body, replicas=2)
+
+
+def test_begin_turn_reserves_only_on_the_state_and_spend_the_caller_saw(connect):
+    from mtrouter_jax.live.store import Reservation
+
+    async def body(a, b):
+        assert await a.put("c", b'{"v":3,}', ttl_ms=5_000)
+        assert await a.reserve("e", "r0", 0.5, budget=1.0) and await a.settle("e", "r0", 0.25)
+        # current state, current spend: reserved in the same step
+        got = await a.begin_turn("c", 5_000, "e", known=b'{"v":3,', reservation=Reservation("r1", 0.5, 1.0, 0.25))
+        assert got.same and got.reserved is True and await b.reserved("e") == pytest.approx(0.5)
+        assert await a.end_turn(got.lease, None, ("e", "r1", 0.5)) == (False, True)
+        # the spend moved past what the decision saw (0.25 < 0.75): not the same, nothing reserved
+        got = await b.begin_turn("c", 5_000, "e", known=b'{"v":3,', reservation=Reservation("r2", 0.1, 1.0, 0.25))
+        assert not got.same and got.reserved is None and got.state.data == b'{"v":3,}'
+        assert got.spent == pytest.approx(0.75) and await a.reserved("e") == 0.0
+        assert await b.release_lease(got.lease)
+        # the same state and spend, but the budget does not fit: refused, the lease still granted
+        got = await a.begin_turn("c", 5_000, "e", known=b'{"v":3,', reservation=Reservation("r3", 0.3, 1.0, 0.75))
+        assert got.same and got.reserved is False and got.lease is not None and await b.reserved("e") == 0.0
+        # held elsewhere: nothing reserved, no token burnt
+        assert await b.begin_turn("c", 5_000, "e", known=b'{"v":3,',
+                                  reservation=Reservation("r4", 0.1, 1.0, 0.75)) == (None, None, 0.0, False, None)
+        assert await b.reserved("e") == 0.0
+        assert await a.release_lease(got.lease)
+        # another version stored: not the same, nothing reserved
+        got = await b.begin_turn("c", 5_000, "e", known=b'{"v":2,', reservation=Reservation("r5", 0.1, 1.0, 0.75))
+        assert not got.same and got.reserved is None and await a.reserved("e") == 0.0
+        with pytest.raises(ValueError, match="budget_conv_id"):
+            await a.begin_turn("c", 5_000, known=b'{"v":3,', reservation=Reservation("r6", 0.1, 1.0, 0.0))
+        with pytest.raises(ValueError, match="amount"):
+            await a.begin_turn("c", 5_000, "e", reservation=Reservation("r6", float("nan"), 1.0, 0.0))
     arun(connect, body, replicas=2)
 
 
 def test_end_turn_settles_releases_puts_and_frees_the_lease(connect):
     async def body(s):
-        lease, _, _ = await s.begin_turn("c", 5_000, "e")
+        lease = (await s.begin_turn("c", 5_000, "e")).lease
         assert await s.reserve("e", "won", 0.6, budget=1.0) and await s.reserve("e", "lost", 0.4, budget=1.0)
         assert await s.reserve("e2", "other", 0.2, budget=1.0)  # another budget in the same step
         assert await s.end_turn(lease, ("c", b"v1", 5_000, None), ("e", "won", 0.1),
@@ -284,11 +331,11 @@ def test_end_turn_settles_releases_puts_and_frees_the_lease(connect):
         assert await s.spent("e") == pytest.approx(0.1) and await s.reserved("e") == 0.0
         assert await s.reserved("e2") == 0.0 and await s.spent("e2") == 0.0
         assert not await s.release("e", "lost")  # released by the end, closed
-        again, st, spent = await s.begin_turn("c", 5_000, "e")  # the lease was freed
+        again, st, spent, *_ = await s.begin_turn("c", 5_000, "e")  # the lease was freed
         assert st.data == b"v1" and spent == pytest.approx(0.1)
         assert await s.end_turn(again, ("c", b"v2", 5_000, "t"), ("e", "won", 0.1)) == (True, False)  # billed once
         assert await s.spent("e") == pytest.approx(0.1) and (await s.get("c")).owner == "t"
-        third, _, _ = await s.begin_turn("c", 5_000)
+        third = (await s.begin_turn("c", 5_000)).lease
         assert await s.end_turn(third) == (False, False) and (await s.get("c")).data == b"v2"
         assert await s.acquire_lease("c", 5_000) is not None
     arun(connect, body)
@@ -296,10 +343,10 @@ def test_end_turn_settles_releases_puts_and_frees_the_lease(connect):
 
 def test_end_turn_with_a_stale_lease_still_settles_but_writes_nothing(connect):
     async def body(a, b):
-        old, _, _ = await a.begin_turn("c", 300, "e")
+        old = (await a.begin_turn("c", 300, "e")).lease
         assert await a.reserve("e", "r1", 0.5, budget=1.0)
         await asyncio.sleep(0.4)  # the holder stalls past its lease
-        new, _, _ = await b.begin_turn("c", 5_000, "e")
+        new = (await b.begin_turn("c", 5_000, "e")).lease
         assert new.token > old.token
         assert await a.end_turn(old, ("c", b"stale", 5_000, None), ("e", "r1", 0.3)) == (False, True)
         assert await a.get("c") is None and await a.spent("e") == pytest.approx(0.3)  # billed, not written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -111,9 +112,12 @@ class Proxy:
         except TimeoutError:
             raise ApiError(409, f"conversation {req.cid!r} is busy with another request", code="busy") from None
         handed_over = False  # a stream releases the lock when it ends
+        plan = None
         try:
-            if self.shared is not None:  # lease + the stored state (raises 409 busy, 503)
-                await self.shared.begin(conv, req)
+            if self.shared is not None:  # lease + the stored state (raises 409 busy, 402, 503)
+                plan = await self._guess(req, conv)
+                if not await self.shared.begin(conv, req, None if plan is None else plan.guess):
+                    plan = None  # made on a stale copy: decided again below, on the stored one
             if conv.episode.finished:  # finished (or evicted) while we waited
                 raise ApiError(409, f"conversation {req.cid!r} was just finished; retry", code="finished")
             if req.derived and conv.n_seen and len(req.messages) < conv.n_seen - 1:
@@ -126,7 +130,7 @@ class Proxy:
             if len(conv.episode.turns) >= self.limits.max_turns:
                 raise ApiError(409, f"conversation {req.cid!r} has {len(conv.episode.turns)} turns, the proxy's limit "
                                     "(--max-turns): finish it and start a new one", code="max_turns_reached")
-            resp = await self._turn(req, conv, t_start)
+            resp = await self._turn(req, conv, t_start, plan)
             handed_over = isinstance(resp, StreamingResponse)
             return resp
         finally:
@@ -164,9 +168,23 @@ class Proxy:
         """A fallback re-decision (synchronous: ``acall_with_fallback``'s failure callback)."""
         return self._counted(ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude))
 
-    async def _decide_batched(self, ep: LiveEpisode, hi, est, lam):
-        """The turn's decision, evaluated with the others in flight (``live/batching.py``)."""
-        return self._counted(await self.batcher.decide(ep, input_tokens_hi=hi, context_tokens=est, lam=lam))
+    async def _guess(self, req: ChatRequest, conv: Conversation) -> "Plan | None":
+        """With shared state: the turn's plan made on this replica's copy of the conversation before
+        the lease, so that ``begin`` can reserve its first attempt in the lease's round trip. Only
+        where the copy is likely current (this replica wrote the last version) and the turn will
+        surely run; None elsewhere, and where planning fails (the store's copy is then adopted)."""
+        ep = conv.episode
+        if (req.passthrough is not None or ep.budget is None or conv.version <= 0 or not conv.claimed
+                or ep.finished or len(ep.turns) >= self.limits.max_turns
+                or (req.derived and conv.n_seen and len(req.messages) < conv.n_seen - 1)):
+            return None
+        try:
+            plan = await self._plan(req, conv, guessing=True)
+        except Exception:  # (out of budget, mostly) the turn is planned again on the stored copy, and fails there
+            conv.version = -1  # the copy may have been touched: ``begin`` adopts the stored one
+            return None
+        plan.guess = (plan.ranking[0], plan.worst_case(plan.ranking[0]))
+        return plan
 
     def _counted(self, d):
         self.metrics.decisions_of(d.model).inc()
@@ -174,7 +192,10 @@ class Proxy:
             self.metrics.nonfinite.inc()
         return d
 
-    async def _turn(self, req: ChatRequest, conv: Conversation, t_start: float):
+    async def _plan(self, req: ChatRequest, conv: Conversation, guessing: bool = False) -> "Plan":
+        """What the turn will try: the input bounds, the decision (or the client's passthrough model)
+        and each model's completion cap (raises 402 when the budget does not allow the turn;
+        ``guessing``: ``BudgetExhausted`` as it is, neither answered nor counted)."""
         ep, cid, body = conv.episode, req.cid, req.body
         hi, est = self._input_bounds(req, conv)
         decisions: dict = {}
@@ -193,12 +214,26 @@ class Proxy:
             ep.last_decision = None
         else:
             try:
-                d = await self._decide_batched(ep, hi, est, req.lam)
+                d = await self.batcher.decide(ep, input_tokens_hi=hi, context_tokens=est, lam=req.lam)
             except BudgetExhausted as e:
+                if guessing:
+                    raise
                 raise self._budget_error(str(e)) from None
             decisions[d.model] = d
             ranking, caps = [d.model], dict(d.max_output_tokens)
             shadow = self.arms.decide(ep, hi, est, req.lam)  # on the same history, before anything is served
+        client_limits = [body[f] for f in COMPLETION_LIMIT_FIELDS if body.get(f) is not None]
+        return Plan(self, ep, hi, est, decisions, ranking, caps, shadow, client_limits)
+
+    async def _turn(self, req: ChatRequest, conv: Conversation, t_start: float, plan: "Plan | None" = None):
+        ep, cid, body = conv.episode, req.cid, req.body
+        if plan is None:
+            plan = await self._plan(req, conv)
+        for d in plan.decisions.values():  # (counted once served: a guess that did not stand is not)
+            self._counted(d)
+        hi, est, decisions, ranking, caps, shadow = (plan.hi, plan.est, plan.decisions, plan.ranking, plan.caps,
+                                                     plan.shadow)
+        limit_for = plan.limit_for
         failed: list[str] = []
 
         def on_fail(model, err):
@@ -214,13 +249,6 @@ class Proxy:
             decisions[d2.model] = d2
             return [d2.model]
 
-        client_limits = [body[f] for f in COMPLETION_LIMIT_FIELDS if body.get(f) is not None]
-
-        def limit_for(model) -> int | None:
-            """The one completion limit sent to ``model``: min of the client's limits and the cap."""
-            cap = caps.get(model)
-            return min(client_limits + ([] if cap is None else [cap]), default=None)
-
         def body_for(model):
             # every completion-limit field goes; one comes back: an upstream may read any one of them
             b = {k: v for k, v in body.items() if k not in COMPLETION_LIMIT_FIELDS}
@@ -234,8 +262,7 @@ class Proxy:
 
         async def call(model):
             if self.shared is not None:  # the attempt's worst case, held across replicas until settled
-                out = self._completion_hi(model, limit_for(model))
-                await self.shared.reserve(conv, model, ep.router.turn_cost(model, hi, 0, out))
+                await self.shared.reserve(conv, model, plan.worst_case(model))
             t0 = time.perf_counter()
             try:
                 if req.stream:
@@ -354,6 +381,33 @@ class Proxy:
         conv.n_seen = len(req.messages) + 1
         conv.last_used = time.time()
         self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)
+
+
+@dataclass
+class Plan:
+    """A turn's plan (``Proxy._plan``): its input bounds, decisions, the models to try in order, their
+    completion caps, the shadow's decision; ``guess``: (model, worst case) reserved with the lease."""
+
+    proxy: Proxy
+    episode: LiveEpisode
+    hi: float
+    est: float
+    decisions: dict
+    ranking: list
+    caps: dict
+    shadow: dict | None
+    client_limits: list
+    guess: tuple[str, float] | None = None
+
+    def limit_for(self, model) -> int | None:
+        """The one completion limit sent to ``model``: min of the client's limits and the cap."""
+        cap = self.caps.get(model)
+        return min(self.client_limits + ([] if cap is None else [cap]), default=None)
+
+    def worst_case(self, model: str) -> float:
+        """USD an attempt on ``model`` may be billed at most (what it reserves)."""
+        out = self.proxy._completion_hi(model, self.limit_for(model))
+        return self.episode.router.turn_cost(model, self.hi, 0, out)
 
 
 def _money_headers(ep: LiveEpisode) -> dict:

@@ -1,15 +1,19 @@
 """Conversations shared by proxy replicas through a ``StateStore`` (issue 19; ``--state redis://...``).
 
-Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn is three
-store round trips (two without a budget):
+Each replica keeps its ``ConversationStore`` as a cache; the store is the truth. A turn is two
+store round trips when this replica served the conversation's last turn, three otherwise:
 
 1. ``begin_turn``: **lease** the conversation (fencing token; waited for like the in-process lock,
    ``LEASE_WAIT_S``; renewed every third of ``LEASE_MS`` while the turn or its stream runs), so two
    replicas never run turns of one conversation at once, and read its state and spend to **sync**:
    the stored state (``episode_state``) replaces the cached episode when another replica wrote a
-   newer version; the spend is the store's counter when that is higher (a late settle);
-2. **reserve** each upstream attempt's worst case (``store.reserve``: atomic across replicas;
-   released when the attempt fails);
+   newer version; the spend is the store's counter when that is higher (a late settle). The
+   store sends the state back only when it is not the version this replica holds (``known``);
+2. **reserve** each upstream attempt's worst case (atomic across replicas; released when the
+   attempt fails). The first attempt's reservation rides on ``begin_turn`` when the proxy decided
+   on its cached copy (``guess``): the store makes it only if that copy was current (version and
+   spend); if not, the copy is dropped, the stored one adopted, and the turn decided again and
+   reserved in a step of its own;
 3. ``end_turn``: **settle** the billed cost, release the other attempts' reservations, **put** the
    new state (fenced: a replica that lost its lease writes nothing) with a TTL of twice the idle
    timeout, release the lease.
@@ -23,6 +27,7 @@ ran; no fallback to per-replica state); after it, the reply is returned and the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING
 from mtrouter_jax.core import jsonfast
 from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
 from mtrouter_jax.live.server.api import ApiError
-from mtrouter_jax.live.store import Lease, StateStore, StoredState, StoreUnavailable
+from mtrouter_jax.live.store import Lease, Reservation, StateStore, StoredState, StoreUnavailable, TurnStart
 from mtrouter_jax.live.store.base import DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS, EPS_USD
 
 if TYPE_CHECKING:
@@ -78,7 +83,9 @@ class SharedConversations:
                  wait_s: float = LEASE_WAIT_S):
         self.store, self.proxy, self.lease_ms, self.wait_s = store, proxy, int(lease_ms), float(wait_s)
         self.pending: list[tuple[str, str, float]] = []  # settles to retry: (episode key, id, USD)
-        self.nonce = secrets.token_hex(4)
+        # reservation ids: unique across replicas (the nonce) and turns (the counter) without the
+        # lease's token, so the first one can be sent with the lease request (``begin``)
+        self.nonce, self._seq = secrets.token_hex(8), itertools.count(1)
 
     @property
     def state_ttl_ms(self) -> int:
@@ -86,15 +93,15 @@ class SharedConversations:
         return DEFAULT_BUDGET_TTL_MS if not idle else int(max(2 * idle, 60.0) * 1000)
 
     # ------------------------------------------------------------------ lease
-    async def lease(self, key: str, what: str, budget_key: str | None = None
-                    ) -> tuple[Lease, StoredState | None, float]:
-        """The lease of ``key`` with its stored state and ``budget_key``'s spend (``begin_turn``),
-        waiting up to ``wait_s`` (409 ``busy`` beyond)."""
+    async def lease(self, key: str, what: str, budget_key: str | None = None, known: bytes | None = None,
+                    reservation: Reservation | None = None) -> TurnStart:
+        """``begin_turn`` on ``key`` (its lease, stored state, ``budget_key``'s spend, ``reservation``
+        if ``known`` is current), waiting up to ``wait_s`` for the lease (409 ``busy`` beyond)."""
         deadline, pause = time.monotonic() + self.wait_s, _POLL_S[0]
         while True:
-            lease, got, spent = await self.store.begin_turn(key, self.lease_ms, budget_key)
-            if lease is not None:
-                return lease, got, spent
+            start = await self.store.begin_turn(key, self.lease_ms, budget_key, known, reservation)
+            if start.lease is not None:
+                return start
             if time.monotonic() >= deadline:
                 raise ApiError(409, f"conversation {what!r} is busy with a turn on another replica (its lease "
                                     f"was held for {self.wait_s:g} s); retry", code="busy")
@@ -149,23 +156,46 @@ class SharedConversations:
             await self.store.acquire_lease("id:" + conv.episode.episode_id, DEFAULT_FINISHED_TTL_MS)
         conv.claimed = True
 
-    async def begin(self, conv: "Conversation", req) -> None:
-        """Lease ``conv`` and bring it up to date with the store (raises 409 busy, 503)."""
+    def reservation_id(self, model: str) -> str:
+        return f"{self.nonce}:{next(self._seq)}:{model}"
+
+    async def begin(self, conv: "Conversation", req, guess: tuple[str, float] | None = None) -> bool:
+        """Lease ``conv`` and bring it up to date with the store (raises 409 busy, 402, 503).
+        ``guess``: (model, worst-case USD) of the decision made on the cached episode, reserved in
+        the same step; True if it stands (the copy was current and the reservation made), False if
+        the cached episode was replaced by the stored one (decide again: nothing was reserved)."""
         try:
             await self.flush()
         except StoreUnavailable as e:
             raise unavailable(e) from None
         asked = None if conv.episode.budget is None else episode_key(conv.episode.episode_id)
-        lease, got, spent = await self._lease_of(conv, asked)
+        known = _known(conv.version)
+        res = None
+        if guess is not None and asked is not None and known is not None:
+            res = Reservation(self.reservation_id(guess[0]), guess[1], conv.episode.budget, conv.episode.spent)
+        elif guess is not None:  # nothing to reserve it with: the stored state is sent back and adopted
+            known = None
+        start = await self._lease_of(conv, asked, known, res)
+        lease, spent = start.lease, start.spent
+        stands = False
         try:
-            doc = CURRENT if _is_version(got, conv.version) else _doc(got)
-            if doc is None:
+            if guess is not None:
+                if start.reserved is None:  # the guess was made on a stale copy, or its spend moved
+                    conv.version = -1  # the copy was touched by the guess: adopt the stored one
+                elif start.reserved:
+                    stands = True
+                else:  # current copy, current spend, and the reservation did not fit
+                    await self._refused(conv, guess[0], guess[1])
+            doc = None if start.same and conv.version > 0 else _doc(start.state)
+            if start.same and conv.version > 0:
+                pass  # this replica holds the stored version
+            elif doc is None:
                 if conv.version:  # finished or expired elsewhere since this replica saw it: a new episode
                     conv.episode = self.proxy.store.new_episode(conv.cid, conv.derived, req.budget, req.task, req.lam,
                                                                 req.explore, req.seed, conv.tenant_obj)
                     conv.version, conv.n_seen, conv.claimed = 0, 0, False
                 await self._claim(conv, req)
-            elif doc is not CURRENT and doc["v"] != conv.version:
+            elif doc["v"] != conv.version:
                 await self._adopt(conv, doc)
             ep = conv.episode
             if ep.budget is not None:
@@ -175,13 +205,18 @@ class SharedConversations:
                 if spent > ep.spent + EPS_USD:  # a settle this state has not seen (a replica that stalled)
                     ep.spent = spent
         except BaseException as e:
+            if stands:  # (the lease's release would leave it to expire: free it now)
+                await self._release_reservation(conv, res.id)
             await self._release(lease)
             if isinstance(e, StoreUnavailable):
                 raise unavailable(e) from None
             raise
         h = TurnHandle(lease, len(conv.episode.turns))
+        if stands:
+            h.reservations[guess[0]] = res.id
         self._arm(h)
         conv.turn = h
+        return stands
 
     def _state(self, conv: "Conversation") -> tuple[str, bytes, int, str]:
         """``conv``'s next version as ``end_turn`` writes it: (key, JSON, TTL ms, owner)."""
@@ -196,16 +231,25 @@ class SharedConversations:
 
     # ------------------------------------------------------------------ budget
     async def reserve(self, conv: "Conversation", model: str, amount: float) -> None:
-        """Hold ``amount`` USD of the budget for an attempt on ``model`` (402/409 when it does not fit)."""
+        """Hold ``amount`` USD of the budget for an attempt on ``model`` (402/409 when it does not fit;
+        nothing to do when ``begin`` reserved it already)."""
         ep, h = conv.episode, conv.turn
-        if ep.budget is None or h is None:
+        if ep.budget is None or h is None or model in h.reservations:
             return
-        rid = f"{h.lease.token}:{len(ep.turns)}:{model}:{self.nonce}"
-        ekey = episode_key(ep.episode_id)
+        rid = self.reservation_id(model)
         try:
-            if await self.store.reserve(ekey, rid, amount, ep.budget):
+            if await self.store.reserve(episode_key(ep.episode_id), rid, amount, ep.budget):
                 h.reservations[model] = rid
                 return
+        except StoreUnavailable as e:
+            raise unavailable(e) from None
+        await self._refused(conv, model, amount)
+
+    async def _refused(self, conv: "Conversation", model: str, amount: float) -> None:
+        """The store refused a reservation of ``amount`` for ``model``: 409 ``budget_held`` while other
+        turns hold part of the budget, else 402 (the spend, as the store has it, is taken)."""
+        ep, ekey = conv.episode, episode_key(conv.episode.episode_id)
+        try:
             held, spent = await self.store.reserved(ekey), await self.store.spent(ekey)
         except StoreUnavailable as e:
             raise unavailable(e) from None
@@ -227,10 +271,13 @@ class SharedConversations:
         h = conv.turn
         rid = None if h is None else h.reservations.pop(model, None)
         if rid is not None:
-            try:
-                await self.store.release(episode_key(conv.episode.episode_id), rid)
-            except StoreUnavailable as e:
-                log.warning("could not release a reservation of %s (%s): it expires on its own", conv.cid, e)
+            await self._release_reservation(conv, rid)
+
+    async def _release_reservation(self, conv: "Conversation", rid: str) -> None:
+        try:
+            await self.store.release(episode_key(conv.episode.episode_id), rid)
+        except StoreUnavailable as e:
+            log.warning("could not release a reservation of %s (%s): it expires on its own", conv.cid, e)
 
     async def flush(self) -> None:
         """Retry the settles the store missed (idempotent: each bills once)."""
@@ -317,24 +364,27 @@ class SharedConversations:
         await self._adopt(conv, doc)
         return conv
 
-    async def _lease_of(self, conv: "Conversation", budget_key: str | None = None):
-        """The conversation's lease, stored state and spend (``lease``; 409 busy after the wait, 503
-        when unreachable)."""
+    async def _lease_of(self, conv: "Conversation", budget_key: str | None = None, known: bytes | None = None,
+                        reservation: Reservation | None = None) -> TurnStart:
+        """``lease`` on the conversation (409 busy after the wait, 503 when unreachable)."""
         try:
-            return await self.lease(conv_key(conv.tenant, conv.cid), conv.cid, budget_key)
+            return await self.lease(conv_key(conv.tenant, conv.cid), conv.cid, budget_key, known, reservation)
         except StoreUnavailable as e:
             raise unavailable(e) from None
 
     async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
         """Finish ``conv`` on the store, exactly once across replicas (404 when it is no longer open
         anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
-        lease, got, _ = await self._lease_of(conv)
+        start = await self._lease_of(conv, known=_known(conv.version))
+        lease = start.lease
         try:
-            doc = CURRENT if _is_version(got, conv.version) else _doc(got)
-            if doc is None:
+            doc = None if start.same else _doc(start.state)
+            if start.same:
+                pass  # this replica holds the stored version
+            elif doc is None:
                 if conv.version or not conv.episode.turns:
                     raise ApiError(404, f"no open conversation {conv.cid!r}", code="conversation_not_found")
-            elif doc is not CURRENT and doc["v"] != conv.version:
+            elif doc["v"] != conv.version:
                 await self._adopt(conv, doc)
             if reason == "expired" and time.time() - conv.last_used <= self.proxy.limits.idle_timeout:
                 return None  # in use on another replica
@@ -364,14 +414,11 @@ def _doc(got: StoredState | None) -> dict | None:
     return None if got is None else jsonfast.loads(got.data)
 
 
-CURRENT = object()  # ``begin`` / ``close``: the stored state is the version this replica holds (not parsed)
-
-
-def _is_version(got: StoredState | None, version: int) -> bool:
-    """Whether ``got`` is version ``version`` (> 0) of a state ``_state`` wrote, read off its first
-    bytes: ``{"v":N,`` opens every document it writes, so the usual turn (this replica wrote the
-    last version) does not decode the whole episode only to compare one number."""
-    return got is not None and version > 0 and got.data.startswith(b'{"v":%d,' % version)
+def _known(version: int) -> bytes | None:
+    """The first bytes of version ``version`` (> 0) of a state ``_state`` wrote (``{"v":N,`` opens
+    every one): sent as ``begin_turn``'s ``known``, so the usual turn (this replica wrote the last
+    version) is not sent back the whole episode only to compare one number."""
+    return b'{"v":%d,' % version if version > 0 else None
 
 
 __all__ = ["SharedConversations", "TurnHandle", "conv_key", "episode_key", "LEASE_MS", "LEASE_WAIT_S", "unavailable"]

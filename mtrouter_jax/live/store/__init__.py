@@ -8,8 +8,8 @@ extra; imported only when a ``redis://`` URL is opened). ``open_store(url)`` pic
 from __future__ import annotations
 
 from mtrouter_jax.core.errors import UsageError
-from mtrouter_jax.live.store.base import (Finished, Lease, StateStore, StoredState,
-                                          StoreUnavailable)
+from mtrouter_jax.live.store.base import (Finished, Lease, Reservation, StateStore, StoredState,
+                                          StoreUnavailable, TurnStart)
 from mtrouter_jax.live.store.memory import MemoryStore
 
 
@@ -28,5 +28,5 @@ def open_store(url: str | None = None, **kwargs) -> StateStore:
     return RedisStore(url, **kwargs)
 
 
-__all__ = ["StateStore", "StoredState", "Lease", "Finished", "StoreUnavailable", "MemoryStore",
+__all__ = ["StateStore", "StoredState", "Lease", "Finished", "StoreUnavailable", "MemoryStore", "Reservation", "TurnStart",
            "open_store"]

@@ -25,9 +25,12 @@ one reload reaches every replica (``server/control.py``).
 
 A proxied turn takes two steps, each one atomic operation (one round trip on Redis) composing the
 single-step methods with their exact semantics: ``begin_turn`` (``acquire_lease``, then ``get`` and
-``spent``) and ``end_turn`` (``settle``, ``release`` of the other attempts, fenced ``put``,
-``release_lease``). The turn's ``reserve`` comes in between: its amount depends on the routing
-decision, which needs the state.
+``spent``, and the first attempt's ``reserve`` when the caller's copy of the state is current) and
+``end_turn`` (``settle``, ``release`` of the other attempts, fenced ``put``, ``release_lease``).
+The reservation's amount depends on the routing decision, which needs the state: a replica that
+wrote the last version decides on its own copy first and sends the reservation with ``known`` (the
+first bytes of that version); the store reserves only if the stored state still starts with them
+and the spend has not moved, else the caller syncs, decides again and reserves in a third step.
 
 Every method raises ``StoreUnavailable`` when the backend cannot be reached (the proxy answers 503;
 no silent fallback to per-replica state).
@@ -36,7 +39,7 @@ no silent fallback to per-replica state).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 EPS_USD = 1e-12  # float slack in budget comparisons (as in live/episode.py)
 DEFAULT_RESERVATION_TTL_MS = 120_000  # longer than any upstream call the proxy waits for
@@ -62,6 +65,31 @@ class StoredState:
 
     data: bytes
     owner: str | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """``begin_turn``'s reservation: ``reserve(budget conv id, id, amount, budget, ttl_ms)``, made only
+    if the budget's spend is still at most ``seen_spent`` (the decision saw it)."""
+
+    id: str
+    amount: float
+    budget: float | None
+    seen_spent: float
+    ttl_ms: int = DEFAULT_RESERVATION_TTL_MS
+
+
+class TurnStart(NamedTuple):
+    """What ``begin_turn`` found. ``lease`` None: held by another (nothing else read). ``same``: the
+    stored state starts with the caller's ``known`` bytes (and, with a reservation, the spend is at
+    most its ``seen_spent``): then ``state`` is None (not sent back). ``reserved``: the
+    reservation's outcome, None where it was not attempted (no lease, not ``same``, none asked)."""
+
+    lease: Lease | None
+    state: StoredState | None
+    spent: float
+    same: bool = False
+    reserved: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -117,11 +145,13 @@ class StateStore(Protocol):
         """USD held by live (unexpired) reservations."""
 
     # ---- a turn's two steps
-    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
-                         ) -> tuple[Lease | None, StoredState | None, float]:
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None,
+                         known: bytes | None = None, reservation: Reservation | None = None) -> TurnStart:
         """In one step: ``acquire_lease(conv_id, lease_ttl_ms)`` and, when it is granted, the stored
-        state (as ``get``) and ``spent(budget_conv_id)`` (0.0 for None). While another holder's lease
-        is live: ``(None, None, 0.0)``, no fencing token burnt."""
+        state (as ``get``; not sent back when it starts with ``known``) and ``spent(budget_conv_id)``
+        (0.0 for None); then, only if the state is ``same`` (see ``TurnStart``), ``reservation`` on
+        ``budget_conv_id``'s budget. While another holder's lease is live: ``TurnStart(None, None,
+        0.0)``, no fencing token burnt, nothing reserved."""
 
     async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
                        settle: tuple[str, str, float] | None = None,
@@ -181,6 +211,18 @@ def check_budget(budget: float | None) -> float | None:
     return float(budget)
 
 
+def check_reservation(res: Reservation | None, budget_conv_id: str | None) -> Reservation | None:
+    """``begin_turn``'s reservation with its numbers checked (ValueError), or None."""
+    if res is None:
+        return None
+    if budget_conv_id is None:
+        raise ValueError("begin_turn: a reservation needs budget_conv_id (whose budget it holds)")
+    check_ttl(res.ttl_ms)
+    return Reservation(res.id, check_amount(res.amount), check_budget(res.budget),
+                       check_amount(res.seen_spent, "seen_spent"), res.ttl_ms)
+
+
 __all__ = ["StateStore", "StoreUnavailable", "Lease", "StoredState", "Finished", "EPS_USD",
            "DEFAULT_RESERVATION_TTL_MS", "DEFAULT_BUDGET_TTL_MS", "DEFAULT_FINISHED_TTL_MS",
-           "check_amount", "check_ttl", "check_budget"]
+           "Reservation", "TurnStart", "check_amount", "check_ttl", "check_budget",
+           "check_reservation"]

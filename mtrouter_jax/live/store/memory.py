@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from mtrouter_jax.live.store.base import (DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS,
                                           DEFAULT_RESERVATION_TTL_MS, EPS_USD, Finished, Lease,
-                                          StoredState, check_amount, check_budget, check_ttl)
+                                          Reservation, StoredState, TurnStart, check_amount, check_budget,
+                                          check_reservation, check_ttl)
 
 _SWEEP_EVERY = 256
 
@@ -118,6 +119,19 @@ class MemoryStore:
         b.spent += actual
         return True
 
+    def _reserve(self, conv_id: str, reservation_id: str, amount: float, budget: float | None, ttl_ms: int,
+                 now: float) -> bool:
+        b = self._budget(conv_id, now)
+        if reservation_id in b.closed:
+            return False
+        if reservation_id in b.held:
+            return True
+        if budget is not None and b.spent + b.reserved() + amount > budget + EPS_USD:
+            return False
+        b.held[reservation_id] = (amount, now + ttl_ms / 1000)
+        self._tick(now)
+        return True
+
     def _release(self, conv_id: str, reservation_id: str, now: float) -> bool:
         b = self._budget(conv_id, now)
         if reservation_id in b.closed:
@@ -169,17 +183,7 @@ class MemoryStore:
         amount, budget = check_amount(amount), check_budget(budget)
         check_ttl(ttl_ms)
         with self._lock:
-            now = self._now()
-            b = self._budget(conv_id, now)
-            if reservation_id in b.closed:
-                return False
-            if reservation_id in b.held:
-                return True
-            if budget is not None and b.spent + b.reserved() + amount > budget + EPS_USD:
-                return False
-            b.held[reservation_id] = (amount, now + ttl_ms / 1000)
-            self._tick(now)
-            return True
+            return self._reserve(conv_id, reservation_id, amount, budget, ttl_ms, self._now())
 
     async def settle(self, conv_id: str, reservation_id: str, actual: float) -> bool:
         actual = check_amount(actual, "actual")
@@ -204,16 +208,25 @@ class MemoryStore:
             return b.reserved()
 
     # ------------------------------------------------------------------ a turn's two steps
-    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
-                         ) -> tuple[Lease | None, StoredState | None, float]:
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None,
+                         known: bytes | None = None, reservation: Reservation | None = None) -> TurnStart:
         check_ttl(lease_ttl_ms, "lease_ttl_ms")
+        res = check_reservation(reservation, budget_conv_id)
         with self._lock:
             now = self._now()
             lease = self._acquire(conv_id, lease_ttl_ms, now)
             if lease is None:
-                return None, None, 0.0
+                return TurnStart(None, None, 0.0)
             spent = 0.0 if budget_conv_id is None else self._spent(budget_conv_id, now)
-            return lease, self._get(conv_id, now), spent
+            got = self._get(conv_id, now)
+            same = bool(known) and got is not None and got.data.startswith(known)
+            if same and res is not None and spent > res.seen_spent + EPS_USD:
+                same = False  # a settle the caller's decision did not see: it syncs and decides again
+            if not same:
+                return TurnStart(lease, got, spent)
+            reserved = None if res is None else self._reserve(budget_conv_id, res.id, res.amount, res.budget,
+                                                              res.ttl_ms, now)
+            return TurnStart(lease, None, spent, True, reserved)
 
     async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
                        settle: tuple[str, str, float] | None = None,

@@ -13,7 +13,8 @@ spans a conversation and its episode's budget, need one Redis, not a cluster):
 ``mtr:control``  hash ``s`` (sequence, HINCRBY) and ``d`` (the last reload any replica published)
 
 ``reserve``, ``settle``, ``release``, fenced ``put``, ``acquire_lease`` and a turn's two steps
-(``begin_turn``, ``end_turn``) are Lua scripts (``register_script``), so a check and its write are
+(``begin_turn``, which compares the stored state's first bytes with the caller's so that a current
+state is not sent back, and ``end_turn``) are Lua scripts (``register_script``), so a check and its write are
 one atomic step across replicas, one round trip each; reservations past their deadline are dropped
 by the next script that looks, so a replica that dies holding one frees the budget after
 ``ttl_ms``. Every call has a deadline (sockets ~1 s); a connection error or timeout raises
@@ -35,8 +36,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.store.base import (DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS,
                                           DEFAULT_RESERVATION_TTL_MS, EPS_USD, Finished, Lease,
-                                          StoredState, StoreUnavailable, check_amount, check_budget,
-                                          check_ttl)
+                                          Reservation, StoredState, StoreUnavailable, TurnStart,
+                                          check_amount, check_budget, check_reservation, check_ttl)
 
 # the budget of one conversation is KEYS[b+1..b+4] (spent, held, dl, closed): functions over the
 # offset b, so a turn's end can settle and release next to its put in one script
@@ -66,6 +67,20 @@ local function settle(b, id, actual, keep)
   touch(b, keep)
   return 1
 end
+-- id, amount, budget ('' = none), ttl ms, keep ms, eps: 1 held, 0 refused
+local function reserve(b, id, amount, budget, ttl, keep, eps)
+  prune(b)
+  if redis.call('SISMEMBER', KEYS[b + 4], id) == 1 then return 0 end
+  if redis.call('HEXISTS', KEYS[b + 2], id) == 1 then return 1 end
+  if budget ~= '' then
+    local spent = tonumber(redis.call('GET', KEYS[b + 1]) or '0')
+    if spent + held(b) + tonumber(amount) > tonumber(budget) + tonumber(eps) then return 0 end
+  end
+  redis.call('HSET', KEYS[b + 2], id, amount)
+  redis.call('ZADD', KEYS[b + 3], now + tonumber(ttl), id)
+  touch(b, keep)
+  return 1
+end
 local function release(b, id, keep)
   prune(b)
   if redis.call('SADD', KEYS[b + 4], id) == 0 then return 0 end
@@ -76,19 +91,7 @@ local function release(b, id, keep)
 end
 """
 # KEYS: spent, held, dl, closed. ARGV: id, amount, budget ('' = none), ttl ms, keep ms, eps
-_RESERVE = _BUDGET + """
-prune(0)
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
-if ARGV[3] ~= '' then
-  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if spent + held(0) + tonumber(ARGV[2]) > tonumber(ARGV[3]) + tonumber(ARGV[6]) then return 0 end
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
-touch(0, ARGV[5])
-return 1
-"""
+_RESERVE = _BUDGET + "return reserve(0, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
 _SETTLE = _BUDGET + "return settle(0, ARGV[1], ARGV[2], ARGV[3])"  # ARGV: id, actual, keep ms
 _RELEASE = _BUDGET + "return release(0, ARGV[1], ARGV[2])"  # ARGV: id, keep ms
 _RESERVED = _BUDGET + "prune(0) return string.format('%.17g', held(0))"
@@ -103,14 +106,22 @@ local function acquire()
 end
 """
 _ACQUIRE = _ACQUIRE_FN + "return acquire()"
-# KEYS: lease, fence, state[, spent of the budget]. ARGV: ttl ms
-_BEGIN = _ACQUIRE_FN + """
+# KEYS: lease, fence, state[, spent, held, dl, closed of the budget]. ARGV: ttl ms, known ('' = none),
+# then for a reservation: id, amount, budget ('' = none), ttl ms, keep ms, eps, seen spent.
+# Returns false (held elsewhere) or {token, data (false when same), owner, spent, same, reserved (-1: not tried)}
+_BEGIN = _BUDGET + _ACQUIRE_FN + """
 local token = acquire()
 if not token then return false end
 local st = redis.call('HMGET', KEYS[3], 'd', 'o')
 local spent = false
 if #KEYS > 3 then spent = redis.call('GET', KEYS[4]) end
-return {token, st[1], st[2], spent}
+local known = ARGV[2]
+local same = known ~= '' and st[1] and string.sub(st[1], 1, #known) == known
+if same and #ARGV > 2 and tonumber(spent or '0') > tonumber(ARGV[9]) + tonumber(ARGV[8]) then same = false end
+if not same then return {token, st[1], st[2], spent, 0, -1} end
+local reserved = -1
+if #ARGV > 2 then reserved = reserve(3, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]) end
+return {token, false, st[2], spent, 1, reserved}
 """
 # KEYS: lease. ARGV: token, ttl ms ('' = delete)
 _LEASE = """
@@ -304,18 +315,24 @@ class RedisStore:
         return float(await self._do(self._reserved(keys=self._budget_keys(conv_id), args=[])))
 
     # ------------------------------------------------------------------ a turn's two steps
-    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None
-                         ) -> tuple[Lease | None, StoredState | None, float]:
+    async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None,
+                         known: bytes | None = None, reservation: Reservation | None = None) -> TurnStart:
         check_ttl(lease_ttl_ms, "lease_ttl_ms")
+        res = check_reservation(reservation, budget_conv_id)
         keys = [self._k(conv_id, "lease"), self.fence, self._k(conv_id, "state")]
         if budget_conv_id is not None:
-            keys.append(self._k(budget_conv_id, "spent"))
-        got = await self._do(self._begin(keys=keys, args=[lease_ttl_ms]))
+            keys += self._budget_keys(budget_conv_id)
+        args = [lease_ttl_ms, bytes(known or b"")]
+        if res is not None:
+            args += [res.id, repr(res.amount), "" if res.budget is None else repr(res.budget), res.ttl_ms,
+                     max(self.budget_ttl, res.ttl_ms), repr(EPS_USD), repr(res.seen_spent)]
+        got = await self._do(self._begin(keys=keys, args=args))
         if got is None:
-            return None, None, 0.0
-        token, data, owner, spent = got
+            return TurnStart(None, None, 0.0)
+        token, data, owner, spent, same, reserved = got
         state = None if data is None else StoredState(bytes(data), None if owner is None else owner.decode("utf-8"))
-        return Lease(conv_id, int(token)), state, 0.0 if spent is None else float(spent)
+        return TurnStart(Lease(conv_id, int(token)), state, 0.0 if spent is None else float(spent), bool(same),
+                         None if reserved == -1 else bool(reserved))
 
     async def end_turn(self, lease: Lease, state: tuple[str, bytes, int, str | None] | None = None,
                        settle: tuple[str, str, float] | None = None,
