@@ -431,3 +431,33 @@ def test_redis_down_is_store_unavailable_quickly_and_it_recovers(tmp_path_factor
         asyncio.run(body())
     finally:
         server.kill()
+
+
+def test_a_redis_call_waiting_past_its_deadline_for_a_connection_is_unavailable_not_a_hang(redis_server):
+    """More calls in flight than connections wait for one (not "Too many connections"), but no longer
+    than the call's deadline; the call that never got one is not left un-awaited."""
+    import gc
+    import warnings
+
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    async def main():
+        s = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_s=0.1, max_connections=2)
+        try:
+            assert await s.spent("e") == 0.0
+            await s._slots.acquire()
+            await s._slots.acquire()  # every connection busy
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="unreachable"):
+                await s.spent("e")
+            assert 0.15 < time.monotonic() - t0 < 2.0  # the deadline (2 x timeout_s), not a hang
+            s._slots.release()
+            assert await s.spent("e") == 0.0  # a slot free: served again
+        finally:
+            await s.close()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)], [str(w.message) for w in seen]
