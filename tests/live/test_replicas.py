@@ -236,7 +236,7 @@ def test_the_stored_version_is_read_off_the_documents_first_bytes(written, held,
     """``begin`` asks the store to send the state back only when it is not the version the replica
     holds (``known``, compared with the stored bytes): the prefix test agrees with decoding it, for
     every pair of versions (1 vs 12, ...) and either encoder path."""
-    from mtrouter_jax.live.server.shared import _known
+    from mtrouter_jax.live.server.shared_docs import known_prefix as _known
 
     doc = {"v": written, "episode": {"budget": float("inf") if infinite_budget else 0.5, "turns": []},
            "conv": {"n_seen": 3}}

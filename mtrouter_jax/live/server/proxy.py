@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-
 from fastapi.responses import Response, StreamingResponse
 
 from mtrouter_jax.logs.detect import message_text
@@ -28,6 +26,7 @@ from mtrouter_jax.live.server.conversations import Conversation, ConversationSto
 from mtrouter_jax.live.episode import LiveEpisode
 from mtrouter_jax.live.server.prometheus import ProxyMetrics
 from mtrouter_jax.live.server.limits import Limits, decode_body
+from mtrouter_jax.live.server.plan import Plan, money_headers
 from mtrouter_jax.live.server.replies import tool_and_action, upstream_message
 from mtrouter_jax.live.server.streams import TurnStream, dumps
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, Tenant
@@ -168,7 +167,7 @@ class Proxy:
         """A fallback re-decision (synchronous: ``acall_with_fallback``'s failure callback)."""
         return self._counted(ep.decide(input_tokens_hi=hi, context_tokens=est, lam=lam, exclude=exclude))
 
-    async def _guess(self, req: ChatRequest, conv: Conversation) -> "Plan | None":
+    async def _guess(self, req: ChatRequest, conv: Conversation) -> Plan | None:
         """With shared state: the turn's plan made on this replica's copy of the conversation before
         the lease, so that ``begin`` can reserve its first attempt in the lease's round trip. Only
         where the copy is likely current (this replica wrote the last version) and the turn will
@@ -192,7 +191,7 @@ class Proxy:
             self.metrics.nonfinite.inc()
         return d
 
-    async def _plan(self, req: ChatRequest, conv: Conversation, guessing: bool = False) -> "Plan":
+    async def _plan(self, req: ChatRequest, conv: Conversation, guessing: bool = False) -> Plan:
         """What the turn will try: the input bounds, the decision (or the client's passthrough model)
         and each model's completion cap (raises 402 when the budget does not allow the turn;
         ``guessing``: ``BudgetExhausted`` as it is, neither answered nor counted)."""
@@ -225,7 +224,7 @@ class Proxy:
         client_limits = [body[f] for f in COMPLETION_LIMIT_FIELDS if body.get(f) is not None]
         return Plan(self, ep, hi, est, decisions, ranking, caps, shadow, client_limits)
 
-    async def _turn(self, req: ChatRequest, conv: Conversation, t_start: float, plan: "Plan | None" = None):
+    async def _turn(self, req: ChatRequest, conv: Conversation, t_start: float, plan: Plan | None = None):
         ep, cid, body = conv.episode, req.cid, req.body
         if plan is None:
             plan = await self._plan(req, conv)
@@ -308,7 +307,7 @@ class Proxy:
         self.metrics.overhead.observe(max(overhead, 0.0))
         out_hi = self._completion_hi(att.model, limit_for(att.model))
         if req.stream:
-            hdr.update(_money_headers(ep))
+            hdr.update(money_headers(ep))
             return TurnStream(self, att, conv, req, hi, out_hi, prop, meta, hdr)
         resp = att.result
         if not isinstance(resp, dict):  # the call happened (and may be charged): billed once, at the worst case
@@ -325,7 +324,7 @@ class Proxy:
             hdr["X-MTRouter-Model"] = model
         self._record(conv, req, model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
         resp["model"] = model
-        hdr.update(_money_headers(ep))
+        hdr.update(money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
         return Response(dumps(resp), media_type="application/json", headers=hdr)
 
@@ -381,38 +380,6 @@ class Proxy:
         conv.n_seen = len(req.messages) + 1
         conv.last_used = time.time()
         self.metrics.turn(model, cost, req.passthrough is None, prev is not None and prev != model)
-
-
-@dataclass
-class Plan:
-    """A turn's plan (``Proxy._plan``): its input bounds, decisions, the models to try in order, their
-    completion caps, the shadow's decision; ``guess``: (model, worst case) reserved with the lease."""
-
-    proxy: Proxy
-    episode: LiveEpisode
-    hi: float
-    est: float
-    decisions: dict
-    ranking: list
-    caps: dict
-    shadow: dict | None
-    client_limits: list
-    guess: tuple[str, float] | None = None
-
-    def limit_for(self, model) -> int | None:
-        """The one completion limit sent to ``model``: min of the client's limits and the cap."""
-        cap = self.caps.get(model)
-        return min(self.client_limits + ([] if cap is None else [cap]), default=None)
-
-    def worst_case(self, model: str) -> float:
-        """USD an attempt on ``model`` may be billed at most (what it reserves)."""
-        out = self.proxy._completion_hi(model, self.limit_for(model))
-        return self.episode.router.turn_cost(model, self.hi, 0, out)
-
-
-def _money_headers(ep: LiveEpisode) -> dict:
-    return {"X-MTRouter-Spent": f"{ep.spent:.8f}",
-            "X-MTRouter-Remaining": "none" if ep.remaining is None else f"{ep.remaining:.8f}"}
 
 
 __all__ = ["Proxy", "BUSY_TIMEOUT_S"]

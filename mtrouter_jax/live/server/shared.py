@@ -31,13 +31,14 @@ import itertools
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mtrouter_jax.core import jsonfast
-from mtrouter_jax.live.episode_state import dumps_state, episode_state, restore_episode
+from mtrouter_jax.live.episode_state import dumps_state, restore_episode
 from mtrouter_jax.live.server.api import ApiError
-from mtrouter_jax.live.store import Lease, Reservation, StateStore, StoredState, StoreUnavailable, TurnStart
+from mtrouter_jax.live.server.shared_docs import (TurnHandle, conv_key, conversation_info, doc_of, episode_key,
+                                                  known_prefix, state_doc, unavailable)
+from mtrouter_jax.live.store import Lease, Reservation, StateStore, StoreUnavailable, TurnStart
 from mtrouter_jax.live.store.base import DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS, EPS_USD
 
 if TYPE_CHECKING:
@@ -48,32 +49,6 @@ log = logging.getLogger("mtrouter_jax.live")
 LEASE_MS = 15_000  # a replica killed mid-turn blocks its conversation this long at most
 LEASE_WAIT_S = 600.0  # as long as a request waits for its conversation's previous turn in-process
 _POLL_S = (0.002, 0.05)  # lease polling: first and longest sleep
-
-
-def conv_key(tenant: str, cid: str) -> str:
-    """The store id of a tenant's conversation (unambiguous for any tenant name and id)."""
-    return f"c:{len(tenant)}:{tenant}/{cid}"
-
-
-def episode_key(eid: str) -> str:
-    return f"e:{eid}"
-
-
-def unavailable(e: StoreUnavailable) -> ApiError:
-    return ApiError(503, f"{e}; no turn was run: retry when it is back (the proxy does not fall back to "
-                         "per-replica state or budgets)", "api_error", "state_unavailable")
-
-
-@dataclass
-class TurnHandle:
-    """A turn in progress under a lease: its reservations (model -> id) and its renewal (the timer
-    before the next one, or the renewal in flight)."""
-
-    lease: Lease
-    n_turns: int
-    reservations: dict[str, str] = field(default_factory=dict)
-    renewer: asyncio.TimerHandle | asyncio.Task | None = None
-    lost: bool = False
 
 
 class SharedConversations:
@@ -134,7 +109,7 @@ class SharedConversations:
 
     # ------------------------------------------------------------------ state
     async def _load(self, conv: "Conversation") -> dict | None:
-        return _doc(await self.store.get(conv_key(conv.tenant, conv.cid)))
+        return doc_of(await self.store.get(conv_key(conv.tenant, conv.cid)))
 
     async def _adopt(self, conv: "Conversation", doc: dict) -> None:
         """Take the stored version of ``conv`` (another replica wrote it since)."""
@@ -169,7 +144,7 @@ class SharedConversations:
         except StoreUnavailable as e:
             raise unavailable(e) from None
         asked = None if conv.episode.budget is None else episode_key(conv.episode.episode_id)
-        known = _known(conv.version)
+        known = known_prefix(conv.version)
         res = None
         if guess is not None and asked is not None and known is not None:
             res = Reservation(self.reservation_id(guess[0]), guess[1], conv.episode.budget, conv.episode.spent)
@@ -186,7 +161,7 @@ class SharedConversations:
                     stands = True
                 else:  # current copy, current spend, and the reservation did not fit
                     await self._refused(conv, guess[0], guess[1])
-            doc = None if start.same and conv.version > 0 else _doc(start.state)
+            doc = None if start.same and conv.version > 0 else doc_of(start.state)
             if start.same and conv.version > 0:
                 pass  # this replica holds the stored version
             elif doc is None:
@@ -220,13 +195,7 @@ class SharedConversations:
 
     def _state(self, conv: "Conversation") -> tuple[str, bytes, int, str]:
         """``conv``'s next version as ``end_turn`` writes it: (key, JSON, TTL ms, owner)."""
-        doc = {"v": conv.version + 1, "episode": episode_state(conv.episode),
-               "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
-                        "checkpoint": getattr(conv.episode.router, "digest", None),
-                        "checkpoint_path": getattr(conv.episode.router, "checkpoint_path", None)}}
-        shadow = self.proxy.arms.shadow_doc(conv.episode)
-        if shadow is not None:
-            doc["shadow"] = shadow
+        doc = state_doc(conv, self.proxy.arms.shadow_doc(conv.episode))
         return conv_key(conv.tenant, conv.cid), dumps_state(doc), self.state_ttl_ms, conv.tenant
 
     # ------------------------------------------------------------------ budget
@@ -340,15 +309,7 @@ class SharedConversations:
             raise unavailable(e) from None
         if got is None:
             return None
-        st = jsonfast.loads(got.data)["episode"]
-        turns = st["turns"]
-        rem = None if st["budget"] is None else max(st["budget"] - st["spent"], 0.0)
-        return {"episode_id": st["episode_id"], "task_type": st["task_type"], "budget": st["budget"],
-                "spent": st["spent"], "remaining": rem, "turns": len(turns), "tokens": st["tokens"],
-                "models": [t["model"] for t in turns], "errors": sum(t["error"] is not None for t in turns),
-                "ended": st["ended"], "finished": False, "lam": st["lam"], "policy": st["policy"],
-                "explore": st["explore"], "seed": st["seed"]}
-
+        return conversation_info(jsonfast.loads(got.data))
     async def attach(self, cid: str, tenant: str) -> "Conversation | None":
         """A cached copy of a stored conversation this replica has not served (to finish it), or None."""
         from mtrouter_jax.live.server.conversations import Conversation
@@ -375,10 +336,10 @@ class SharedConversations:
     async def close(self, conv: "Conversation", score, score_range, meta, reason: str) -> dict | None:
         """Finish ``conv`` on the store, exactly once across replicas (404 when it is no longer open
         anywhere). An idle sweep of a conversation that another replica used since closes nothing."""
-        start = await self._lease_of(conv, known=_known(conv.version))
+        start = await self._lease_of(conv, known=known_prefix(conv.version))
         lease = start.lease
         try:
-            doc = None if start.same else _doc(start.state)
+            doc = None if start.same else doc_of(start.state)
             if start.same:
                 pass  # this replica holds the stored version
             elif doc is None:
@@ -408,17 +369,6 @@ class SharedConversations:
                            "state_unavailable") from None
         finally:
             await self._release(lease)
-
-
-def _doc(got: StoredState | None) -> dict | None:
-    return None if got is None else jsonfast.loads(got.data)
-
-
-def _known(version: int) -> bytes | None:
-    """The first bytes of version ``version`` (> 0) of a state ``_state`` wrote (``{"v":N,`` opens
-    every one): sent as ``begin_turn``'s ``known``, so the usual turn (this replica wrote the last
-    version) is not sent back the whole episode only to compare one number."""
-    return b'{"v":%d,' % version if version > 0 else None
 
 
 __all__ = ["SharedConversations", "TurnHandle", "conv_key", "episode_key", "LEASE_MS", "LEASE_WAIT_S", "unavailable"]
