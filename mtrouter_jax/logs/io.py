@@ -246,8 +246,9 @@ def iter_episodes(path: str | os.PathLike, pool_models: set[str] | None = None,
 
 # ----------------------------------------------------------------------------- writing
 
-def _serialise(episodes: Iterable[Episode] | Episode, where: str) -> bytes:
-    """Validate every episode (via its own dict) and return the JSONL bytes."""
+def _serialise(episodes: Iterable[Episode] | Episode, where: str, validated: bool = False) -> bytes:
+    """Validate every episode (via its own dict; not when the caller has just built each one by
+    ``parse_episode``: ``validated``) and return the JSONL bytes."""
     if isinstance(episodes, Episode):
         episodes = [episodes]
     lines, problems = [], []
@@ -256,7 +257,8 @@ def _serialise(episodes: Iterable[Episode] | Episode, where: str) -> bytes:
             raise TypeError(f"expected Episode, got {type(ep).__name__}")
         d = ep.to_dict()
         try:
-            parse_record(d, where, i)  # unknown keys here are the episodes' own extras
+            if not validated:
+                parse_record(d, where, i)  # unknown keys here are the episodes' own extras
         except LogFormatError as e:
             problems.extend(e.problems)
             continue
@@ -282,15 +284,16 @@ def _last_byte(path: Path) -> bytes | None:
         return fh.read(1)
 
 
-def append_episodes(path: str | os.PathLike, episodes: Iterable[Episode] | Episode) -> None:
+def append_episodes(path: str | os.PathLike, episodes: Iterable[Episode] | Episode, validated: bool = False) -> None:
     """Append episodes to a JSONL log, safe under concurrent writers.
 
-    Everything is validated first (nothing is written if any episode is invalid); the batch is
+    Everything is validated first (nothing is written if any episode is invalid; ``validated``: each
+    episode was just built by ``parse_episode``, which validated it, so it is not checked twice); the batch is
     then written with one ``os.write`` on an ``O_APPEND`` fd held under an exclusive ``flock``
     (so threads/processes never interleave lines) and fsync'ed.
     """
     path = Path(path)
-    data = _serialise(episodes, f"<append to {path}>")
+    data = _serialise(episodes, f"<append to {path}>", validated)
     if not data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

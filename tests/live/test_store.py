@@ -412,7 +412,7 @@ def test_redis_down_is_store_unavailable_quickly_and_it_recovers(tmp_path_factor
         s = RedisStore(server.url, timeout_s=1.0)
         try:
             assert await s.reserve("c", "r1", 0.1, budget=10.0)
-            os.kill(server.proc.pid, signal.SIGSTOP)  # hung: no answer, the socket timeout fires
+            os.kill(server.proc.pid, signal.SIGSTOP)  # hung: no answer, the call's deadline fires
             try:
                 await unavailable_within(s, 2.5)
             finally:
@@ -424,6 +424,37 @@ def test_redis_down_is_store_unavailable_quickly_and_it_recovers(tmp_path_factor
             assert await s.reserve("c", "r2", 0.1, budget=10.0)  # scripts are loaded again
             assert await s.reserved("c") == pytest.approx(0.1)
             await s.ping()
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        server.kill()
+
+
+def test_a_reply_that_came_after_its_deadline_is_never_read_as_the_next_calls(tmp_path_factory):
+    """The deadline is the store's own timeout scope (no socket timeout): a call cut off while
+    Redis hangs must drop its connection, or the late reply of that call would be read as the
+    answer of the next call on the same connection."""
+    server = _start_redis(tmp_path_factory)
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    async def body():
+        s = RedisStore(server.url, timeout_s=0.3, max_connections=1)  # one connection: any stale reply shows
+        try:
+            await s.put("a", b"state-of-a", 60_000)
+            await s.put("b", b"state-of-b", 60_000)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await s.get("a")
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            await asyncio.sleep(0.2)  # the server answers the cut-off call now
+            for _ in range(3):
+                assert (await s.get("b")).data == b"state-of-b"
+                assert await s.get("missing") is None
         finally:
             await s.close()
 

@@ -254,6 +254,16 @@ def test_append_validates_before_writing(tmp_path):
     assert read_episodes(p) == [_episode("ok")]
 
 
+def test_append_of_episodes_already_parsed_writes_the_same_bytes(tmp_path):
+    """``validated=True`` (the shared log writer: each episode was just built by ``parse_episode``)
+    skips the second check, not anything written."""
+    eps = [parse_episode(_episode(f"e{i}", i + 1).to_dict()) for i in range(3)]
+    append_episodes(tmp_path / "a.jsonl", eps)
+    append_episodes(tmp_path / "b.jsonl", eps, validated=True)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert read_episodes(tmp_path / "b.jsonl") == eps
+
+
 def test_append_after_truncated_tail_keeps_new_record_intact(tmp_path):
     p = tmp_path / "log.jsonl"
     p.write_text(json.dumps(ep_dict("e1"))[:30])  # crash left a partial last line

@@ -88,7 +88,7 @@ class LogWriter:
                         eps.append(ep)
                         ids.append(ep.episode_id)
                 if eps:
-                    await anyio.to_thread.run_sync(append_episodes, self.path, eps)
+                    await anyio.to_thread.run_sync(append_episodes, self.path, eps, True)  # (validated just above)
                     self.seen.update(ids)
                     n += len(eps)
                 await self.store.ack_finished([row.entry_id for row in rows])

@@ -14,12 +14,13 @@ spans a conversation and its episode's budget, need one Redis, not a cluster):
 
 ``reserve``, ``settle``, ``release``, fenced ``put``, ``acquire_lease`` and a turn's two steps
 (``begin_turn``, which compares the stored state's first bytes with the caller's so that a current
-state is not sent back, and ``end_turn``) are Lua scripts (``redis_scripts.py``, ``register_script``), so
-a check and its write are one atomic step across replicas, one round trip each; reservations past
-their deadline are dropped by the next script that looks, so a replica that dies holding one frees
-the budget after ``ttl_ms``. Every call has a deadline (sockets ~1 s); a connection error or timeout raises
-``StoreUnavailable`` (the proxy answers 503). The client's pool reconnects on the next call, and a
-script the restarted server forgot is loaded again by the client (EVALSHA, then SCRIPT LOAD).
+state is not sent back, and ``end_turn``) are Lua scripts (``redis_scripts.py``,
+``register_script``), so a check and its write are one atomic step across replicas, one round trip
+each; reservations past their deadline are dropped by the next script that looks, so a replica
+that dies holding one frees the budget after ``ttl_ms``. Every call has one deadline
+(``2 × timeout_s``, the wait for a connection included); a connection error or timeout raises
+``StoreUnavailable`` (the proxy answers 503). Connections are made again on the next call, and a
+script the restarted server forgot is loaded again (EVALSHA, then SCRIPT LOAD: ``_eval``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtrouter_jax.core.errors import UsageError
@@ -91,9 +93,12 @@ class RedisStore:
         # its get_connection; measured end to end the change is within noise, 0.97x: run F);
         # connections open only as needed.
         self._slots = asyncio.Semaphore(max_connections)
+        # no socket timeout: ``_do``'s one timeout scope bounds each call (a cancelled command
+        # drops its connection, redis-py's own rule), where a socket timeout made redis-py wrap
+        # every command's write in ``asyncio.wait_for`` (a task per command on Python 3.11: 4 % of
+        # the proxy's py-spy samples) and every read in a timer of its own
         pool = aioredis.ConnectionPool.from_url(
-            url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            max_connections=max_connections)
+            url, socket_timeout=None, socket_connect_timeout=self.timeout_s, max_connections=max_connections)
         self.r = aioredis.Redis(connection_pool=pool,
                                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         reg = self.r.register_script
@@ -104,6 +109,7 @@ class RedisStore:
         self._control = reg(lua.CONTROL)
         self.fence = f"{prefix}fence"
         self.stream = f"{prefix}finished"
+        self._idle: list = []  # connections of ``_eval``, free (the semaphore bounds those in use)
 
     # ------------------------------------------------------------------ helpers
     def _k(self, conv_id: str, what: str) -> str:
@@ -125,6 +131,43 @@ class RedisStore:
         finally:
             awaitable.close()  # one the deadline passed while it waited for a slot never ran (no-op otherwise)
 
+    async def _eval(self, script, keys: list, args: list):
+        """EVALSHA ``script`` on a connection of our own (run under ``_do``), the script loaded again if
+        the server forgot it. Scripts are every call of a turn, and through redis-py's client object
+        (pool checks, retry wrapper, event dispatch, telemetry records, the script wrapper) a turn's two
+        took 440-570 us of CPU against 260-350 us this way (``scripts/bench_store.py``). The connection, the
+        protocol and the parser are still redis-py's; a connection is reused only after a complete
+        reply (any other exit, a cancellation included, drops it: a late reply is never read as the
+        next call's), and one that fails before its reply (a server restart) is retried once, anew."""
+        conn = self._idle.pop() if self._idle else self.r.connection_pool.make_connection()
+        reusable = False
+        try:
+            for attempt in (0, 1):
+                try:
+                    try:
+                        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                        reply = await conn.read_response()
+                    except NoScriptError:  # (a complete reply: the connection is fine)
+                        await conn.send_command("SCRIPT", "LOAD", script.script)
+                        script.sha = (await conn.read_response()).decode()
+                        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                        reply = await conn.read_response()
+                except ResponseError:
+                    reusable = True
+                    raise
+                except RedisConnectionError:
+                    await conn.disconnect(nowait=True)
+                    if attempt:
+                        raise
+                    continue
+                reusable = True
+                return reply
+        finally:
+            if reusable:
+                self._idle.append(conn)
+            else:
+                await conn.disconnect(nowait=True)
+
     # ------------------------------------------------------------------ conversation state
     async def get(self, conv_id: str) -> StoredState | None:
         data, owner = await self._do(self.r.hmget(self._k(conv_id, "state"), ["d", "o"]))
@@ -138,7 +181,7 @@ class RedisStore:
         args = [bytes(data), ttl_ms, owner or "", "0" if owner is None else "1",
                 "" if token is None else str(int(token))]
         keys = [self._k(conv_id, "state"), self._k(conv_id, "lease")]
-        return bool(await self._do(self._put(keys=keys, args=args)))
+        return bool(await self._do(self._eval(self._put, keys=keys, args=args)))
 
     async def delete(self, conv_id: str) -> None:
         await self._do(self.r.delete(self._k(conv_id, "state")))
@@ -146,17 +189,17 @@ class RedisStore:
     # ------------------------------------------------------------------ lease
     async def acquire_lease(self, conv_id: str, ttl_ms: int) -> Lease | None:
         check_ttl(ttl_ms)
-        token = await self._do(self._acquire(keys=[self._k(conv_id, "lease"), self.fence], args=[ttl_ms]))
+        token = await self._do(self._eval(self._acquire, keys=[self._k(conv_id, "lease"), self.fence], args=[ttl_ms]))
         return None if token is None else Lease(conv_id, int(token))
 
     async def renew(self, lease: Lease, ttl_ms: int) -> bool:
         check_ttl(ttl_ms)
-        return bool(await self._do(self._lease(keys=[self._k(lease.conv_id, "lease")],
-                                               args=[str(lease.token), ttl_ms])))
+        return bool(await self._do(self._eval(self._lease, keys=[self._k(lease.conv_id, "lease")],
+                                              args=[str(lease.token), ttl_ms])))
 
     async def release_lease(self, lease: Lease) -> bool:
-        return bool(await self._do(self._lease(keys=[self._k(lease.conv_id, "lease")],
-                                               args=[str(lease.token), ""])))
+        return bool(await self._do(self._eval(self._lease, keys=[self._k(lease.conv_id, "lease")],
+                                              args=[str(lease.token), ""])))
 
     # ------------------------------------------------------------------ budget
     async def reserve(self, conv_id: str, reservation_id: str, amount: float, budget: float | None,
@@ -165,23 +208,23 @@ class RedisStore:
         check_ttl(ttl_ms)
         args = [reservation_id, repr(amount), "" if budget is None else repr(budget), ttl_ms,
                 max(self.budget_ttl, ttl_ms), repr(EPS_USD)]
-        return bool(await self._do(self._reserve(keys=self._budget_keys(conv_id), args=args)))
+        return bool(await self._do(self._eval(self._reserve, keys=self._budget_keys(conv_id), args=args)))
 
     async def settle(self, conv_id: str, reservation_id: str, actual: float) -> bool:
         actual = check_amount(actual, "actual")
         args = [reservation_id, repr(actual), self.budget_ttl]
-        return bool(await self._do(self._settle(keys=self._budget_keys(conv_id), args=args)))
+        return bool(await self._do(self._eval(self._settle, keys=self._budget_keys(conv_id), args=args)))
 
     async def release(self, conv_id: str, reservation_id: str) -> bool:
         args = [reservation_id, self.budget_ttl]
-        return bool(await self._do(self._release(keys=self._budget_keys(conv_id), args=args)))
+        return bool(await self._do(self._eval(self._release, keys=self._budget_keys(conv_id), args=args)))
 
     async def spent(self, conv_id: str) -> float:
         got = await self._do(self.r.get(self._k(conv_id, "spent")))
         return 0.0 if got is None else float(got)
 
     async def reserved(self, conv_id: str) -> float:
-        return float(await self._do(self._reserved(keys=self._budget_keys(conv_id), args=[])))
+        return float(await self._do(self._eval(self._reserved, keys=self._budget_keys(conv_id), args=[])))
 
     # ------------------------------------------------------------------ a turn's two steps
     async def begin_turn(self, conv_id: str, lease_ttl_ms: int, budget_conv_id: str | None = None,
@@ -195,7 +238,7 @@ class RedisStore:
         if res is not None:
             args += [res.id, repr(res.amount), "" if res.budget is None else repr(res.budget), res.ttl_ms,
                      max(self.budget_ttl, res.ttl_ms), repr(EPS_USD), repr(res.seen_spent)]
-        got = await self._do(self._begin(keys=keys, args=args))
+        got = await self._do(self._eval(self._begin, keys=keys, args=args))
         if got is None:
             return TurnStart(None, None, 0.0)
         token, data, owner, spent, same, reserved = got
@@ -227,15 +270,15 @@ class RedisStore:
         keys = [self._k(lease.conv_id, "lease"), self._k(lease.conv_id if state is None else sid, "state")]
         for bid in budgets:
             keys += self._budget_keys(bid)
-        written, settled = await self._do(self._end(keys=keys, args=args))
+        written, settled = await self._do(self._eval(self._end, keys=keys, args=args))
         return bool(written), bool(settled)
 
     # ------------------------------------------------------------------ finished episodes
     async def finish_once(self, conv_id: str, episode_json: bytes, state_of: str | None = None) -> bool:
         # (with ``state_of`` the script touches two conversations' keys: one Redis, not a cluster)
         keys = [self._k(conv_id, "fin"), self.stream, self._k(conv_id if state_of is None else state_of, "state")]
-        return bool(await self._do(self._finish(keys=keys, args=[conv_id, bytes(episode_json),
-                                                                 self.finished_ttl])))
+        args = [conv_id, bytes(episode_json), self.finished_ttl]
+        return bool(await self._do(self._eval(self._finish, keys=keys, args=args)))
 
     async def drain_finished(self, count: int = 100) -> list[Finished]:
         rows = await self._do(self.r.xrange(self.stream, "-", "+", count=count))
@@ -247,7 +290,7 @@ class RedisStore:
 
     # ------------------------------------------------------------------ fleet control
     async def publish_control(self, data: bytes) -> int:
-        return int(await self._do(self._control(keys=[f"{self.prefix}control"], args=[bytes(data)])))
+        return int(await self._do(self._eval(self._control, keys=[f"{self.prefix}control"], args=[bytes(data)])))
 
     async def get_control(self) -> tuple[int, bytes] | None:
         seq, data = await self._do(self.r.hmget(f"{self.prefix}control", ["s", "d"]))
@@ -258,6 +301,9 @@ class RedisStore:
         await self._do(self.r.ping())
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)
         await self.r.aclose()
 
 
