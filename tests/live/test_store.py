@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from mtrouter_jax.core.errors import UsageError
-from mtrouter_jax.live.store import MemoryStore, StoreUnavailable, open_store
+from mtrouter_jax.live.store import Lease, MemoryStore, StoreUnavailable, open_store
 from mtrouter_jax.live.store.base import EPS_USD, StateStore
 
 
@@ -427,6 +427,11 @@ def test_redis_down_is_store_unavailable_quickly_and_it_recovers(tmp_path_factor
         finally:
             await s.close()
 
+    _run_then_kill(server, body)
+
+
+def _run_then_kill(server: RedisServer, body) -> None:
+    """``asyncio.run(body())`` on a server of the test's own, killed after it."""
     try:
         asyncio.run(body())
     finally:
@@ -443,25 +448,24 @@ def test_a_reply_that_came_after_its_deadline_is_never_read_as_the_next_calls(tm
     async def body():
         s = RedisStore(server.url, timeout_s=0.3, max_connections=1)  # one connection: any stale reply shows
         try:
-            await s.put("a", b"state-of-a", 60_000)
             await s.put("b", b"state-of-b", 60_000)
             os.kill(server.proc.pid, signal.SIGSTOP)
             try:
                 with pytest.raises(StoreUnavailable):
-                    await s.get("a")
+                    await s.acquire_lease("a", 60_000)  # a script (the store's own connections)
+                with pytest.raises(StoreUnavailable):
+                    await s.get("b")  # a plain command (redis-py's client)
             finally:
                 os.kill(server.proc.pid, signal.SIGCONT)
-            await asyncio.sleep(0.2)  # the server answers the cut-off call now
+            await asyncio.sleep(0.2)  # the server answers the cut-off calls now
             for _ in range(3):
+                assert await s.renew(Lease("nobody", 1), 1_000) is False  # not the late lease token
                 assert (await s.get("b")).data == b"state-of-b"
                 assert await s.get("missing") is None
         finally:
             await s.close()
 
-    try:
-        asyncio.run(body())
-    finally:
-        server.kill()
+    _run_then_kill(server, body)
 
 
 def test_a_redis_call_waiting_past_its_deadline_for_a_connection_is_unavailable_not_a_hang(redis_server):
