@@ -10,7 +10,8 @@ version it holds and a reservation, then ``end_turn`` with a settle and a ``--st
 - ``client``: every script through redis-py's client object (``Redis.evalsha``: its pool, retry
   wrapper, event dispatch and telemetry records) with a 1 s socket timeout (redis-py then wraps every
   command's write in ``asyncio.wait_for``): the store before ``RedisStore._eval``;
-- ``store``: the store as it is (scripts on its own connections, one deadline per call).
+- ``store``: the store as it is (the scripts of one event-loop pass pipelined in one write on a
+  connection of its own, ``live/store/redis_batch.py``; one deadline per call).
 
 Prints the process CPU (user + system) per turn, microseconds; no proxy, no HTTP, no JAX, so
 what is left is redis-py and the store's own argument building.

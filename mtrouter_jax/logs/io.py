@@ -246,9 +246,8 @@ def iter_episodes(path: str | os.PathLike, pool_models: set[str] | None = None,
 
 # ----------------------------------------------------------------------------- writing
 
-def _serialise(episodes: Iterable[Episode] | Episode, where: str, validated: bool = False) -> bytes:
-    """Validate every episode (via its own dict; not when the caller has just built each one by
-    ``parse_episode``: ``validated``) and return the JSONL bytes."""
+def _serialise(episodes: Iterable[Episode] | Episode, where: str) -> bytes:
+    """Validate every episode (via its own dict) and return the JSONL bytes."""
     if isinstance(episodes, Episode):
         episodes = [episodes]
     lines, problems = [], []
@@ -257,8 +256,7 @@ def _serialise(episodes: Iterable[Episode] | Episode, where: str, validated: boo
             raise TypeError(f"expected Episode, got {type(ep).__name__}")
         d = ep.to_dict()
         try:
-            if not validated:
-                parse_record(d, where, i)  # unknown keys here are the episodes' own extras
+            parse_record(d, where, i)  # unknown keys here are the episodes' own extras
         except LogFormatError as e:
             problems.extend(e.problems)
             continue
@@ -284,18 +282,29 @@ def _last_byte(path: Path) -> bytes | None:
         return fh.read(1)
 
 
-def append_episodes(path: str | os.PathLike, episodes: Iterable[Episode] | Episode, validated: bool = False) -> None:
+def episode_line(episode: Episode) -> bytes:
+    """``episode`` validated and encoded as one log line (without its newline), the bytes
+    ``append_episodes`` writes for it (raises ``LogFormatError``)."""
+    return _serialise(episode, f"<episode {episode.episode_id!r}>")[:-1]
+
+
+def append_episodes(path: str | os.PathLike, episodes: Iterable[Episode] | Episode) -> None:
     """Append episodes to a JSONL log, safe under concurrent writers.
 
-    Everything is validated first (nothing is written if any episode is invalid; ``validated``: each
-    episode was just built by ``parse_episode``, which validated it, so it is not checked twice); the batch is
+    Everything is validated first (nothing is written if any episode is invalid); the batch is
     then written with one ``os.write`` on an ``O_APPEND`` fd held under an exclusive ``flock``
     (so threads/processes never interleave lines) and fsync'ed.
     """
     path = Path(path)
-    data = _serialise(episodes, f"<append to {path}>", validated)
+    append_lines(path, _serialise(episodes, f"<append to {path}>"))
+
+
+def append_lines(path: str | os.PathLike, data: bytes) -> None:
+    """Append ``data`` (whole lines: ``episode_line`` bytes, each ending in a newline) to a JSONL log
+    the way ``append_episodes`` does: one write under an exclusive ``flock``, fsync'ed."""
     if not data:
         return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -356,4 +365,5 @@ def drop_unscored(episodes: Iterable[Episode]) -> tuple[list[Episode], int]:
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "KNOWN_SCHEMAS", "SEVERITIES", "LogFormatError", "DuplicateEpisodesWarning",
            "UnknownFieldsWarning", "TurnError", "Turn", "Episode", "parse_episode", "read_episodes",
-           "iter_episodes", "append_episodes", "write_episodes", "episode_from_dict", "drop_unscored", "expand_paths"]
+           "iter_episodes", "append_episodes", "append_lines", "episode_line", "write_episodes", "episode_from_dict",
+           "drop_unscored", "expand_paths"]

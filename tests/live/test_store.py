@@ -496,3 +496,34 @@ def test_a_redis_call_waiting_past_its_deadline_for_a_connection_is_unavailable_
         asyncio.run(main())
         gc.collect()
     assert not [w for w in seen if "never awaited" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_scripts_of_one_event_loop_pass_share_a_write_and_each_caller_gets_its_own_reply(redis_server):
+    """``redis_batch.ScriptBatcher``: 200 concurrent reservations on 200 budgets go out in a few
+    pipelined writes; each caller gets its own answer (the ones that fit their budget and the ones
+    that do not), an error reply fails only its own caller, and a script the server forgot (SCRIPT
+    FLUSH) is loaded again within a batch."""
+    from redis.exceptions import ResponseError
+
+    from mtrouter_jax.live.store.redis import RedisStore
+
+    async def main():
+        s = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_s=10.0)
+        try:
+            fits = [i % 3 != 0 for i in range(200)]
+            got = await asyncio.gather(*(s.reserve(f"b{i}", "r", 1.0, 2.0 if fit else 0.5)
+                                         for i, fit in enumerate(fits)))
+            assert got == fits
+            assert s._batcher.calls == 200 and s._batcher.batches <= 10
+            bad = s._eval(s._reserve, keys=s._budget_keys("x"), args=["r", "not-a-number", "1", 1000, 1000, "0"])
+            results = await asyncio.gather(bad, s.spent("b1"), s.reserved("b1"), return_exceptions=True)
+            assert isinstance(results[0], ResponseError) and results[1:] == [0.0, 1.0]
+            await s.r.script_flush()
+            settle = [s.settle(f"b{i % 3}", f"r{i // 3}", 0.25) for i in range(6)]  # 2 ids on each of 3 budgets
+            assert await asyncio.gather(*settle) == [True] * 6
+            assert await asyncio.gather(*(s.settle(f"b{i}", "r1", 0.25) for i in range(3))) == [False] * 3  # once
+            assert [await s.spent(f"b{i}") for i in range(4)] == [0.5, 0.5, 0.5, 0.0]
+        finally:
+            await s.close()
+
+    asyncio.run(main())

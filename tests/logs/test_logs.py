@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtrouter_jax.logs.io import (SCHEMA_VERSION, Episode, LogFormatError, Turn, TurnError,
-                               append_episodes, iter_episodes, parse_episode, read_episodes,
-                               write_episodes)
+                               append_episodes, append_lines, episode_line, iter_episodes, parse_episode,
+                               read_episodes, write_episodes)
 from mtrouter_jax.logs.records import DuplicateEpisodesWarning
 from mtrouter_jax.logs.schema import LEVELS
 
@@ -254,14 +254,16 @@ def test_append_validates_before_writing(tmp_path):
     assert read_episodes(p) == [_episode("ok")]
 
 
-def test_append_of_episodes_already_parsed_writes_the_same_bytes(tmp_path):
-    """``validated=True`` (the shared log writer: each episode was just built by ``parse_episode``)
-    skips the second check, not anything written."""
-    eps = [parse_episode(_episode(f"e{i}", i + 1).to_dict()) for i in range(3)]
+def test_episode_lines_appended_are_the_bytes_append_episodes_writes(tmp_path):
+    """``episode_line`` (a finishing replica, shared state) + ``append_lines`` (the one log writer)
+    write what ``append_episodes`` writes; an invalid episode has no line."""
+    eps = [_episode(f"e{i}", i + 1) for i in range(3)]
     append_episodes(tmp_path / "a.jsonl", eps)
-    append_episodes(tmp_path / "b.jsonl", eps, validated=True)
+    append_lines(tmp_path / "b.jsonl", b"".join(episode_line(e) + b"\n" for e in eps))
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert read_episodes(tmp_path / "b.jsonl") == eps
+    with pytest.raises(LogFormatError, match="score: not a finite number"):
+        episode_line(Episode("b", "t", float("nan"), None, ["a"], [_episode("x").turns[0]]))
 
 
 def test_append_after_truncated_tail_keeps_new_record_intact(tmp_path):

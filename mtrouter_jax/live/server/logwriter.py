@@ -3,8 +3,9 @@
 A finish on any replica commits the episode with ``store.finish_once`` (exactly once across
 replicas: the commit point). Every replica started with ``--log`` runs a ``LogWriter``; one at a
 time holds the writer lease and drains the store's finished stream into its log (one ``write``
-under ``flock`` + ``fsync``, ``logs.append_episodes``), acknowledging entries only once they are on
-disk. Entries whose episode id the log already holds (a writer that died between its write and
+under ``flock`` + ``fsync``, ``logs.append_lines``), acknowledging entries only once they are on
+disk. Each entry is the episode's log line as the finishing replica validated and encoded it
+(``logs.episode_line``), so the writer only appends bytes. Entries whose episode id the log already holds (a writer that died between its write and
 its acknowledgement) are acknowledged without a second write: the ids are read from the log file
 itself, incrementally, each time the lease is taken, so replicas sharing one log file never
 duplicate a line. Point every replica's ``--log`` at the same file (or give ``--log`` to one
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from mtrouter_jax.logs.io import append_episodes, episode_from_dict
+from mtrouter_jax.logs.io import append_lines
 from mtrouter_jax.live.store import StateStore, StoreUnavailable
 
 log = logging.getLogger("mtrouter_jax.live")
@@ -30,6 +31,17 @@ WRITER_KEY = "w:log-writer"
 # after every batch, so it only needs to outlast one batch's write + fsync
 WRITER_LEASE_MS = 10_000
 _ID = re.compile(rb'"episode_id":\s*("(?:[^"\\]|\\.)*")')
+
+
+def _episode_id(line: bytes) -> str | None:
+    """The episode id of a log line (its second key: ``{"schema":..,"episode_id":..``), or None."""
+    m = _ID.search(line, 0, 4096)
+    if m is None:
+        return None
+    try:
+        return json.loads(m.group(1))
+    except ValueError:
+        return None
 
 
 class LogWriter:
@@ -57,12 +69,9 @@ class LogWriter:
             return
         end = data.rfind(b"\n") + 1  # a partial last line is read again next time
         for line in data[:end].splitlines():
-            m = _ID.search(line, 0, 4096)
-            if m:
-                try:
-                    self.seen.add(json.loads(m.group(1)))
-                except ValueError:
-                    continue
+            eid = _episode_id(line)
+            if eid is not None:
+                self.seen.add(eid)
         self._offset += end
 
     async def drain_once(self) -> int:
@@ -77,20 +86,20 @@ class LogWriter:
                 rows = await self.store.drain_finished(self.batch)
                 if not rows:
                     break
-                eps, ids = [], []
-                for row in rows:
-                    try:
-                        ep = episode_from_dict(json.loads(row.episode))
-                    except Exception as e:  # noqa: BLE001 - a bad entry must not block the others
-                        log.error("finished episode %s in the store is unreadable (%s): dropped", row.conv_id, e)
+                lines, ids = [], []
+                for row in rows:  # each entry is its log line, validated by the replica that finished it
+                    eid = _episode_id(row.episode)
+                    if eid is None:  # (a bad entry must not block the others)
+                        log.error("finished episode %s in the store is unreadable (no episode id): dropped",
+                                  row.conv_id)
                         continue
-                    if ep.episode_id not in self.seen and ep.episode_id not in ids:
-                        eps.append(ep)
-                        ids.append(ep.episode_id)
-                if eps:
-                    await anyio.to_thread.run_sync(append_episodes, self.path, eps, True)  # (validated just above)
+                    if eid not in self.seen and eid not in ids:
+                        lines.append(bytes(row.episode).rstrip(b"\n") + b"\n")
+                        ids.append(eid)
+                if lines:
+                    await anyio.to_thread.run_sync(append_lines, self.path, b"".join(lines))
                     self.seen.update(ids)
-                    n += len(eps)
+                    n += len(lines)
                 await self.store.ack_finished([row.entry_id for row in rows])
                 if not await self.store.renew(lease, self.lease_ms):
                     break

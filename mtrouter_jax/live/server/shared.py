@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from mtrouter_jax.core import jsonfast
 from mtrouter_jax.live.episode_state import dumps_state, restore_episode
+from mtrouter_jax.logs.io import episode_line
 from mtrouter_jax.live.server.api import ApiError
 from mtrouter_jax.live.server.shared_docs import (TurnHandle, conv_key, conversation_info, doc_of, episode_key,
                                                   known_prefix, state_doc, unavailable)
@@ -352,7 +353,7 @@ class SharedConversations:
             ep = conv.episode
             if ep.turns:
                 episode = ep.to_episode(score, score_range, self.proxy.store.close_meta(conv, meta))
-                ok = await self.store.finish_once(episode_key(ep.episode_id), dumps_state(episode.to_dict()),
+                ok = await self.store.finish_once(episode_key(ep.episode_id), episode_line(episode),
                                                   state_of=conv_key(conv.tenant, conv.cid))
                 if not ok:
                     raise ApiError(404, f"conversation {conv.cid!r} was already finished", code="conversation_not_found")

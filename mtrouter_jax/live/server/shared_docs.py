@@ -47,10 +47,11 @@ class TurnHandle:
 def state_doc(conv: "Conversation", shadow: dict | None) -> dict:
     """``conv``'s next version (``{"v": N, ...}`` first: ``known_prefix`` relies on it)."""
     router = conv.episode.router
+    c = {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
+         "checkpoint": getattr(router, "digest", None), "checkpoint_path": getattr(router, "checkpoint_path", None)}
+    # (None left out, as in the episode's state: a document without a null is encoded without a check)
     doc = {"v": conv.version + 1, "episode": episode_state(conv.episode),
-           "conv": {"n_seen": conv.n_seen, "derived": conv.derived, "last_used": conv.last_used,
-                    "checkpoint": getattr(router, "digest", None),
-                    "checkpoint_path": getattr(router, "checkpoint_path", None)}}
+           "conv": {k: v for k, v in c.items() if v is not None}}
     if shadow is not None:
         doc["shadow"] = shadow
     return doc
@@ -72,13 +73,13 @@ def conversation_info(doc: dict) -> dict:
     """The ``GET /v1/mtrouter/conversations/{id}`` answer for an open stored conversation."""
     st = doc["episode"]
     turns = st["turns"]
-    rem = None if st["budget"] is None else max(st["budget"] - st["spent"], 0.0)
-    return {"episode_id": st["episode_id"], "task_type": st["task_type"], "budget": st["budget"],
-            "spent": st["spent"], "remaining": rem, "turns": len(turns), "tokens": st["tokens"],
-            "models": [t["model"] for t in turns], "errors": sum(t["error"] is not None for t in turns),
-            "ended": st["ended"], "finished": False, "lam": st["lam"], "policy": st["policy"],
-            "explore": st["explore"], "seed": st["seed"]}
-
+    budget, spent = st.get("budget"), st["spent"]  # (a state leaves out fields that are None)
+    rem = None if budget is None else max(budget - spent, 0.0)
+    return {"episode_id": st["episode_id"], "task_type": st.get("task_type"), "budget": budget,
+            "spent": spent, "remaining": rem, "turns": len(turns), "tokens": st["tokens"],
+            "models": [t["model"] for t in turns], "errors": sum(t.get("error") is not None for t in turns),
+            "ended": st.get("ended"), "finished": False, "lam": st.get("lam"), "policy": st["policy"],
+            "explore": st.get("explore"), "seed": st.get("seed")}
 
 __all__ = ["TurnHandle", "conv_key", "conversation_info", "doc_of", "episode_key", "known_prefix", "state_doc",
            "unavailable"]

@@ -20,7 +20,8 @@ each; reservations past their deadline are dropped by the next script that looks
 that dies holding one frees the budget after ``ttl_ms``. Every call has one deadline
 (``2 × timeout_s``, the wait for a connection included); a connection error or timeout raises
 ``StoreUnavailable`` (the proxy answers 503). Connections are made again on the next call, and a
-script the restarted server forgot is loaded again (EVALSHA, then SCRIPT LOAD: ``_eval``).
+script the restarted server forgot is loaded again (EVALSHA, then SCRIPT LOAD). The scripts issued
+in one pass of the event loop go out as one pipelined write (``redis_batch.py``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.store import redis_scripts as lua
+from mtrouter_jax.live.store.redis_batch import ScriptBatcher
 from mtrouter_jax.live.store.base import (DEFAULT_BUDGET_TTL_MS, DEFAULT_FINISHED_TTL_MS,
                                           DEFAULT_RESERVATION_TTL_MS, EPS_USD, Finished, Lease,
                                           Reservation, StoredState, StoreUnavailable, TurnStart,
@@ -109,7 +110,8 @@ class RedisStore:
         self._control = reg(lua.CONTROL)
         self.fence = f"{prefix}fence"
         self.stream = f"{prefix}finished"
-        self._idle: list = []  # connections of ``_eval``, free (the semaphore bounds those in use)
+        # the scripts (every call of a turn) go out batched on connections of the batcher's own
+        self._batcher = ScriptBatcher(pool.make_connection, 2 * self.timeout_s)
 
     # ------------------------------------------------------------------ helpers
     def _k(self, conv_id: str, what: str) -> str:
@@ -132,41 +134,9 @@ class RedisStore:
             awaitable.close()  # one the deadline passed while it waited for a slot never ran (no-op otherwise)
 
     async def _eval(self, script, keys: list, args: list):
-        """EVALSHA ``script`` on a connection of our own (run under ``_do``), the script loaded again if
-        the server forgot it. Scripts are every call of a turn, and through redis-py's client object
-        (pool checks, retry wrapper, event dispatch, telemetry records, the script wrapper) a turn's two
-        took 440-570 us of CPU against 260-350 us this way (``scripts/bench_store.py``). The connection, the
-        protocol and the parser are still redis-py's; a connection is reused only after a complete
-        reply (any other exit, a cancellation included, drops it: a late reply is never read as the
-        next call's), and one that fails before its reply (a server restart) is retried once, anew."""
-        conn = self._idle.pop() if self._idle else self.r.connection_pool.make_connection()
-        reusable = False
-        try:
-            for attempt in (0, 1):
-                try:
-                    try:
-                        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                        reply = await conn.read_response()
-                    except NoScriptError:  # (a complete reply: the connection is fine)
-                        await conn.send_command("SCRIPT", "LOAD", script.script)
-                        script.sha = (await conn.read_response()).decode()
-                        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                        reply = await conn.read_response()
-                except ResponseError:
-                    reusable = True
-                    raise
-                except RedisConnectionError:
-                    await conn.disconnect(nowait=True)
-                    if attempt:
-                        raise
-                    continue
-                reusable = True
-                return reply
-        finally:
-            if reusable:
-                self._idle.append(conn)
-            else:
-                await conn.disconnect(nowait=True)
+        """EVALSHA ``script`` (run under ``_do``): batched with the other scripts of this event-loop
+        pass into one write on one connection (``redis_batch.py``), loaded again if the server forgot it."""
+        return await self._batcher.call(script, keys, args)
 
     # ------------------------------------------------------------------ conversation state
     async def get(self, conv_id: str) -> StoredState | None:
@@ -301,9 +271,7 @@ class RedisStore:
         await self._do(self.r.ping())
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect(nowait=True)
+        await self._batcher.close()
         await self.r.aclose()
 
 
