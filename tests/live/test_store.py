@@ -18,6 +18,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.store import Lease, MemoryStore, StoreUnavailable, open_store
@@ -527,3 +529,16 @@ def test_scripts_of_one_event_loop_pass_share_a_write_and_each_caller_gets_its_o
             await s.close()
 
     asyncio.run(main())
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.lists(hs.one_of(hs.text(), hs.binary(), hs.integers(-2**63, 2**63 - 1)), max_size=12))
+def test_batched_scripts_are_packed_as_redis_py_packs_them(args):
+    """``redis_batch`` packs each EVALSHA with hiredis directly: the same bytes redis-py sends."""
+    pytest.importorskip("hiredis", reason="hiredis is in the [live] extra")
+    from redis.asyncio.connection import Connection
+
+    from mtrouter_jax.live.store import redis_batch
+
+    command = ("EVALSHA", "0" * 40, len(args) // 2, *args)
+    assert redis_batch._pack_one(command) == b"".join(Connection().pack_commands([command]))

@@ -23,6 +23,11 @@ from typing import Any, Callable
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+try:  # hiredis packs str/bytes/int/float arguments itself (redis-py's packer encodes each in Python first)
+    from hiredis import pack_command as _pack_one
+except ImportError:  # pragma: no cover - hiredis is in the live extra
+    _pack_one = None
+
 MAX_BATCH = 128  # scripts in one write (a longer queue goes out as several batches, each on its own connection)
 
 
@@ -92,7 +97,9 @@ class ScriptBatcher:
                 for attempt in (0, 1):
                     replies: list = []
                     try:
-                        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                        packed = (conn.pack_commands(commands) if _pack_one is None
+                                  else b"".join([_pack_one(c) for c in commands]))
+                        await conn.send_packed_command(packed, check_health=False)
                         for _ in commands:
                             try:
                                 replies.append(await conn.read_response())
