@@ -5,11 +5,12 @@ replicas: the commit point). Every replica started with ``--log`` runs a ``LogWr
 time holds the writer lease and drains the store's finished stream into its log (one ``write``
 under ``flock`` + ``fsync``, ``logs.append_lines``), acknowledging entries only once they are on
 disk. Each entry is the episode's log line as the finishing replica validated and encoded it
-(``logs.episode_line``), so the writer only appends bytes. Entries whose episode id the log already holds (a writer that died between its write and
-its acknowledgement) are acknowledged without a second write: the ids are read from the log file
-itself, incrementally, each time the lease is taken, so replicas sharing one log file never
-duplicate a line. Point every replica's ``--log`` at the same file (or give ``--log`` to one
-replica only): with different files, each holds a share of the episodes.
+(``logs.episode_line``), so the writer only appends bytes. Entries whose episode id the log
+already holds (a writer that died between its write and its acknowledgement) are acknowledged
+without a second write: the ids are read from the log file itself, incrementally, each time the
+lease is taken, so replicas sharing one log file never duplicate a line. Point every replica's
+``--log`` at the same file (or give ``--log`` to one replica only): with different files, each
+holds a share of the episodes.
 """
 
 from __future__ import annotations

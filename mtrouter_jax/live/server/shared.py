@@ -311,6 +311,7 @@ class SharedConversations:
         if got is None:
             return None
         return conversation_info(jsonfast.loads(got.data))
+
     async def attach(self, cid: str, tenant: str) -> "Conversation | None":
         """A cached copy of a stored conversation this replica has not served (to finish it), or None."""
         from mtrouter_jax.live.server.conversations import Conversation

@@ -11,8 +11,8 @@ on, so nothing about consistency changes — only how many scripts share a syste
 The connection, the protocol and the parser are redis-py's. A connection is reused only after every
 reply of its batch was read (any other exit, a deadline included, drops it: a late reply is never
 read as the next batch's). A batch that fails before its replies with a connection error (a server
-restart) is sent again once, on a new connection; a script the server forgot is loaded and run
-again alone.
+restart) is sent again once, on a new connection; a script the server forgot is loaded again and
+its calls queued anew.
 """
 
 from __future__ import annotations
@@ -44,21 +44,26 @@ class ScriptBatcher:
 
     async def call(self, script, keys: list, args: list):
         """Run ``script`` (a redis-py ``AsyncScript``: ``.sha``, ``.script``) on ``keys`` and ``args``."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.append((script, keys, args, fut))
+        fut = asyncio.get_running_loop().create_future()
+        self._enqueue((script, keys, args, fut))
+        return await fut
+
+    def _enqueue(self, item: tuple) -> None:
+        self._queue.append(item)
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return await fut
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._running.add(task)  # (a reference until it ends)
+        task.add_done_callback(self._running.discard)
 
     def _flush(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
         for i in range(0, len(queue), MAX_BATCH):
-            task = asyncio.get_running_loop().create_task(self._run(queue[i:i + MAX_BATCH]))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._spawn(self._run(queue[i:i + MAX_BATCH]))
 
     async def _run(self, batch: list) -> None:
         live = [b for b in batch if not b[3].done()]  # (a caller past its deadline is not sent)
@@ -66,39 +71,47 @@ class ScriptBatcher:
             return
         self.batches += 1
         self.calls += len(live)
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in live]
         try:
-            replies = await self._send(live)
+            replies = await self._exchange(commands)
         except BaseException as e:  # noqa: BLE001 - every caller hears of it
-            for *_, fut in live:
-                if not fut.done():
-                    fut.cancel() if isinstance(e, asyncio.CancelledError) else fut.set_exception(e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
+            _fail(live, e)
             return
-        for (script, keys, args, fut), reply in zip(live, replies):
-            if isinstance(reply, NoScriptError):  # (the server restarted without it) load it, run it alone
-                task = asyncio.get_running_loop().create_task(self._reload_and_run(script, keys, args, fut))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-            elif fut.done():
-                continue
-            elif isinstance(reply, Exception):
-                fut.set_exception(reply)
+        forgotten: dict = {}  # script -> its calls (the server restarted without it)
+        for item, reply in zip(live, replies):
+            if isinstance(reply, NoScriptError):
+                forgotten.setdefault(item[0], []).append(item)
             else:
-                fut.set_result(reply)
+                _deliver(item[3], reply)
+        for script, items in forgotten.items():
+            self._spawn(self._reload(script, items))
 
-    async def _send(self, batch: list) -> list:
-        """The replies of ``batch`` in order (a ``ResponseError`` in place of an error reply)."""
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]
+    async def _reload(self, script, items: list) -> None:
+        """Load ``script`` again, then queue its calls as any others."""
+        try:
+            (sha,) = await self._exchange([("SCRIPT", "LOAD", script.script)])
+            if isinstance(sha, Exception):
+                raise sha
+        except BaseException as e:  # noqa: BLE001 - its callers hear of it
+            _fail(items, e)
+            return
+        script.sha = sha.decode()
+        for item in items:
+            self._enqueue(item)
+
+    async def _exchange(self, commands: list) -> list:
+        """The replies of ``commands``, sent in one write on one connection, in order (a
+        ``ResponseError`` in place of an error reply). Sent again once, on a new connection, only
+        when the first try failed before any reply (once a reply came, the commands ran)."""
         conn = self._idle.pop() if self._idle else self._make()
         reusable = False
         try:
             async with asyncio.timeout(self.deadline_s):
+                packed = (conn.pack_commands(commands) if _pack_one is None
+                          else b"".join([_pack_one(c) for c in commands]))
                 for attempt in (0, 1):
                     replies: list = []
                     try:
-                        packed = (conn.pack_commands(commands) if _pack_one is None
-                                  else b"".join([_pack_one(c) for c in commands]))
                         await conn.send_packed_command(packed, check_health=False)
                         for _ in commands:
                             try:
@@ -107,50 +120,43 @@ class ScriptBatcher:
                                 replies.append(e)
                     except RedisConnectionError:
                         await conn.disconnect(nowait=True)
-                        if attempt or replies:  # (once a reply came, the batch ran: never twice)
+                        if attempt or replies:
                             raise
                         continue
                     reusable = True
                     return replies
+                raise AssertionError("unreachable")  # pragma: no cover (the loop returns or raises)
         finally:
             if reusable:
                 self._idle.append(conn)
             else:
                 await conn.disconnect(nowait=True)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _reload_and_run(self, script, keys: list, args: list, fut: asyncio.Future) -> None:
-        conn = self._idle.pop() if self._idle else self._make()
-        reusable = False
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                await conn.send_command("SCRIPT", "LOAD", script.script)
-                script.sha = (await conn.read_response()).decode()
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as e:
-                    reply = e
-            reusable = True
-        except BaseException as e:  # noqa: BLE001 - the caller hears of it
-            if not fut.done():
-                fut.cancel() if isinstance(e, asyncio.CancelledError) else fut.set_exception(e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            return
-        finally:
-            if reusable:
-                self._idle.append(conn)
-            else:
-                await conn.disconnect(nowait=True)
-        if not fut.done():
-            fut.set_exception(reply) if isinstance(reply, Exception) else fut.set_result(reply)
 
     async def close(self) -> None:
         """Drop the idle connections (batches in flight finish on their own)."""
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect(nowait=True)
+
+
+def _fail(items: list, e: BaseException) -> None:
+    """Every caller of ``items`` hears of ``e``; a cancellation goes on up (the task was cancelled)."""
+    for *_, fut in items:
+        _deliver(fut, e)
+    if isinstance(e, asyncio.CancelledError):
+        raise e
+
+
+def _deliver(fut: asyncio.Future, outcome) -> None:
+    """Hand ``outcome`` (a reply, an exception, or a cancellation) to a caller still waiting."""
+    if fut.done():
+        return
+    if isinstance(outcome, asyncio.CancelledError):
+        fut.cancel()
+    elif isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 __all__ = ["ScriptBatcher", "MAX_BATCH"]
