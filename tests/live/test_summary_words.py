@@ -44,13 +44,44 @@ def test_pack_unpack_round_trip_is_exact(s):
 _ADVANCE = jax.jit(advance_summary)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(summaries(), small, small, small, st.integers(-1, 2), f32, f32, f32, f32)
 def test_advance_words_is_advance_summary_bit_for_bit(s, model, tool, kind, sev, inp, out, cost, ctx):
+    """The host advance against the traced one (infinities included: inf - inf is the same NaN;
+    int32 counters at 2**31 - 1 wrap the same way)."""
     want = _ADVANCE(s, np.int32(model), np.int32(tool), np.int32(kind), np.int32(sev), np.float32(inp),
                     np.float32(out), np.float32(cost), np.float32(ctx))
     got = words.advance_words(words.pack(s), model, tool, kind, sev, inp, out, cost, ctx)
     assert _bits(words.unpack(got)) == _bits(want)
+    assert not got.flags.writeable and got.dtype == np.int32
+
+
+SUB = float(np.float32(1e-40))  # a float32 subnormal: XLA:CPU flushes them, so must the host advance
+
+
+@pytest.mark.parametrize("billed,cost0,inp,out,cost,ctx", [
+    (SUB, SUB, 0.0, 0.0, 0.0, SUB), (0.0, 0.0, SUB, -SUB, SUB, -SUB), (1e-38, -1e-38, 2e-38, -3e-38, 1.5e-38, 0.0),
+    (np.inf, -np.inf, -np.inf, 1.0, np.inf, np.inf), (3.4e38, 3.4e38, 3.4e38, 3.4e38, 3.4e38, 1e-45)])
+def test_advance_words_flushes_subnormals_as_xla_does(billed, cost0, inp, out, cost, ctx):
+    s = initial_summary(np.int32(1), np.float32(10.0), np.float32(1.0))
+    s = s.replace(billed_tokens=np.float32(billed), cost=np.float32(cost0))
+    want = _ADVANCE(s, np.int32(1), np.int32(2), np.int32(0), np.int32(-1), np.float32(inp), np.float32(out),
+                    np.float32(cost), np.float32(ctx))
+    got = words.advance_words(words.pack(s), 1, 2, 0, -1, inp, out, cost, ctx)
+    assert _bits(words.unpack(got)) == _bits(want)
+
+
+def test_advance_words_wraps_counters_and_leaves_its_input_alone():
+    s = initial_summary(np.int32(1), np.float32(10.0), np.float32(1.0))
+    s = s.replace(turn=np.int32(2 ** 31 - 1), model_streak=np.int32(2 ** 31 - 1), prev_model=np.int32(3),
+                  n_errors=np.int32(2 ** 31 - 1))
+    w = words.pack(s)
+    got = words.advance_words(w, 3, 2, 1, 2, 5.0, 6.0, 0.5, 11.0)
+    want = _ADVANCE(s, np.int32(3), np.int32(2), np.int32(1), np.int32(2), np.float32(5.0), np.float32(6.0),
+                    np.float32(0.5), np.float32(11.0))
+    assert _bits(words.unpack(got)) == _bits(want)
+    assert int(words.unpack(got).turn) == -(2 ** 31)  # wrapped, as XLA's int32 add does
+    assert _bits(words.unpack(w)) == _bits(s)
 
 
 @settings(max_examples=30, deadline=None)
