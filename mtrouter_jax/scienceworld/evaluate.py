@@ -73,11 +73,16 @@ def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1,
 def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | None, tool_map: str | None
                ) -> list[tuple[str, str, RouterSpec]]:
     """(report name, report kind, spec) per router of a comma-separated list; ``fixed:*`` = every
-    pool model; ``learned`` uses ``checkpoint``, ``learned=PATH`` another checkpoint."""
+    pool model (run without a budget); ``capped:MODEL`` / ``capped:*`` = a single model held to each
+    budget like the routers (an episode ends when its next turn might not fit: what that model alone
+    scores on the budget); ``learned`` uses ``checkpoint``, ``learned=PATH`` another checkpoint."""
     out = []
     for r in [x.strip() for x in routers.split(",") if x.strip()]:
         if r == "fixed:*":
             out += [(m, "single", RouterSpec(f"fixed:{m}", label=m)) for m in pool.names]
+        elif r.startswith("capped:"):
+            names = pool.names if r == "capped:*" else [r[len("capped:"):]]
+            out += [(f"capped:{m}", "baseline", RouterSpec(f"fixed:{m}", label=f"capped:{m}")) for m in names]
         elif r.partition("=")[0] in ("learned", "safe", "learned+draft", "safe+draft"):
             kind_, _, path = r.partition("=")
             kind_, draft = kind_.removesuffix("+draft"), kind_.endswith("+draft")

@@ -106,3 +106,20 @@ def test_eval_refuses_a_checkpoint_of_another_vocabulary(tmp_path_factory):
     sim_ckpt = trained_checkpoint(tmp_path_factory)  # trained on simulator tool types
     with pytest.raises(RouterSpecError, match="another vocabulary.*mtrouter collect scienceworld"):
         validate_spec(RouterSpec("learned", checkpoint=str(sim_ckpt)), default_pool())
+
+
+def test_capped_singles_run_at_each_budget_and_fixed_ones_without():
+    """``capped:MODEL`` is a single model held to the budgets (a row per budget, its own episode ids);
+    ``fixed:MODEL`` keeps running without one."""
+    from mtrouter_jax.scienceworld.evaluate import eval_specs
+    from mtrouter_jax.scienceworld.runner import make_jobs
+
+    pool = default_pool()
+    specs = eval_specs("capped:*,fixed:gpt-5,capped:gpt-oss-120b", pool, None, None, None)
+    capped = [(n, k, s) for n, k, s in specs if n.startswith("capped:")]
+    assert [n for n, _, _ in capped] == [f"capped:{m}" for m in pool.names] + ["capped:gpt-oss-120b"]
+    assert all(k == "baseline" and s.router == f"fixed:{n[7:]}" for n, k, s in capped)  # budgets apply to baselines
+    assert ("gpt-5", "single") in [(n, k) for n, k, _ in specs]
+    ids = {j.episode_id for _, _, s in specs[:1] for j in make_jobs(s, [("use-thermometer", 0)], "test", 1, 0.02)}
+    fixed_ids = {j.episode_id for j in make_jobs(specs[len(pool.names)][2], [("use-thermometer", 0)], "test", 1)}
+    assert ids == {f"sw-test-use-thermometer-v0-r0-capped:{pool.names[0]}-b0.02"} and not ids & fixed_ids
