@@ -160,6 +160,8 @@ def summary_markdown(results: dict, learned: str = "mtrouter", heuristic: str = 
                      "have a point there, else at their best-score point.")
     if any(n not in a for n in rs):
         notes.append(f"AIQ {DASH}: {AIQ_NEEDS_A_CURVE} (a router with a single operating point).")
+    for u in (results.get("meta") or {}).get("unplayable") or ():
+        notes.append(f"{u['router']} at {budget_str(u['budget'])}: no point ({u['why']}).")
     for note in notes:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -229,13 +229,19 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
                                 "per_task": calibration_per_task,
                                 "chosen": [{"budget": b, "lam": v} for b, v in t.items()]}
                             for n, t in lam_tables.items()}}}
+    unplayable = results["meta"]["unplayable"] = []
     for name, kind, spec in specs:
         pts = []
         for b in ([None] if kind == "single" else caps):
             eps = [by_id[i] for i in groups[(name, b)] if i in by_id]
-            lam_used = eps[0].meta.get("lam") if eps and kind == "learned" else None
+            if not eps:  # (an episode with no turn is not logged: e.g. capped:gpt-5 on two cents)
+                unplayable.append({"router": name, "budget": b, "why": "no episode took a turn: the router's "
+                                   "first turn never fits this budget"})
+                continue
+            lam_used = eps[0].meta.get("lam") if kind == "learned" else None
             pts.append(point_from_episodes(eps, b, lam_used, pool, TOOLS))
-        results["routers"][name] = {"kind": kind, "points": pts}
+        if pts:
+            results["routers"][name] = {"kind": kind, "points": pts}
     for name, kind, spec in specs:
         if name in lam_tables and spec.checkpoint:
             from mtrouter_jax.estimator.checkpoint import write_lam_table  # lazy: pulls in orbax

@@ -147,6 +147,22 @@ def test_collect_train_and_eval_from_the_command_line(tmp_path, capsys):
         assert (res_dir / f).exists()
 
 
+def test_eval_capped_singles_and_a_budget_no_turn_fits(tmp_path, capsys):
+    """A capped single model is held to the budget; one whose first turn never fits (gpt-5 on a
+    third of a cent) leaves no point, said in the results and the summary, instead of a crash."""
+    res_dir = tmp_path / "eval"
+    assert cli.main(["eval", "scienceworld", "--routers", "capped:gpt-oss-120b,capped:gpt-5", "--tasks", TASK,
+                     "--per-task", "1", "--workers", "1", "--budgets", "0.003", "0.05", "--out", str(res_dir)]) == 0
+    results = json.loads((res_dir / "results.json").read_text())
+    assert [p["budget"] for p in results["routers"]["capped:gpt-oss-120b"]["points"]] == [0.003, 0.05]
+    assert [p["budget"] for p in results["routers"]["capped:gpt-5"]["points"]] == [0.05]
+    assert results["meta"]["unplayable"] == [{"router": "capped:gpt-5", "budget": 0.003, "why": (
+        "no episode took a turn: the router's first turn never fits this budget")}]
+    eps = read_episodes(res_dir / "episodes.jsonl")
+    assert all(sum(t.cost for t in e.turns) <= e.budget + 1e-12 for e in eps)
+    assert "capped:gpt-5 at $0.00300: no point" in (res_dir / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--tasks", "boill"], "did you mean 'boil'"),
     (["--per-task", "0"], "--per-task must be >= 1"),
