@@ -4,9 +4,11 @@ chosen single models — on the same test episodes (paired by ``meta.base_id``),
 
     python scripts/compare_scienceworld.py runs/sw_loop/eval [runs/sw_loop/eval_b ...] [--vs gpt-oss-120b gpt-5]
 
-Prints a markdown table. "best single at budget" = the single model with the best mean score among
-those whose mean cost per episode is at most the budget (the target in docs/benchmarks.md: the safe
-router is never significantly below it). A difference is significant when its CI excludes 0.
+Prints a markdown table. "best single at budget" = the best of the single models held to that budget
+(``capped:MODEL`` rows) where the run has them, else the single model with the best mean score among
+those run without a budget whose mean cost per episode is at most the budget (a model under the
+budget on average can still lose its longest episodes to the cap). A difference is significant
+when its CI excludes 0.
 """
 
 from __future__ import annotations
@@ -70,11 +72,12 @@ def main(argv=None) -> int:
     for (lab, b), eps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         if b is None:
             continue
-        afford = [(mean(s), lab_s) for lab_s, s in singles.items() if cost(s) <= b]
+        capped = [(mean(s), lab_s) for (lab_s, b_s), s in groups.items() if b_s == b and lab_s.startswith("capped:")]
+        afford = capped or [(mean(s), lab_s) for lab_s, s in singles.items() if cost(s) <= b]
         best = max(afford)[1] if afford else None
         row = [lab, f"${b:g}", str(len(eps)), f"{mean(eps):.1f} ± {ci([e.score for e in eps]):.1f}", f"${cost(eps):.4f}"]
         if best:
-            d, c, _ = paired_difference(eps, singles[best])
+            d, c, _ = paired_difference(eps, groups[(best, b)] if capped else singles[best])
             row += [best, fmt(d, c)]
         else:
             row += ["–", ""]

@@ -68,3 +68,26 @@ def test_bench_sweep_runs_at_tiny_sizes(tmp_path_factory, tmp_path):
         assert r["python_loop"]["steps"] > 0
     assert res["latency"]["live_decide"]["calls"] == 3
     assert "bench_sweep: 2 budgets x 4 episodes" in text
+
+
+def test_compare_scienceworld_pairs_against_the_best_capped_single(tmp_path):
+    """With ``capped:MODEL`` rows in the run, "best single ≤ budget" is the best of them at that
+    budget, not a model run without a budget whose mean cost merely fits."""
+    from mtrouter_jax.logs.io import write_episodes
+    from mtrouter_jax.logs.records import Episode, Turn
+
+    scores = {"a": [80, 60, 70], "capped:a-b0.1": [10, 20, 30], "capped:b-b0.1": [40, 50, 45], "r-b0.1": [41, 52, 47]}
+    eps = []
+    for row, ss in scores.items():
+        for i, sc in enumerate(ss):
+            base = f"sw-test-t-v{i}-r0"
+            eps.append(Episode(f"{base}-{row}", "t", float(sc), 0.1 if "-b" in row else None, ("a", "b"),
+                               (Turn("a", 10, 0, 5, 0.001, "act", None, 1.0),), (-100.0, 100.0), "scienceworld",
+                               {"base_id": base, "split": "test"}))
+    (tmp_path / "eval").mkdir()
+    write_episodes(tmp_path / "eval" / "episodes.jsonl", eps)
+    rc, out = run_script(next(p for p in SCRIPTS if p.name == "compare_scienceworld.py"),
+                         [str(tmp_path / "eval"), "--vs", "a"])
+    assert rc == 0
+    row = next(line for line in out.splitlines() if line.startswith("| r |"))
+    assert "| capped:b | **+1.7 ± 0.5** |" in row  # r - capped:b: (1 + 2 + 2) / 3, not r - a (uncapped a, -23.3)
