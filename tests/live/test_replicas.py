@@ -353,3 +353,37 @@ def test_a_turn_after_the_replicas_own_reserves_with_its_lease_and_a_stale_guess
     finally:
         for t in threads:
             t.__exit__(None, None, None)
+
+
+def test_a_long_episode_is_encoded_off_the_event_loop_and_logged_once(replicas, monkeypatch):
+    """A finished episode over ``LINE_IN_THREAD_TURNS`` turns is validated and encoded in a worker
+    thread (the loop keeps serving); its log line is the same as on the loop, and written once."""
+    import threading
+
+    from mtrouter_jax.live.server import shared
+    from mtrouter_jax.logs.io import episode_line
+
+    threads = []
+
+    def recording(ep):
+        threads.append(threading.current_thread().name)
+        return episode_line(ep)
+
+    monkeypatch.setattr(shared, "episode_line", recording)
+    monkeypatch.setattr(shared, "LINE_IN_THREAD_TURNS", 2)
+    reps = replicas()
+    for n, cid in ((2, "short-" + uuid.uuid4().hex[:6]), (3, "long-" + uuid.uuid4().hex[:6])):
+        for i in range(n):
+            r = reps.http[i % 2].post("/v1/chat/completions", json=_turn_body(i) | {"model": "mtrouter"},
+                                      headers={"X-MTRouter-Conversation": cid})
+            assert r.status_code == 200, r.text
+        r = reps.http[0].post(f"/v1/mtrouter/conversations/{cid}/finish", json={"score": 1, "score_range": [0, 1]})
+        assert r.status_code == 200, r.text
+    # the 2-turn episode on replica 0's event loop (its server thread), the 3-turn one in a worker
+    assert threads[0] == reps.threads[0].thread.name and len(threads) == 2 and threads[1] != threads[0]
+    deadline = time.time() + 10
+    while time.time() < deadline and not (reps.log.exists() and len(read_episodes(reps.log)) >= 2):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    eps = read_episodes(reps.log)
+    assert sorted(len(e.turns) for e in eps) == [2, 3]
