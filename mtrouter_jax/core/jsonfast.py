@@ -100,7 +100,7 @@ def _finite_or_null(obj: Any) -> Any:
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):  # (a tuple is written as a list: its infinities are nulls too)
         return [_finite_or_null(v) for v in obj]
     return obj
 
