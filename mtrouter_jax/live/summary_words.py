@@ -85,11 +85,11 @@ def unpack_traced(words: jnp.ndarray) -> HistorySummary:
 
 @lru_cache(maxsize=None)
 def _offsets() -> tuple[int, ...]:
+    """Word offsets of the fields ``advance_words`` writes (billed tokens and cost follow the context)."""
     o = {name: off for name, off, *_ in word_layout()[0]}
-    names = ("turn", "recent_tools", "recent_error_kinds", "recent_severities", "prev_model", "model_streak",
-             "turns_since_error", "n_errors", "context_tokens", "billed_tokens", "cost")
     assert o["billed_tokens"] == o["context_tokens"] + 1 and o["cost"] == o["context_tokens"] + 2
-    return tuple(o[n] for n in names)
+    return tuple(o[n] for n in ("turn", "recent_tools", "recent_error_kinds", "recent_severities", "prev_model",
+                                "model_streak", "turns_since_error", "n_errors", "context_tokens"))
 
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -120,7 +120,7 @@ def advance_words(words: np.ndarray, model: int, tool: int, error_kind: int, sev
     the same order, so the words are bit for bit those of the traced function
     (``tests/live/test_summary_words.py``). A jitted call cost ~35 µs of dispatch a turn for a
     dozen scalar updates."""
-    t, rt, rk, rs, pm, ms, tse, ne, cx, _, _ = _offsets()
+    t, rt, rk, rs, pm, ms, tse, ne, cx = _offsets()
     model, tool = int(np.int32(model)), int(np.int32(tool))  # (out of int32 range: refused, as before)
     error_kind, severity = int(np.int32(error_kind)), int(np.int32(severity))
     is_err = severity >= 0

@@ -134,6 +134,15 @@ def test_interleaved_turns_across_replicas_never_exceed_the_budget(replicas, pla
     assert billed <= BUDGET + 1e-12 and spent == pytest.approx(billed, abs=1e-12) and held == 0
 
 
+def _wait_for_log(reps, n: int) -> None:
+    """Until the replicas' log holds ``n`` episodes (10 s at most), then half a second more: a
+    duplicate would arrive within the writers' next drains."""
+    deadline = time.time() + 10
+    while time.time() < deadline and not (reps.log.exists() and len(read_episodes(reps.log)) >= n):
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+
 def test_a_finish_on_either_replica_is_logged_exactly_once(replicas):
     reps = replicas()
     cids = [f"f-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
@@ -151,13 +160,7 @@ def test_a_finish_on_either_replica_is_logged_exactly_once(replicas):
 
     for cid in cids:
         assert asyncio.run(race(cid)) == [200, 404]
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        eps = read_episodes(reps.log) if reps.log.exists() else []
-        if len(eps) >= len(cids):
-            break
-        time.sleep(0.1)
-    time.sleep(0.5)  # a duplicate would arrive within the writers' next drains
+    _wait_for_log(reps, len(cids))
     lines = [json.loads(x) for x in reps.log.read_text().splitlines()]
     assert sorted(x["meta"]["conversation"] for x in lines) == sorted(cids)  # each once, none twice
     assert all(len(x["turns"]) == 2 for x in lines)
@@ -381,9 +384,6 @@ def test_a_long_episode_is_encoded_off_the_event_loop_and_logged_once(replicas, 
         assert r.status_code == 200, r.text
     # the 2-turn episode on replica 0's event loop (its server thread), the 3-turn one in a worker
     assert threads[0] == reps.threads[0].thread.name and len(threads) == 2 and threads[1] != threads[0]
-    deadline = time.time() + 10
-    while time.time() < deadline and not (reps.log.exists() and len(read_episodes(reps.log)) >= 2):
-        time.sleep(0.1)
-    time.sleep(0.5)
+    _wait_for_log(reps, 2)
     eps = read_episodes(reps.log)
     assert sorted(len(e.turns) for e in eps) == [2, 3]

@@ -512,11 +512,15 @@ def test_scripts_of_one_event_loop_pass_share_a_write_and_each_caller_gets_its_o
     async def main():
         s = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_s=10.0)
         try:
+            # the script loaded first (on a server that has not run it yet, a first batch is answered
+            # NOSCRIPT, loaded and sent again: twice the calls, whichever test of the module runs first)
+            assert await s.reserve("warm", "r", 1.0, 2.0)
+            calls, batches = s._batcher.calls, s._batcher.batches
             fits = [i % 3 != 0 for i in range(200)]
             got = await asyncio.gather(*(s.reserve(f"b{i}", "r", 1.0, 2.0 if fit else 0.5)
                                          for i, fit in enumerate(fits)))
             assert got == fits
-            assert s._batcher.calls == 200 and s._batcher.batches <= 10
+            assert s._batcher.calls - calls == 200 and s._batcher.batches - batches <= 10
             bad = s._eval(s._reserve, keys=s._budget_keys("x"), args=["r", "not-a-number", "1", 1000, 1000, "0"])
             results = await asyncio.gather(bad, s.spent("b1"), s.reserved("b1"), return_exceptions=True)
             assert isinstance(results[0], ResponseError) and results[1:] == [0.0, 1.0]

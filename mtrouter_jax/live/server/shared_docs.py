@@ -81,5 +81,6 @@ def conversation_info(doc: dict) -> dict:
             "ended": st.get("ended"), "finished": False, "lam": st.get("lam"), "policy": st["policy"],
             "explore": st.get("explore"), "seed": st.get("seed")}
 
+
 __all__ = ["TurnHandle", "conv_key", "conversation_info", "doc_of", "episode_key", "known_prefix", "state_doc",
            "unavailable"]
