@@ -42,7 +42,7 @@ def escalate_draft(ep: "LiveEpisode", draft_model: str, usage: Any, tool_name: s
             worst = ep.worst_costs(hi)
             allowed &= ep.spent + worst <= ep.budget + _EPS_USD
         allowed &= np.array([ep._cap(i, hi) != 0 for i in range(len(r.pool))])
-        j = draft_escalation(table, k, r.pool.index(draft_model), allowed, r.draft_n_min)
+        j = draft_escalation(table, k, r.pool.index(draft_model), allowed, r.draft_n_min, r.draft_test)
     finally:
         ep.spent -= cost
     if j < 0:

@@ -38,7 +38,7 @@ from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
 from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of
-from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, draft_table_for
+from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, DEFAULT_DRAFT_TEST, check_draft_test, draft_table_for
 from mtrouter_jax.routing.specs import ToolModelMap, build_router, with_exploration
 from mtrouter_jax.core.pricing import call_cost
 
@@ -112,7 +112,7 @@ class Router:
                  output_tokens_hi: float | Sequence[float] | None = None,
                  output_tokens_mean: float | Sequence[float] | None = None, lam_table: str | None = None,
                  kappa: float = routing.DEFAULT_KAPPA, n_min: float = routing.DEFAULT_N_MIN, fused: bool = True,
-                 draft: bool = False, type_outcomes: Any = None, draft_n_min: float = DEFAULT_DRAFT_N_MIN):
+                 draft: bool | str = False, type_outcomes: Any = None, draft_n_min: float = DEFAULT_DRAFT_N_MIN):
         """Args:
             estimator: a ``LoadedEstimator`` (or anything with the same interface); None for
                 checkpoint-free routers (``policy`` other than ``learned``).
@@ -149,7 +149,8 @@ class Router:
             fused: decide in one jitted call when the estimator has a JAX forward pass
                 (``live/kernel.py``; bit-identical results); False keeps the four-call host path.
             draft, type_outcomes, draft_n_min: draft-and-escalate turns (``routing/draft.py``; the table
-                defaults to the checkpoint's ``meta.type_outcomes``).
+                defaults to the checkpoint's ``meta.type_outcomes``); ``draft`` True uses the default
+                escalation test, a string names one (``overlap``, ``difference``).
         """
         self.estimator = estimator
         self.tool_map = tool_map or default_tool_map()
@@ -211,6 +212,7 @@ class Router:
                             "(as in simulation)", self.text_dim)
         if self.text_encoder is not None and int(self.text_encoder.dim) != self.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint text_dim {self.text_dim}")
+        self.draft_test = check_draft_test(DEFAULT_DRAFT_TEST if draft is True or not draft else str(draft))
         self.draft_table, self.draft_n_min = (draft_table_for(getattr(estimator, "meta", None), type_outcomes,
                                               self.layout.tools, self.pool.names) if draft else None), draft_n_min
         self._tool_cache: dict[str | None, tuple[str, int]] = {}
@@ -367,7 +369,7 @@ class Router:
 
 
 def router_from_options(checkpoint=None, pool=None, router=None, explore=None, tool_map=None, lam=None, seed=0,
-                 log_path=None, log_text=False, strict_cache=False, lam_table=None, draft=False) -> Router:
+                 log_path=None, log_text=False, strict_cache=False, lam_table=None, draft: bool | str = False) -> Router:
     """The ``Router`` that ``mtrouter serve`` / ``collect`` / ``eval`` options describe (raises
     ``RouterSpecError`` naming the flag on bad input). Router *specs* (``sticky:0.9``, ...) are
     parsed by ``routing.specs.build_router``; this builds the live router around one."""
@@ -381,7 +383,7 @@ def router_from_options(checkpoint=None, pool=None, router=None, explore=None, t
         raise RouterSpecError(f"--lam must be a finite number >= 0, got {lam}", "--lam")
     kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
               assume_cache_hits=not strict_cache, tool_models=ToolModelMap.from_file(tool_map) if tool_map else None,
-              **({"lam": lam} if lam is not None else {}), **({"draft": True} if draft else {}))
+              **({"lam": lam} if lam is not None else {}), **({"draft": draft} if draft else {}))
     if draft and not checkpoint:
         raise RouterSpecError("--draft needs --checkpoint CKPT (its per-type turn outcomes decide escalations)",
                               "--checkpoint")

@@ -10,11 +10,18 @@ the draft is discarded (and billed) and the turn is served by that model instead
 normalised score it caused (``Turn.progress`` after it, ``meta.initial_score`` before the first),
 so a decisive wrong action (a wrong ``focus``, a bad ``submit``) shows as a large negative gain of
 the model that typed it. The table holds, per (executed action type, model), the number of logged
-turns and the mean and variance of their gains. Escalation is conservative, as the safe router is:
-the alternative's 95 % lower bound must exceed the draft model's upper bound, both with at least
-``n_min`` logged turns of that type, and the alternative's worst-case turn must fit the budget that
-is left after the draft. Where the logs have no per-turn progress the table is empty and nothing
-ever escalates.
+turns and the mean and variance of their gains. Escalation is conservative, as the safe router is;
+two tests (``DRAFT_TESTS``), both over cells with at least ``n_min`` logged turns of that type:
+
+- ``overlap`` (the default): the alternative's 95 % lower bound must exceed the draft model's 95 %
+  upper bound. Non-overlapping intervals are a stricter test than their level says (about 99.4 %
+  two-sided for equal standard errors);
+- ``difference``: the one-sided 95 % lower bound of the difference of the two means (Welch, normal
+  quantile 1.645) must be above zero: the textbook test that the alternative is better, which
+  escalates on smaller, better-measured differences.
+
+In both, the alternative's worst-case turn must fit the budget that is left after the draft. Where
+the logs have no per-turn progress the table is empty and nothing ever escalates.
 
 Pure numpy on tiny (K, M) tables: one decision costs microseconds, no device dispatch.
 """
@@ -30,6 +37,9 @@ import numpy as np
 from mtrouter_jax.core.stats import Z95
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
+DRAFT_TESTS = ("overlap", "difference")  # how "significantly better at a type" is tested (module docstring)
+DEFAULT_DRAFT_TEST = "overlap"
+Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
 
 
 @dataclass(frozen=True)
@@ -48,13 +58,14 @@ class TypeOutcomes:
         ok = self.n >= 2
         return np.where(ok, self.mean - z * se, -np.inf), np.where(ok, self.mean + z * se, np.inf)
 
-    def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN) -> dict[str, dict[str, str]]:
+    def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST
+                    ) -> dict[str, dict[str, str]]:
         """Readable summary: ``{type: {draft model: escalated model}}`` for every allowed-by-all case."""
         out: dict[str, dict[str, str]] = {}
         every = np.ones(len(self.models), bool)
         for k, tool in enumerate(self.tools):
             for d, draft in enumerate(self.models):
-                j = draft_escalation(self, k, d, every, n_min)
+                j = draft_escalation(self, k, d, every, n_min, test)
                 if j >= 0:
                     out.setdefault(tool, {})[draft] = self.models[j]
         return out
@@ -134,22 +145,37 @@ def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequen
     return table
 
 
+def check_draft_test(test: str) -> str:
+    """``test`` if it names one of ``DRAFT_TESTS`` (ValueError naming them otherwise)."""
+    if test not in DRAFT_TESTS:
+        raise ValueError(f"unknown draft escalation test {test!r}: use one of {', '.join(DRAFT_TESTS)}")
+    return test
+
+
 def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.ndarray,
-                      n_min: float = DEFAULT_DRAFT_N_MIN) -> int:
+                      n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST) -> int:
     """The model to re-serve a turn whose draft (by model ``draft``) has action type ``tool``, or -1.
 
-    Among ``allowed`` models with ``n_min`` logged turns of that type, the one with the best lower
-    bound, if that bound is above the draft model's upper bound (which needs ``n_min`` turns too)."""
+    Among ``allowed`` models with ``n_min`` logged turns of that type, the one whose advantage over
+    the draft model (which needs ``n_min`` turns too) has the best lower bound, if the ``test``
+    (``overlap`` or ``difference``, module docstring) says it is significantly better."""
+    check_draft_test(test)
     if not 0 <= tool < len(table.tools) or table.n[tool, draft] < n_min:
         return -1
-    lcb, ucb = table.bounds()
     cand = np.asarray(allowed, bool) & (table.n[tool] >= n_min)
     cand[draft] = False
     if not cand.any():
         return -1
-    j = int(np.argmax(np.where(cand, lcb[tool], -np.inf)))
-    return j if lcb[tool, j] > ucb[tool, draft] else -1
+    if test == "overlap":
+        lcb, ucb = table.bounds()
+        j = int(np.argmax(np.where(cand, lcb[tool], -np.inf)))
+        return j if lcb[tool, j] > ucb[tool, draft] else -1
+    n = np.maximum(table.n[tool], 1.0)
+    se = np.sqrt(table.var[tool] / n + table.var[tool, draft] / n[draft])
+    lower = table.mean[tool] - table.mean[tool, draft] - Z95_ONE_SIDED * se
+    j = int(np.argmax(np.where(cand, lower, -np.inf)))
+    return j if lower[j] > 0.0 else -1
 
 
 __all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
-           "DEFAULT_DRAFT_N_MIN"]
+           "check_draft_test", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

@@ -70,6 +70,22 @@ def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1,
                          step_limit=step_limit, profiles=profiles, progress=progress))
 
 
+def _draft_of(kind: str) -> tuple[str, bool | str]:
+    """``safe`` -> (safe, False); ``safe+draft`` -> (safe, True); ``safe+draft:TEST`` -> (safe, TEST)."""
+    base, plus, test = kind.partition("+draft")
+    if not plus:
+        return kind, False
+    if not test:
+        return base, True
+    from mtrouter_jax.routing.draft import DRAFT_TESTS
+    from mtrouter_jax.routing.specs import RouterSpecError
+
+    if not test.startswith(":") or test[1:] not in DRAFT_TESTS:
+        raise RouterSpecError(f"--routers {kind}: after +draft expected nothing or :TEST with TEST one of "
+                              f"{', '.join(DRAFT_TESTS)}", "--routers")
+    return base, test[1:]
+
+
 def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | None, tool_map: str | None
                ) -> list[tuple[str, str, RouterSpec]]:
     """(report name, report kind, spec) per router of a comma-separated list; ``fixed:*`` = every
@@ -83,15 +99,16 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
         elif r.startswith("capped:"):
             names = pool.names if r == "capped:*" else [r[len("capped:"):]]
             out += [(f"capped:{m}", "baseline", RouterSpec(f"fixed:{m}", label=f"capped:{m}")) for m in names]
-        elif r.partition("=")[0] in ("learned", "safe", "learned+draft", "safe+draft"):
+        elif r.partition("=")[0].partition("+draft")[0] in ("learned", "safe"):
             kind_, _, path = r.partition("=")
-            kind_, draft = kind_.removesuffix("+draft"), kind_.endswith("+draft")
+            kind_, draft = _draft_of(kind_)
             path = path or checkpoint
             if not path:
                 from mtrouter_jax.routing.specs import RouterSpecError
 
                 raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
-            base = ("mtrouter" if kind_ == "learned" else "mtrouter-safe") + ("+draft" if draft else "")
+            base = ("mtrouter" if kind_ == "learned" else "mtrouter-safe") + (
+                "" if not draft else "+draft" if draft is True else f"+draft:{draft}")
             name = base if "=" not in r else f"{base}[{Path(path).name}]"
             out.append((name, "learned", RouterSpec(kind_, checkpoint=str(path), lam=lam, label=name, draft=draft)))
         elif r == "privileged-bound":

@@ -36,7 +36,7 @@ class RouterSpec:
     lam: float | None = None
     seed: int = 0
     label: str = ""  # names the episodes of this router in logs and reports
-    draft: bool = False  # draft-and-escalate turns (routing/draft.py; needs the checkpoint's type outcomes)
+    draft: bool | str = False  # draft-and-escalate turns (routing/draft.py; a str names the escalation test)
 
     @property
     def name(self) -> str:

@@ -72,3 +72,24 @@ def test_draft_needs_a_table_and_no_shared_state():
     from mtrouter_jax.live.router import router_from_options
     with pytest.raises(RouterSpecError, match="--draft needs --checkpoint"):
         router_from_options(router="cheapest", draft=True)
+
+
+def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream):  # noqa: F811
+    import argparse
+
+    from mtrouter_jax.live.server.options import add_serve_args
+
+    pool = make_pool(upstream.url + "/v1")
+    plain = Router(None, pool, policy="fixed:cheap")
+    table = _table(plain, plain.tool_of("python")[0])
+    assert Router(None, pool, policy="fixed:cheap", draft=True, type_outcomes=table).draft_test == "overlap"
+    assert Router(None, pool, policy="fixed:cheap", draft="difference", type_outcomes=table).draft_test == "difference"
+    with pytest.raises(ValueError, match="unknown draft escalation test 'bayes'"):
+        Router(None, pool, policy="fixed:cheap", draft="bayes", type_outcomes=table)
+    p = argparse.ArgumentParser()
+    add_serve_args(p)
+    assert p.parse_args([]).draft is None
+    assert p.parse_args(["--draft"]).draft == "overlap"
+    assert p.parse_args(["--draft", "difference"]).draft == "difference"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--draft", "bayes"])

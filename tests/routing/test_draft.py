@@ -12,8 +12,8 @@ from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.live.draft import cancel_draft, escalate_draft
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.logs.io import Episode, Turn
-from mtrouter_jax.routing.draft import (TypeOutcomes, draft_escalation, fit_table, fit_type_outcomes,
-                                        turn_gains)
+from mtrouter_jax.routing.draft import (DRAFT_TESTS, Z95_ONE_SIDED, TypeOutcomes, check_draft_test,
+                                        draft_escalation, fit_table, fit_type_outcomes, turn_gains)
 
 TOOLS = ("explore", "act", "focus", "other")
 POOL = default_pool()
@@ -69,11 +69,49 @@ def test_escalates_only_where_another_model_is_significantly_better_at_the_type(
     assert draft_escalation(t, 99, 0, every) == -1
 
 
+@pytest.mark.parametrize("test", DRAFT_TESTS)
+def test_both_tests_agree_on_a_clear_case(test):
+    rng = np.random.default_rng(0)
+    focus = TOOLS.index("focus")
+    t = _table({(focus, 0): list(rng.normal(-0.3, 0.1, 40)), (focus, 1): list(rng.normal(0.1, 0.1, 40)),
+                (0, 0): list(rng.normal(0.0, 0.1, 40)), (0, 1): list(rng.normal(0.01, 0.1, 40))})
+    every = np.ones(3, bool)
+    assert draft_escalation(t, focus, 0, every, test=test) == 1
+    assert draft_escalation(t, focus, 1, every, test=test) == -1
+    assert draft_escalation(t, 0, 0, every, test=test) == -1
+
+
+def _cells(mean_a, mean_b, se, n=100):
+    """A two-model table whose focus cells have exactly these means and standard errors."""
+    nn = np.zeros((4, 2)); nn[2] = n
+    mean = np.zeros((4, 2)); mean[2] = (mean_a, mean_b)
+    var = np.zeros((4, 2)); var[2] = se * se * n
+    return TypeOutcomes(TOOLS, ("a", "b"), nn, mean, var)
+
+
+def test_difference_test_is_the_one_sided_welch_bound_and_overlap_is_stricter():
+    se = 0.01
+    z_diff = Z95_ONE_SIDED * np.sqrt(2) * se  # the smallest difference the difference test passes
+    both = np.ones(2, bool)
+    for gap, diff_says, overlap_says in ((0.9 * z_diff, -1, -1), (1.1 * z_diff, 1, -1),
+                                         (2 * 1.96 * se * 1.01, 1, 1)):
+        t = _cells(0.0, gap, se)
+        assert draft_escalation(t, 2, 0, both, n_min=1, test="difference") == diff_says, gap
+        assert draft_escalation(t, 2, 0, both, n_min=1, test="overlap") == overlap_says, gap
+
+
+def test_unknown_test_is_refused_by_name():
+    with pytest.raises(ValueError, match="overlap, difference"):
+        check_draft_test("t-test")
+    with pytest.raises(ValueError, match="unknown draft escalation test"):
+        draft_escalation(_cells(0, 1, 0.01), 2, 0, np.ones(2, bool), test="bayes")
+
+
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.floats(-1, 1), min_size=2, max_size=30))
-def test_equal_outcomes_never_escalate(xs):
+@given(st.lists(st.floats(-1, 1), min_size=2, max_size=30), st.sampled_from(DRAFT_TESTS))
+def test_equal_outcomes_never_escalate(xs, test):
     t = _table({(2, 0): xs, (2, 1): xs})
-    assert draft_escalation(t, 2, 0, np.ones(3, bool), n_min=1) == -1
+    assert draft_escalation(t, 2, 0, np.ones(3, bool), n_min=1, test=test) == -1
 
 
 def _episode(i: int, focus_model: str, focus_gain: float) -> Episode:

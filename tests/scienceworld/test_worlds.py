@@ -123,3 +123,19 @@ def test_capped_singles_run_at_each_budget_and_fixed_ones_without():
     ids = {j.episode_id for _, _, s in specs[:1] for j in make_jobs(s, [("use-thermometer", 0)], "test", 1, 0.02)}
     fixed_ids = {j.episode_id for j in make_jobs(specs[len(pool.names)][2], [("use-thermometer", 0)], "test", 1)}
     assert ids == {f"sw-test-use-thermometer-v0-r0-capped:{pool.names[0]}-b0.02"} and not ids & fixed_ids
+
+
+def test_draft_router_specs_name_their_escalation_test():
+    """``safe+draft`` uses the default test, ``safe+draft:TEST`` names one (its own row and episode
+    label); any other suffix is refused naming the tests."""
+    from mtrouter_jax.routing.specs import RouterSpecError
+    from mtrouter_jax.scienceworld.evaluate import eval_specs
+
+    specs = eval_specs("safe+draft=a/ck,safe+draft:difference=a/ck,learned+draft:overlap=b/ck,safe=a/ck",
+                       default_pool(), None, None, None)
+    got = [(n, s.router, s.draft) for n, _, s in specs]
+    assert got == [("mtrouter-safe+draft[ck]", "safe", True), ("mtrouter-safe+draft:difference[ck]", "safe", "difference"),
+                   ("mtrouter+draft:overlap[ck]", "learned", "overlap"), ("mtrouter-safe[ck]", "safe", False)]
+    for bad in ("safe+draft:bayes=a/ck", "safe+draftx=a/ck"):
+        with pytest.raises(RouterSpecError, match="overlap, difference"):
+            eval_specs(bad, default_pool(), None, None, None)

@@ -8,6 +8,8 @@ import argparse
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server.app``)."""
+    from mtrouter_jax.routing.draft import DEFAULT_DRAFT_TEST, DRAFT_TESTS
+
     p.add_argument("--router", default=None,
                    help="routing policy: safe or learned (need --checkpoint; safe is the default with an "
                         "ensemble checkpoint, learned with a single estimator), tool-heuristic (the default "
@@ -56,10 +58,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-range", default=None,
                    help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
                         "send its own)")
-    p.add_argument("--draft", action="store_true",
+    p.add_argument("--draft", nargs="?", const=DEFAULT_DRAFT_TEST, default=None, choices=DRAFT_TESTS, metavar="TEST",
                    help="draft-and-escalate: a non-streamed turn whose reply calls a tool type the checkpoint's logs "
                         "show another model significantly better at is re-served by that model (the draft is "
-                        "billed; docs/live.md, 'Draft routing')")
+                        f"billed; docs/live.md, 'Draft routing'); TEST: how 'significantly' is tested, "
+                        f"{' or '.join(DRAFT_TESTS)} (default {DEFAULT_DRAFT_TEST})")
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
                         "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")
