@@ -3,6 +3,7 @@ the best single model it can afford, against the tool heuristic at the same budg
 chosen single models — on the same test episodes (paired by ``meta.base_id``), with 95% CIs.
 
     python scripts/compare_scienceworld.py runs/sw_loop/eval [runs/sw_loop/eval_b ...] [--vs gpt-oss-120b gpt-5]
+    python scripts/compare_scienceworld.py runs/dev_eval --split dev   # an eval run on dev variations
 
 Prints a markdown table. "best single at budget" = the best of the single models held to that budget
 (``capped:MODEL`` rows) where the run has them, else the single model with the best mean score among
@@ -26,14 +27,14 @@ from mtrouter_jax.reporting.points import paired_difference
 from mtrouter_jax.logs.io import iter_episodes
 
 
-def load(dirs: list[str]) -> dict[tuple[str, float | None], list]:
-    """(router label, budget) -> episodes; the label is the logged id after the base id."""
+def load(dirs: list[str], split: str = "test") -> dict[tuple[str, float | None], list]:
+    """(router label, budget) -> episodes of ``split``; the label is the logged id after the base id."""
     groups: dict = collections.defaultdict(dict)
     for d in dirs:
         for e in iter_episodes(Path(d) / "episodes.jsonl"):
             meta = e.meta or {}
             base = meta.get("base_id")
-            if base is None or meta.get("split") != "test" or e.score is None:
+            if base is None or meta.get("split") != split or e.score is None:
                 continue
             label = e.episode_id[len(base) + 1:]
             budget = None
@@ -57,8 +58,13 @@ def main(argv=None) -> int:
     ap.add_argument("--heuristic", default="tool-heuristic")
     ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                     help="also print A - B at every budget (router labels as in the table)")
+    ap.add_argument("--split", default="test", help="which split's episodes to compare (the eval's --split)")
     a = ap.parse_args(argv)
-    groups = load(a.dirs)
+    groups = load(a.dirs, a.split)
+    if not groups:
+        print(f"no scored {a.split} episodes under {', '.join(a.dirs)} (an eval on another split? use --split)",
+              file=sys.stderr)
+        return 1
     singles = {lab: eps for (lab, b), eps in groups.items() if b is None}  # singles run uncapped
     mean = lambda eps: float(np.mean([e.score for e in eps]))  # noqa: E731
     cost = lambda eps: float(np.mean([sum(t.cost for t in e.turns) for e in eps]))  # noqa: E731

@@ -91,3 +91,6 @@ def test_compare_scienceworld_pairs_against_the_best_capped_single(tmp_path):
     assert rc == 0
     row = next(line for line in out.splitlines() if line.startswith("| r |"))
     assert "| capped:b | **+1.7 ± 0.5** |" in row  # r - capped:b: (1 + 2 + 2) / 3, not r - a (uncapped a, -23.3)
+    rc, out = run_script(next(p for p in SCRIPTS if p.name == "compare_scienceworld.py"),
+                         [str(tmp_path / "eval"), "--split", "dev"])
+    assert rc == 1 and "| router |" not in out  # a test run read as dev: an error (on stderr), not an empty table
