@@ -94,3 +94,22 @@ def test_compare_scienceworld_pairs_against_the_best_capped_single(tmp_path):
     rc, out = run_script(next(p for p in SCRIPTS if p.name == "compare_scienceworld.py"),
                          [str(tmp_path / "eval"), "--split", "dev"])
     assert rc == 1 and "| router |" not in out  # a test run read as dev: an error (on stderr), not an empty table
+
+
+def test_learning_curve_subsets_keep_branches_with_their_base_and_name_a_bad_line(tmp_path):
+    import importlib.util
+    import json
+
+    path = next(p for p in SCRIPTS if p.name == "bench_learning_curve.py")
+    spec = importlib.util.spec_from_file_location("bench_learning_curve", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = [{"episode_id": "a"}, {"episode_id": "b"}, {"episode_id": "a-x", "meta": {"branch_of": "a"}},
+            {"episode_id": "orphan", "meta": {"branch_of": "gone"}}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    groups = mod._groups(log)
+    assert [[json.loads(x)["episode_id"] for x in g] for g in groups] == [["a", "a-x"], ["b"]]
+    log.write_text('{"episode_id": "a"}\n{"score": 1}\n')
+    with pytest.raises(SystemExit, match=r"log.jsonl:2: not a trajectory record"):
+        mod._groups(log)
