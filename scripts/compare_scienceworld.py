@@ -3,7 +3,7 @@ the best single model it can afford, against the tool heuristic at the same budg
 chosen single models — on the same test episodes (paired by ``meta.base_id``), with 95% CIs.
 
     python scripts/compare_scienceworld.py runs/sw_loop/eval [runs/sw_loop/eval_b ...] [--vs gpt-oss-120b gpt-5]
-    python scripts/compare_scienceworld.py runs/dev_eval --split dev   # an eval run on dev variations
+    python scripts/compare_scienceworld.py runs/dev_eval --split dev --lam 0   # an eval run on dev variations
 
 Prints a markdown table. "best single at budget" = the best of the single models held to that budget
 (``capped:MODEL`` rows) where the run has them, else the single model with the best mean score among
@@ -27,8 +27,11 @@ from mtrouter_jax.reporting.points import paired_difference
 from mtrouter_jax.logs.io import iter_episodes
 
 
-def load(dirs: list[str], split: str = "test") -> dict[tuple[str, float | None], list]:
-    """(router label, budget) -> episodes of ``split``; the label is the logged id after the base id."""
+def load(dirs: list[str], split: str = "test", lam: float | None = None) -> dict[tuple[str, float | None], list]:
+    """(router label, budget) -> episodes of ``split``; the label is the logged id after the base id.
+    ``lam``: learned routers' episodes run with that λ only (on the calibration split, an eval on it
+    also holds the calibration's other λ values, which would otherwise replace episodes of the same
+    variation)."""
     groups: dict = collections.defaultdict(dict)
     for d in dirs:
         for e in iter_episodes(Path(d) / "episodes.jsonl"):
@@ -41,6 +44,9 @@ def load(dirs: list[str], split: str = "test") -> dict[tuple[str, float | None],
             if "-b" in label and label.rsplit("-b", 1)[1].replace(".", "", 1).replace("e-", "", 1).isdigit():
                 label, b = label.rsplit("-b", 1)
                 budget = float(b)
+            m = re.search(r"-lam([0-9.e+-]+)$", label)
+            if lam is not None and m and float(m.group(1)) != lam:
+                continue
             label = re.sub(r"_[0-9a-f]{8}(-lam[0-9.e+-]+)?$", "", label)  # checkpoint tag and λ (per budget)
             groups[(label, budget)][base] = e  # later dirs win: one episode per base id
     return {k: list(v.values()) for k, v in groups.items()}
@@ -59,8 +65,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                     help="also print A - B at every budget (router labels as in the table)")
     ap.add_argument("--split", default="test", help="which split's episodes to compare (the eval's --split)")
+    ap.add_argument("--lam", type=float, default=None,
+                    help="learned routers' episodes of this λ only (needed with --split dev after --lam-grid)")
     a = ap.parse_args(argv)
-    groups = load(a.dirs, a.split)
+    groups = load(a.dirs, a.split, a.lam)
     if not groups:
         print(f"no scored {a.split} episodes under {', '.join(a.dirs)} (an eval on another split? use --split)",
               file=sys.stderr)

@@ -38,7 +38,8 @@ from mtrouter_jax.core.stats import Z95
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
 DRAFT_TESTS = ("overlap", "difference")  # how "significantly better at a type" is tested (module docstring)
-DEFAULT_DRAFT_TEST = "overlap"
+DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Draft routing")
+DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where the checkpoint has turn outcomes
 Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
 
 
@@ -69,6 +70,11 @@ class TypeOutcomes:
                 if j >= 0:
                     out.setdefault(tool, {})[draft] = self.models[j]
         return out
+
+    @property
+    def empty(self) -> bool:
+        """No logged turn with a known outcome (logs without per-turn progress): nothing can escalate."""
+        return not bool(np.any(self.n > 0))
 
     def to_meta(self) -> dict:
         return {"tools": list(self.tools), "models": list(self.models), "n": self.n.tolist(),
@@ -131,11 +137,16 @@ def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
 
 
 def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequence[str],
-                    models: Sequence[str]) -> TypeOutcomes:
+                    models: Sequence[str], required: bool = True) -> TypeOutcomes | None:
     """The table a draft router uses: ``table``, else the checkpoint's ``meta.type_outcomes``; it must be
-    over the router's tool vocabulary and pool (ValueError otherwise, or when there is none)."""
+    over the router's tool vocabulary and pool (ValueError otherwise, or when there is none). Not
+    ``required`` (``--draft auto``): None instead of an error, and for a table without outcomes."""
     if table is None and (meta or {}).get("type_outcomes"):
         table = TypeOutcomes.from_meta(meta["type_outcomes"])
+    if not required:
+        ok = table is not None and not table.empty and tuple(table.tools) == tuple(tools) \
+            and tuple(table.models) == tuple(models)
+        return table if ok else None
     if table is None:
         raise ValueError("draft routing needs per-(action type, model) turn outcomes: a checkpoint trained by "
                          "this version of `mtrouter train` (older ones lack meta.type_outcomes)")
@@ -143,6 +154,28 @@ def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequen
         raise ValueError(f"type outcomes over tools {list(table.tools)} and models {list(table.models)} do not "
                          f"match the router's {list(tools)} / {list(models)}")
     return table
+
+
+def can_escalate(table: TypeOutcomes | None, n_min: float = DEFAULT_DRAFT_N_MIN,
+                 test: str = DEFAULT_DRAFT_TEST) -> bool:
+    """Whether some draft could ever be re-served (with every model affordable): ``auto`` drafts only
+    then, so a router whose logs vouch for no per-type specialist never pays for a draft it cannot use."""
+    return table is not None and not table.empty and bool(table.escalations(n_min, test))
+
+
+def resolve_draft(draft: bool | str | None) -> tuple[str, str]:
+    """(mode, test) of a ``draft`` option: mode ``off``, ``auto`` (draft where the checkpoint has turn
+    outcomes) or ``on`` (it must have them); ``test`` the escalation test. True means the default
+    test; False/None, ``off``. ValueError naming the choices for anything else."""
+    if draft is None or draft is False or draft == "off":
+        return "off", DEFAULT_DRAFT_TEST
+    if draft is True:
+        return "on", DEFAULT_DRAFT_TEST
+    if draft == "auto":
+        return "auto", DEFAULT_DRAFT_TEST
+    if draft in DRAFT_TESTS:
+        return "on", str(draft)
+    raise ValueError(f"unknown draft mode {draft!r}: use one of {', '.join(DRAFT_MODES)}")
 
 
 def check_draft_test(test: str) -> str:
@@ -178,4 +211,5 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
 
 
 __all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
-           "check_draft_test", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]
+           "check_draft_test", "resolve_draft", "can_escalate", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DRAFT_MODES",
+           "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

@@ -62,7 +62,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint of the learned router")
     p.add_argument("--routers", default="", help=f"comma-separated (default: {DEFAULT_EVAL_ROUTERS}; "
                                                  "learned/safe only with --checkpoint; learned=PATH, safe=PATH "
-                                                 "for more checkpoints; fixed:MODEL runs a model without a budget, "
+                                                 "for more checkpoints; learned/safe draft where the checkpoint's "
+                                                 "logs have per-turn outcomes (named +draft then), safe+draft:off "
+                                                 "never, safe+draft[:overlap|difference] always; "
+                                                 "fixed:MODEL runs a model without a budget, "
                                                  "capped:MODEL or capped:* held to each --budgets value)")
     p.add_argument("--budgets", type=_budget, nargs="*", default=[], help="USD per episode (default: none)")
     p.add_argument("--lam", type=float, default=None, help="λ of the learned router (default: the checkpoint's)")

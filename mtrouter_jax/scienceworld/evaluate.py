@@ -71,19 +71,37 @@ def collect(out: str | Path, pool: Pool, spec: RouterSpec, *, per_task: int = 1,
 
 
 def _draft_of(kind: str) -> tuple[str, bool | str]:
-    """``safe`` -> (safe, False); ``safe+draft`` -> (safe, True); ``safe+draft:TEST`` -> (safe, TEST)."""
-    base, plus, test = kind.partition("+draft")
+    """``safe`` -> (safe, auto); ``safe+draft`` -> (safe, True); ``safe+draft:MODE`` -> (safe, MODE)."""
+    base, plus, mode = kind.partition("+draft")
     if not plus:
-        return kind, False
-    if not test:
+        return kind, "auto"
+    if not mode:
         return base, True
-    from mtrouter_jax.routing.draft import DRAFT_TESTS
+    from mtrouter_jax.routing.draft import DRAFT_MODES
     from mtrouter_jax.routing.specs import RouterSpecError
 
-    if not test.startswith(":") or test[1:] not in DRAFT_TESTS:
-        raise RouterSpecError(f"--routers {kind}: after +draft expected nothing or :TEST with TEST one of "
-                              f"{', '.join(DRAFT_TESTS)}", "--routers")
-    return base, test[1:]
+    if not mode.startswith(":") or mode[1:] not in DRAFT_MODES:
+        raise RouterSpecError(f"--routers {kind}: after +draft expected nothing or :MODE with MODE one of "
+                              f"{', '.join(DRAFT_MODES)}", "--routers")
+    return base, mode[1:]
+
+
+def _resolved_draft(draft: bool | str, checkpoint: str) -> bool | str:
+    """``auto`` made explicit for a row: True where ``checkpoint``'s per-type turn outcomes show a
+    draft that could be re-served (``routing.draft.can_escalate``; the row then drafts and says so
+    in its name), else False; other modes as given (``off``: False)."""
+    if draft == "off":
+        return False
+    if draft != "auto":
+        return draft
+    from mtrouter_jax.estimator.checkpoint import CheckpointError, read_meta
+    from mtrouter_jax.routing.draft import TypeOutcomes, can_escalate
+
+    try:
+        t = read_meta(checkpoint).get("type_outcomes")
+        return bool(t) and can_escalate(TypeOutcomes.from_meta(t))
+    except (CheckpointError, KeyError, TypeError, ValueError):  # validate_spec reports a bad checkpoint, naming the flag
+        return False
 
 
 def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | None, tool_map: str | None
@@ -107,6 +125,7 @@ def eval_specs(routers: str, pool: Pool, checkpoint: str | None, lam: float | No
                 from mtrouter_jax.routing.specs import RouterSpecError
 
                 raise RouterSpecError(f"--routers {kind_} needs --checkpoint CKPT (or {kind_}=PATH)", "--checkpoint")
+            draft = _resolved_draft(draft, str(path))
             base = ("mtrouter" if kind_ == "learned" else "mtrouter-safe") + (
                 "" if not draft else "+draft" if draft is True else f"+draft:{draft}")
             name = base if "=" not in r else f"{base}[{Path(path).name}]"

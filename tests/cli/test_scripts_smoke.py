@@ -113,3 +113,25 @@ def test_learning_curve_subsets_keep_branches_with_their_base_and_name_a_bad_lin
     log.write_text('{"episode_id": "a"}\n{"score": 1}\n')
     with pytest.raises(SystemExit, match=r"log.jsonl:2: not a trajectory record"):
         mod._groups(log)
+
+
+def test_compare_scienceworld_keeps_one_lambda_on_a_calibration_split(tmp_path):
+    """On dev after --lam-grid the log holds a variation's episodes at several λ under one row label;
+    ``--lam`` keeps the asked one instead of whichever came last."""
+    from mtrouter_jax.logs.io import write_episodes
+    from mtrouter_jax.logs.records import Episode, Turn
+
+    eps = []
+    for i in range(3):
+        base = f"sw-dev-t-v{i}-r0"
+        for lam, sc in (("0", 50.0), ("0.1", -50.0)):
+            eps.append(Episode(f"{base}-mtrouter-safe_ck_0123abcd-lam{lam}-b0.1", "t", sc, 0.1, ("a",),
+                               (Turn("a", 10, 0, 5, 0.001, "act", None, 1.0),), (-100.0, 100.0), "scienceworld",
+                               {"base_id": base, "split": "dev"}))
+    (tmp_path / "eval").mkdir()
+    write_episodes(tmp_path / "eval" / "episodes.jsonl", eps)
+    script = next(p for p in SCRIPTS if p.name == "compare_scienceworld.py")
+    rc, out = run_script(script, [str(tmp_path / "eval"), "--split", "dev", "--lam", "0"])
+    assert rc == 0 and "| mtrouter-safe_ck | $0.1 | 3 | 50.0 ± 0.0 |" in out
+    rc, out = run_script(script, [str(tmp_path / "eval"), "--split", "dev", "--lam", "0.1"])
+    assert rc == 0 and "| mtrouter-safe_ck | $0.1 | 3 | -50.0 ± 0.0 |" in out

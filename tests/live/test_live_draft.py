@@ -72,6 +72,12 @@ def test_draft_needs_a_table_and_no_shared_state():
     from mtrouter_jax.live.router import router_from_options
     with pytest.raises(RouterSpecError, match="--draft needs --checkpoint"):
         router_from_options(router="cheapest", draft=True)
+    assert router_from_options(router="cheapest", draft="auto").draft_table is None  # the default: quietly off
+    with pytest.raises(RouterSpecError, match="--draft: unknown draft mode"):
+        router_from_options(router="cheapest", draft="sometimes")
+    from mtrouter_jax.live.server.app import serve
+    with pytest.raises(RouterSpecError, match="--draft is not supported with --state redis"):
+        serve(router="cheapest", state="redis://127.0.0.1:1/0", draft="overlap")  # refused before anything starts
 
 
 def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream):  # noqa: F811
@@ -84,12 +90,26 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
     table = _table(plain, plain.tool_of("python")[0])
     assert Router(None, pool, policy="fixed:cheap", draft=True, type_outcomes=table).draft_test == "overlap"
     assert Router(None, pool, policy="fixed:cheap", draft="difference", type_outcomes=table).draft_test == "difference"
-    with pytest.raises(ValueError, match="unknown draft escalation test 'bayes'"):
+    with pytest.raises(ValueError, match="unknown draft mode 'bayes': use one of auto, off, overlap, difference"):
         Router(None, pool, policy="fixed:cheap", draft="bayes", type_outcomes=table)
+    # auto (serve's default): the table where it has outcomes; none for an empty one or none at all
+    assert Router(None, pool, policy="fixed:cheap", draft="auto", type_outcomes=table).draft_table is table
+    empty = fit_table(np.zeros(0, int), np.zeros(0, int), np.zeros(0), plain.layout.tools, plain.pool.names)
+    assert Router(None, pool, policy="fixed:cheap", draft="auto", type_outcomes=empty).draft_table is None
+    k, rng = plain.layout.tools.index(plain.tool_of("python")[0]), np.random.default_rng(1)
+    alike = fit_table(np.full(80, k), np.r_[np.zeros(40, int), np.ones(40, int)], rng.normal(0.0, 0.1, 80),
+                      plain.layout.tools, plain.pool.names)  # outcomes, but no model significantly better
+    assert Router(None, pool, policy="fixed:cheap", draft="auto", type_outcomes=alike).draft_table is None
+    assert Router(None, pool, policy="fixed:cheap", draft="overlap", type_outcomes=alike).draft_table is alike
+    assert Router(None, pool, policy="fixed:cheap", draft="auto").draft_table is None
+    assert Router(None, pool, policy="fixed:cheap", draft="off", type_outcomes=table).draft_table is None
+    with pytest.raises(ValueError, match="draft routing needs per-"):
+        Router(None, pool, policy="fixed:cheap", draft="overlap")  # asked for explicitly: no table is an error
     p = argparse.ArgumentParser()
     add_serve_args(p)
-    assert p.parse_args([]).draft is None
+    assert p.parse_args([]).draft == "auto"
     assert p.parse_args(["--draft"]).draft == "overlap"
     assert p.parse_args(["--draft", "difference"]).draft == "difference"
+    assert p.parse_args(["--draft", "off"]).draft == "off"
     with pytest.raises(SystemExit):
         p.parse_args(["--draft", "bayes"])

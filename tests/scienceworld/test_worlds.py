@@ -125,17 +125,37 @@ def test_capped_singles_run_at_each_budget_and_fixed_ones_without():
     assert ids == {f"sw-test-use-thermometer-v0-r0-capped:{pool.names[0]}-b0.02"} and not ids & fixed_ids
 
 
-def test_draft_router_specs_name_their_escalation_test():
+def test_draft_router_specs_name_their_escalation_test(tmp_path_factory):
     """``safe+draft`` uses the default test, ``safe+draft:TEST`` names one (its own row and episode
-    label); any other suffix is refused naming the tests."""
+    label), ``safe+draft:off`` never drafts; plain ``safe`` drafts where the checkpoint's logs have
+    per-turn outcomes (and its name says so), not where they have none (a simulator checkpoint);
+    any other suffix is refused naming the modes."""
     from mtrouter_jax.routing.specs import RouterSpecError
     from mtrouter_jax.scienceworld.evaluate import eval_specs
 
-    specs = eval_specs("safe+draft=a/ck,safe+draft:difference=a/ck,learned+draft:overlap=b/ck,safe=a/ck",
+    specs = eval_specs("safe+draft=a/ck,safe+draft:difference=a/ck,learned+draft:overlap=b/ck,safe+draft:off=a/ck",
                        default_pool(), None, None, None)
     got = [(n, s.router, s.draft) for n, _, s in specs]
     assert got == [("mtrouter-safe+draft[ck]", "safe", True), ("mtrouter-safe+draft:difference[ck]", "safe", "difference"),
                    ("mtrouter+draft:overlap[ck]", "learned", "overlap"), ("mtrouter-safe[ck]", "safe", False)]
     for bad in ("safe+draft:bayes=a/ck", "safe+draftx=a/ck"):
-        with pytest.raises(RouterSpecError, match="overlap, difference"):
+        with pytest.raises(RouterSpecError, match="auto, off, overlap, difference"):
             eval_specs(bad, default_pool(), None, None, None)
+    import json
+    import shutil
+
+    from testing.artifacts import trained_checkpoint
+
+    sim_ckpt = trained_checkpoint(tmp_path_factory)  # simulator logs: no per-turn progress, an empty table
+    assert json.loads((sim_ckpt / "meta" / "metadata").read_text())["type_outcomes"]["n"]
+    sw_ckpt = tmp_path_factory.mktemp("sw") / "ck_sw"  # as if its logs had outcomes (eval_specs reads the metadata)
+    shutil.copytree(sim_ckpt, sw_ckpt)
+    meta = json.loads((sw_ckpt / "meta" / "metadata").read_text())
+    t = meta["type_outcomes"]
+    t["n"][0][0] = 25.0  # outcomes, but nothing another model is known to do better: auto does not draft
+    (sw_ckpt / "meta" / "metadata").write_text(json.dumps(meta))
+    assert eval_specs(f"safe={sw_ckpt}", default_pool(), None, None, None)[0][2].draft is False
+    t["n"][0][:2], t["mean"][0][:2], t["var"][0][:2] = [40.0, 40.0], [-0.3, 0.1], [0.01, 0.01]  # model 1 much better
+    (sw_ckpt / "meta" / "metadata").write_text(json.dumps(meta))
+    auto = [(n, s.draft) for n, _, s in eval_specs(f"safe={sim_ckpt},learned={sw_ckpt}", default_pool(), None, None, None)]
+    assert auto == [(f"mtrouter-safe[{sim_ckpt.name}]", False), (f"mtrouter+draft[{sw_ckpt.name}]", True)]

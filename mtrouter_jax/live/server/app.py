@@ -324,7 +324,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
           router=None, explore=None, tool_map=None, seed=0, lam_table=None,
           keep_alive=UVICORN_OPTIONS["timeout_keep_alive"], max_body_mb=MAX_BODY_BYTES / 2**20, keys=None,
           public_metrics=False, max_open=10_000, tenant_max_open=None, max_turns=1000, turn_deadline=45.0,
-          idle_timeout=3600.0, score_range=None, state=None, canary=None, shadow=None, draft=False) -> None:
+          idle_timeout=3600.0, score_range=None, state=None, canary=None, shadow=None, draft="auto") -> None:
     """Build the router and run the proxy with uvicorn (blocks). Bad options raise a ``UsageError``
     subclass naming the flag (``LogPathError``, ``KeysFileError``, ``RouterSpecError``, ...)."""
     import uvicorn
@@ -333,11 +333,14 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     ring = load_keys(keys, token)
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
-    if draft and state not in (None, "memory"):
+    if draft not in (None, False, "off", "auto") and state not in (None, "memory"):
         from mtrouter_jax.routing.specs import RouterSpecError
 
         raise RouterSpecError("--draft is not supported with --state redis://... yet (a draft and its escalation "
                               "are two reservations of one turn; only the in-process store accounts them)", "--draft")
+    auto_off = draft == "auto" and state not in (None, "memory")
+    if auto_off:
+        draft = "off"  # the default where drafting cannot be accounted: said at startup (below)
 
     def build(ckpt):  # a reload: the same options, another checkpoint
         return router_from_options(ckpt, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
@@ -347,12 +350,16 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     def build_candidate(ckpt):  # a --canary / --shadow checkpoint routes as a checkpoint does
         spec = router if router is not None and router.strip() in ("learned", "safe") else None
         return router_from_options(ckpt, pool, spec, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
-                                   lam_table)
+                                   lam_table, "auto" if draft not in (None, False, "off") else "off")
     arms = setup_arms(*arm_flags, build_candidate, r)
     for line in arms_lines(arms, r):
         log.info("%s", line)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
+    log.info("draft routing: %s", f"on ({r.draft_test} test; streamed requests are served undrafted)"
+             if r.draft_table is not None else "off (not with --state redis://...)" if auto_off else
+             "off" if draft in (None, False, "off") else
+             "off (the checkpoint's logs show no action type another model is significantly better at)")
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "

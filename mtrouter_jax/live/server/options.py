@@ -8,7 +8,7 @@ import argparse
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Options of ``mtrouter serve`` (also used by ``python -m mtrouter_jax.live.server.app``)."""
-    from mtrouter_jax.routing.draft import DEFAULT_DRAFT_TEST, DRAFT_TESTS
+    from mtrouter_jax.routing.draft import DEFAULT_DRAFT_TEST, DRAFT_MODES
 
     p.add_argument("--router", default=None,
                    help="routing policy: safe or learned (need --checkpoint; safe is the default with an "
@@ -58,11 +58,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-range", default=None,
                    help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
                         "send its own)")
-    p.add_argument("--draft", nargs="?", const=DEFAULT_DRAFT_TEST, default=None, choices=DRAFT_TESTS, metavar="TEST",
+    p.add_argument("--draft", nargs="?", const=DEFAULT_DRAFT_TEST, default="auto", choices=DRAFT_MODES, metavar="MODE",
                    help="draft-and-escalate: a non-streamed turn whose reply calls a tool type the checkpoint's logs "
                         "show another model significantly better at is re-served by that model (the draft is "
-                        f"billed; docs/live.md, 'Draft routing'); TEST: how 'significantly' is tested, "
-                        f"{' or '.join(DRAFT_TESTS)} (default {DEFAULT_DRAFT_TEST})")
+                        "billed; docs/live.md, 'Draft routing'). MODE: auto (the default: on where the checkpoint's "
+                        "logs had per-turn outcomes and the state is in memory), off, or the escalation test, "
+                        f"overlap or difference (--draft alone: {DEFAULT_DRAFT_TEST}; needs the outcomes)")
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
                         "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")
