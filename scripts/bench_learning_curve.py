@@ -8,7 +8,7 @@ on the same episodes (dev variations by default: curves choose recipes, the test
 per default), and writes a markdown table and a plot (score ± 95 % CI vs episodes and vs dollars).
 
     python scripts/bench_learning_curve.py --log runs/w17s/spec_plain.jsonl --profiles specialists \\
-        --sizes 100 200 400 550 --routers safe safe+draft --budget 0.1 --per-task 4 --out runs/w17s/curve
+        --sizes 100 200 400 800 --routers safe safe+draft:off --budget 0.1 --per-task 6 --out runs/w17s/curve
 
 Every step is a real CLI run (its command is printed); a finished checkpoint or evaluated episode
 is reused when the script runs again into the same ``--out``.
@@ -64,8 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--log", required=True, type=Path, help="trajectory log to subsample")
     ap.add_argument("--profiles", required=True, help="the world the log was collected in (--profiles of eval)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400], help="logged episodes per point")
-    ap.add_argument("--routers", nargs="+", default=["safe", "safe+draft"],
-                    help="router kinds evaluated on every checkpoint (safe, learned, safe+draft, safe+draft:TEST)")
+    ap.add_argument("--routers", nargs="+", default=["safe", "safe+draft:off"],
+                    help="router kinds evaluated on every checkpoint (default: the default router, which drafts "
+                         "where the logs allow, and the same router without drafting; any of learned, safe, "
+                         "safe+draft[:MODE])")
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--per-task", type=int, default=4)
     ap.add_argument("--split", default="dev")
@@ -96,21 +98,26 @@ def main(argv=None) -> int:
             _run(["mtrouter", "train", "--data", str(data), "--out", str(ckpt), *shlex.split(a.train_args)])
         points.append((size, n, sum(_cost(x) for x in chosen), ckpt))
     specs = ",".join(f"{r}={p[3]}" for p in points for r in a.routers)
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.scienceworld.evaluate import eval_specs
+
+    names = [n for n, _, _ in eval_specs(specs, default_pool(), None, None, None)]  # the rows the eval will name
     ev = a.out / "eval"
     _run(["mtrouter", "eval", "scienceworld", "--profiles", a.profiles, "--split", a.split, "--per-task",
           str(a.per_task), "--budgets", str(a.budget), "--lam", str(a.lam), "--routers", specs,
           "--workers", str(a.workers), "--out", str(ev)])
     res = json.loads((ev / "results.json").read_text())["routers"]
     rows = []
-    for r in a.routers:
-        base = ("mtrouter" if r.startswith("learned") else "mtrouter-safe") + r.partition("+")[1] + r.partition("+")[2]
-        for size, n, usd, ckpt in points:
-            pt = res[f"{base}[{ckpt.name}]"]["points"][0]
-            rows.append({"router": r, "size": size, "episodes": n, "usd": usd, "score": pt["score"],
-                         "ci": pt["score_ci"], "cost": pt["cost"], "n_eval": pt["n_episodes"]})
+    for i, r in enumerate(a.routers):
+        for j, (size, n, usd, ckpt) in enumerate(points):
+            name = names[j * len(a.routers) + i]
+            pt = res[name]["points"][0]
+            rows.append({"router": r, "row": name.partition("[")[0], "size": size, "episodes": n, "usd": usd,
+                         "score": pt["score"], "ci": pt["score_ci"], "cost": pt["cost"], "n_eval": pt["n_episodes"]})
     (a.out / "curve.json").write_text(json.dumps(rows, indent=1))
-    md = ["| router | logged episodes | logging $ | score ± 95 % CI | $/episode | eval episodes |", "|---" * 6 + "|"]
-    md += [f"| {x['router']} | {x['episodes']} | {x['usd']:.1f} | {x['score']:.1f} ± {x['ci']:.1f} | "
+    md = ["| router | row (drafting?) | logged episodes | logging $ | score ± 95 % CI | $/episode | eval episodes |",
+          "|---" * 7 + "|"]
+    md += [f"| {x['router']} | {x['row']} | {x['episodes']} | {x['usd']:.1f} | {x['score']:.1f} ± {x['ci']:.1f} | "
            f"{x['cost']:.4f} | {x['n_eval']} |" for x in rows]
     (a.out / "curve.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -38,7 +38,7 @@ from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
 from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of
-from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, can_escalate, draft_table_for, resolve_draft
+from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, draft_setup, resolve_draft
 from mtrouter_jax.routing.specs import ToolModelMap, build_router, with_exploration
 from mtrouter_jax.core.pricing import call_cost
 
@@ -148,11 +148,8 @@ class Router:
             kappa, n_min: the safe router's LCB width and minimum logged support (``routing.safe``).
             fused: decide in one jitted call when the estimator has a JAX forward pass
                 (``live/kernel.py``; bit-identical results); False keeps the four-call host path.
-            draft, type_outcomes, draft_n_min: draft-and-escalate turns (``routing/draft.py``; the table
-                defaults to the checkpoint's ``meta.type_outcomes``); ``draft``: False/``off``, True (the
-                default escalation test), a test's name (``overlap``, ``difference``), or ``auto`` (the
-                default test where the table shows a draft that could be re-served, else no drafting —
-                what ``serve`` does).
+            draft, type_outcomes, draft_n_min: draft-and-escalate turns (``routing.draft.draft_setup``: off,
+                on, a test, or serve's ``auto``; the table defaults to the checkpoint's ``meta.type_outcomes``).
         """
         self.estimator = estimator
         self.tool_map = tool_map or default_tool_map()
@@ -214,11 +211,8 @@ class Router:
                             "(as in simulation)", self.text_dim)
         if self.text_encoder is not None and int(self.text_encoder.dim) != self.text_dim:
             raise ValueError(f"text encoder dim {self.text_encoder.dim} != checkpoint text_dim {self.text_dim}")
-        mode, self.draft_test = resolve_draft(draft)
-        self.draft_table = None if mode == "off" else draft_table_for(
-            getattr(estimator, "meta", None), type_outcomes, self.layout.tools, self.pool.names, mode == "on")
-        if mode == "auto" and not can_escalate(self.draft_table, draft_n_min, self.draft_test):
-            self.draft_table = None  # nothing could ever be re-served: no draft to pay for
+        self.draft_table, self.draft_test = draft_setup(draft, getattr(estimator, "meta", None), type_outcomes,
+                                                        self.layout.tools, self.pool.names, draft_n_min)
         self.draft_n_min = draft_n_min
         self._tool_cache: dict[str | None, tuple[str, int]] = {}
         self._tool_lock = threading.Lock()
@@ -336,9 +330,7 @@ class Router:
             out = (tool_name, vocab.index(tool_name))
         else:
             ttype = self.tool_map.classify(tool_name)
-            key = ttype
-            if ttype not in vocab and TOOL_ALIASES.get(ttype) in vocab:
-                key = TOOL_ALIASES[ttype]
+            key = TOOL_ALIASES[ttype] if ttype not in vocab and TOOL_ALIASES.get(ttype) in vocab else ttype
             out = (ttype, int(vocab_index(vocab, [key])[0]))
         with self._tool_lock:
             if len(self._tool_cache) < 4096:
@@ -389,10 +381,7 @@ def router_from_options(checkpoint=None, pool=None, router=None, explore=None, t
     kw = dict(policy=router, explore=explore, seed=seed, log_path=log_path, log_text=log_text,
               assume_cache_hits=not strict_cache, tool_models=ToolModelMap.from_file(tool_map) if tool_map else None,
               **({"lam": lam} if lam is not None else {}), **({"draft": draft} if draft else {}))
-    try:
-        draft_mode = resolve_draft(draft)[0]
-    except ValueError as e:
-        raise RouterSpecError(f"--draft: {e}", "--draft") from None
+    draft_mode = resolve_draft(draft)[0]  # (a RouterSpecError naming --draft)
     if draft_mode == "on" and not checkpoint:
         raise RouterSpecError("--draft needs --checkpoint CKPT (its per-type turn outcomes decide escalations)",
                               "--checkpoint")

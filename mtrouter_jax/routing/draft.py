@@ -175,7 +175,18 @@ def resolve_draft(draft: bool | str | None) -> tuple[str, str]:
         return "auto", DEFAULT_DRAFT_TEST
     if draft in DRAFT_TESTS:
         return "on", str(draft)
-    raise ValueError(f"unknown draft mode {draft!r}: use one of {', '.join(DRAFT_MODES)}")
+    from mtrouter_jax.routing.specs import RouterSpecError  # a ValueError naming the flag
+
+    raise RouterSpecError(f"unknown draft mode {draft!r}: use one of {', '.join(DRAFT_MODES)}", "--draft")
+
+
+def draft_setup(draft: bool | str | None, meta: dict | None, table: TypeOutcomes | None, tools: Sequence[str],
+                models: Sequence[str], n_min: float = DEFAULT_DRAFT_N_MIN) -> tuple[TypeOutcomes | None, str]:
+    """(table, test) of a router's ``draft`` option (``resolve_draft``): no table when off, or when
+    ``auto`` finds none that could escalate; ``on`` requires one (``draft_table_for``'s ValueError)."""
+    mode, test = resolve_draft(draft)
+    t = None if mode == "off" else draft_table_for(meta, table, tools, models, mode == "on")
+    return (t if mode != "auto" or can_escalate(t, n_min, test) else None), test
 
 
 def check_draft_test(test: str) -> str:
@@ -211,5 +222,5 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
 
 
 __all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
-           "check_draft_test", "resolve_draft", "can_escalate", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DRAFT_MODES",
+           "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DRAFT_MODES",
            "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]
