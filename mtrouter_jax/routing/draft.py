@@ -20,8 +20,14 @@ two tests (``DRAFT_TESTS``), both over cells with at least ``n_min`` logged turn
   quantile 1.645) must be above zero: the textbook test that the alternative is better, which
   escalates on smaller, better-measured differences.
 
-In both, the alternative's worst-case turn must fit the budget that is left after the draft. Where
-the logs have no per-turn progress the table is empty and nothing ever escalates.
+In both, the advantage must also be worth a second call: the bound must clear ``min_gain`` (default
+``DEFAULT_DRAFT_MIN_GAIN``, 1 % of the score range a turn), not just zero. With enough logs every
+small per-type difference becomes significant (an `explore` turn of one model 0.001 better than
+another's, measured on 1,500 turns each), and escalating the frequent turns of such types drains
+the budget before the rare decisive turn: in the `specialists` world the default router's dev score
+fell from 85 to 57 between 400 and 800 logged episodes for that reason (docs/benchmarks.md). And
+the alternative's worst-case turn must fit the budget that is left after the draft. Where the logs
+have no per-turn progress the table is empty and nothing ever escalates.
 
 Pure numpy on tiny (K, M) tables: one decision costs microseconds, no device dispatch.
 """
@@ -41,6 +47,7 @@ DRAFT_TESTS = ("overlap", "difference")  # how "significantly better at a type" 
 DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Draft routing")
 DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where the checkpoint has turn outcomes
 Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
+DEFAULT_DRAFT_MIN_GAIN = 0.01  # the least advantage (normalised score a turn) an escalation must be sure of
 
 
 @dataclass(frozen=True)
@@ -59,14 +66,14 @@ class TypeOutcomes:
         ok = self.n >= 2
         return np.where(ok, self.mean - z * se, -np.inf), np.where(ok, self.mean + z * se, np.inf)
 
-    def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST
-                    ) -> dict[str, dict[str, str]]:
+    def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST,
+                    min_gain: float = DEFAULT_DRAFT_MIN_GAIN) -> dict[str, dict[str, str]]:
         """Readable summary: ``{type: {draft model: escalated model}}`` for every allowed-by-all case."""
         out: dict[str, dict[str, str]] = {}
         every = np.ones(len(self.models), bool)
         for k, tool in enumerate(self.tools):
             for d, draft in enumerate(self.models):
-                j = draft_escalation(self, k, d, every, n_min, test)
+                j = draft_escalation(self, k, d, every, n_min, test, min_gain)
                 if j >= 0:
                     out.setdefault(tool, {})[draft] = self.models[j]
         return out
@@ -197,12 +204,13 @@ def check_draft_test(test: str) -> str:
 
 
 def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.ndarray,
-                      n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST) -> int:
+                      n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST,
+                      min_gain: float = DEFAULT_DRAFT_MIN_GAIN) -> int:
     """The model to re-serve a turn whose draft (by model ``draft``) has action type ``tool``, or -1.
 
     Among ``allowed`` models with ``n_min`` logged turns of that type, the one whose advantage over
     the draft model (which needs ``n_min`` turns too) has the best lower bound, if the ``test``
-    (``overlap`` or ``difference``, module docstring) says it is significantly better."""
+    (``overlap`` or ``difference``, module docstring) says it is better by more than ``min_gain``."""
     check_draft_test(test)
     if not 0 <= tool < len(table.tools) or table.n[tool, draft] < n_min:
         return -1
@@ -213,14 +221,14 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
     if test == "overlap":
         lcb, ucb = table.bounds()
         j = int(np.argmax(np.where(cand, lcb[tool], -np.inf)))
-        return j if lcb[tool, j] > ucb[tool, draft] else -1
+        return j if lcb[tool, j] - ucb[tool, draft] > min_gain else -1
     n = np.maximum(table.n[tool], 1.0)
     se = np.sqrt(table.var[tool] / n + table.var[tool, draft] / n[draft])
     lower = table.mean[tool] - table.mean[tool, draft] - Z95_ONE_SIDED * se
     j = int(np.argmax(np.where(cand, lower, -np.inf)))
-    return j if lower[j] > 0.0 else -1
+    return j if lower[j] > min_gain else -1
 
 
 __all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
-           "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN", "DRAFT_TESTS", "DRAFT_MODES",
+           "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN", "DEFAULT_DRAFT_MIN_GAIN", "DRAFT_TESTS", "DRAFT_MODES",
            "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

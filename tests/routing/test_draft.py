@@ -12,7 +12,8 @@ from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.live.draft import cancel_draft, escalate_draft
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.logs.io import Episode, Turn
-from mtrouter_jax.routing.draft import (DRAFT_TESTS, Z95_ONE_SIDED, TypeOutcomes, check_draft_test,
+from mtrouter_jax.routing.draft import (DEFAULT_DRAFT_MIN_GAIN, DRAFT_TESTS, Z95_ONE_SIDED, TypeOutcomes,
+                                        check_draft_test,
                                         draft_escalation, fit_table, fit_type_outcomes, turn_gains)
 
 TOOLS = ("explore", "act", "focus", "other")
@@ -96,8 +97,21 @@ def test_difference_test_is_the_one_sided_welch_bound_and_overlap_is_stricter():
     for gap, diff_says, overlap_says in ((0.9 * z_diff, -1, -1), (1.1 * z_diff, 1, -1),
                                          (2 * 1.96 * se * 1.01, 1, 1)):
         t = _cells(0.0, gap, se)
-        assert draft_escalation(t, 2, 0, both, n_min=1, test="difference") == diff_says, gap
-        assert draft_escalation(t, 2, 0, both, n_min=1, test="overlap") == overlap_says, gap
+        assert draft_escalation(t, 2, 0, both, n_min=1, test="difference", min_gain=0.0) == diff_says, gap
+        assert draft_escalation(t, 2, 0, both, n_min=1, test="overlap", min_gain=0.0) == overlap_says, gap
+
+
+@pytest.mark.parametrize("test", DRAFT_TESTS)
+def test_a_sure_but_small_advantage_does_not_pay_for_a_second_call(test):
+    """Thousands of logged turns make a 0.005 advantage significant; under the default floor
+    (DEFAULT_DRAFT_MIN_GAIN = 0.01 of the score range) it does not escalate, a 0.05 one does."""
+    both = np.ones(2, bool)
+    small, large = _cells(0.0, 0.005, 0.0005, n=2000), _cells(0.0, 0.05, 0.0005, n=2000)
+    assert draft_escalation(small, 2, 0, both, test=test, min_gain=0.0) == 1  # significant...
+    assert draft_escalation(small, 2, 0, both, test=test) == -1  # ...but below the floor
+    assert draft_escalation(large, 2, 0, both, test=test) == 1
+    assert DEFAULT_DRAFT_MIN_GAIN == 0.01 and small.escalations(test=test) == {}
+    assert large.escalations(test=test) == {"focus": {"a": "b"}}
 
 
 def test_unknown_test_is_refused_by_name():
