@@ -62,7 +62,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="draft-and-escalate: a non-streamed turn whose reply calls a tool type the checkpoint's logs "
                         "show another model significantly better at is re-served by that model (the draft is "
                         "billed; docs/live.md, 'Draft routing'). MODE: auto (the default: on where the checkpoint's "
-                        "logs had per-turn outcomes and the state is in memory), off, or the escalation test, "
+                        "per-turn outcomes show a type another model is significantly better at, and the state is "
+                        "in memory), off, or the escalation test, "
                         f"overlap or difference (--draft alone: {DEFAULT_DRAFT_TEST}; needs the outcomes)")
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
