@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtrouter_jax.live.accounting import parse_usage
-from mtrouter_jax.routing.draft import draft_escalation
+from mtrouter_jax.routing.draft import DEFAULT_DRAFT_MIN_GAIN, draft_escalation
 
 if TYPE_CHECKING:
     from mtrouter_jax.live.episode import LiveEpisode
@@ -54,6 +54,16 @@ def escalate_draft(ep: "LiveEpisode", draft_model: str, usage: Any, tool_name: s
     return r.pool.names[j]
 
 
+def describe_draft(router: Any) -> dict | None:
+    """What drafting does for ``router`` (``GET /v1/mtrouter/router``, the start-up log): None when
+    off, else the test, its thresholds and every escalation it can make (``{type: {draft: model}}``)."""
+    table = getattr(router, "draft_table", None)
+    if table is None:
+        return None
+    return {"test": router.draft_test, "n_min": router.draft_n_min, "min_gain": DEFAULT_DRAFT_MIN_GAIN,
+            "escalations": table.escalations(router.draft_n_min, router.draft_test)}
+
+
 def cancel_draft(ep: "LiveEpisode") -> None:
     """Take back the bill of a pending draft (its escalated call failed: the draft is served)."""
     d = ep.pending_draft
@@ -63,4 +73,4 @@ def cancel_draft(ep: "LiveEpisode") -> None:
         ep.pending_draft = None
 
 
-__all__ = ["escalate_draft", "cancel_draft"]
+__all__ = ["escalate_draft", "cancel_draft", "describe_draft"]

@@ -51,6 +51,8 @@ def test_draft_escalation_is_one_reply_and_one_logged_turn(upstream, tmp_path): 
             msgs.append({"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": f"ok {i}"} if msg.tool_calls
                         else {"role": "user", "content": f"go on {i}"})
         calls = [b["model"] for b in upstream.requests[n_before:]]
+        info = c._client.get(srv.url + "/v1/mtrouter/router").json()["draft"]  # what drafting will do, said
+        assert info["test"] == "overlap" and info["escalations"] == {bad: {"cheap": "strong"}}
         httpx_finish = c._client.post(srv.url + "/v1/mtrouter/conversations/d1/finish", json={"score": 1.0,
                                                                                            "score_range": [0, 1]})
         assert httpx_finish.status_code == 200

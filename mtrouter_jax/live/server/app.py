@@ -36,6 +36,7 @@ from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.server.arms import Arms, check_flags, setup_arms
 from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget, parse_json  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
+from mtrouter_jax.live.draft import describe_draft
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
 from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathError, check_log_writable,  # noqa: F401
                                              parse_score_range)
@@ -286,7 +287,7 @@ def create_app(router: Router, backends: Backends | None = None, *, token: str |
     async def router_info():
         """The served policy, exploration, vocabularies and the effective tool-name mapping."""
         return {**proxy.router.describe(), "checkpoint_digest": proxy.router.digest, **proxy.arms.describe(),
-                "decision_batching": proxy.batcher.describe(),
+                "decision_batching": proxy.batcher.describe(), "draft": describe_draft(proxy.router),
                 **({"fleet": reloader.fleet.describe()} if reloader.fleet is not None else {})}
 
     @app.post("/v1/mtrouter/admin/reload")
@@ -356,8 +357,8 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         log.info("%s", line)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
-    log.info("draft routing: %s", f"on ({r.draft_test} test; streamed requests are served undrafted)"
-             if r.draft_table is not None else "off (not with --state redis://...)" if auto_off else
+    log.info("draft routing: %s", f"on ({r.draft_test} test; escalations {describe_draft(r)['escalations']}; "
+             "streamed requests are served undrafted)" if r.draft_table is not None else "off (not with --state redis://...)" if auto_off else
              "off" if draft in (None, False, "off") else
              "off (the checkpoint's logs show no action type another model is significantly better at)")
     if importlib.util.find_spec("aiohttp") is None:
