@@ -44,8 +44,8 @@ from mtrouter_jax.core.stats import Z95
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
 DRAFT_TESTS = ("overlap", "difference")  # how "significantly better at a type" is tested (module docstring)
-DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Draft routing")
-DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where the checkpoint has turn outcomes
+DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Drafting made the default")
+DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where a draft could be re-served (can_escalate)
 Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
 DEFAULT_DRAFT_MIN_GAIN = 0.01  # the least advantage (normalised score a turn) an escalation must be sure of
 
@@ -171,9 +171,9 @@ def can_escalate(table: TypeOutcomes | None, n_min: float = DEFAULT_DRAFT_N_MIN,
 
 
 def resolve_draft(draft: bool | str | None) -> tuple[str, str]:
-    """(mode, test) of a ``draft`` option: mode ``off``, ``auto`` (draft where the checkpoint has turn
-    outcomes) or ``on`` (it must have them); ``test`` the escalation test. True means the default
-    test; False/None, ``off``. ValueError naming the choices for anything else."""
+    """(mode, test) of a ``draft`` option: mode ``off``, ``auto`` (draft where a draft could be
+    re-served, ``can_escalate``) or ``on`` (the table must exist); ``test`` the escalation test. True
+    means the default test; False/None, ``off``. A ``RouterSpecError`` naming the choices otherwise."""
     if draft is None or draft is False or draft == "off":
         return "off", DEFAULT_DRAFT_TEST
     if draft is True:
