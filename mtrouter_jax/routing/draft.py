@@ -230,5 +230,5 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
 
 
 __all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
-           "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN", "DEFAULT_DRAFT_MIN_GAIN", "DRAFT_TESTS", "DRAFT_MODES",
-           "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]
+           "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN",
+           "DEFAULT_DRAFT_MIN_GAIN", "DRAFT_TESTS", "DRAFT_MODES", "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

@@ -357,10 +357,12 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         log.info("%s", line)
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
-    log.info("draft routing: %s", f"on ({r.draft_test} test; escalations {describe_draft(r)['escalations']}; "
-             "streamed requests are served undrafted)" if r.draft_table is not None else "off (not with --state redis://...)" if auto_off else
-             "off" if draft in (None, False, "off") else
-             "off (the checkpoint's logs show no action type another model is significantly better at)")
+    if r.draft_table is not None:
+        log.info("draft routing: on (%s test; escalations %s; streamed requests are served undrafted)",
+                 r.draft_test, describe_draft(r)["escalations"])
+    else:
+        log.info("draft routing: off%s", " (not with --state redis://...)" if auto_off else "" if draft in (
+            None, False, "off") else " (the checkpoint's logs show no action type another model is significantly better at)")
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "
