@@ -137,7 +137,7 @@ def _plot(rows: list[dict], a, path: Path) -> None:
         xs = [x for x in rows if x["router"] == r]
         for ax, key in zip(axes, ("episodes", "usd")):
             ax.errorbar([x[key] for x in xs], [x["score"] for x in xs], yerr=[x["ci"] for x in xs], marker="o",
-                        capsize=3, label=r)
+                        capsize=3, label=r + (" (default)" if r == "safe" else ""))
     axes[0].set_xlabel("logged episodes")
     axes[1].set_xlabel("logging dollars")
     axes[0].set_ylabel(f"score on {a.split} (${a.budget:g}/episode, λ = {a.lam:g})")

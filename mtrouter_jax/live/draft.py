@@ -64,6 +64,16 @@ def describe_draft(router: Any) -> dict | None:
             "escalations": table.escalations(router.draft_n_min, router.draft_test)}
 
 
+def why_not_drafting(router: Any) -> str:
+    """Why ``auto`` left drafting off for ``router`` (the start-up log)."""
+    from mtrouter_jax.routing.draft import TypeOutcomes
+
+    t = (getattr(getattr(router, "estimator", None), "meta", None) or {}).get("type_outcomes")
+    if not t or TypeOutcomes.from_meta(t).empty:
+        return "the checkpoint's logs have no per-turn outcomes"
+    return "the checkpoint's logs show no action type another model is significantly better at"
+
+
 def cancel_draft(ep: "LiveEpisode") -> None:
     """Take back the bill of a pending draft (its escalated call failed: the draft is served)."""
     d = ep.pending_draft
@@ -73,4 +83,4 @@ def cancel_draft(ep: "LiveEpisode") -> None:
         ep.pending_draft = None
 
 
-__all__ = ["escalate_draft", "cancel_draft", "describe_draft"]
+__all__ = ["escalate_draft", "cancel_draft", "describe_draft", "why_not_drafting"]

@@ -104,6 +104,8 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
     assert Router(None, pool, policy="fixed:cheap", draft="auto", type_outcomes=alike).draft_table is None
     assert Router(None, pool, policy="fixed:cheap", draft="overlap", type_outcomes=alike).draft_table is alike
     assert Router(None, pool, policy="fixed:cheap", draft="auto").draft_table is None
+    from mtrouter_jax.live.draft import why_not_drafting
+    assert why_not_drafting(Router(None, pool, policy="fixed:cheap")) == "the checkpoint's logs have no per-turn outcomes"
     assert Router(None, pool, policy="fixed:cheap", draft="off", type_outcomes=table).draft_table is None
     with pytest.raises(ValueError, match="draft routing needs per-"):
         Router(None, pool, policy="fixed:cheap", draft="overlap")  # asked for explicitly: no table is an error

@@ -36,7 +36,7 @@ from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.live.server.arms import Arms, check_flags, setup_arms
 from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget, parse_json  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
-from mtrouter_jax.live.draft import describe_draft
+from mtrouter_jax.live.draft import describe_draft, why_not_drafting
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
 from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathError, check_log_writable,  # noqa: F401
                                              parse_score_range)
@@ -362,7 +362,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
                  r.draft_test, describe_draft(r)["escalations"])
     else:
         log.info("draft routing: off%s", " (not with --state redis://...)" if auto_off else "" if draft in (
-            None, False, "off") else " (the checkpoint's logs show no action type another model is significantly better at)")
+            None, False, "off") else f" ({why_not_drafting(r)})")
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "
