@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtrouter_jax.live.accounting import parse_usage
-from mtrouter_jax.routing.draft import DEFAULT_DRAFT_MIN_GAIN, draft_escalation
+from mtrouter_jax.routing.draft import DEFAULT_DRAFT_MIN_GAIN, draft_escalation, draft_table_for
 
 if TYPE_CHECKING:
     from mtrouter_jax.live.episode import LiveEpisode
@@ -66,10 +66,9 @@ def describe_draft(router: Any) -> dict | None:
 
 def why_not_drafting(router: Any) -> str:
     """Why ``auto`` left drafting off for ``router`` (the start-up log)."""
-    from mtrouter_jax.routing.draft import TypeOutcomes
-
-    t = (getattr(getattr(router, "estimator", None), "meta", None) or {}).get("type_outcomes")
-    if not t or TypeOutcomes.from_meta(t).empty:
+    t = draft_table_for(getattr(router.estimator, "meta", None), None, router.layout.tools, router.pool.names,
+                        required=False)
+    if t is None or t.empty:
         return "the checkpoint's logs have no per-turn outcomes"
     return "the checkpoint's logs show no action type another model is significantly better at"
 

@@ -147,12 +147,12 @@ def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequen
                     models: Sequence[str], required: bool = True) -> TypeOutcomes | None:
     """The table a draft router uses: ``table``, else the checkpoint's ``meta.type_outcomes``; it must be
     over the router's tool vocabulary and pool (ValueError otherwise, or when there is none). Not
-    ``required`` (``--draft auto``): None instead of an error, and for a table without outcomes."""
+    ``required`` (``--draft auto``): None instead of an error (an empty table is returned as is:
+    ``can_escalate`` says it cannot be used)."""
     if table is None and (meta or {}).get("type_outcomes"):
         table = TypeOutcomes.from_meta(meta["type_outcomes"])
     if not required:
-        ok = table is not None and not table.empty and tuple(table.tools) == tuple(tools) \
-            and tuple(table.models) == tuple(models)
+        ok = table is not None and tuple(table.tools) == tuple(tools) and tuple(table.models) == tuple(models)
         return table if ok else None
     if table is None:
         raise ValueError("draft routing needs per-(action type, model) turn outcomes: a checkpoint trained by "

@@ -87,19 +87,20 @@ def _draft_of(kind: str) -> tuple[str, bool | str]:
 
 
 def _resolved_draft(draft: bool | str, checkpoint: str) -> bool | str:
-    """``auto`` made explicit for a row: True where ``checkpoint``'s per-type turn outcomes show a
-    draft that could be re-served (``routing.draft.can_escalate``; the row then drafts and says so
-    in its name), else False; other modes as given (``off``: False)."""
+    """``auto`` made explicit for a row: True where the router built from ``checkpoint`` would draft
+    (``routing.draft.draft_setup``, as ``Router`` decides; the row then says so in its name), else
+    False; other modes as given (``off``: False)."""
     if draft == "off":
         return False
     if draft != "auto":
         return draft
     from mtrouter_jax.estimator.checkpoint import CheckpointError, read_meta
-    from mtrouter_jax.routing.draft import TypeOutcomes, can_escalate
+    from mtrouter_jax.routing.draft import draft_setup
 
     try:
-        t = read_meta(checkpoint).get("type_outcomes")
-        return bool(t) and can_escalate(TypeOutcomes.from_meta(t))
+        meta = read_meta(checkpoint)
+        layout = meta["layout"]
+        return draft_setup("auto", meta, None, layout["tools"], layout["models"])[0] is not None
     except (CheckpointError, KeyError, TypeError, ValueError):  # validate_spec reports a bad checkpoint, naming the flag
         return False
 

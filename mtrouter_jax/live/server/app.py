@@ -37,6 +37,7 @@ from mtrouter_jax.live.server.arms import Arms, check_flags, setup_arms
 from mtrouter_jax.live.server.api import EXPLORE, ROUTED, ApiError, parse_budget, parse_json  # noqa: F401  (parse_budget: re-export)
 from mtrouter_jax.live.backends import Backends
 from mtrouter_jax.live.draft import describe_draft, why_not_drafting
+from mtrouter_jax.routing.draft import resolve_draft
 from mtrouter_jax.live.server.conversations import conversation_key  # noqa: F401  (re-exported: docs/agents.md)
 from mtrouter_jax.live.server.limits import (MAX_BODY_BYTES, Limits, LogPathError, check_log_writable,  # noqa: F401
                                              parse_score_range)
@@ -334,12 +335,13 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     ring = load_keys(keys, token)
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
-    if draft not in (None, False, "off", "auto") and state not in (None, "memory"):
+    draft_mode = resolve_draft(draft)[0]
+    if draft_mode == "on" and state not in (None, "memory"):
         from mtrouter_jax.routing.specs import RouterSpecError
 
         raise RouterSpecError("--draft is not supported with --state redis://... yet (a draft and its escalation "
                               "are two reservations of one turn; only the in-process store accounts them)", "--draft")
-    auto_off = draft == "auto" and state not in (None, "memory")
+    auto_off = draft_mode == "auto" and state not in (None, "memory")
     if auto_off:
         draft = "off"  # the default where drafting cannot be accounted: said at startup (below)
 
@@ -351,7 +353,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     def build_candidate(ckpt):  # a --canary / --shadow checkpoint routes as a checkpoint does
         spec = router if router is not None and router.strip() in ("learned", "safe") else None
         return router_from_options(ckpt, pool, spec, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
-                                   lam_table, "auto" if draft not in (None, False, "off") else "off")
+                                   lam_table, "off" if draft_mode == "off" else "auto")
     arms = setup_arms(*arm_flags, build_candidate, r)
     for line in arms_lines(arms, r):
         log.info("%s", line)
@@ -361,8 +363,8 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         log.info("draft routing: on (%s test; escalations %s; streamed requests are served undrafted)",
                  r.draft_test, describe_draft(r)["escalations"])
     else:
-        log.info("draft routing: off%s", " (not with --state redis://...)" if auto_off else "" if draft in (
-            None, False, "off") else f" ({why_not_drafting(r)})")
+        log.info("draft routing: off%s", " (not with --state redis://...)" if auto_off else
+                 "" if draft_mode == "off" else f" ({why_not_drafting(r)})")
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "
