@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mtrouter_jax.core.stats import paired_mean_ci
 from mtrouter_jax.routing.specs import RouterSpecError
 
 
@@ -33,6 +34,25 @@ def lam_for_budget(table: Sequence[Mapping] | None, budget: float | None, defaul
     return float(np.interp(math.log(budget), xs, [l for _, l in capped]))
 
 
+def select_lambda(scores_by_lam: Mapping[float, Mapping]) -> float:
+    """The λ a router runs at under one budget, from its per-episode calibration scores
+    (``{λ: {episode key: score}}``, the same episodes for every λ): the smallest λ (the most
+    score-seeking) unless the λ with the best mean beats it by a paired difference whose 95 % lower
+    bound is above 0. The best mean alone over a grid of λ is a winner's-curse pick: most of its
+    margin is the noise of the calibration episodes (docs/benchmarks.md, "Real episodes")."""
+    grid = sorted(float(k) for k in scores_by_lam)
+    if not grid:
+        raise ValueError("select_lambda needs at least one λ")
+    by = {float(k): v for k, v in scores_by_lam.items()}
+    means = {lam: float(np.mean(list(by[lam].values()))) if by[lam] else -np.inf for lam in grid}
+    base = grid[0]
+    best = max(grid, key=lambda lam: (means[lam], -lam))  # a tie keeps the smaller λ
+    if best == base:
+        return base
+    d, ci, n = paired_mean_ci(by[best], by[base])
+    return best if n > 1 and d - ci > 0 else base
+
+
 def lam_table_of(meta: Mapping | None, env: str | None = None) -> tuple[str | None, list]:
     """(environment, table) of a checkpoint's ``lam_tables`` metadata: ``env`` if given, else the only
     one, else "scienceworld" before "sim"."""
@@ -56,4 +76,4 @@ def expected_steps_for(meta: Mapping | None, task_types: Sequence[str]) -> np.nd
     return np.array([float(known.get(t, default)) for t in task_types], np.float32)
 
 
-__all__ = ["DEFAULT_LAM", "lam_for_budget", "lam_table_of", "expected_steps_for"]
+__all__ = ["DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]

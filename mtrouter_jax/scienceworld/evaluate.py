@@ -163,15 +163,12 @@ def _run_label(name: str, tag: str | None, lam: float | None) -> str:
 
 def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_cal, runs, pool, run, by_id_of,
                   tag: str | None = None) -> dict:
-    """Per budget, the λ of ``lam_grid`` for this router: the smallest λ (the most score-seeking)
-    unless another scores better on the calibration episodes by a paired difference whose 95 %
-    lower bound is above 0 — with a few dozen calibration episodes per point the best mean alone
-    is mostly noise (measured: docs/benchmarks.md, "Real episodes")."""
+    """Per budget, the λ of ``lam_grid`` for this router, run on the calibration episodes and
+    chosen by ``routing.meta.select_lambda`` (the smallest λ unless another is significantly better
+    there, paired)."""
     import dataclasses
 
-    import numpy as np
-
-    from mtrouter_jax.reporting.points import paired_difference
+    from mtrouter_jax.routing.meta import select_lambda
 
     jobs, groups = [], {}
     for lam in lam_grid:
@@ -182,18 +179,12 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
             groups[(lam, b)] = [j.episode_id for j in js]
     run(jobs)
     by_id = by_id_of()
+    pair_key = lambda e: (e.meta or {}).get("base_id", e.episode_id)  # noqa: E731  the episode all λ ran
     chosen = {}
-    grid = sorted(float(x) for x in lam_grid)
     for b in caps:
-        eps = {lam: [by_id[i] for i in groups[(lam, b)] if i in by_id] for lam in grid}
-        base, pick = grid[0], grid[0]
-        scores = {lam: np.mean([e.score for e in eps[lam]]) if eps[lam] else -np.inf for lam in grid}
-        best = max(grid, key=lambda lam: scores[lam])
-        if best != base:
-            d, ci, n = paired_difference(eps[best], eps[base])
-            if n > 1 and d - ci > 0:
-                pick = best
-        chosen[b] = pick
+        chosen[b] = select_lambda({float(lam): {pair_key(by_id[i]): by_id[i].score for i in groups[(lam, b)]
+                                                if i in by_id and by_id[i].score is not None}
+                                   for lam in lam_grid})
     return chosen
 
 

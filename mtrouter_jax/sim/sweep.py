@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtrouter_jax.sim.policies import SimPolicy
+from mtrouter_jax.routing.meta import select_lambda
 from mtrouter_jax.routing.policies import set_lam
 from mtrouter_jax.sim.rollout import episode_outcomes, rollout, tool_model_counts
 from mtrouter_jax.sim.params import SimParams
@@ -33,6 +34,7 @@ def _sweep(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, 
         n = jnp.float32(n_episodes)
         sd = lambda x: jnp.std(x.astype(jnp.float32))  # noqa: E731
         return {
+            "episode_score": m["score"],  # per episode, for paired comparisons (same keys everywhere)
             "score": jnp.mean(m["score"]), "score_ci": 1.96 * sd(m["score"]) / jnp.sqrt(n),
             "cost": jnp.mean(m["cost"]), "cost_ci": 1.96 * sd(m["cost"]) / jnp.sqrt(n),
             "cache_miss_cost": jnp.mean(m["cache_miss_cost"]),
@@ -71,20 +73,22 @@ def with_lambdas(policy: SimPolicy, lams) -> dict:
 
 def calibrate_lambda(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes: int,
                      grid: Sequence[float] = LAMBDA_GRID) -> np.ndarray:
-    """Per hard budget, the lambda of ``grid`` with the best mean score (ties -> larger lambda).
+    """Per hard budget, the lambda of ``grid`` chosen by ``routing.meta.select_lambda`` on these
+    calibration episodes: the smallest lambda unless another scores better by a paired 95 % lower
+    bound above 0 (the rule of ``eval scienceworld`` too; the best mean alone is a winner's-curse pick).
 
-    All (lambda, budget) pairs run as one vmapped computation. Under a hard per-episode cap the
-    cap itself guarantees the spend, so the right lambda is the one that uses it best.
+    All (lambda, budget) pairs run as one vmapped computation on the same episode keys, so the
+    differences between lambdas are paired. Under a hard per-episode cap the cap itself guarantees
+    the spend, so the right lambda is the one that uses it best.
     """
     budgets = np.asarray(budgets, np.float32)
     G, B = len(grid), len(budgets)
     lam = np.repeat(np.asarray(grid, np.float32), B)
     bud = np.tile(budgets, G)
     res = evaluate_budgets(key, policy, sim, bud, n_episodes, with_lambdas(policy, lam))
-    score = res["score"].reshape(G, B)
-    # prefer the larger lambda when scores tie within noise-free equality
-    best = G - 1 - np.argmax(score[::-1], axis=0)
-    return np.asarray(grid, np.float32)[best]
+    scores = np.asarray(res["episode_score"], np.float64).reshape(G, B, -1)
+    return np.array([select_lambda({float(grid[g]): dict(enumerate(scores[g, b])) for g in range(G)})
+                     for b in range(B)], np.float32)
 
 
 def lambda_for_mean_cost(key, policy: SimPolicy, sim: SimParams, targets, n_episodes: int,
