@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mtrouter_jax.core.features import HistorySummary
+from mtrouter_jax.routing.pacing import PACE_SWITCH_SLACK, affordable_fraction, budget_allowed, pace_costs
 
 
 @struct.dataclass
@@ -233,7 +234,7 @@ def explore(base: RoutingPolicy, eps: float = 0.0, rho: float = 0.0, spec: str |
 # --- the learned router ------------------------------------------------------------------------
 
 DEFAULT_SWITCH_MARGIN = 0.03  # 6 points on a -100..100 scale; see decision_values (docs/benchmarks.md)
-PACE_SWITCH_SLACK = 0.8  # a model other than the current one must pace within 80% of what is left
+
 
 
 def decision_values(score, cost_norm, lam, prev_model=-1, switch_margin=0.0):
@@ -245,36 +246,6 @@ def decision_values(score, cost_norm, lam, prev_model=-1, switch_margin=0.0):
     prev_model = jnp.asarray(prev_model)
     bonus = jnp.where((jnp.arange(score.shape[-1]) == prev_model) & (prev_model >= 0), switch_margin, 0.0)
     return score + bonus - lam * jnp.asarray(cost_norm, jnp.float32)
-
-
-def pace_costs(expected_turn_cost, context_tokens, turn, turns_left, price_cached, price_output, output_tokens):
-    """(M,) USD to finish the episode on each model at its pace: this turn's expected cost plus
-    ``turns_left`` more turns billed at the cached input price (the context keeps growing at its
-    average rate so far, ``context_tokens / (turn + 1)`` per turn) and the mean completion length."""
-    n = jnp.maximum(jnp.asarray(turns_left, jnp.float32), 0.0)
-    ctx = jnp.asarray(context_tokens, jnp.float32)
-    growth = ctx / (jnp.asarray(turn, jnp.float32) + 1.0)
-    future_input = n * ctx + growth * n * (n + 1.0) / 2.0
-    return jnp.asarray(expected_turn_cost) + future_input * price_cached + n * output_tokens * price_output
-
-
-def budget_allowed(worst_turn_cost, remaining, pace_cost=None, prev_model=-1, fits=None):
-    """(M,) models the budget allows this turn: the worst case of this turn fits ``remaining``
-    (the hard rule: the budget is never exceeded; ``fits`` overrides it with a precomputed mask).
-    With ``pace_cost`` (budget pacing), only the models that could also finish the episode at
-    their pace, unless none could: a model that would exhaust the budget halfway is a poor choice
-    even when its next turn fits. Switching to a model needs ``PACE_SWITCH_SLACK`` of the
-    remaining budget to cover its pace, staying needs all of it — without this hysteresis a model
-    whose pace sits at the limit is dropped and re-picked turn after turn."""
-    worst_turn_cost = jnp.asarray(worst_turn_cost)
-    fits = worst_turn_cost <= remaining if fits is None else fits
-    if pace_cost is None:
-        return fits
-    prev_model = jnp.asarray(prev_model)
-    stays = jnp.arange(worst_turn_cost.shape[-1]) == jnp.expand_dims(prev_model, -1)
-    limit = jnp.where(stays, 1.0, PACE_SWITCH_SLACK) * jnp.asarray(remaining)
-    paced = fits & (jnp.asarray(pace_cost) <= limit)
-    return jnp.where(paced.any(-1, keepdims=True), paced, fits)
 
 
 def route_decision(score, cost_norm, lam, worst_turn_cost, remaining, fallback, prev_model=-1, switch_margin=0.0,
@@ -342,7 +313,13 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
     last = jnp.clip(jnp.where(s.turn > 0, s.recent_tools[0], n_k - 1), 0, n_k - 1)
     tier = reference_tier(s.budget, p["ref_cost"], p["ref_lcb"])
     ref = p["ref_table"][tier, task, last]
-    ref = jnp.where(allowed[ref], ref, masked_argmax(values, allowed, cheapest_allowed(inputs)))
+    # A reference pacing rules out hands the turn to the best model by the learned values, each
+    # score scaled by the share of the episode the model could pay for, over the models the hard
+    # rule allows. Over the paced mask alone, that argmax went to whichever cheap model could
+    # finish, however bad (docs/benchmarks.md, "Pacing fallback").
+    soft = decision_values(affordable_fraction(s, inputs, p) * inputs.score, inputs.cost_norm, p["lam"],
+                           s.prev_model, p["switch_margin"])
+    ref = jnp.where(allowed[ref], ref, masked_argmax(soft, inputs.allowed, cheapest_allowed(inputs)))
     bonus = jnp.where((jnp.arange(values.shape[-1]) == s.prev_model) & (s.prev_model >= 0), p["switch_margin"], 0.0)
     member = inputs.member_score + bonus - p["lam"] * inputs.cost_norm  # (K, M)
     gain = member - member[:, ref][:, None]
@@ -395,5 +372,5 @@ def set_lam(params: Any, lam) -> Any:
 
 __all__ = ["TurnInputs", "turn_inputs", "RoutingPolicy", "sample", "one_hot", "uniform_over", "masked_argmax",
            "cheapest_allowed", "fixed", "cheapest", "tool_heuristic", "error_escalation", "roulette", "explore",
-           "learned", "learned_values", "safe", "safe_choice", "reference_tier", "DEFAULT_KAPPA", "DEFAULT_N_MIN", "decision_values", "pace_costs", "budget_allowed", "route_decision",
+           "learned", "learned_values", "affordable_fraction", "safe", "safe_choice", "reference_tier", "DEFAULT_KAPPA", "DEFAULT_N_MIN", "decision_values", "pace_costs", "budget_allowed", "route_decision",
            "DEFAULT_SWITCH_MARGIN", "PACE_SWITCH_SLACK", "START", "set_lam"]
