@@ -67,12 +67,17 @@ def point_from_episodes(episodes: Sequence[Episode], budget: float | None, lam: 
     }
 
 
+def pair_key(e: Episode) -> str:
+    """What pairs one router's episode with another's: the ``base`` id before the router label
+    (``meta.base_id``), else the episode id."""
+    return (e.meta or {}).get("base_id", e.episode_id)
+
+
 def paired_difference(a: Sequence[Episode], b: Sequence[Episode]) -> tuple[float, float, int]:
-    """Mean score difference a - b over the episodes both ran (matched by the ``base`` id before the
-    router label: ``meta.base_id``), with its 95% CI and the number of pairs."""
-    key = lambda e: (e.meta or {}).get("base_id", e.episode_id)  # noqa: E731
-    return paired_mean_ci({key(e): e.score for e in a if e.score is not None},
-                          {key(e): e.score for e in b if e.score is not None})
+    """Mean score difference a - b over the episodes both ran (matched by ``pair_key``), with its
+    95% CI and the number of pairs."""
+    return paired_mean_ci({pair_key(e): e.score for e in a if e.score is not None},
+                          {pair_key(e): e.score for e in b if e.score is not None})
 
 
-__all__ = ["point_from_episodes", "paired_difference"]
+__all__ = ["point_from_episodes", "pair_key", "paired_difference"]

@@ -43,16 +43,21 @@ def budget_allowed(worst_turn_cost, remaining, pace_cost=None, prev_model=-1, fi
     return jnp.where(paced.any(-1, keepdims=True), paced, fits)
 
 
-def affordable_fraction(summary: HistorySummary, inputs, p) -> jax.Array:
-    """(M,) the share of the episode's rest each model could pay for at its pace (``pace_costs``),
-    ``min(1, remaining / pace)``, for the learned router's params ``p`` (expected steps, prices);
-    1 everywhere without ``p["pacing"]``."""
+def learned_pace(summary: HistorySummary, inputs, p) -> jax.Array:
+    """(M,) ``pace_costs`` of the learned router's turn: the task's expected length from ``p``
+    (``expected_steps``, prices, mean completion lengths) minus the turns taken."""
     s = summary
     turns_left = p["expected_steps"][jnp.clip(s.task, 0, p["expected_steps"].shape[0] - 1)] - s.turn - 1
-    pace = pace_costs(inputs.expected_cost, s.context_tokens, s.turn, turns_left, p["price_cached"],
+    return pace_costs(inputs.expected_cost, s.context_tokens, s.turn, turns_left, p["price_cached"],
                       p["price_output"], p["out_mean"])
+
+
+def affordable_fraction(summary: HistorySummary, inputs, p) -> jax.Array:
+    """(M,) the share of the episode's rest each model could pay for at its pace (``learned_pace``),
+    ``min(1, remaining / pace)``; 1 everywhere without ``p["pacing"]``."""
+    pace = learned_pace(summary, inputs, p)
     frac = jnp.where(pace > 0, jnp.clip(inputs.remaining / jnp.where(pace > 0, pace, 1.0), 0.0, 1.0), 1.0)
     return jnp.where(p["pacing"], frac, 1.0)
 
 
-__all__ = ["PACE_SWITCH_SLACK", "pace_costs", "budget_allowed", "affordable_fraction"]
+__all__ = ["PACE_SWITCH_SLACK", "pace_costs", "budget_allowed", "learned_pace", "affordable_fraction"]

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mtrouter_jax.core.features import HistorySummary
-from mtrouter_jax.routing.pacing import PACE_SWITCH_SLACK, affordable_fraction, budget_allowed, pace_costs
+from mtrouter_jax.routing.pacing import PACE_SWITCH_SLACK, affordable_fraction, budget_allowed, learned_pace, pace_costs
 
 
 @struct.dataclass
@@ -236,7 +236,6 @@ def explore(base: RoutingPolicy, eps: float = 0.0, rho: float = 0.0, spec: str |
 DEFAULT_SWITCH_MARGIN = 0.03  # 6 points on a -100..100 scale; see decision_values (docs/benchmarks.md)
 
 
-
 def decision_values(score, cost_norm, lam, prev_model=-1, switch_margin=0.0):
     """MTRouter's decision value ``score - lam * cost`` per model, plus ``switch_margin`` on the
     previous model (normalised score units): a switch must beat staying by more than the
@@ -261,10 +260,7 @@ def learned_values(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.
     """``(decision values, allowed mask)`` of the learned router: ``decision_values`` of the
     estimator's outputs over the models ``budget_allowed`` permits (paced when ``p["pacing"]``)."""
     s = summary
-    turns_left = p["expected_steps"][jnp.clip(s.task, 0, p["expected_steps"].shape[0] - 1)] - s.turn - 1
-    pace = pace_costs(inputs.expected_cost, s.context_tokens, s.turn, turns_left, p["price_cached"],
-                      p["price_output"], p["out_mean"])
-    pace = jnp.where(p["pacing"], pace, 0.0)  # a zero pace always fits: only the hard rule binds
+    pace = jnp.where(p["pacing"], learned_pace(s, inputs, p), 0.0)  # a zero pace always fits: only the hard rule binds
     values = decision_values(inputs.score, inputs.cost_norm, p["lam"], s.prev_model, p["switch_margin"])
     return values, budget_allowed(inputs.worst_cost, inputs.remaining, pace, s.prev_model, fits=inputs.allowed)
 

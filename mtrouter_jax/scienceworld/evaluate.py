@@ -168,6 +168,7 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
     there, paired)."""
     import dataclasses
 
+    from mtrouter_jax.reporting.points import pair_key
     from mtrouter_jax.routing.meta import select_lambda
 
     jobs, groups = [], {}
@@ -179,7 +180,6 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
             groups[(lam, b)] = [j.episode_id for j in js]
     run(jobs)
     by_id = by_id_of()
-    pair_key = lambda e: (e.meta or {}).get("base_id", e.episode_id)  # noqa: E731  the episode all λ ran
     chosen = {}
     for b in caps:
         chosen[b] = select_lambda({float(lam): {pair_key(by_id[i]): by_id[i].score for i in groups[(lam, b)]
