@@ -300,7 +300,8 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
     the gain over the reference, ``mean_k(g_k) - kappa * std_k(g_k)`` with ``g_k`` = member k's
     decision value of the model minus that of the reference, is positive — and only where the logs
     support that model (at least ``p["n_min"]`` logged turns of it after the same last tool type in
-    the same task type: SPIBB's bootstrapped set) and the task type was seen in training.
+    the same task type: SPIBB's bootstrapped set) and the task type was seen in training. The
+    reference is held to the hard budget rule only; departures also to pacing (``budget_allowed``).
     """
     values, allowed = learned_values(summary, inputs, p)
     s = summary
@@ -309,13 +310,15 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
     last = jnp.clip(jnp.where(s.turn > 0, s.recent_tools[0], n_k - 1), 0, n_k - 1)
     tier = reference_tier(s.budget, p["ref_cost"], p["ref_lcb"])
     ref = p["ref_table"][tier, task, last]
-    # A reference pacing rules out hands the turn to the best model by the learned values, each
-    # score scaled by the share of the episode the model could pay for, over the models the hard
-    # rule allows. Over the paced mask alone, that argmax went to whichever cheap model could
-    # finish, however bad (docs/benchmarks.md, "Pacing fallback").
+    # The reference answers to the hard rule only: its tier was chosen because following it along
+    # the logged histories fits the budget (``reference.replayed_cost``), and pacing it out as well
+    # moved turns off the best affordable model early in long episodes (docs/benchmarks.md, "Tiers
+    # priced along every history"). Departures stay paced. A reference the hard rule rules out
+    # hands the turn to the best model by the learned values, each score scaled by the share of the
+    # episode the model could pay for (over the hard rule's models; "Pacing fallback").
     soft = decision_values(affordable_fraction(s, inputs, p) * inputs.score, inputs.cost_norm, p["lam"],
                            s.prev_model, p["switch_margin"])
-    ref = jnp.where(allowed[ref], ref, masked_argmax(soft, inputs.allowed, cheapest_allowed(inputs)))
+    ref = jnp.where(inputs.allowed[ref], ref, masked_argmax(soft, inputs.allowed, cheapest_allowed(inputs)))
     bonus = jnp.where((jnp.arange(values.shape[-1]) == s.prev_model) & (s.prev_model >= 0), p["switch_margin"], 0.0)
     member = inputs.member_score + bonus - p["lam"] * inputs.cost_norm  # (K, M)
     gain = member - member[:, ref][:, None]

@@ -22,6 +22,7 @@ import numpy as np
 from mtrouter_jax.core.features import FeatureLayout, vocab_index
 from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.core.pool import Pool
+from mtrouter_jax.core.pricing import call_cost
 from mtrouter_jax.core.stats import ci95
 
 AGREEMENTS = (0.8, 0.6, 0.5)
@@ -35,7 +36,7 @@ class Reference:
     table: np.ndarray  # (T+1, K+2) int32 model index
     support: np.ndarray  # (T+1, K+2, M) logged turns per (task, last tool, model)
     seen: np.ndarray  # (T+1,) bool: task types with logged episodes
-    candidates: list[dict]  # name, mean, ci, n, agreement, cost
+    candidates: list[dict]  # name, mean, ci, n, agreement, cost (of the followers), replayed_cost
     tiers: tuple = ()  # (names, tables (R, T+1, K+2), costs (R,), lcbs (R,)): every vouched candidate
 
     def to_meta(self) -> dict:
@@ -95,6 +96,24 @@ def normalised(ep: Episode, default_range: Sequence[float]) -> float:
     return (float(ep.score) - lo) / (hi - lo)
 
 
+def replayed_cost(table: np.ndarray, idx: Sequence[tuple[int, np.ndarray, np.ndarray]],
+                  tokens: Sequence[np.ndarray], prices: np.ndarray, out_mean: np.ndarray) -> float:
+    """Mean USD per episode of following ``table`` along every logged episode's turns: each turn's
+    logged prompt billed on the model the table names there (the previous turn's prompt counts as
+    cached when the table named the same model then: a switch starts a cold cache) with that
+    model's mean logged completion length. The followers' own cost is biased low — a mixed table is followed
+    closely only by short episodes — so a tier is priced on all histories instead."""
+    if not idx:
+        return float("nan")
+    total = 0.0
+    for (task, last, _), inp in zip(idx, tokens):
+        m = table[task, last]
+        warm = np.concatenate([[False], m[1:] == m[:-1]])
+        c = np.where(warm, np.minimum(np.concatenate([[0.0], inp[:-1]]), inp), 0.0)  # the previous prompt is the cached prefix
+        total += float(call_cost(inp, c, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum())
+    return total / len(idx)
+
+
 def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool,
                   default_range: Sequence[float] = (-100.0, 100.0), min_episodes: int = 8) -> Reference:
     """Pick the reference policy from the logs (see the module docstring)."""
@@ -111,6 +130,13 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         np.add.at(support, (task, last, models), 1.0)
         seen[task] = True
     seen[-1] = False  # the "other" bucket: task types never seen in training
+
+    tokens = [np.array([t.input_tokens for t in e.turns], np.float64) for e in eps]
+    prices = np.array([[pool[n].price_input, pool[n].price_cached_input, pool[n].price_output]
+                       for n in layout.models], np.float64) / 1e6
+    outs = [np.array([t.output_tokens for e in eps for t in e.turns if t.model == n], np.float64) for n in layout.models]
+    fallback_out = float(np.mean(np.concatenate(outs))) if any(o.size for o in outs) else 0.0
+    out_mean = np.array([o.mean() if o.size else fallback_out for o in outs])
 
     def follows(table: np.ndarray) -> np.ndarray:
         return np.array([np.mean(models == table[task, last]) for task, last, models in idx]) if idx else np.zeros(0)
@@ -176,16 +202,18 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             chosen = next(r for r in rows if r["name"] == best)
             if mean - ci > chosen["mean"] - chosen["ci"]:
                 best, table = "best-single-per-task", per_task
-    # budget tiers: every vouched candidate with its followers' mean cost, so that a budget below
-    # the chosen reference's cost gets the best reference it can pay for (and one above it the best
-    # overall); without any vouched candidate, the one fallback table at every budget
-    vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["cost"])]
+    # budget tiers: every vouched candidate priced along all logged histories (``replayed_cost``),
+    # so that a budget below the chosen reference's cost gets the best reference it can pay for (and
+    # one above it the best overall); without any vouched candidate, the one fallback table at every budget
+    for r in rows:
+        r["replayed_cost"] = replayed_cost(cands[r["name"]], idx, tokens, prices, out_mean)
+    vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["replayed_cost"])]
     tiers: tuple = ()
     if vouched:
         tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
-                 np.array([r["cost"] for r in vouched], np.float32),
+                 np.array([r["replayed_cost"] for r in vouched], np.float32),
                  np.array([r["mean"] - r["ci"] for r in vouched], np.float32))
     return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
 
 
-__all__ = ["Reference", "fit_reference", "AGREEMENTS"]
+__all__ = ["Reference", "fit_reference", "replayed_cost", "AGREEMENTS"]

@@ -101,9 +101,11 @@ def test_the_reference_follows_the_budget():
 
 
 def test_reference_tiers_come_from_the_logs(pool):
-    """fit_reference keeps every vouched candidate with its followers' mean cost and lower bound;
-    the metadata round-trips; a reference without tiers serves its one table at every budget."""
+    """fit_reference keeps every vouched candidate with its cost replayed along every logged
+    history and its lower bound; the metadata round-trips; a reference without tiers serves its
+    one table at every budget."""
     from mtrouter_jax.core.features import FeatureLayout
+    from mtrouter_jax.core.pricing import call_cost
     from mtrouter_jax.routing.reference import Reference, fit_reference
 
     layout = FeatureLayout(("qa",), ("search",), (), pool.names, max_steps=4.0)
@@ -119,7 +121,13 @@ def test_reference_tiers_come_from_the_logs(pool):
     names, tables, costs, lcbs = ref.tiers
     assert set(names) >= {f"single:{pool.names[0]}", f"single:{pool.names[1]}"}
     i0, i1 = names.index(f"single:{pool.names[0]}"), names.index(f"single:{pool.names[1]}")
-    np.testing.assert_allclose(costs[[i0, i1]], [0.03, 0.06], rtol=1e-5)
+    # all 40 logged histories (3 turns of 100 prompt tokens, 10 completion), billed on each model:
+    # the first turn's prompt cold, the next two cached, the model's mean completion length
+    want = [call_cost(np.array([100, 100, 100]), np.array([0, 100, 100]), 10, pool[n].price_input / 1e6,
+                      pool[n].price_cached_input / 1e6, pool[n].price_output / 1e6).sum() for n in pool.names[:2]]
+    np.testing.assert_allclose(costs[[i0, i1]], want, rtol=1e-5)
+    cand = {c["name"]: c for c in ref.candidates}
+    np.testing.assert_allclose(cand[names[i1]]["cost"], 0.06, rtol=1e-5)  # the followers' own cost stays on record
     assert lcbs[i0] > lcbs[i1] and (tables[i0] == 0).all()
     steps = ref.by_budget()
     assert [x["from_usd"] for x in steps] == sorted(x["from_usd"] for x in steps)
@@ -228,3 +236,28 @@ def test_reference_is_the_best_vouched_single_model():
     cand = {c["name"]: c for c in ref.candidates}
     assert cand["single:a"]["n"] == 12 and cand["single:a"]["mean"] > cand["single:b"]["mean"]
     assert ref.seen[0] and not ref.seen[-1] and ref.support.sum() == sum(len(e.turns) for e in eps)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 5000), min_size=1, max_size=12), min_size=1, max_size=5),
+       st.integers(0, 2), st.lists(st.floats(1.0, 2000.0), min_size=3, max_size=3))
+def test_replayed_cost_bills_every_history_on_the_table_model(prompts, j, out_mean):
+    """``replayed_cost``: a one-model table bills every logged prompt on that model, warm after the
+    first turn (the previous prompt cached); a table that switches model every turn bills every
+    prompt cold, so it never costs less than the warm sum of the same models' prices."""
+    from mtrouter_jax.core.pricing import call_cost
+    from mtrouter_jax.routing.reference import replayed_cost
+
+    prices = np.array([[1.0, 0.1, 4.0], [0.3, 0.03, 1.2], [2.0, 0.5, 8.0]]) / 1e6
+    out_mean = np.asarray(out_mean)
+    tokens = [np.asarray(p, np.float64) for p in prompts]
+    idx = [(0, np.arange(len(p)) % 2, np.zeros(len(p), np.int32)) for p in prompts]  # last tool alternates 0, 1
+    single = np.full((2, 2), j, np.int32)
+    want = np.mean([call_cost(p, np.minimum(np.concatenate([[0.0], p[:-1]]), p), out_mean[j], *prices[j]).sum()
+                    for p in tokens])
+    np.testing.assert_allclose(replayed_cost(single, idx, tokens, prices, out_mean), want, rtol=1e-9)
+    switching = np.array([[0, 1], [0, 1]], np.int32)  # after tool 0 -> model 0, after tool 1 -> model 1
+    m = [np.arange(len(p)) % 2 for p in tokens]
+    cold = np.mean([sum(call_cost(x, 0.0, out_mean[k], *prices[k]) for x, k in zip(p, mk)) for p, mk in zip(tokens, m)])
+    np.testing.assert_allclose(replayed_cost(switching, idx, tokens, prices, out_mean), cold, rtol=1e-9)
+    assert np.isnan(replayed_cost(single, [], [], prices, out_mean))
