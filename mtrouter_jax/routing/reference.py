@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -80,15 +80,37 @@ class Reference:
         return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
 
 
-def _indices(ep: Episode, layout: FeatureLayout) -> tuple[int, np.ndarray, np.ndarray]:
-    """(task index, last-tool index before each turn (K+1 = first turn), model index per turn)."""
-    k = len(layout.tools)
-    task = int(vocab_index(layout.task_types, [ep.task_type])[0])
-    tools = vocab_index(layout.tools, [t.tool for t in ep.turns])
-    tools = np.where(tools < 0, k, tools)  # a turn with no tool type counts as "other"
-    last = np.concatenate([[k + 1], tools[:-1]]).astype(np.int32)
-    models = np.array([layout.models.index(t.model) for t in ep.turns], np.int32)
-    return task, last, models
+class LoggedTurns(NamedTuple):
+    """Every turn of the scored logged episodes, flat, in log order (indices over the checkpoint layout)."""
+
+    episode: np.ndarray  # (N,) int: the turn's episode, 0..n_episodes-1
+    task: np.ndarray  # (N,) int: its episode's task index
+    last: np.ndarray  # (N,) int: the last tool index before the turn (K+1 = first turn, K = "other")
+    model: np.ndarray  # (N,) int: the model that served it
+    prompt: np.ndarray  # (N,) float: its input tokens
+    n_episodes: int
+
+    @classmethod
+    def of(cls, episodes: Sequence[Episode], layout: FeatureLayout) -> "LoggedTurns":
+        k = len(layout.tools)
+        task = vocab_index(layout.task_types, [e.task_type for e in episodes]).astype(np.int64)
+        lengths = np.array([len(e.turns) for e in episodes], np.int64)
+        turns = [t for e in episodes for t in e.turns]
+        tools = vocab_index(layout.tools, [t.tool for t in turns]) if turns else np.zeros(0, np.int64)
+        tools = np.where(tools < 0, k, tools)  # a turn with no tool type counts as "other"
+        episode = np.repeat(np.arange(len(episodes)), lengths)
+        first = np.ones(len(turns), bool)
+        first[1:] = episode[1:] != episode[:-1]
+        last = np.where(first, k + 1, np.concatenate([[k + 1], tools[:-1]])).astype(np.int64)
+        pos = {n: i for i, n in enumerate(layout.models)}
+        model = np.array([pos[t.model] for t in turns], np.int64)
+        prompt = np.array([t.input_tokens for t in turns], np.float64)
+        return cls(episode, np.repeat(task, lengths), last, model, prompt, len(episodes))
+
+    def agreement(self, table: np.ndarray) -> np.ndarray:
+        """(n_episodes,) share of each episode's turns served by the model ``table`` names there."""
+        agree = (self.model == table[self.task, self.last]).astype(np.float64)
+        return np.bincount(self.episode, agree, self.n_episodes) / np.bincount(self.episode, minlength=self.n_episodes)
 
 
 def normalised(ep: Episode, default_range: Sequence[float]) -> float:
@@ -96,22 +118,21 @@ def normalised(ep: Episode, default_range: Sequence[float]) -> float:
     return (float(ep.score) - lo) / (hi - lo)
 
 
-def replayed_cost(table: np.ndarray, idx: Sequence[tuple[int, np.ndarray, np.ndarray]],
-                  tokens: Sequence[np.ndarray], prices: np.ndarray, out_mean: np.ndarray) -> float:
+def replayed_cost(table: np.ndarray, log: LoggedTurns, prices: np.ndarray, out_mean: np.ndarray) -> float:
     """Mean USD per episode of following ``table`` along every logged episode's turns: each turn's
     logged prompt billed on the model the table names there (the previous turn's prompt counts as
     cached when the table named the same model then: a switch starts a cold cache) with that
-    model's mean logged completion length. The followers' own cost is biased low — a mixed table is followed
-    closely only by short episodes — so a tier is priced on all histories instead."""
-    if not idx:
+    model's mean logged completion length (``prices``: (M, 3) USD/token, input, cached, output).
+    The followers' own cost is biased low — a mixed table is followed closely only by short
+    episodes — so a tier is priced on all histories instead."""
+    if not log.n_episodes:
         return float("nan")
-    total = 0.0
-    for (task, last, _), inp in zip(idx, tokens):
-        m = table[task, last]
-        warm = np.concatenate([[False], m[1:] == m[:-1]])
-        c = np.where(warm, np.minimum(np.concatenate([[0.0], inp[:-1]]), inp), 0.0)  # the previous prompt is the cached prefix
-        total += float(call_cost(inp, c, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum())
-    return total / len(idx)
+    m = table[log.task, log.last]
+    same_episode = np.concatenate([[False], log.episode[1:] == log.episode[:-1]])
+    warm = same_episode & np.concatenate([[False], m[1:] == m[:-1]])
+    prev = np.concatenate([[0.0], log.prompt[:-1]])
+    cached = np.where(warm, np.minimum(prev, log.prompt), 0.0)
+    return float(call_cost(log.prompt, cached, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum()) / log.n_episodes
 
 
 def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool,
@@ -122,24 +143,24 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     eps = [e for e in episodes if e.score is not None and e.turns]
     spent = np.array([sum(t.cost for t in e.turns) for e in eps])
     t_rows, k_cols, m = len(layout.task_types) + 1, len(layout.tools) + 2, len(layout.models)
-    idx = [_indices(e, layout) for e in eps]
+    log = LoggedTurns.of(eps, layout)
+    ep_task = log.task[log.last == k_cols - 1]  # one entry per episode: its first turn's task
     value = np.array([normalised(e, default_range) for e in eps])
     support = np.zeros((t_rows, k_cols, m), np.float32)
+    np.add.at(support, (log.task, log.last, log.model), 1.0)
     seen = np.zeros(t_rows, bool)
-    for task, last, models in idx:
-        np.add.at(support, (task, last, models), 1.0)
-        seen[task] = True
+    seen[ep_task] = True
     seen[-1] = False  # the "other" bucket: task types never seen in training
+    # (episode, last tool, model): the episode has a turn of that model after that tool type
+    used = np.zeros((len(eps), k_cols, m), bool)
+    used[log.episode, log.last, log.model] = True
 
-    tokens = [np.array([t.input_tokens for t in e.turns], np.float64) for e in eps]
     prices = np.array([[pool[n].price_input, pool[n].price_cached_input, pool[n].price_output]
                        for n in layout.models], np.float64) / 1e6
-    outs = [np.array([t.output_tokens for e in eps for t in e.turns if t.model == n], np.float64) for n in layout.models]
-    fallback_out = float(np.mean(np.concatenate(outs))) if any(o.size for o in outs) else 0.0
-    out_mean = np.array([o.mean() if o.size else fallback_out for o in outs])
-
-    def follows(table: np.ndarray) -> np.ndarray:
-        return np.array([np.mean(models == table[task, last]) for task, last, models in idx]) if idx else np.zeros(0)
+    out_tokens = np.array([t.output_tokens for e in eps for t in e.turns], np.float64)
+    fallback_out = float(out_tokens.mean()) if out_tokens.size else 0.0
+    out_mean = np.array([out_tokens[log.model == j].mean() if (log.model == j).any() else fallback_out
+                         for j in range(m)])
 
     cands: dict[str, np.ndarray] = {}
     for j, name in enumerate(layout.models):
@@ -152,18 +173,19 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     for c in range(k_cols):
         best, best_v = None, -math.inf
         for j in range(m):
-            v = [value[i] for i, (_, last, models) in enumerate(idx) if np.any((last == c) & (models == j))]
+            v = value[used[:, c, j]]
             if len(v) >= min_episodes and np.mean(v) > best_v:
                 best, best_v = j, float(np.mean(v))
         if best is not None:
             fitted[c] = best
     cands["fitted-last-tool"] = np.tile(fitted[None, :], (t_rows, 1)).astype(np.int32)
+    follows = {name: log.agreement(table) for name, table in cands.items()}
 
     rows = []
     for agreement in AGREEMENTS:
         rows = []
-        for name, table in cands.items():
-            sel = follows(table) >= agreement
+        for name in cands:
+            sel = follows[name] >= agreement
             n = int(sel.sum())
             mean = float(value[sel].mean()) if n else float("nan")
             ci = ci95(value[sel], single=float("inf"))
@@ -179,12 +201,12 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     table = cands[best].copy()
     # per task type: the best single model where that task's own followers vouch for it better
     per_task = table.copy()
+    single_follows = [follows[f"single:{n}"] >= rows[0]["agreement"] for n in layout.models]
     for t in range(t_rows - 1):
-        sel_t = np.array([task == t for task, _, _ in idx])
+        sel_t = ep_task == t
         best_j, best_lcb = None, -math.inf
         for j in range(m):
-            f = follows(np.full((t_rows, k_cols), j)) >= rows[0]["agreement"] if idx else np.zeros(0, bool)
-            sel = sel_t & f
+            sel = sel_t & single_follows[j]
             if sel.sum() >= min_episodes:
                 lcb = value[sel].mean() - ci95(value[sel])
                 if lcb > best_lcb:
@@ -192,7 +214,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         if best_j is not None:
             per_task[t, :] = best_j
     if (per_task != table).any():
-        sel = follows(per_task) >= rows[0]["agreement"]
+        sel = log.agreement(per_task) >= rows[0]["agreement"]
         n = int(sel.sum())
         if n >= min_episodes:
             mean, ci = float(value[sel].mean()), ci95(value[sel])
@@ -206,7 +228,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     # so that a budget below the chosen reference's cost gets the best reference it can pay for (and
     # one above it the best overall); without any vouched candidate, the one fallback table at every budget
     for r in rows:
-        r["replayed_cost"] = replayed_cost(cands[r["name"]], idx, tokens, prices, out_mean)
+        r["replayed_cost"] = replayed_cost(cands[r["name"]], log, prices, out_mean)
     vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["replayed_cost"])]
     tiers: tuple = ()
     if vouched:
@@ -216,4 +238,4 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
 
 
-__all__ = ["Reference", "fit_reference", "replayed_cost", "AGREEMENTS"]
+__all__ = ["Reference", "LoggedTurns", "fit_reference", "replayed_cost", "AGREEMENTS"]

@@ -242,22 +242,48 @@ def test_reference_is_the_best_vouched_single_model():
 @given(st.lists(st.lists(st.integers(1, 5000), min_size=1, max_size=12), min_size=1, max_size=5),
        st.integers(0, 2), st.lists(st.floats(1.0, 2000.0), min_size=3, max_size=3))
 def test_replayed_cost_bills_every_history_on_the_table_model(prompts, j, out_mean):
-    """``replayed_cost``: a one-model table bills every logged prompt on that model, warm after the
-    first turn (the previous prompt cached); a table that switches model every turn bills every
-    prompt cold, so it never costs less than the warm sum of the same models' prices."""
+    """``replayed_cost``: a one-model table bills every logged prompt on that model, warm after each
+    episode's first turn (the previous prompt cached, never across episodes); a table that switches
+    model every turn bills every prompt cold."""
     from mtrouter_jax.core.pricing import call_cost
-    from mtrouter_jax.routing.reference import replayed_cost
+    from mtrouter_jax.routing.reference import LoggedTurns, replayed_cost
 
     prices = np.array([[1.0, 0.1, 4.0], [0.3, 0.03, 1.2], [2.0, 0.5, 8.0]]) / 1e6
     out_mean = np.asarray(out_mean)
     tokens = [np.asarray(p, np.float64) for p in prompts]
-    idx = [(0, np.arange(len(p)) % 2, np.zeros(len(p), np.int32)) for p in prompts]  # last tool alternates 0, 1
-    single = np.full((2, 2), j, np.int32)
+    last = np.concatenate([np.where(np.arange(len(p)) == 0, 2, np.arange(len(p)) % 2) for p in prompts])  # 2 = first turn
+    log = LoggedTurns(np.repeat(np.arange(len(prompts)), [len(p) for p in prompts]), np.zeros(len(last), np.int64),
+                      last, np.zeros(len(last), np.int64), np.concatenate(tokens), len(prompts))
+    single = np.full((1, 3), j, np.int32)
     want = np.mean([call_cost(p, np.minimum(np.concatenate([[0.0], p[:-1]]), p), out_mean[j], *prices[j]).sum()
                     for p in tokens])
-    np.testing.assert_allclose(replayed_cost(single, idx, tokens, prices, out_mean), want, rtol=1e-9)
-    switching = np.array([[0, 1], [0, 1]], np.int32)  # after tool 0 -> model 0, after tool 1 -> model 1
-    m = [np.arange(len(p)) % 2 for p in tokens]
+    np.testing.assert_allclose(replayed_cost(single, log, prices, out_mean), want, rtol=1e-9)
+    switching = np.array([[0, 1, 0]], np.int32)  # first turn and after tool 0 -> model 0, after tool 1 -> model 1: a switch every turn
+    m = [switching[0, np.where(np.arange(len(p)) == 0, 2, np.arange(len(p)) % 2)] for p in tokens]
     cold = np.mean([sum(call_cost(x, 0.0, out_mean[k], *prices[k]) for x, k in zip(p, mk)) for p, mk in zip(tokens, m)])
-    np.testing.assert_allclose(replayed_cost(switching, idx, tokens, prices, out_mean), cold, rtol=1e-9)
-    assert np.isnan(replayed_cost(single, [], [], prices, out_mean))
+    np.testing.assert_allclose(replayed_cost(switching, log, prices, out_mean), cold, rtol=1e-9)
+    empty = LoggedTurns(*(np.zeros(0, np.int64),) * 5, 0)
+    assert np.isnan(replayed_cost(single, empty, prices, out_mean))
+
+
+def test_logged_turns_flatten_the_log_and_measure_agreement():
+    """``LoggedTurns.of``: one row per turn with its episode, task, the tool type before it (K+1 on
+    a first turn, K for a tool outside the vocabulary) and its model; ``agreement`` is each
+    episode's share of turns served by the model a table names."""
+    from mtrouter_jax.core.features import FeatureLayout
+    from mtrouter_jax.routing.reference import LoggedTurns
+
+    layout = FeatureLayout(("qa", "math"), ("search", "python"), (), ("a", "b"), max_steps=4.0)
+
+    def ep(i, task, turns):
+        return Episode(f"e{i}", task, 1.0, None, ("a", "b"),
+                       tuple(Turn(m, n, 0, 5, 0.0, tool, None, None) for m, n, tool in turns), (0.0, 1.0))
+
+    log = LoggedTurns.of([ep(0, "qa", [("a", 10, "search"), ("b", 20, "python"), ("b", 30, "web")]),
+                          ep(1, "math", [("b", 40, "python"), ("a", 50, "search")])], layout)
+    assert log.episode.tolist() == [0, 0, 0, 1, 1] and log.task.tolist() == [0, 0, 0, 1, 1]
+    assert log.last.tolist() == [3, 0, 1, 3, 1] and log.model.tolist() == [0, 1, 1, 1, 0]
+    assert log.prompt.tolist() == [10, 20, 30, 40, 50] and log.n_episodes == 2
+    table = np.zeros((3, 4), np.int32)
+    table[:, 0] = 1  # b after search, a elsewhere
+    np.testing.assert_allclose(log.agreement(table), [2 / 3, 1 / 2])
