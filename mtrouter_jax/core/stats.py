@@ -21,6 +21,18 @@ def ci95(x, ddof: int = 0, single: float = 0.0) -> float:
     return float(Z95 * x.std(ddof=ddof) / math.sqrt(x.size))
 
 
+def t_ci95(x, single: float = math.inf) -> float:
+    """Half-width of the Student-t 95 % CI of the mean of ``x`` (sample std, n - 1 degrees of
+    freedom); ``single`` when there are < 2 values. For bounds taken on a handful of values (a
+    reference candidate vouched for by 8 episodes): there the normal interval is about a fifth too narrow."""
+    from scipy.stats import t  # a dependency of jax; imported here so that importing stats stays cheap
+
+    x = np.asarray(x, np.float64)
+    if x.size < 2:
+        return float(single)
+    return float(t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+
+
 def paired_differences(a: Mapping[Hashable, float], b: Mapping[Hashable, float]) -> np.ndarray:
     """``a[k] - b[k]`` for every key both have (in ``a``'s order)."""
     return np.array([v - b[k] for k, v in a.items() if k in b], np.float64)
@@ -45,4 +57,4 @@ def unpaired_mean_ci(a, b) -> tuple[float, float]:
     return float(a.mean() - b.mean()), math.hypot(ci95(a, 1, nan), ci95(b, 1, nan))
 
 
-__all__ = ["Z95", "ci95", "paired_differences", "paired_mean_ci", "unpaired_mean_ci"]
+__all__ = ["Z95", "ci95", "t_ci95", "paired_differences", "paired_mean_ci", "unpaired_mean_ci"]

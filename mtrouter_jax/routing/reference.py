@@ -5,7 +5,8 @@ Candidates: every single model, the best single model per task type, the tool-ty
 a table ``model[task index, last tool index]`` over the checkpoint layout (plus "other" buckets and
 the first turn). A candidate's value is estimated from the logged episodes that *followed* it —
 at least ``agreement`` of their turns served by the model the table names — as the mean
-normalised score, with a 95% CI; the reference is the candidate with the best lower bound among
+normalised score, with a Student-t 95% CI (a candidate may be vouched for by as few as
+``min_episodes`` episodes, where the normal interval is too narrow); the reference is the candidate with the best lower bound among
 those with at least ``min_episodes`` such episodes (the agreement is relaxed step by step when
 none has). Sticky logging makes single models easy to vouch for (long single-model stretches);
 heuristic-with-exploration logs (docs/live_loop.md) vouch for the heuristic.
@@ -23,7 +24,7 @@ from mtrouter_jax.core.features import FeatureLayout, vocab_index
 from mtrouter_jax.logs.io import Episode
 from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.core.pricing import call_cost
-from mtrouter_jax.core.stats import ci95
+from mtrouter_jax.core.stats import t_ci95
 
 AGREEMENTS = (0.8, 0.6, 0.5)
 
@@ -188,7 +189,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             sel = follows[name] >= agreement
             n = int(sel.sum())
             mean = float(value[sel].mean()) if n else float("nan")
-            ci = ci95(value[sel], single=float("inf"))
+            ci = t_ci95(value[sel])
             cost = float(spent[sel].mean()) if n else float("nan")
             rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement, "cost": cost})
         if any(r["n"] >= min_episodes for r in rows):
@@ -208,7 +209,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         for j in range(m):
             sel = sel_t & single_follows[j]
             if sel.sum() >= min_episodes:
-                lcb = value[sel].mean() - ci95(value[sel])
+                lcb = value[sel].mean() - t_ci95(value[sel])
                 if lcb > best_lcb:
                     best_j, best_lcb = j, lcb
         if best_j is not None:
@@ -217,7 +218,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         sel = log.agreement(per_task) >= rows[0]["agreement"]
         n = int(sel.sum())
         if n >= min_episodes:
-            mean, ci = float(value[sel].mean()), ci95(value[sel])
+            mean, ci = float(value[sel].mean()), t_ci95(value[sel])
             rows.append({"name": "best-single-per-task", "mean": mean, "ci": ci, "n": n,
                          "agreement": rows[0]["agreement"], "cost": float(spent[sel].mean())})
             cands["best-single-per-task"] = per_task
