@@ -208,7 +208,7 @@ def run_hostile(a) -> dict:
         base = f"http://127.0.0.1:{pport}"
         rss = _Rss(procs["proxy"].pid)
         # a real checkpoint compiles its decision kernels on first use: warm them as the CPU arms
-        # do, or the honest phases measure XLA compiles (p50 ~45 ms instead of ~1 ms)
+        # do, or the honest phases include those XLA compiles (docs/benchmarks.md, run K)
         warm_up(base, 50, 0.05, "warmup")
         alone = run_level(base, {}, 50, 100, 5, 0.05, "alone")
         out["honest_alone"] = {k: alone[k] for k in ("overhead_p50_ms", "overhead_p99_ms", "errors")}

@@ -81,6 +81,10 @@ class Reference:
         return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
 
 
+def _starts(episode: np.ndarray) -> np.ndarray:
+    return np.concatenate([[True], episode[1:] != episode[:-1]]) if episode.size else np.zeros(0, bool)
+
+
 class LoggedTurns(NamedTuple):
     """Every turn of the scored logged episodes, flat, in log order (indices over the checkpoint layout)."""
 
@@ -89,6 +93,7 @@ class LoggedTurns(NamedTuple):
     last: np.ndarray  # (N,) int: the last tool index before the turn (K+1 = first turn, K = "other")
     model: np.ndarray  # (N,) int: the model that served it
     prompt: np.ndarray  # (N,) float: its input tokens
+    completion: np.ndarray  # (N,) float: its output tokens
     n_episodes: int
 
     @classmethod
@@ -100,13 +105,17 @@ class LoggedTurns(NamedTuple):
         tools = vocab_index(layout.tools, [t.tool for t in turns]) if turns else np.zeros(0, np.int64)
         tools = np.where(tools < 0, k, tools)  # a turn with no tool type counts as "other"
         episode = np.repeat(np.arange(len(episodes)), lengths)
-        first = np.ones(len(turns), bool)
-        first[1:] = episode[1:] != episode[:-1]
-        last = np.where(first, k + 1, np.concatenate([[k + 1], tools[:-1]])).astype(np.int64)
+        last = np.where(_starts(episode), k + 1, np.concatenate([[k + 1], tools[:-1]])).astype(np.int64)
         pos = {n: i for i, n in enumerate(layout.models)}
         model = np.array([pos[t.model] for t in turns], np.int64)
         prompt = np.array([t.input_tokens for t in turns], np.float64)
-        return cls(episode, np.repeat(task, lengths), last, model, prompt, len(episodes))
+        completion = np.array([t.output_tokens for t in turns], np.float64)
+        return cls(episode, np.repeat(task, lengths), last, model, prompt, completion, len(episodes))
+
+    @property
+    def first(self) -> np.ndarray:
+        """(N,) bool: the turn opens its episode."""
+        return _starts(self.episode)
 
     def agreement(self, table: np.ndarray) -> np.ndarray:
         """(n_episodes,) share of each episode's turns served by the model ``table`` names there."""
@@ -129,8 +138,7 @@ def replayed_cost(table: np.ndarray, log: LoggedTurns, prices: np.ndarray, out_m
     if not log.n_episodes:
         return float("nan")
     m = table[log.task, log.last]
-    same_episode = np.concatenate([[False], log.episode[1:] == log.episode[:-1]])
-    warm = same_episode & np.concatenate([[False], m[1:] == m[:-1]])
+    warm = ~log.first & np.concatenate([[False], m[1:] == m[:-1]])
     prev = np.concatenate([[0.0], log.prompt[:-1]])
     cached = np.where(warm, np.minimum(prev, log.prompt), 0.0)
     return float(call_cost(log.prompt, cached, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum()) / log.n_episodes
@@ -145,7 +153,7 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     spent = np.array([sum(t.cost for t in e.turns) for e in eps])
     t_rows, k_cols, m = len(layout.task_types) + 1, len(layout.tools) + 2, len(layout.models)
     log = LoggedTurns.of(eps, layout)
-    ep_task = log.task[log.last == k_cols - 1]  # one entry per episode: its first turn's task
+    ep_task = log.task[log.first]  # one entry per episode
     value = np.array([normalised(e, default_range) for e in eps])
     support = np.zeros((t_rows, k_cols, m), np.float32)
     np.add.at(support, (log.task, log.last, log.model), 1.0)
@@ -158,9 +166,8 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
 
     prices = np.array([[pool[n].price_input, pool[n].price_cached_input, pool[n].price_output]
                        for n in layout.models], np.float64) / 1e6
-    out_tokens = np.array([t.output_tokens for e in eps for t in e.turns], np.float64)
-    fallback_out = float(out_tokens.mean()) if out_tokens.size else 0.0
-    out_mean = np.array([out_tokens[log.model == j].mean() if (log.model == j).any() else fallback_out
+    fallback_out = float(log.completion.mean()) if log.completion.size else 0.0
+    out_mean = np.array([log.completion[log.model == j].mean() if (log.model == j).any() else fallback_out
                          for j in range(m)])
 
     cands: dict[str, np.ndarray] = {}

@@ -253,7 +253,7 @@ def test_replayed_cost_bills_every_history_on_the_table_model(prompts, j, out_me
     tokens = [np.asarray(p, np.float64) for p in prompts]
     last = np.concatenate([np.where(np.arange(len(p)) == 0, 2, np.arange(len(p)) % 2) for p in prompts])  # 2 = first turn
     log = LoggedTurns(np.repeat(np.arange(len(prompts)), [len(p) for p in prompts]), np.zeros(len(last), np.int64),
-                      last, np.zeros(len(last), np.int64), np.concatenate(tokens), len(prompts))
+                      last, np.zeros(len(last), np.int64), np.concatenate(tokens), np.zeros(len(last)), len(prompts))
     single = np.full((1, 3), j, np.int32)
     want = np.mean([call_cost(p, np.minimum(np.concatenate([[0.0], p[:-1]]), p), out_mean[j], *prices[j]).sum()
                     for p in tokens])
@@ -262,7 +262,7 @@ def test_replayed_cost_bills_every_history_on_the_table_model(prompts, j, out_me
     m = [switching[0, np.where(np.arange(len(p)) == 0, 2, np.arange(len(p)) % 2)] for p in tokens]
     cold = np.mean([sum(call_cost(x, 0.0, out_mean[k], *prices[k]) for x, k in zip(p, mk)) for p, mk in zip(tokens, m)])
     np.testing.assert_allclose(replayed_cost(switching, log, prices, out_mean), cold, rtol=1e-9)
-    empty = LoggedTurns(*(np.zeros(0, np.int64),) * 5, 0)
+    empty = LoggedTurns(*(np.zeros(0, np.int64),) * 6, 0)
     assert np.isnan(replayed_cost(single, empty, prices, out_mean))
 
 
@@ -284,6 +284,7 @@ def test_logged_turns_flatten_the_log_and_measure_agreement():
     assert log.episode.tolist() == [0, 0, 0, 1, 1] and log.task.tolist() == [0, 0, 0, 1, 1]
     assert log.last.tolist() == [3, 0, 1, 3, 1] and log.model.tolist() == [0, 1, 1, 1, 0]
     assert log.prompt.tolist() == [10, 20, 30, 40, 50] and log.n_episodes == 2
+    assert log.completion.tolist() == [5] * 5 and log.first.tolist() == [True, False, False, True, False]
     table = np.zeros((3, 4), np.int32)
     table[:, 0] = 1  # b after search, a elsewhere
     np.testing.assert_allclose(log.agreement(table), [2 / 3, 1 / 2])
