@@ -330,7 +330,8 @@ def safe_choice(summary: HistorySummary, inputs: TurnInputs, p) -> tuple[jax.Arr
 
 def reference_tier(budget, ref_cost, ref_lcb) -> jax.Array:
     """Index of the reference table for an episode's budget: the best lower bound among the tables
-    whose followers' mean cost per episode fits the budget; the cheapest one when none fits."""
+    whose cost per episode (``ref_cost``: priced along the logged histories,
+    ``reference.replayed_cost``) fits the budget; the cheapest one when none fits."""
     fits = ref_cost <= budget
     best = jnp.argmax(jnp.where(fits, ref_lcb, -jnp.inf))
     return jnp.where(fits.any(), best, jnp.argmin(ref_cost)).astype(jnp.int32)

@@ -73,9 +73,9 @@ class Reference:
         return out
 
     def budget_tiers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(tables (R, T+1, K+2), mean USD per episode (R,), lower bounds (R,)) for ``routing.safe``:
-        per episode budget, the vouched candidate with the best lower bound whose followers' mean
-        cost fits the budget. A checkpoint from before tiers: its one table, at any budget."""
+        """(tables (R, T+1, K+2), USD per episode (R,), lower bounds (R,)) for ``routing.safe``: per
+        episode budget, the vouched candidate with the best lower bound whose cost (``replayed_cost``)
+        fits the budget. A checkpoint from before tiers: its one table, at any budget."""
         if self.tiers:
             return self.tiers[1], self.tiers[2], self.tiers[3]
         return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
