@@ -37,7 +37,7 @@ class Reference:
     table: np.ndarray  # (T+1, K+2) int32 model index
     support: np.ndarray  # (T+1, K+2, M) logged turns per (task, last tool, model)
     seen: np.ndarray  # (T+1,) bool: task types with logged episodes
-    candidates: list[dict]  # name, mean, ci, n, agreement, cost (of the followers), replayed_cost
+    candidates: list[dict]  # name, mean, ci, n, agreement, cost / turns / task_types (of the followers), replayed_cost
     tiers: tuple = ()  # (names, tables (R, T+1, K+2), costs (R,), lcbs (R,)): every vouched candidate
 
     def to_meta(self) -> dict:
@@ -189,16 +189,20 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     cands["fitted-last-tool"] = np.tile(fitted[None, :], (t_rows, 1)).astype(np.int32)
     follows = {name: log.agreement(table) for name, table in cands.items()}
 
+    n_turns = np.bincount(log.episode, minlength=len(eps))
+
+    def row(name: str, sel: np.ndarray, agreement: float) -> dict:
+        n = int(sel.sum())
+        nan = float("nan")
+        # what the followers are: their mean length and how many task types they span, beside the
+        # log's (``inspect``) — followers are mostly short episodes (docs/benchmarks.md, "More logs")
+        return {"name": name, "mean": float(value[sel].mean()) if n else nan, "ci": t_ci95(value[sel]), "n": n,
+                "agreement": agreement, "cost": float(spent[sel].mean()) if n else nan,
+                "turns": float(n_turns[sel].mean()) if n else nan, "task_types": int(np.unique(ep_task[sel]).size)}
+
     rows = []
     for agreement in AGREEMENTS:
-        rows = []
-        for name in cands:
-            sel = follows[name] >= agreement
-            n = int(sel.sum())
-            mean = float(value[sel].mean()) if n else float("nan")
-            ci = t_ci95(value[sel])
-            cost = float(spent[sel].mean()) if n else float("nan")
-            rows.append({"name": name, "mean": mean, "ci": ci, "n": n, "agreement": agreement, "cost": cost})
+        rows = [row(name, follows[name] >= agreement, agreement) for name in cands]
         if any(r["n"] >= min_episodes for r in rows):
             break
     ok = [r for r in rows if r["n"] >= min_episodes]
@@ -222,15 +226,12 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         if best_j is not None:
             per_task[t, :] = best_j
     if (per_task != table).any():
-        sel = log.agreement(per_task) >= rows[0]["agreement"]
-        n = int(sel.sum())
-        if n >= min_episodes:
-            mean, ci = float(value[sel].mean()), t_ci95(value[sel])
-            rows.append({"name": "best-single-per-task", "mean": mean, "ci": ci, "n": n,
-                         "agreement": rows[0]["agreement"], "cost": float(spent[sel].mean())})
+        r = row("best-single-per-task", log.agreement(per_task) >= rows[0]["agreement"], rows[0]["agreement"])
+        if r["n"] >= min_episodes:
+            rows.append(r)
             cands["best-single-per-task"] = per_task
-            chosen = next(r for r in rows if r["name"] == best)
-            if mean - ci > chosen["mean"] - chosen["ci"]:
+            chosen = next(x for x in rows if x["name"] == best)
+            if r["mean"] - r["ci"] > chosen["mean"] - chosen["ci"]:
                 best, table = "best-single-per-task", per_task
     # budget tiers: every vouched candidate priced along all logged histories (``replayed_cost``),
     # so that a budget below the chosen reference's cost gets the best reference it can pay for (and

@@ -238,6 +238,24 @@ def test_reference_is_the_best_vouched_single_model():
     assert ref.seen[0] and not ref.seen[-1] and ref.support.sum() == sum(len(e.turns) for e in eps)
 
 
+def test_candidates_record_what_their_followers_are():
+    """Each candidate keeps its followers' mean length and how many task types they span (the
+    followers of a table are mostly short episodes: ``inspect`` shows it next to the log's)."""
+    from mtrouter_jax.estimator.dataset import build_layout
+    from mtrouter_jax.core.pool import ModelSpec, Pool
+    from mtrouter_jax.routing.reference import Reference, fit_reference
+
+    p = Pool("p", (ModelSpec("a", 1.0, 0.1, 2.0), ModelSpec("b", 0.1, 0.01, 0.2)))
+    eps = [_episode(i, "a", 0.5) for i in range(10)]  # 6 turns each, task "t"
+    eps += [dataclasses.replace(_episode(100 + i, "b", 0.5, task="tu"[i % 2]), turns=_episode(0, "b", 0).turns[:2 + 2 * (i % 2)])
+            for i in range(10)]  # 2 turns in "t", 4 in "u"
+    ref = fit_reference(eps, build_layout(eps, p), p, (0.0, 1.0))
+    cand = {c["name"]: c for c in ref.candidates}
+    assert (cand["single:a"]["turns"], cand["single:a"]["task_types"]) == (6.0, 1)
+    assert (cand["single:b"]["turns"], cand["single:b"]["task_types"]) == (3.0, 2)
+    assert Reference.from_meta(ref.to_meta()).candidates == ref.candidates
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 5000), min_size=1, max_size=12), min_size=1, max_size=5),
        st.integers(0, 2), st.lists(st.floats(1.0, 2000.0), min_size=3, max_size=3))
