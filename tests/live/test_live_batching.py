@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -111,10 +112,19 @@ def test_batch_sizes_compile_in_the_background_meanwhile_rows_go_one_by_one(tmp_
     batcher = DecisionBatcher(sizes=(4,))
     eps = _episodes(router, 4, seed=2)
     single = [ep.decide(**kw) for ep, kw in eps]
-    first = asyncio.run(_batched(batcher, eps))
+    from mtrouter_jax.live.batching import _COMPILER
+    # hold the compiler thread until the first batch is served: otherwise a kernel that XLA has
+    # cached already (the same shapes, earlier in this process) can finish "compiling" before the
+    # flush picks its chunk sizes, and the first batch legitimately runs as one call of 4
+    gate = threading.Event()
+    held = _COMPILER.submit(gate.wait, 120)
+    try:
+        first = asyncio.run(_batched(batcher, eps))
+    finally:
+        gate.set()
+    assert held.result(timeout=120)
     for a, b in zip(single, first):
         same_decision(a, b)
-    from mtrouter_jax.live.batching import _COMPILER
     _COMPILER.submit(lambda: None).result(timeout=120)  # the queued compilation has run
     key = batching.batch_group(eps[0][0])[0]
     assert (key, 4) in batcher.compiled and batcher.calls[4] == 0
