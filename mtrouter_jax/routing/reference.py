@@ -10,6 +10,12 @@ normalised score, with a Student-t 95% CI (a candidate may be vouched for by as 
 those with at least ``min_episodes`` such episodes (the agreement is relaxed step by step when
 none has). Sticky logging makes single models easy to vouch for (long single-model stretches);
 heuristic-with-exploration logs (docs/live_loop.md) vouch for the heuristic.
+
+Followers are mostly short episodes, and a mixed table (any candidate but a single model) is
+followed closely only in some task types, so its followers' mean flatters it. In the budget tiers a
+mixed table's lower bound is therefore capped at that of the best single model it can afford plus
+its mean gain over that model *within* the task types both are followed in (weighted by the task
+types' shares of the log): it displaces the single model only where it is better task for task.
 """
 
 from __future__ import annotations
@@ -144,6 +150,21 @@ def replayed_cost(table: np.ndarray, log: LoggedTurns, prices: np.ndarray, out_m
     return float(call_cost(log.prompt, cached, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum()) / log.n_episodes
 
 
+def _within_task_difference(value, ep_task, a, b, n_tasks: int) -> float:
+    """Mean of ``value`` over followers ``a`` minus over ``b``, per task type both have followers
+    in, weighted by the task types' shares of all episodes; NaN when they share none."""
+    task = np.where(ep_task < 0, n_tasks - 1, ep_task)
+    share = np.bincount(task, minlength=n_tasks).astype(np.float64)
+    na, nb = np.bincount(task[a], minlength=n_tasks), np.bincount(task[b], minlength=n_tasks)
+    both = (na > 0) & (nb > 0)
+    if not both.any():
+        return float("nan")
+    ma = np.bincount(task[a], value[a], minlength=n_tasks) / np.maximum(na, 1)
+    mb = np.bincount(task[b], value[b], minlength=n_tasks) / np.maximum(nb, 1)
+    w = np.where(both, share, 0.0)
+    return float((w * (ma - mb)).sum() / w.sum())
+
+
 def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool,
                   default_range: Sequence[float] = (-100.0, 100.0), min_episodes: int = 8) -> Reference:
     """Pick the reference policy from the logs (see the module docstring)."""
@@ -241,9 +262,29 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["replayed_cost"])]
     tiers: tuple = ()
     if vouched:
+        lcbs = [r["mean"] - r["ci"] for r in vouched]
+        agreement = rows[0]["agreement"]
+        for i, r in enumerate(vouched):
+            if r["name"].startswith("single:"):
+                continue
+            # a mixed table is followed mostly in some task types (short episodes): it may displace
+            # the best single model it can afford only where it beats that model in the task types
+            # both are followed in (task-share weighted), not by its followers' task mix
+            singles = [k for k, x in enumerate(vouched) if x["name"].startswith("single:")
+                       and x["replayed_cost"] <= r["replayed_cost"]]
+            if not singles:
+                continue
+            k = max(singles, key=lambda k: lcbs[k])
+            d = _within_task_difference(value, ep_task, log.agreement(cands[r["name"]]) >= agreement,
+                                        follows[vouched[k]["name"]] >= agreement, t_rows)
+            # (no task type in common: nothing shows it better, so it cannot displace that model)
+            lcbs[i] = min(lcbs[i], lcbs[k] + (d if math.isfinite(d) else 0.0))
+            r["within_task_gain"] = {"vs": vouched[k]["name"], "gain": d if math.isfinite(d) else None,
+                                     "tier_lcb": lcbs[i]}
         tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
-                 np.array([r["replayed_cost"] for r in vouched], np.float32),
-                 np.array([r["mean"] - r["ci"] for r in vouched], np.float32))
+                 np.array([r["replayed_cost"] for r in vouched], np.float32), np.array(lcbs, np.float32))
+        best = tiers[0][int(np.argmax(tiers[3]))]  # the reference where money is no object, by the same bounds
+        table = cands[best]
     return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -254,6 +255,44 @@ def test_candidates_record_what_their_followers_are():
     assert (cand["single:a"]["turns"], cand["single:a"]["task_types"]) == (6.0, 1)
     assert (cand["single:b"]["turns"], cand["single:b"]["task_types"]) == (3.0, 2)
     assert Reference.from_meta(ref.to_meta()).candidates == ref.candidates
+
+
+@pytest.mark.parametrize("mixed_score,displaces", [(0.8, False), (0.97, True)])
+def test_a_mixed_table_displaces_a_single_model_only_within_shared_task_types(mixed_score, displaces):
+    """The tool heuristic's followers are all in the easy task type, where single model b scores 0.9;
+    b's followers also span a hard one (0.3). By raw means the heuristic (0.8) looks better than b
+    (0.6); within the task type both are followed in it is worse, so it must not serve in b's
+    place — unless it is better there too (0.97)."""
+    from mtrouter_jax.estimator.dataset import build_layout
+    from mtrouter_jax.core.pool import ModelSpec, Pool
+    from mtrouter_jax.routing.reference import fit_reference
+    from mtrouter_jax.routing.specs import tool_table
+
+    p = Pool("p", (ModelSpec("a", 1.0, 0.1, 2.0), ModelSpec("b", 0.1, 0.01, 0.2)))
+    rng = np.random.default_rng(3)
+    noisy = lambda x: float(np.clip(x + rng.uniform(-0.02, 0.02), 0, 1))  # noqa: E731
+    eps = [_episode(i, "b", noisy(0.9), task="easy") for i in range(12)]
+    eps += [_episode(20 + i, "b", noisy(0.3), task="hard") for i in range(12)]
+    eps += [_episode(40 + i, "a", noisy(0.2), task=("easy", "hard")[i % 2]) for i in range(12)]
+    layout = build_layout(eps, p)
+    heur = tool_table(p, layout.tools)
+    tool_idx = {t: i for i, t in enumerate(layout.tools)}
+    base = _episode(0, "a", 0.0).turns
+    models = [p.names[heur[-1]]] + [p.names[heur[tool_idx[t.tool]]] for t in base[:-1]]
+    assert len(set(models)) == 2  # the heuristic mixes the two models here
+    turns = tuple(dataclasses.replace(t, model=m) for t, m in zip(base, models))
+    eps += [dataclasses.replace(_episode(60 + i, "a", noisy(mixed_score), task="easy"), turns=turns) for i in range(12)]
+    ref = fit_reference(eps, layout, p, (0.0, 1.0))
+    cand = {c["name"]: c for c in ref.candidates}
+    assert cand["tool-heuristic"]["mean"] > cand["single:b"]["mean"]  # the raw comparison misleads
+    assert cand["tool-heuristic"]["within_task_gain"]["vs"] == "single:b"
+    assert (cand["tool-heuristic"]["within_task_gain"]["gain"] > 0) == displaces
+    names, _, costs, lcbs = ref.tiers
+    h, b = names.index("tool-heuristic"), names.index("single:b")
+    assert lcbs[h] == pytest.approx(cand["tool-heuristic"]["within_task_gain"]["tier_lcb"])
+    assert lcbs[h] <= cand["tool-heuristic"]["mean"] - cand["tool-heuristic"]["ci"] + 1e-6  # only ever lowered
+    assert costs[b] < costs[h] and (lcbs[h] > lcbs[b]) == displaces
+    assert any(x["reference"] == "tool-heuristic" for x in ref.by_budget()) == displaces
 
 
 @settings(max_examples=40, deadline=None)
