@@ -150,11 +150,11 @@ def replayed_cost(table: np.ndarray, log: LoggedTurns, prices: np.ndarray, out_m
     return float(call_cost(log.prompt, cached, out_mean[m], prices[m, 0], prices[m, 1], prices[m, 2]).sum()) / log.n_episodes
 
 
-def _within_task_difference(value, ep_task, a, b, n_tasks: int) -> float:
-    """Mean of ``value`` over followers ``a`` minus over ``b``, per task type both have followers
-    in, weighted by the task types' shares of all episodes; NaN when they share none."""
-    task = np.where(ep_task < 0, n_tasks - 1, ep_task)
-    share = np.bincount(task, minlength=n_tasks).astype(np.float64)
+def _within_task_difference(value, task, share, a, b) -> float:
+    """Mean of ``value`` over followers ``a`` minus over ``b`` (boolean masks over episodes), per
+    task type both have followers in, weighted by ``share`` (each task type's episodes in the log;
+    ``task``: each episode's task row, >= 0); NaN when they share none."""
+    n_tasks = share.size
     na, nb = np.bincount(task[a], minlength=n_tasks), np.bincount(task[b], minlength=n_tasks)
     both = (na > 0) & (nb > 0)
     if not both.any():
@@ -247,13 +247,11 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         if best_j is not None:
             per_task[t, :] = best_j
     if (per_task != table).any():
-        r = row("best-single-per-task", log.agreement(per_task) >= rows[0]["agreement"], rows[0]["agreement"])
-        if r["n"] >= min_episodes:
+        agree = log.agreement(per_task)
+        r = row("best-single-per-task", agree >= rows[0]["agreement"], rows[0]["agreement"])
+        if r["n"] >= min_episodes:  # (vouched, so it is a tier: the tiers below choose the reference)
             rows.append(r)
-            cands["best-single-per-task"] = per_task
-            chosen = next(x for x in rows if x["name"] == best)
-            if r["mean"] - r["ci"] > chosen["mean"] - chosen["ci"]:
-                best, table = "best-single-per-task", per_task
+            cands["best-single-per-task"], follows["best-single-per-task"] = per_task, agree
     # budget tiers: every vouched candidate priced along all logged histories (``replayed_cost``),
     # so that a budget below the chosen reference's cost gets the best reference it can pay for (and
     # one above it the best overall); without any vouched candidate, the one fallback table at every budget
@@ -264,6 +262,8 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
     if vouched:
         lcbs = [r["mean"] - r["ci"] for r in vouched]
         agreement = rows[0]["agreement"]
+        task_row = np.where(ep_task < 0, t_rows - 1, ep_task)  # no task type (NO_VALUE): the "other" row, as tables index it
+        share = np.bincount(task_row, minlength=t_rows).astype(np.float64)
         for i, r in enumerate(vouched):
             if r["name"].startswith("single:"):
                 continue
@@ -275,8 +275,8 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
             if not singles:
                 continue
             k = max(singles, key=lambda k: lcbs[k])
-            d = _within_task_difference(value, ep_task, log.agreement(cands[r["name"]]) >= agreement,
-                                        follows[vouched[k]["name"]] >= agreement, t_rows)
+            d = _within_task_difference(value, task_row, share, follows[r["name"]] >= agreement,
+                                        follows[vouched[k]["name"]] >= agreement)
             # (no task type in common: nothing shows it better, so it cannot displace that model)
             lcbs[i] = min(lcbs[i], lcbs[k] + (d if math.isfinite(d) else 0.0))
             r["within_task_gain"] = {"vs": vouched[k]["name"], "gain": d if math.isfinite(d) else None,
