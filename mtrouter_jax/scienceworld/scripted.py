@@ -33,6 +33,7 @@ WORLDS = {
     "paper": PROFILES_FILE,  # calibrated to the paper's ranking: gpt-5 best at almost everything
     "specialists": "scienceworld_world_specialists.toml",  # a different best model per action type
     "inverted": "scienceworld_world_inverted.toml",  # the tool-type napkin mapping is wrong
+    "holdout": "scienceworld_world_holdout.toml",  # no default chosen on it: how the recipe carries over
 }
 ACTION_TYPES = ("explore", "navigate", "act", "focus", "other")  # types gold commands have
 MISTAKES = ("no_action", "invalid", "wasted")  # per action type; wrong_focus is per focus step

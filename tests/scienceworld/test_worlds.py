@@ -17,6 +17,7 @@ FROZEN = {
     "paper": "4dc084b4d0420fb54f756d36089f15511299a6aabc84cd4c888a6116a107f84a",
     "specialists": "9a30f878d884a0286c93811d3bb526afee095306111840bac4887865cfe84cf5",
     "inverted": "20add3ecce792601f40c9a3a087faf36937095ac19305e11c0d521b354e249bf",
+    "holdout": "801db8dc57cc4a44b7fce8fb75c2011b7cd375dc06df7544b58d36f24969241a",
 }
 TYPES = ("explore", "navigate", "act", "focus", "other")
 
@@ -51,6 +52,17 @@ def test_inverted_world_contradicts_the_napkin_mapping():
     # the tool heuristic sends act/focus to gpt-5 and explore/navigate to gpt-oss-120b
     assert best["act"] != "gpt-5" and best["focus"] != "gpt-5"
     assert best["explore"] == "gpt-5" and best["navigate"] == "gpt-5"
+
+
+def test_holdout_world_has_its_documented_specialists():
+    best = _best("holdout")
+    assert best == {"explore": "gpt-oss-120b", "navigate": "gemini-2.5-flash-lite", "act": "kimi-k2",
+                    "focus": "minimax-m2", "other": "deepseek-v3.2"}
+    # gpt-5 is best at nothing, but second best at every type
+    profiles = load_profiles("holdout")
+    for t in TYPES:
+        ranked = sorted(profiles, key=lambda m: -_p_gold(profiles[m], t))
+        assert ranked[1] == "gpt-5", (t, ranked)
 
 
 def test_unknown_world_is_a_file_path_error():
