@@ -10,6 +10,7 @@ import argparse
 import math
 
 from .engine import DEFAULT_TASKS, SPLITS
+from .scripted import WORLDS
 
 DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"
 
@@ -30,7 +31,7 @@ def _common(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--backend", choices=["scripted", "live"], default="scripted",
                    help="scripted stand-in agents (no keys) or the pool's real endpoints")
     p.add_argument("--profiles", default=None, metavar="WORLD|FILE",
-                   help="scripted agents: a frozen world (paper, specialists, inverted; default: paper) or a profile file")
+                   help="scripted agents: a frozen world (" + ", ".join(WORLDS) + "; default: paper) or a profile file")
     p.add_argument("--per-task", type=int, default=1, help="variations per task")
     p.add_argument("--runs", type=int, default=1, help="episodes per variation")
     p.add_argument("--split", choices=SPLITS, default=split)
