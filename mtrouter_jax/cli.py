@@ -178,7 +178,7 @@ def cmd_run(a) -> int:
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
                                   n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
                                   pool=_pool(a.pool), beta=a.beta, rho=a.rho,
-                                  target_cfg=_target_cfg(a))
+                                  target_cfg=_target_cfg(a), ensemble=a.ensemble)
     console = _console()
     print_results(results, console=console)
     console.print(summary_markdown(results))
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-episodes", type=positive_int, default=192, help="evaluation episodes per budget")
     p.add_argument("--n-budgets", type=positive_int, default=8, help="budgets of the sweep")
     p.add_argument("--pool", default=None, help="pool file (default: embedded six-model pool)")
+    p.add_argument("--ensemble", type=positive_int, default=1,
+                   help="estimators trained together (one vmapped step); 2+ adds the safe router to the sweep")
     _add_train_args(p)
     p.set_defaults(fn=cmd_run)
 

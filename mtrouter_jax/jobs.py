@@ -278,9 +278,9 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
                  n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
                  pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
                  rho: float = 0.9, target_cfg: TargetConfig = TargetConfig(),
-                 progress: bool = True) -> tuple[dict, dict]:
-    """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train ->
-    [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
+                 progress: bool = True, ensemble: int = 1) -> tuple[dict, dict]:
+    """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train (``ensemble`` members)
+    -> [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
 
     Writes ``data_round{k}.jsonl``, ``ckpt_round{k}/``, and the sweep report into ``out_dir``.
     Returns ``(results, written paths)``; ``results["meta"]["rounds"]`` has per-round numbers.
@@ -312,7 +312,7 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         episodes += new
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
-        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress)
+        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress, ensemble=ensemble)
         info = {"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
                 "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch, "checkpoint": str(ckpt)}
         if rounds > 1:  # the gain per round, on the same held-out episodes for every round

@@ -192,3 +192,22 @@ def test_two_behaviours_at_one_seed_do_not_collide(tmp_path):
     assert len(ids_a) == len(ids_b) == 3 and not ids_a & ids_b
     assert all(i.startswith("sim-s0-") for i in ids_a) and all(i.startswith("sim-tool-heuristic+eps:0.3-s0-")
                                                               for i in ids_b)
+
+
+def test_run_trains_the_ensemble_it_is_given(tmp_path, monkeypatch):
+    """`mtrouter run --ensemble K` trains K members (checked at the hand-off, before any training)."""
+    import mtrouter_jax.jobs as jobs
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(episodes, pool, out, *args, **kw):
+        seen.update(kw, n=len(episodes))
+        raise Stop
+
+    monkeypatch.setattr(jobs, "train_checkpoint", fake_train)
+    with pytest.raises(Stop):
+        main(["run", "--out", str(tmp_path / "run"), "--episodes", "4", "--ensemble", "3"])
+    assert seen["ensemble"] == 3 and seen["n"] == 4
