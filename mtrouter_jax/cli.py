@@ -146,7 +146,7 @@ def cmd_sweep(a) -> int:
     from mtrouter_jax.estimator.checkpoint import load_checkpoint
     from mtrouter_jax.reporting.tables import print_results, write_results
     from mtrouter_jax.sim.params import WorldConfig
-    from mtrouter_jax.jobs import default_budgets, sweep
+    from mtrouter_jax.jobs import default_budgets, sim_lam_table, sweep
 
     est = load_checkpoint(a.ckpt)
     pool = _pool(a.pool) if a.pool else est.pool
@@ -159,7 +159,7 @@ def cmd_sweep(a) -> int:
         raise UsageError(f"--budgets must be > 0 USD, got {budgets.tolist()}")
     results = sweep(est, pool, world, budgets, a.episodes, a.seed)
     print_results(results, console=_console())
-    table = {p["budget"]: p["lam"] for p in results["routers"]["mtrouter"]["points"] if p.get("lam") is not None}
+    table = sim_lam_table(results)
     if table and not a.no_lam_table:
         from mtrouter_jax.estimator.checkpoint import write_lam_table
 

@@ -239,6 +239,13 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     }
 
 
+def sim_lam_table(results: dict) -> dict:
+    """The budget -> λ table a sweep calibrated for the router ``mtrouter serve`` uses by default
+    with this checkpoint: the safe router's row for an ensemble, else the learned router's."""
+    row = "mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter"
+    return {p["budget"]: p["lam"] for p in results["routers"][row]["points"] if p.get("lam") is not None}
+
+
 def beta_mixed_round(estimator: LoadedEstimator, pool: Pool, world: WorldConfig, seed: int, n_episodes: int,
                      beta: float = 0.5, lams: Sequence[float] = (0.0, 0.03, 0.1, 0.3), rho: float = 0.0,
                      per_episode: bool = True, progress: bool = True, out=None,
@@ -326,6 +333,6 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
     from mtrouter_jax.estimator.checkpoint import write_lam_table
 
     # `mtrouter serve --checkpoint` then brings the λ calibrated for each budget
-    write_lam_table(ckpt, "sim", {p["budget"]: p["lam"] for p in results["routers"]["mtrouter"]["points"]})
+    write_lam_table(ckpt, "sim", sim_lam_table(results))
     paths = write_results(results, out)
     return results, paths

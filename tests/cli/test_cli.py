@@ -211,3 +211,14 @@ def test_run_trains_the_ensemble_it_is_given(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         main(["run", "--out", str(tmp_path / "run"), "--episodes", "4", "--ensemble", "3"])
     assert seen["ensemble"] == 3 and seen["n"] == 4
+
+
+def test_the_sim_lam_table_is_the_default_routers():
+    """A sweep's λ table goes with the router `mtrouter serve` uses by default for the checkpoint:
+    the safe router's row where the sweep has one (an ensemble), else the learned router's."""
+    from mtrouter_jax.jobs import sim_lam_table
+
+    learned = {"kind": "learned", "points": [{"budget": 0.1, "lam": 0.02}, {"budget": 0.5, "lam": 0.0}]}
+    safe = {"kind": "learned", "points": [{"budget": 0.1, "lam": 0.0}, {"budget": 0.5, "lam": 0.04}]}
+    assert sim_lam_table({"routers": {"mtrouter": learned}}) == {0.1: 0.02, 0.5: 0.0}
+    assert sim_lam_table({"routers": {"mtrouter": learned, "mtrouter-safe": safe}}) == {0.1: 0.0, 0.5: 0.04}
