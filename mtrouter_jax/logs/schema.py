@@ -131,6 +131,22 @@ def _parse_error(c: _Checker, e: Any, p: str) -> TurnError | None:
     return None if kind is None else TurnError(kind, sev, extra)
 
 
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def finite_numbers(values: list) -> tuple[float, ...] | None:
+    """``values`` as floats when every one is a finite int or float (not a bool), else None — what
+    ``_Checker.number`` accepts, checked a whole list at a time (a log's feature vectors are most of
+    its numbers); None sends the caller to the per-element check, which names the bad element."""
+    if not set(map(type, values)) <= _NUMBER_TYPES:  # (exact types: bool, numpy scalars and
+        return None                                     # subclasses take the per-element path)
+    try:
+        out = tuple(map(float, values))
+    except OverflowError:  # an int too large for a float
+        return None
+    return out if all(map(math.isfinite, out)) else None
+
+
 def _parse_turn(c: _Checker, t: Any, i: int, models: set[str] | None) -> Turn | None:
     p = f"turns[{i}]."
     if not isinstance(t, dict):
@@ -168,7 +184,9 @@ def _parse_turn(c: _Checker, t: Any, i: int, models: set[str] | None) -> Turn | 
         if not isinstance(f, list):
             c.bad(p + "features", f"expected an array of numbers, got {_typename(f)}")
         else:
-            opt["features"] = tuple(c.number(x, f"{p}features[{j}]") for j, x in enumerate(f))
+            fast = finite_numbers(f)
+            opt["features"] = fast if fast is not None else tuple(
+                c.number(x, f"{p}features[{j}]") for j, x in enumerate(f))
     if t.get("meta") is not None:
         opt["meta"] = c.meta(t["meta"], p + "meta")
     if t.get("progress") is not None:

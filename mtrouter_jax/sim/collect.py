@@ -10,6 +10,7 @@ the exact probability of the chosen model given the models the budget allowed.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Iterator
 
@@ -90,7 +91,9 @@ def to_episodes(host: dict, n: int, pool: Pool, world: WorldConfig, start_id: in
     feats = None
     if with_features:
         layout = sim_feature_layout(pool, world)
-        feats = np.asarray(_features_fn(layout)(dec.summary))
+        # float64 is exact for float32 values, and ``tolist`` + ``map(round, ...)`` gives the same
+        # numbers as rounding each ``float(x)`` without a Python-level loop per element
+        feats = np.asarray(_features_fn(layout)(dec.summary)).astype(np.float64)
     episodes = []
     for i in range(n):
         turns = []
@@ -102,7 +105,7 @@ def to_episodes(host: dict, n: int, pool: Pool, world: WorldConfig, start_id: in
                 cached_tokens=int(rec.cached_tokens[i, t]), output_tokens=int(rec.output_tokens[i, t]),
                 cost=float(rec.cost[i, t]), tool=tools[int(rec.tool[i, t])], error=err,
                 propensity=float(min(max(dec.propensity[i, t], 1e-6), 1.0)),
-                features=tuple(round(float(x), 5) for x in feats[i, t]) if feats is not None else None,
+                features=tuple(map(round, feats[i, t].tolist(), _FIVES)) if feats is not None else None,
             ))
         if not turns:  # budget too small for even one turn: nothing to learn from
             continue
@@ -114,6 +117,9 @@ def to_episodes(host: dict, n: int, pool: Pool, world: WorldConfig, start_id: in
             meta={"terminated": bool(final.terminated[i]), "cache_miss_cost": float(final.cache_miss_cost[i])},
         ))
     return episodes
+
+
+_FIVES = itertools.repeat(5)  # decimals kept of each logged feature (map stops at the shorter input)
 
 
 @functools.lru_cache(maxsize=8)

@@ -219,3 +219,37 @@ def test_parse_never_crashes_and_accepted_records_round_trip(base, edits, strict
         return
     again, _ = caught(parse_episode, json.loads(json.dumps(ep.to_dict(), allow_nan=False)), strict=strict)
     assert again == ep
+
+
+_ELEMENT = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.booleans(),
+                     st.none(), st.text(max_size=3), st.just(10**400))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ELEMENT, max_size=12))
+def test_feature_fast_path_agrees_with_the_per_element_check(values):
+    """``finite_numbers`` accepts exactly the lists the per-element check passes, with the same
+    floats; every other list goes to the per-element check (which names the bad element)."""
+    import math
+
+    from mtrouter_jax.logs.schema import _Checker, finite_numbers
+
+    c = _Checker("<t>", 1, False)
+    try:
+        slow = tuple(c.number(x, f"features[{j}]") for j, x in enumerate(values))
+    except OverflowError:  # the per-element check's own answer to a huge int (unchanged)
+        slow = None
+        c.problems.append("overflow")
+    fast = finite_numbers(values)
+    if c.problems:
+        assert fast is None
+    else:
+        assert fast is not None and len(fast) == len(slow)
+        assert all(type(a) is float and (a == b or math.isnan(a) and math.isnan(b)) for a, b in zip(fast, slow))
+
+
+def test_features_with_a_bad_element_still_name_it(tmp_path):
+    """A feature vector that fails the fast path is checked element by element: each bad one named."""
+    rec = json.dumps(ep_dict("bad", turns=[turn_dict(features=[0.5, 1, 1.0, True])])).replace("1.0, true", "1e999, true")
+    expect_problem(tmp_path, rec, "turns[0].features[2]", "not a finite number")
+    expect_problem(tmp_path, rec, "turns[0].features[3]", "expected a number, got")
