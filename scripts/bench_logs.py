@@ -7,7 +7,12 @@ into a temporary directory, then measures each reader in a fresh Python process 
 imports, the tracemalloc peak of the Python heap (a second, slower run), and the wall time.
 Usage:
 
-    python scripts/bench_logs.py [--turns 1000000] [--turns-per-episode 50] [--no-extra] [--json out.json]
+    python scripts/bench_logs.py [--turns 1000000] [--turns-per-episode 50] [--no-extra] [--features N]
+        [--baseline SRC] [--json out.json]
+
+``--features N`` gives every turn a feature vector of N numbers, as simulated logs carry;
+``--baseline SRC`` reads the same file with the package of another source tree (a ``git worktree``
+of an earlier commit) too, in the same run.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def peak_rss_mib() -> float:
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
-def write_log(path: Path, n_turns: int, per_episode: int, extra: bool) -> tuple[int, int]:
+def write_log(path: Path, n_turns: int, per_episode: int, extra: bool, features: int = 0) -> tuple[int, int]:
     """Write the synthetic log line by line (the writer holds one line); (episodes, bytes)."""
     models = ["gpt-5", "deepseek-v3.2", "minimax-m2", "kimi-k2", "gemini-2.5-flash-lite", "gpt-oss-120b"]
     tools = ["search", "python", "file", "browse", "answer", None]
@@ -48,6 +53,9 @@ def write_log(path: Path, n_turns: int, per_episode: int, extra: bool) -> tuple[
                         "propensity": 1 / 6}
                 if extra:
                     turn["latency_ms"] = 300 + i % 500
+                if features:
+                    turn["features"] = [round(((i * 7919 + j * 104729) % 100003) / 100003 - 0.5, 5)
+                                        for j in range(features)]
                 turns.append(turn)
             rec = {"schema": "mtrouter-traj/2", "episode_id": f"ep-{e}", "task_type": f"task{e % 30}",
                    "score": float(e % 201 - 100), "score_range": [-100, 100], "budget": None,
@@ -63,6 +71,7 @@ def child(mode: str, path: str, trace: bool) -> dict:
     import gc
     import tracemalloc
 
+    import mtrouter_jax
     from mtrouter_jax.logs.io import iter_episodes, read_episodes
 
     warnings.simplefilter("ignore")  # the unknown-field summary warning is expected here
@@ -80,16 +89,17 @@ def child(mode: str, path: str, trace: bool) -> dict:
         eps = read_episodes(path)
         n_eps, n_turns = len(eps), sum(len(e.turns) for e in eps)
     dt = time.perf_counter() - t0
-    out = {"mode": mode, "episodes": n_eps, "turns": n_turns, "seconds": dt,
+    out = {"mode": mode, "package": str(Path(mtrouter_jax.__file__).parent), "episodes": n_eps, "turns": n_turns, "seconds": dt,
            "rss_base_mib": base, "rss_peak_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base}
     if trace:
         out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
     return out
 
 
-def measure(mode: str, path: Path, trace: bool) -> dict:
+def measure(mode: str, path: Path, trace: bool, src: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, str(path)] + (["--trace"] if trace else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src.resolve())}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -98,6 +108,9 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=1_000_000)
     ap.add_argument("--turns-per-episode", type=int, default=50)
     ap.add_argument("--no-extra", action="store_true", help="no unknown fields in the generated log")
+    ap.add_argument("--features", type=int, default=0, help="numbers in each turn's feature vector (0 = none)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="also read with the package of this source tree (e.g. a git worktree of an older commit)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
@@ -108,19 +121,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_logs_") as tmp:
         path = Path(tmp) / "log.jsonl"
         t0 = time.perf_counter()
-        n_eps, size = write_log(path, a.turns, a.turns_per_episode, not a.no_extra)
+        n_eps, size = write_log(path, a.turns, a.turns_per_episode, not a.no_extra, a.features)
         print(f"wrote {a.turns:,} turns in {n_eps:,} episodes, {size / 2**20:.0f} MiB, "
-              f"in {time.perf_counter() - t0:.1f} s ({'with' if not a.no_extra else 'no'} unknown fields)")
+              f"in {time.perf_counter() - t0:.1f} s ({'with' if not a.no_extra else 'no'} unknown fields, "
+              f"{a.features} features a turn)")
         rows = []
-        for mode in ("iter", "read"):
-            r = measure(mode, path, trace=False)
-            r.update({k: v for k, v in measure(mode, path, trace=True).items() if k == "tracemalloc_peak_mib"})
+        trees = [None] + ([a.baseline] if a.baseline else [])
+        for mode, src in [(m, t) for m in ("iter", "read") for t in trees]:
+            r = measure(mode, path, trace=False, src=src)
+            r.update({k: v for k, v in measure(mode, path, trace=True, src=src).items() if k == "tracemalloc_peak_mib"})
+            r["tree"] = "this" if src is None else str(src)
             rows.append(r)
-            print(f"{'iter_episodes' if mode == 'iter' else 'read_episodes'}: {r['turns']:,} turns in "
-                  f"{r['seconds']:.1f} s ({r['turns'] / r['seconds']:,.0f} turns/s); peak RSS "
+            print(f"[{r['tree']}: {r['package']}] {'iter_episodes' if mode == 'iter' else 'read_episodes'}: "
+                  f"{r['turns']:,} turns in {r['seconds']:.1f} s ({r['turns'] / r['seconds']:,.0f} turns/s); peak RSS "
                   f"+{r['rss_growth_mib']:.0f} MiB over {r['rss_base_mib']:.0f} MiB after imports; "
                   f"tracemalloc peak {r['tracemalloc_peak_mib']:.1f} MiB")
     result = {"turns": a.turns, "episodes": n_eps, "file_mib": size / 2**20, "extra_fields": not a.no_extra,
+              "features": a.features,
               "python": platform.python_version(), "cpu_count": os.cpu_count(), "runs": rows}
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
