@@ -135,3 +135,18 @@ def test_compare_scienceworld_keeps_one_lambda_on_a_calibration_split(tmp_path):
     assert rc == 0 and "| mtrouter-safe_ck | $0.1 | 3 | 50.0 ± 0.0 |" in out
     rc, out = run_script(script, [str(tmp_path / "eval"), "--split", "dev", "--lam", "0.1"])
     assert rc == 0 and "| mtrouter-safe_ck | $0.1 | 3 | -50.0 ± 0.0 |" in out
+
+
+def test_bench_logs_runs_at_tiny_sizes_with_features_and_a_baseline(tmp_path):
+    """The commands behind the log-reading tables: features in every turn, a second tree read too."""
+    out = tmp_path / "logs.json"
+    rc, text = run_script(next(p for p in SCRIPTS if p.name == "bench_logs.py"),
+                          ["--turns", "40", "--turns-per-episode", "8", "--features", "3",
+                           "--baseline", str(SCRIPTS[0].parents[1]), "--json", str(out)])
+    assert rc == 0 and "40 turns in 5 episodes" in text and "3 features a turn" in text
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["mode"], r["tree"] == "this") for r in runs] == [("iter", True), ("iter", False),
+                                                                 ("read", True), ("read", False)]
+    assert all(r["turns"] == 40 and r["episodes"] == 5 for r in runs)
