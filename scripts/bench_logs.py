@@ -89,8 +89,8 @@ def child(mode: str, path: str, trace: bool) -> dict:
         eps = read_episodes(path)
         n_eps, n_turns = len(eps), sum(len(e.turns) for e in eps)
     dt = time.perf_counter() - t0
-    out = {"mode": mode, "package": str(Path(mtrouter_jax.__file__).parent), "episodes": n_eps, "turns": n_turns, "seconds": dt,
-           "rss_base_mib": base, "rss_peak_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base}
+    out = {"mode": mode, "package": str(Path(mtrouter_jax.__file__).parent), "episodes": n_eps, "turns": n_turns,
+           "seconds": dt, "rss_base_mib": base, "rss_peak_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base}
     if trace:
         out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
     return out

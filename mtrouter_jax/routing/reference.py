@@ -264,23 +264,23 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         agreement = rows[0]["agreement"]
         task_row = np.where(ep_task < 0, t_rows - 1, ep_task)  # no task type (NO_VALUE): the "other" row, as tables index it
         share = np.bincount(task_row, minlength=t_rows).astype(np.float64)
+        single = [r["name"].startswith("single:") for r in vouched]
         for i, r in enumerate(vouched):
-            if r["name"].startswith("single:"):
+            if single[i]:
                 continue
             # a mixed table is followed mostly in some task types (short episodes): it may displace
             # the best single model it can afford only where it beats that model in the task types
             # both are followed in (task-share weighted), not by its followers' task mix
-            singles = [k for k, x in enumerate(vouched) if x["name"].startswith("single:")
-                       and x["replayed_cost"] <= r["replayed_cost"]]
-            if not singles:
+            affordable = [k for k, x in enumerate(vouched) if single[k] and x["replayed_cost"] <= r["replayed_cost"]]
+            if not affordable:
                 continue
-            k = max(singles, key=lambda k: lcbs[k])
+            k = max(affordable, key=lambda k: lcbs[k])
             d = _within_task_difference(value, task_row, share, follows[r["name"]] >= agreement,
                                         follows[vouched[k]["name"]] >= agreement)
+            gain = d if math.isfinite(d) else None
             # (no task type in common: nothing shows it better, so it cannot displace that model)
-            lcbs[i] = min(lcbs[i], lcbs[k] + (d if math.isfinite(d) else 0.0))
-            r["within_task_gain"] = {"vs": vouched[k]["name"], "gain": d if math.isfinite(d) else None,
-                                     "tier_lcb": lcbs[i]}
+            lcbs[i] = min(lcbs[i], lcbs[k] + (gain or 0.0))
+            r["within_task_gain"] = {"vs": vouched[k]["name"], "gain": gain, "tier_lcb": lcbs[i]}
         tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
                  np.array([r["replayed_cost"] for r in vouched], np.float32), np.array(lcbs, np.float32))
         best = tiers[0][int(np.argmax(tiers[3]))]  # the reference where money is no object, by the same bounds
