@@ -146,7 +146,7 @@ def cmd_sweep(a) -> int:
     from mtrouter_jax.estimator.checkpoint import load_checkpoint
     from mtrouter_jax.reporting.tables import print_results, write_results
     from mtrouter_jax.sim.params import WorldConfig
-    from mtrouter_jax.jobs import default_budgets, sim_lam_table, sweep
+    from mtrouter_jax.jobs import default_budgets, sim_lam_table, sweep, sweep_jobs
 
     est = load_checkpoint(a.ckpt)
     pool = _pool(a.pool) if a.pool else est.pool
@@ -157,7 +157,12 @@ def cmd_sweep(a) -> int:
     budgets = np.asarray(a.budgets, np.float32) if a.budgets else default_budgets(pool, world, a.n_budgets, a.seed)
     if (budgets <= 0).any():
         raise UsageError(f"--budgets must be > 0 USD, got {budgets.tolist()}")
-    results = sweep(est, pool, world, budgets, a.episodes, a.seed)
+    names = [j[0] for j in sweep_jobs(est, pool, world)]
+    unknown = sorted(set(a.routers or ()) - set(names))
+    if unknown:
+        raise UsageError(f"--routers: no router named {', '.join(unknown)} here; this checkpoint's sweep has "
+                         f"{', '.join(names)}")
+    results = sweep(est, pool, world, budgets, a.episodes, a.seed, include=a.routers)
     print_results(results, console=_console())
     table = sim_lam_table(results)
     if table and not a.no_lam_table:
@@ -178,7 +183,8 @@ def cmd_run(a) -> int:
     results, paths = run_main_job(a.out, n_episodes=a.episodes, rounds=a.rounds, sweep_episodes=a.sweep_episodes,
                                   n_budgets=a.n_budgets, seed=a.seed, train_cfg=_train_cfg(a),
                                   pool=_pool(a.pool), beta=a.beta, rho=a.rho,
-                                  target_cfg=_target_cfg(a), ensemble=a.ensemble)
+                                  target_cfg=_target_cfg(a), ensemble=a.ensemble,
+                                  target_ensemble=a.target_ensemble)
     console = _console()
     print_results(results, console=console)
     console.print(summary_markdown(results))
@@ -239,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-budgets", type=positive_int, default=8, help="budgets of the sweep")
     p.add_argument("--pool", default=None, help="pool file (default: embedded six-model pool)")
     p.add_argument("--ensemble", type=positive_int, default=1,
-                   help="estimators trained together (one vmapped step); 2+ adds the safe router to the sweep")
+                   help="estimators trained together (one vmapped step) in the last fit; 2+ adds the safe "
+                        "router to the sweep")
+    p.add_argument("--target-ensemble", type=positive_int, default=None,
+                   help="members of the bootstrap fits before the last, which only make its targets "
+                        "(default: --ensemble)")
     _add_train_args(p)
     p.set_defaults(fn=cmd_run)
 
@@ -298,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write the calibrated budget->λ table into the checkpoint")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--routers", nargs="+", default=None, metavar="NAME",
+                   help="sweep only these rows (e.g. mtrouter mtrouter-safe gpt-5; default: every router); "
+                        "AIQ's cost range is then the largest cost among them")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("serve", help="OpenAI-compatible routing proxy (needs the [live] extra)")

@@ -124,9 +124,11 @@ def _params_of(model):
 def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), target_cfg: TargetConfig = TargetConfig(),
                      text_encoder=None, progress: bool = True, ensemble: int = 1,
-                     aggregate: str = "mean") -> tuple[LoadedEstimator, TrainResult]:
+                     aggregate: str = "mean", target_ensemble: int | None = None
+                     ) -> tuple[LoadedEstimator, TrainResult]:
     """Build targets, fit the estimator (an ensemble of ``ensemble`` members trained in one vmapped
-    step when > 1), fit the reference policy the logs vouch for (``reference.fit_reference``, for
+    step when > 1; ``target_ensemble`` members in the bootstrap fits before the last, default the
+    same), fit the reference policy the logs vouch for (``reference.fit_reference``, for
     the safe router), save an orbax checkpoint with full metadata, reload it."""
     from mtrouter_jax.routing.draft import fit_type_outcomes
     from mtrouter_jax.routing.reference import fit_reference
@@ -135,7 +137,7 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
     if target_cfg.bootstrap_iterations:
         result, fits = fit_bootstrapped(data, pool, train_cfg, n_steps=target_cfg.bootstrap_steps,
                                         iterations=target_cfg.bootstrap_iterations, progress=progress,
-                                        ensemble=ensemble, aggregate=aggregate)
+                                        ensemble=ensemble, aggregate=aggregate, target_ensemble=target_ensemble)
     else:
         result, fits = fit(data, pool, train_cfg, ensemble, progress=progress), []
     check_fit(result, data)
@@ -184,18 +186,10 @@ def default_budgets(pool: Pool, world: WorldConfig, n: int = 8, seed: int = 0, r
     return np.geomspace(0.05 * ref, 1.2 * ref, n).astype(np.float32)
 
 
-def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, budgets, n_episodes: int = 256,
-          seed: int = 0, lambda_grid=None, progress: bool = True, include: Sequence[str] | None = None) -> dict:
-    """Every router over every budget -> the results dict consumed by ``report``.
-
-    Learned router and oracle get a per-budget lambda calibrated on separate episodes; single
-    models run uncapped (one point each); the other baselines run under each hard budget.
-    """
-    sim = make_sim_params(pool, world)
+def sweep_jobs(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig
+               ) -> list[tuple[str, str, SimPolicy, bool]]:
+    """The rows of a sweep, in order: ``(name, kind, policy, λ calibrated)``."""
     layout = sim_feature_layout(pool, world)
-    budgets = np.asarray(budgets, np.float32)
-    k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
-    routers: dict[str, dict] = {}
     jobs: list[tuple[str, str, SimPolicy, bool]] = []
     if estimator is not None:
         jobs.append(("mtrouter", "learned", learned_policy(estimator, layout), True))
@@ -209,21 +203,42 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     jobs.append(("random", "baseline", random_policy(), False))
     jobs.append(("cheapest", "baseline", cheapest_policy(), False))
     singles = [(n, "single", fixed_policy(pool, n), False) for n in pool.names]
-    all_jobs = [j for j in jobs + singles if include is None or j[0] in include]
+    return jobs + singles
+
+
+def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, budgets, n_episodes: int = 256,
+          seed: int = 0, lambda_grid=None, progress: bool = True, include: Sequence[str] | None = None) -> dict:
+    """Every router over every budget -> the results dict consumed by ``report``.
+
+    Learned router and oracle get a per-budget lambda calibrated on separate episodes; single
+    models run uncapped (one point each); the other baselines run under each hard budget.
+    ``include``: only these rows (names from ``sweep_jobs``; AIQ's cost range then comes from them).
+    """
+    sim = make_sim_params(pool, world)
+    budgets = np.asarray(budgets, np.float32)
+    k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
+    routers: dict[str, dict] = {}
+    every = sweep_jobs(estimator, pool, world)
+    unknown = sorted(set(include or ()) - {j[0] for j in every})
+    if unknown:
+        raise ValueError(f"no router named {', '.join(unknown)} in this sweep; its routers: "
+                         f"{', '.join(j[0] for j in every)}")
+    all_jobs = [j for j in every if include is None or j[0] in include]
     bar = _bar(progress, len(all_jobs), "sweep")
     t0 = time.perf_counter()
     for i, (name, kind, pol, tune) in enumerate(all_jobs):
+        quick = kind != "learned"  # no estimator in the rollout: compile time dominates (sim.sweep)
         if kind == "single":
-            res = evaluate_budgets(k_eval, pol, sim, [np.inf], n_episodes)
+            res = evaluate_budgets(k_eval, pol, sim, [np.inf], n_episodes, quick_compile=quick)
             points = [summarise_point(res, 0, None, None, pool.names, world.tools)]
         elif tune:
             lams = calibrate_lambda(k_cal, pol, sim, budgets, max(64, n_episodes // 2),
-                                    grid=lambda_grid or LAMBDA_GRID)
-            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes, with_lambdas(pol, lams))
+                                    grid=lambda_grid or LAMBDA_GRID, quick_compile=quick)
+            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes, with_lambdas(pol, lams), quick)
             points = [summarise_point(res, j, float(b), float(l), pool.names, world.tools)
                       for j, (b, l) in enumerate(zip(budgets, lams))]
         else:
-            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes)
+            res = evaluate_budgets(k_eval, pol, sim, budgets, n_episodes, quick_compile=quick)
             points = [summarise_point(res, j, float(b), None, pool.names, world.tools) for j, b in enumerate(budgets)]
         routers[name] = {"kind": kind, "points": points}
         if bar:
@@ -243,6 +258,8 @@ def sim_lam_table(results: dict) -> dict:
     """The budget -> λ table a sweep calibrated for the router ``mtrouter serve`` uses by default
     with this checkpoint: the safe router's row for an ensemble, else the learned router's."""
     row = "mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter"
+    if row not in results["routers"]:  # a sweep of other rows only
+        return {}
     return {p["budget"]: p["lam"] for p in results["routers"][row]["points"] if p.get("lam") is not None}
 
 
@@ -285,8 +302,10 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
                  n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
                  pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
                  rho: float = 0.9, target_cfg: TargetConfig = TargetConfig(),
-                 progress: bool = True, ensemble: int = 1) -> tuple[dict, dict]:
-    """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train (``ensemble`` members)
+                 progress: bool = True, ensemble: int = 1, target_ensemble: int | None = None
+                 ) -> tuple[dict, dict]:
+    """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train (``ensemble`` members
+    in the last fit, ``target_ensemble`` in the bootstrap fits before it)
     -> [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
 
     Writes ``data_round{k}.jsonl``, ``ckpt_round{k}/``, and the sweep report into ``out_dir``.
@@ -319,7 +338,8 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         episodes += new
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
-        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress, ensemble=ensemble)
+        est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress, ensemble=ensemble,
+                                    target_ensemble=target_ensemble)
         info = {"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
                 "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch, "checkpoint": str(ckpt)}
         if rounds > 1:  # the gain per round, on the same held-out episodes for every round

@@ -17,14 +17,17 @@ from mtrouter_jax.routing.policies import budget_allowed
 
 def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, n_steps: int,
                      iterations: int, progress: bool = True, devices: list | None = None, ensemble: int = 1,
-                     aggregate: str = "mean") -> tuple[TrainResult, list[dict]]:
+                     aggregate: str = "mean", target_ensemble: int | None = None) -> tuple[TrainResult, list[dict]]:
     """Fit on the Monte-Carlo AEC targets, then ``iterations`` times refit on n-step targets
     bootstrapped from the previous fit (``targets.bootstrapped_score_targets``).
 
     The bootstrap value of a state is the previous fit's best score over the models the router's
     budget rule allows there (``routing.budget_allowed``, paced) — its own greedy choice at
-    lambda = 0; with an ensemble (``ensemble > 1``) the members' predictions are aggregated by
-    ``aggregate`` first (``ensemble_scores``). The cost head keeps its Monte-Carlo target. Returns
+    lambda = 0; with an ensemble the members' predictions are aggregated by ``aggregate`` first
+    (``ensemble_scores``). The last fit has ``ensemble`` members; the fits before it, which only
+    make targets, have ``target_ensemble`` (default: ``ensemble``) — every fit starts afresh, so a
+    one-member chain with an ensemble last buys the final members' spread at one fit's price.
+    The cost head keeps its Monte-Carlo target. Returns
     the last fit and one summary dict per fit.
     """
     if aggregate not in AGGREGATES:
@@ -34,8 +37,13 @@ def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainCon
                          "(build it with dataset.build_training_data)")
     n_fits = iterations + 1
 
+    target_ensemble = ensemble if target_ensemble is None else target_ensemble
+    if target_ensemble < 1:
+        raise ValueError(f"target_ensemble must be >= 1, got {target_ensemble}")
+
     def one_fit(d, i, what):
-        return fit(d, pool, cfg, ensemble, progress=progress, devices=devices, label=f"fit {i + 1}/{n_fits} ({what})")
+        k = ensemble if i == iterations else target_ensemble
+        return fit(d, pool, cfg, k, progress=progress, devices=devices, label=f"fit {i + 1}/{n_fits} ({what})")
 
     mc = np.asarray(data.score_target, np.float32)
     succ, valid = (np.asarray(a) for a in nstep_successors(data.episode, n_steps))
@@ -44,14 +52,15 @@ def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainCon
     allowed = np.asarray(budget_allowed(data.turn_cost_hi, data.remaining_budget[:, None], data.pace_cost, prev))
     result = one_fit(data, 0, "monte-carlo")
     log = [{"iteration": 0, "targets": "monte-carlo", "val_loss": result.val_loss,
-            "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch}]
+            "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch, "members": result.k}]
     for it in range(1, iterations + 1):
         values = greedy_state_values(ensemble_scores(result, data.features, aggregate), allowed)
         targets = np.asarray(bootstrapped_score_targets(mc, succ, valid, values), np.float32)
         result = one_fit(dataclasses.replace(data, score_target=targets), it, f"{n_steps}-step bootstrapped")
         log.append({"iteration": it, "targets": f"{n_steps}-step bootstrapped", "val_loss": result.val_loss,
                     "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch,
-                    "mean_target_shift": float(np.mean(targets - mc)), "aggregate": aggregate})
+                    "mean_target_shift": float(np.mean(targets - mc)), "aggregate": aggregate,
+                    "members": result.k})
     return result, log
 
 

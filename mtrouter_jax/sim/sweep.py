@@ -8,7 +8,6 @@ at one budget are not sampling noise of different task draws.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Sequence
 
 import jax
@@ -24,8 +23,7 @@ from mtrouter_jax.sim.params import SimParams
 LAMBDA_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
-@partial(jax.jit, static_argnums=(1, 5, 6))
-def _sweep(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, params_batched: bool):
+def _sweep_impl(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, params_batched: bool):
     keys = jax.random.split(key, n_episodes)  # identical episodes for every budget and router
 
     def one_budget(pp, budget):
@@ -51,16 +49,27 @@ def _sweep(key, apply, policy_params, sim: SimParams, budgets, n_episodes: int, 
     return jax.vmap(one_budget, in_axes=(0 if params_batched else None, 0))(policy_params, budgets)
 
 
+_sweep = jax.jit(_sweep_impl, static_argnums=(1, 5, 6))
+# Rollouts without an estimator run in milliseconds but take seconds to compile; XLA's backend
+# optimisations (LLVM -O0 here) cost ~2.4x the compile time for nothing they could save. Same
+# episodes, same scores; sums may round differently in the last bit.
+_sweep_quick_compile = jax.jit(_sweep_impl, static_argnums=(1, 5, 6),
+                               compiler_options={"xla_backend_optimization_level": 0})
+
+
 def evaluate_budgets(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes: int,
-                     per_budget_params=None) -> dict[str, np.ndarray]:
+                     per_budget_params=None, quick_compile: bool = False) -> dict[str, np.ndarray]:
     """Roll ``policy`` out for ``n_episodes`` at every budget (USD per episode; inf = no cap).
 
     ``per_budget_params``: the policy's params with a leading budget axis (e.g. calibrated lambdas).
-    Returns numpy arrays with a leading budget axis.
+    ``quick_compile``: compile without XLA's backend optimisations, for cheap policies (no
+    estimator), whose compile time dwarfs their run time. Returns numpy arrays with a leading
+    budget axis.
     """
     budgets = jnp.asarray(budgets, jnp.float32)
     params = policy.params if per_budget_params is None else per_budget_params
-    out = _sweep(key, policy.apply, params, sim, budgets, int(n_episodes), per_budget_params is not None)
+    run = _sweep_quick_compile if quick_compile else _sweep
+    out = run(key, policy.apply, params, sim, budgets, int(n_episodes), per_budget_params is not None)
     return jax.device_get(out)
 
 
@@ -72,7 +81,7 @@ def with_lambdas(policy: SimPolicy, lams) -> dict:
 
 
 def calibrate_lambda(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes: int,
-                     grid: Sequence[float] = LAMBDA_GRID) -> np.ndarray:
+                     grid: Sequence[float] = LAMBDA_GRID, quick_compile: bool = False) -> np.ndarray:
     """Per hard budget, the lambda of ``grid`` chosen by ``routing.meta.select_lambda`` on these
     calibration episodes: the smallest lambda unless another scores better by a paired 95 % lower
     bound above 0 (the rule of ``eval scienceworld`` too; the best mean alone is a winner's-curse pick).
@@ -85,7 +94,7 @@ def calibrate_lambda(key, policy: SimPolicy, sim: SimParams, budgets, n_episodes
     G, B = len(grid), len(budgets)
     lam = np.repeat(np.asarray(grid, np.float32), B)
     bud = np.tile(budgets, G)
-    res = evaluate_budgets(key, policy, sim, bud, n_episodes, with_lambdas(policy, lam))
+    res = evaluate_budgets(key, policy, sim, bud, n_episodes, with_lambdas(policy, lam), quick_compile)
     scores = np.asarray(res["episode_score"], np.float64).reshape(G, B, -1)
     return np.array([select_lambda({float(grid[g]): dict(enumerate(scores[g, b])) for g in range(G)})
                      for b in range(B)], np.float32)

@@ -101,6 +101,18 @@ def test_sweep_writes_results(work, tmp_path):
     assert [r["lam"] for r in table] == pytest.approx([p["lam"] for p in pts])
 
 
+def test_sweep_of_some_routers_only(work, tmp_path, capsys):
+    _, _, ck = work
+    out = tmp_path / "some"
+    base = ["sweep", "--ckpt", str(ck), "--budgets", "0.05", "0.2", "--episodes", "8", "--no-lam-table"]
+    assert main(base + ["--out", str(out), "--routers", "mtrouter", "gpt-5"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["routers"]) == ["mtrouter", "gpt-5"]
+    rc, err = _error(capsys, base + ["--out", str(tmp_path / "bad"), "--routers", "mtrouter", "gpt-6"])
+    assert rc == 2 and "--routers: no router named gpt-6" in err and "tool-heuristic" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_sweep_refuses_a_checkpoint_trained_on_another_vocabulary(tmp_path, capsys):
     from mtrouter_jax.logs.io import Episode, Turn, write_episodes
 

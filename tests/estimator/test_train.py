@@ -129,6 +129,24 @@ def test_fitted_q_refits_on_bootstrapped_targets(data, pool):
     np.testing.assert_array_equal(data.score_target, mc_before)  # the caller's data is left as it was
 
 
+def test_an_ensemble_last_on_a_one_member_chain(data, pool):
+    """``target_ensemble=1``: the target-making fits are the one-member chain's, only the last fit
+    has ``ensemble`` members."""
+    from mtrouter_jax.estimator.bootstrap import fit_bootstrapped
+
+    cfg = TrainConfig(max_epochs=1, patience=1, batch_size=64, seed=5)
+    one, log_one = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False)
+    two, log_two = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, ensemble=2,
+                                    target_ensemble=1)
+    assert [f["members"] for f in log_one] == [1, 1] and [f["members"] for f in log_two] == [1, 2]
+    assert one.k == 1 and two.k == 2
+    # the same first fit, so the same bootstrapped targets for the last one
+    assert log_two[0]["val_loss"] == log_one[0]["val_loss"]
+    assert log_two[1]["mean_target_shift"] == log_one[1]["mean_target_shift"]
+    with pytest.raises(ValueError, match="target_ensemble"):
+        fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, target_ensemble=0)
+
+
 def test_training_data_carries_budget_and_worst_case_turn_costs(data, pool):
     assert data.turn_cost_hi.shape == (data.n, len(pool))
     assert np.all(data.turn_cost_hi > 0)

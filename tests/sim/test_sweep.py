@@ -39,6 +39,18 @@ def test_one_compile_serves_every_budget_value(pool, sim):
     assert np.all(np.diff(first["cost"]) >= -1e-6)
 
 
+def test_a_quick_compile_plays_the_same_episodes(pool, sim):
+    """Without XLA's backend optimisations (cheap policies): the same episodes and scores; sums of
+    costs may differ in the last bit only."""
+    pol = escalation_policy(pool)
+    key = jax.random.PRNGKey(3)
+    full = evaluate_budgets(key, pol, sim, [0.05, np.inf], 16)
+    quick = evaluate_budgets(key, pol, sim, [0.05, np.inf], 16, quick_compile=True)
+    for name in ("episode_score", "switches", "turns", "tool_model_counts", "over_budget_rate"):
+        np.testing.assert_array_equal(quick[name], full[name], err_msg=name)
+    np.testing.assert_allclose(quick["cost"], full["cost"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("router", ["learned", "learned-no-pacing", "oracle"])
 def test_hard_budget_is_never_exceeded(router, est, pool, sim):
     if router.startswith("learned"):  # lam=0: spends as much as allowed; the hard rule alone must hold too
