@@ -175,6 +175,14 @@ def cmd_sweep(a) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    """``3 min 35 s`` / ``42 s`` / ``0.8 s``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
 def cmd_run(a) -> int:
     """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
     from mtrouter_jax.reporting.tables import print_results, summary_markdown
@@ -189,6 +197,8 @@ def cmd_run(a) -> int:
     print_results(results, console=console)
     console.print(summary_markdown(results))
     print("\n".join(f"wrote {k}: {v}" for k, v in paths.items()))
+    phases = results["meta"]["phase_seconds"]
+    print(f"took {_duration(sum(phases.values()))}: " + ", ".join(f"{k} {_duration(v)}" for k, v in phases.items()))
     return 0
 
 

@@ -325,6 +325,8 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
     episodes: list[Episode] = []
     round_info = []
     est = None
+    phases = dict.fromkeys(("simulate", "train", "sweep"), 0.0)  # seconds, for the job's last line
+    t = time.perf_counter()
     for r in range(1, max(rounds, 1) + 1):
         data_path = out / f"data_round{r}.jsonl"
         data_path.unlink(missing_ok=True)
@@ -336,6 +338,8 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
             new = beta_mixed_round(est, pool, world, seed + r, n_episodes, beta=beta, rho=rho,
                                    progress=progress, out=data_path, budget_range=log_budgets)
         episodes += new
+        phases["simulate"] += time.perf_counter() - t
+        t = time.perf_counter()
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
         est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress, ensemble=ensemble,
@@ -348,11 +352,18 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
             p = quick["routers"]["mtrouter"]["points"][0]
             info.update(score_at_max_budget=p["score"], cost_at_max_budget=p["cost"])
         round_info.append(info)
+        phases["train"] += time.perf_counter() - t
+        t = time.perf_counter()
     results = sweep(est, pool, world, budgets, sweep_episodes, seed, progress=progress)
     results["meta"]["rounds"] = round_info
+    phases["sweep"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results["meta"]["phase_seconds"] = {k: v for k, v in phases.items() if k != "report"}
     from mtrouter_jax.estimator.checkpoint import write_lam_table
 
     # `mtrouter serve --checkpoint` then brings the λ calibrated for each budget
     write_lam_table(ckpt, "sim", sim_lam_table(results))
     paths = write_results(results, out)
+    # the λ table, results and plots; after results.json is written, so only in the returned dict
+    results["meta"]["phase_seconds"]["report"] = time.perf_counter() - t
     return results, paths

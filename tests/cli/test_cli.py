@@ -192,6 +192,15 @@ def test_run_main_job_tiny(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert len(res["meta"]["budgets"]) == 2 and len(res["meta"]["rounds"]) == 1
     assert len(res["routers"]["mtrouter"]["points"]) == 2
+    phases = res["meta"]["phase_seconds"]
+    assert list(phases) == ["simulate", "train", "sweep"] and all(v > 0 for v in phases.values())
+
+
+@pytest.mark.parametrize("seconds, text", [(0.84, "0.8 s"), (42.4, "42 s"), (215.2, "3 min 35 s"), (59.6, "1 min 0 s")])
+def test_the_main_jobs_durations_read_as_minutes_and_seconds(seconds, text):
+    from mtrouter_jax.cli import _duration
+
+    assert _duration(seconds) == text
 
 
 def test_two_behaviours_at_one_seed_do_not_collide(tmp_path):
