@@ -164,7 +164,11 @@ def cmd_sweep(a) -> int:
                          f"{', '.join(names)}")
     results = sweep(est, pool, world, budgets, a.episodes, a.seed, include=a.routers)
     print_results(results, console=_console())
-    table = sim_lam_table(results)
+    serving = "mtrouter-safe" if "mtrouter-safe" in names else "mtrouter"  # what serve routes this checkpoint with
+    table = sim_lam_table(results, serving)
+    if not table and not a.no_lam_table and a.routers and serving not in a.routers:
+        print(f"no budget->λ table written: --routers left out {serving}, the router `mtrouter serve` uses "
+              "with this checkpoint")
     if table and not a.no_lam_table:
         from mtrouter_jax.estimator.checkpoint import write_lam_table
 
@@ -175,16 +179,9 @@ def cmd_sweep(a) -> int:
     return 0
 
 
-def _duration(seconds: float) -> str:
-    """``3 min 35 s`` / ``42 s`` / ``0.8 s``."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    m, s = divmod(round(seconds), 60)
-    return f"{m} min {s} s" if m else f"{s} s"
-
-
 def cmd_run(a) -> int:
     """The main job: simulate -> train (-> beta-mixed rounds) -> sweep -> table + plot."""
+    from mtrouter_jax.reporting.fmt import duration
     from mtrouter_jax.reporting.tables import print_results, summary_markdown
     from mtrouter_jax.jobs import run_main_job
 
@@ -198,7 +195,7 @@ def cmd_run(a) -> int:
     console.print(summary_markdown(results))
     print("\n".join(f"wrote {k}: {v}" for k, v in paths.items()))
     phases = results["meta"]["phase_seconds"]
-    print(f"took {_duration(sum(phases.values()))}: " + ", ".join(f"{k} {_duration(v)}" for k, v in phases.items()))
+    print(f"took {duration(sum(phases.values()))}: " + ", ".join(f"{k} {duration(v)}" for k, v in phases.items()))
     return 0
 
 

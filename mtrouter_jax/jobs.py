@@ -254,10 +254,12 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     }
 
 
-def sim_lam_table(results: dict) -> dict:
+def sim_lam_table(results: dict, serving: str | None = None) -> dict:
     """The budget -> λ table a sweep calibrated for the router ``mtrouter serve`` uses by default
-    with this checkpoint: the safe router's row for an ensemble, else the learned router's."""
-    row = "mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter"
+    with this checkpoint: the safe router's row for an ensemble, else the learned router's.
+    ``serving``: that row's name where the sweep may have left it out (``sweep(include=...)``);
+    then no table ({}) rather than another router's."""
+    row = serving or ("mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter")
     if row not in results["routers"]:  # a sweep of other rows only
         return {}
     return {p["budget"]: p["lam"] for p in results["routers"][row]["points"] if p.get("lam") is not None}

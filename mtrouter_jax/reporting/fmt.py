@@ -7,7 +7,7 @@ from typing import Any
 
 from mtrouter_jax.reporting.results import num
 
-__all__ = ["DASH", "usd", "pct", "fixed", "score_ci", "budget_str"]
+__all__ = ["DASH", "usd", "pct", "fixed", "score_ci", "budget_str", "duration"]
 
 DASH = "—"
 
@@ -52,3 +52,10 @@ def budget_str(b: Any) -> str:
     v = num(b)
     return "no cap" if v is None else usd(v)
 
+
+def duration(seconds: float) -> str:
+    """Wall time as people read it: ``0.8 s``, ``42 s``, ``3 min 35 s``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"

@@ -198,9 +198,9 @@ def test_run_main_job_tiny(tmp_path):
 
 @pytest.mark.parametrize("seconds, text", [(0.84, "0.8 s"), (42.4, "42 s"), (215.2, "3 min 35 s"), (59.6, "1 min 0 s")])
 def test_the_main_jobs_durations_read_as_minutes_and_seconds(seconds, text):
-    from mtrouter_jax.cli import _duration
+    from mtrouter_jax.reporting.fmt import duration
 
-    assert _duration(seconds) == text
+    assert duration(seconds) == text
 
 
 def test_two_behaviours_at_one_seed_do_not_collide(tmp_path):
@@ -243,3 +243,6 @@ def test_the_sim_lam_table_is_the_default_routers():
     safe = {"kind": "learned", "points": [{"budget": 0.1, "lam": 0.0}, {"budget": 0.5, "lam": 0.04}]}
     assert sim_lam_table({"routers": {"mtrouter": learned}}) == {0.1: 0.02, 0.5: 0.0}
     assert sim_lam_table({"routers": {"mtrouter": learned, "mtrouter-safe": safe}}) == {0.1: 0.0, 0.5: 0.04}
+    # a sweep of some rows (--routers) that left out the serving router writes no table, not another's
+    assert sim_lam_table({"routers": {"mtrouter": learned}}, serving="mtrouter-safe") == {}
+    assert sim_lam_table({"routers": {"gpt-5": {"kind": "single", "points": []}}}) == {}
