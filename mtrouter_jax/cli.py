@@ -146,7 +146,7 @@ def cmd_sweep(a) -> int:
     from mtrouter_jax.estimator.checkpoint import load_checkpoint
     from mtrouter_jax.reporting.tables import print_results, write_results
     from mtrouter_jax.sim.params import WorldConfig
-    from mtrouter_jax.jobs import default_budgets, sim_lam_table, sweep, sweep_jobs
+    from mtrouter_jax.jobs import UnknownRouterError, default_budgets, sim_lam_table, sweep
 
     est = load_checkpoint(a.ckpt)
     pool = _pool(a.pool) if a.pool else est.pool
@@ -157,16 +157,14 @@ def cmd_sweep(a) -> int:
     budgets = np.asarray(a.budgets, np.float32) if a.budgets else default_budgets(pool, world, a.n_budgets, a.seed)
     if (budgets <= 0).any():
         raise UsageError(f"--budgets must be > 0 USD, got {budgets.tolist()}")
-    names = [j[0] for j in sweep_jobs(est, pool, world)]
-    unknown = sorted(set(a.routers or ()) - set(names))
-    if unknown:
-        raise UsageError(f"--routers: no router named {', '.join(unknown)} here; this checkpoint's sweep has "
-                         f"{', '.join(names)}")
-    results = sweep(est, pool, world, budgets, a.episodes, a.seed, include=a.routers)
+    try:
+        results = sweep(est, pool, world, budgets, a.episodes, a.seed, include=a.routers)
+    except UnknownRouterError as e:  # refused before any rollout
+        raise UsageError(f"--routers: {e}") from None
     print_results(results, console=_console())
-    serving = "mtrouter-safe" if "mtrouter-safe" in names else "mtrouter"  # what serve routes this checkpoint with
-    table = sim_lam_table(results, serving)
-    if not table and not a.no_lam_table and a.routers and serving not in a.routers:
+    table = sim_lam_table(results)
+    serving = results["meta"]["serving_router"]
+    if not table and not a.no_lam_table and serving not in results["routers"]:
         print(f"no budget->λ table written: --routers left out {serving}, the router `mtrouter serve` uses "
               "with this checkpoint")
     if table and not a.no_lam_table:

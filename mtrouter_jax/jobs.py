@@ -21,6 +21,7 @@ from mtrouter_jax.sim.sweep import LAMBDA_GRID, calibrate_lambda, evaluate_budge
 from mtrouter_jax.logs.io import Episode, append_episodes
 from mtrouter_jax.sim.policies import (SimPolicy, escalation_policy, fixed_policy, learned_policy,
                                  oracle_policy, random_policy, tool_heuristic_policy, cheapest_policy)
+from mtrouter_jax.core.errors import UsageError
 from mtrouter_jax.core.pool import Pool, default_pool
 from mtrouter_jax.core.jsonable import to_jsonable
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
@@ -86,6 +87,10 @@ def simulate_dataset(seed: int, n_episodes: int, pool: Pool | None = None, world
     if bar:
         bar[0].stop()
     return episodes
+
+
+class UnknownRouterError(UsageError):
+    """A sweep asked for rows (``include``) it does not have."""
 
 
 class TrainingQualityWarning(UserWarning):
@@ -219,10 +224,12 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     k_cal, k_eval = jax.random.split(jax.random.PRNGKey(seed))
     routers: dict[str, dict] = {}
     every = sweep_jobs(estimator, pool, world)
-    unknown = sorted(set(include or ()) - {j[0] for j in every})
+    names = [j[0] for j in every]
+    unknown = sorted(set(include or ()) - set(names))
     if unknown:
-        raise ValueError(f"no router named {', '.join(unknown)} in this sweep; its routers: "
-                         f"{', '.join(j[0] for j in every)}")
+        raise UnknownRouterError(f"no router named {', '.join(unknown)} in this sweep; its routers: {', '.join(names)}")
+    # the row `mtrouter serve` routes this checkpoint with, whether or not ``include`` keeps it
+    serving = next((n for n in ("mtrouter-safe", "mtrouter") if n in names), None)
     all_jobs = [j for j in every if include is None or j[0] in include]
     bar = _bar(progress, len(all_jobs), "sweep")
     t0 = time.perf_counter()
@@ -248,19 +255,20 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     return {
         "meta": {"n_episodes": int(n_episodes), "seed": int(seed), "pool": list(pool.names),
                  "tools": list(world.tools), "budgets": [float(b) for b in budgets], "currency": "USD",
-                 "seconds": time.perf_counter() - t0,
+                 "seconds": time.perf_counter() - t0, "serving_router": serving,
                  "checkpoint": str(estimator.path) if estimator is not None else None},
         "routers": routers,
     }
 
 
-def sim_lam_table(results: dict, serving: str | None = None) -> dict:
+def sim_lam_table(results: dict) -> dict:
     """The budget -> λ table a sweep calibrated for the router ``mtrouter serve`` uses by default
-    with this checkpoint: the safe router's row for an ensemble, else the learned router's.
-    ``serving``: that row's name where the sweep may have left it out (``sweep(include=...)``);
-    then no table ({}) rather than another router's."""
-    row = serving or ("mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter")
-    if row not in results["routers"]:  # a sweep of other rows only
+    with this checkpoint: the safe router's row for an ensemble, else the learned router's
+    (``meta.serving_router`` of a ``sweep``; from the rows present where a results dict lacks it).
+    No table ({}) where the sweep left that row out (``include``), rather than another router's."""
+    row = results.get("meta", {}).get("serving_router") or (
+        "mtrouter-safe" if "mtrouter-safe" in results["routers"] else "mtrouter")
+    if row not in results["routers"]:
         return {}
     return {p["budget"]: p["lam"] for p in results["routers"][row]["points"] if p.get("lam") is not None}
 
@@ -360,7 +368,7 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
     results["meta"]["rounds"] = round_info
     phases["sweep"] = time.perf_counter() - t
     t = time.perf_counter()
-    results["meta"]["phase_seconds"] = {k: v for k, v in phases.items() if k != "report"}
+    results["meta"]["phase_seconds"] = dict(phases)
     from mtrouter_jax.estimator.checkpoint import write_lam_table
 
     # `mtrouter serve --checkpoint` then brings the λ calibrated for each budget

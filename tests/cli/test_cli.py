@@ -244,5 +244,5 @@ def test_the_sim_lam_table_is_the_default_routers():
     assert sim_lam_table({"routers": {"mtrouter": learned}}) == {0.1: 0.02, 0.5: 0.0}
     assert sim_lam_table({"routers": {"mtrouter": learned, "mtrouter-safe": safe}}) == {0.1: 0.0, 0.5: 0.04}
     # a sweep of some rows (--routers) that left out the serving router writes no table, not another's
-    assert sim_lam_table({"routers": {"mtrouter": learned}}, serving="mtrouter-safe") == {}
+    assert sim_lam_table({"meta": {"serving_router": "mtrouter-safe"}, "routers": {"mtrouter": learned}}) == {}
     assert sim_lam_table({"routers": {"gpt-5": {"kind": "single", "points": []}}}) == {}
