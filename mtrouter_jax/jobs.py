@@ -27,6 +27,7 @@ from mtrouter_jax.core.jsonable import to_jsonable
 from mtrouter_jax.sim.params import WorldConfig, make_sim_params, sim_feature_layout
 from mtrouter_jax.estimator.bootstrap import fit_bootstrapped
 from mtrouter_jax.estimator.train import TrainConfig, TrainResult, fit
+from mtrouter_jax.routing.meta import serves_safe
 
 
 def _bar(enabled: bool, total: int, label: str):
@@ -198,8 +199,7 @@ def sweep_jobs(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig
     jobs: list[tuple[str, str, SimPolicy, bool]] = []
     if estimator is not None:
         jobs.append(("mtrouter", "learned", learned_policy(estimator, layout), True))
-        if getattr(estimator, "k", 1) > 1 and (estimator.meta or {}).get("reference"):
-            # the safe rule needs an ensemble's spread; a single estimator makes it the greedy rule
+        if serves_safe(estimator):  # the row `mtrouter serve` routes an ensemble checkpoint with
             jobs.append(("mtrouter-safe", "learned", learned_policy(estimator, layout, safe=True), True))
     cost_scale = estimator.cost_scale if estimator is not None else 0.25
     jobs.append(("oracle", "oracle", oracle_policy(0.0, cost_scale), True))

@@ -37,7 +37,7 @@ from mtrouter_jax.live.kernel import compiled_features, estimator_forward
 from mtrouter_jax.core.vocab import SEVERITIES
 from mtrouter_jax.logs.io import TurnError
 from mtrouter_jax.core.pool import Pool, PoolError, default_pool, load_pool
-from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of
+from mtrouter_jax.routing.meta import DEFAULT_LAM, expected_steps_for, lam_for_budget, lam_table_of, serves_safe
 from mtrouter_jax.routing.draft import DEFAULT_DRAFT_N_MIN, draft_setup, resolve_draft
 from mtrouter_jax.routing.specs import ToolModelMap, build_router, with_exploration
 from mtrouter_jax.core.pricing import call_cost
@@ -221,12 +221,9 @@ class Router:
         if tool_models is None and getattr(self.pool, "tool_heuristic", None):
             tool_models = ToolModelMap.from_dict(self.pool.tool_heuristic, f"pool {self.pool.name!r}: tool_heuristic")
         self.tool_models = tool_models
-        if policy is None:  # the safe rule for ensemble checkpoints: on real episodes it was never
-            # significantly worse than the greedy rule and sometimes much better; in the simulator
-            # equal (docs/benchmarks.md); one estimator has no spread to be safe with
-            k = int(getattr(estimator, "k", 1) or 1)
+        if policy is None:  # the safe rule for ensemble checkpoints (routing.meta.serves_safe)
             policy = ("tool-heuristic" if estimator is None else
-                      "safe" if self.safe_policy is not None and k > 1 else "learned")
+                      "safe" if self.safe_policy is not None and serves_safe(estimator) else "learned")
         if isinstance(policy, str):
             policy = build_router(policy, self.pool, self.layout.tools, tool_map=tool_models,
                                   learned=self.learned_policy, safe=self.safe_policy)

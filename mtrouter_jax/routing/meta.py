@@ -76,4 +76,16 @@ def expected_steps_for(meta: Mapping | None, task_types: Sequence[str]) -> np.nd
     return np.array([float(known.get(t, default)) for t in task_types], np.float32)
 
 
-__all__ = ["DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]
+def serves_safe(estimator) -> bool:
+    """Whether a checkpoint is served by the safe rule by default: it needs an ensemble (one estimator
+    has no spread to be safe with, so the rule would be the greedy one) and a fitted reference.
+    On real episodes the safe rule was never significantly worse than the greedy one and sometimes
+    much better; in the simulator about equal (docs/benchmarks.md). ``mtrouter serve`` and the
+    simulator's sweep both decide by this."""
+    if estimator is None:
+        return False
+    k = int(getattr(estimator, "k", 1) or 1)
+    return k > 1 and bool((getattr(estimator, "meta", None) or {}).get("reference"))
+
+
+__all__ = ["serves_safe", "DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]

@@ -207,8 +207,15 @@ def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_
     assert bool((np.asarray(final.summary.cost) <= np.asarray(budgets) + 1e-6).all())
     # with no --router, an ensemble checkpoint is served by the safe rule, a single estimator greedily
     from mtrouter_jax.live.router import Router
+    # ... and the simulator's sweep has a safe row exactly for the checkpoints serve routes safely
+    from mtrouter_jax.jobs import sweep_jobs
+    from mtrouter_jax.sim.params import WorldConfig
+
+    single = load_checkpoint(trained_checkpoint(tmp_path_factory))
     assert Router(again, pool).policy.spec == "safe"
-    assert Router(load_checkpoint(trained_checkpoint(tmp_path_factory)), pool).policy.spec == "learned"
+    assert Router(single, pool).policy.spec == "learned"
+    for est, safe in ((again, True), (single, False)):
+        assert ("mtrouter-safe" in [j[0] for j in sweep_jobs(est, pool, WorldConfig())]) is safe
     # metadata updates are re-sealed: the checkpoint still verifies
     update_meta(tmp_path / "ens", {"lam_tables": {"sim": [{"budget": 0.1, "lam": 0.2}]}})
     assert load_checkpoint(tmp_path / "ens").meta["lam_tables"]["sim"][0]["lam"] == 0.2
