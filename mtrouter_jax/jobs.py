@@ -130,11 +130,11 @@ def _params_of(model):
 def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), target_cfg: TargetConfig = TargetConfig(),
                      text_encoder=None, progress: bool = True, ensemble: int = 1,
-                     aggregate: str = "mean", target_ensemble: int | None = None
+                     aggregate: str = "mean", target_ensemble: int | None = None, snapshot: int = 1
                      ) -> tuple[LoadedEstimator, TrainResult]:
     """Build targets, fit the estimator (an ensemble of ``ensemble`` members trained in one vmapped
     step when > 1; ``target_ensemble`` members in the bootstrap fits before the last, default the
-    same), fit the reference policy the logs vouch for (``reference.fit_reference``, for
+    same; ``snapshot`` > 1: the members of the last ``snapshot`` fits pooled), fit the reference policy the logs vouch for (``reference.fit_reference``, for
     the safe router), save an orbax checkpoint with full metadata, reload it."""
     from mtrouter_jax.routing.draft import fit_type_outcomes
     from mtrouter_jax.routing.reference import fit_reference
@@ -143,7 +143,8 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
     if target_cfg.bootstrap_iterations:
         result, fits = fit_bootstrapped(data, pool, train_cfg, n_steps=target_cfg.bootstrap_steps,
                                         iterations=target_cfg.bootstrap_iterations, progress=progress,
-                                        ensemble=ensemble, aggregate=aggregate, target_ensemble=target_ensemble)
+                                        ensemble=ensemble, aggregate=aggregate, target_ensemble=target_ensemble,
+                                        snapshot=snapshot)
     else:
         result, fits = fit(data, pool, train_cfg, ensemble, progress=progress), []
     check_fit(result, data)
@@ -312,10 +313,11 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
                  n_budgets: int = 8, seed: int = 0, train_cfg: TrainConfig = TrainConfig(),
                  pool: Pool | None = None, world: WorldConfig | None = None, beta: float = 0.5,
                  rho: float = 0.9, target_cfg: TargetConfig = TargetConfig(),
-                 progress: bool = True, ensemble: int = 1, target_ensemble: int | None = None
-                 ) -> tuple[dict, dict]:
+                 progress: bool = True, ensemble: int = 1, target_ensemble: int | None = None,
+                 snapshot: int = 1) -> tuple[dict, dict]:
     """simulate (sticky roulette, ``rho``; 0 = the paper's uniform) -> train (``ensemble`` members
-    in the last fit, ``target_ensemble`` in the bootstrap fits before it)
+    in the last fit, ``target_ensemble`` in the bootstrap fits before it, the last ``snapshot`` fits' members
+    pooled into the checkpoint)
     -> [beta-mixed round -> retrain on all] x (rounds-1) -> sweep -> report.
 
     Writes ``data_round{k}.jsonl``, ``ckpt_round{k}/``, and the sweep report into ``out_dir``.
@@ -353,7 +355,7 @@ def run_main_job(out_dir: str | Path, n_episodes: int = 8192, rounds: int = 2, s
         ckpt = out / f"ckpt_round{r}"
         shutil.rmtree(ckpt, ignore_errors=True)
         est, res = train_checkpoint(episodes, pool, ckpt, train_cfg, target_cfg, progress=progress, ensemble=ensemble,
-                                    target_ensemble=target_ensemble)
+                                    target_ensemble=target_ensemble, snapshot=snapshot)
         info = {"round": r, "episodes": len(episodes), "val_loss": res.val_loss,
                 "baseline_val_loss": res.baseline_val_loss, "best_epoch": res.best_epoch, "checkpoint": str(ckpt)}
         if rounds > 1:  # the gain per round, on the same held-out episodes for every round

@@ -9,6 +9,7 @@ import numpy as np
 from mtrouter_jax.core.pool import Pool
 from mtrouter_jax.estimator.config import TrainConfig, TrainResult
 from mtrouter_jax.estimator.dataset import TrainingData
+from mtrouter_jax.estimator.members import pool_fits
 from mtrouter_jax.estimator.predict import AGGREGATES, ensemble_scores
 from mtrouter_jax.estimator.targets import bootstrapped_score_targets, greedy_state_values, nstep_successors
 from mtrouter_jax.estimator.train import fit
@@ -17,7 +18,8 @@ from mtrouter_jax.routing.policies import budget_allowed
 
 def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainConfig(), *, n_steps: int,
                      iterations: int, progress: bool = True, devices: list | None = None, ensemble: int = 1,
-                     aggregate: str = "mean", target_ensemble: int | None = None) -> tuple[TrainResult, list[dict]]:
+                     aggregate: str = "mean", target_ensemble: int | None = None, snapshot: int = 1
+                     ) -> tuple[TrainResult, list[dict]]:
     """Fit on the Monte-Carlo AEC targets, then ``iterations`` times refit on n-step targets
     bootstrapped from the previous fit (``targets.bootstrapped_score_targets``).
 
@@ -27,8 +29,9 @@ def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainCon
     (``ensemble_scores``). The last fit has ``ensemble`` members; the fits before it, which only
     make targets, have ``target_ensemble`` (default: ``ensemble``) — every fit starts afresh, so a
     one-member chain with an ensemble last buys the final members' spread at one fit's price.
-    The cost head keeps its Monte-Carlo target. Returns
-    the last fit and one summary dict per fit.
+    ``snapshot`` > 1 returns the members of the last ``snapshot`` fits (all of them if fewer) pooled
+    into one ensemble (``members.pool_fits``): an ensemble at no extra training. The cost head keeps
+    its Monte-Carlo target. Returns the last fit (or the pooled ensemble) and one summary dict per fit.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
@@ -40,6 +43,8 @@ def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainCon
     target_ensemble = ensemble if target_ensemble is None else target_ensemble
     if target_ensemble < 1:
         raise ValueError(f"target_ensemble must be >= 1, got {target_ensemble}")
+    if snapshot < 1:
+        raise ValueError(f"snapshot must be >= 1, got {snapshot}")
 
     def one_fit(d, i, what):
         k = ensemble if i == iterations else target_ensemble
@@ -51,17 +56,21 @@ def fit_bootstrapped(data: TrainingData, pool: Pool, cfg: TrainConfig = TrainCon
     prev = np.where(first, -1, np.r_[-1, data.model[:-1]])  # model of the turn before each row
     allowed = np.asarray(budget_allowed(data.turn_cost_hi, data.remaining_budget[:, None], data.pace_cost, prev))
     result = one_fit(data, 0, "monte-carlo")
+    kept = [result]
     log = [{"iteration": 0, "targets": "monte-carlo", "val_loss": result.val_loss,
             "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch, "members": result.k}]
     for it in range(1, iterations + 1):
         values = greedy_state_values(ensemble_scores(result, data.features, aggregate), allowed)
         targets = np.asarray(bootstrapped_score_targets(mc, succ, valid, values), np.float32)
         result = one_fit(dataclasses.replace(data, score_target=targets), it, f"{n_steps}-step bootstrapped")
+        kept = (kept + [result])[-snapshot:]
         log.append({"iteration": it, "targets": f"{n_steps}-step bootstrapped", "val_loss": result.val_loss,
                     "baseline_val_loss": result.baseline_val_loss, "best_epoch": result.best_epoch,
                     "mean_target_shift": float(np.mean(targets - mc)), "aggregate": aggregate,
                     "members": result.k})
-    return result, log
+    if len(kept) > 1:
+        log[-1]["snapshot_of"] = [f["iteration"] for f in log[-len(kept):]]
+    return pool_fits(kept), log
 
 
 __all__ = ["fit_bootstrapped"]

@@ -7,11 +7,14 @@ how much the logs pin a prediction down. Parameters are stored stacked along a l
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtrouter_jax.estimator.config import TrainResult
 from mtrouter_jax.estimator.dataset import TrainingData
 from mtrouter_jax.estimator.model import EstimatorConfig, OutcomeEstimator
 
@@ -55,6 +58,26 @@ def select_members(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
+def pool_fits(results: list[TrainResult]) -> TrainResult:
+    """One ensemble of every member of several fits of the same architecture (a snapshot ensemble
+    of fitted-Q iterates: their spread is how far the bootstrap chain still moves a prediction, so
+    the safe rule trusts a departure only where consecutive fits agree). The last fit gives the
+    module, history and losses; the members are stacked last fit first."""
+    if len(results) == 1:
+        return results[0]
+    last = results[-1]
+
+    def stacked(r: TrainResult):
+        if r.members is not None:
+            return r.members
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], nnx.state(r.model))
+
+    members = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *[stacked(r) for r in reversed(results)])
+    graphdef = last.graphdef if last.graphdef is not None else nnx.split(last.model)[0]
+    losses = [v for r in reversed(results) for v in (r.member_val_loss or [r.val_loss])]
+    return dataclasses.replace(last, members=jax.device_get(members), graphdef=graphdef, member_val_loss=losses)
+
+
 def bootstrap_weights(data: TrainingData, k: int, seed: int) -> np.ndarray:
     """(K, N) per-turn weights: Poisson(1) counts per episode (all ones when k == 1)."""
     if k == 1:
@@ -65,4 +88,4 @@ def bootstrap_weights(data: TrainingData, k: int, seed: int) -> np.ndarray:
 
 
 __all__ = ["member_keys", "init_member", "abstract_members", "member_predictions", "select_members",
-           "bootstrap_weights"]
+           "pool_fits", "bootstrap_weights"]

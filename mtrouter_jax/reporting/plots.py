@@ -17,7 +17,8 @@ from mtrouter_jax.reporting.curves import upper_convex_hull
 from mtrouter_jax.reporting.fmt import DASH, budget_str
 from mtrouter_jax.reporting.plotkit import (TICK_FONTSIZE, clip_errors, new_figure, place_labels, score_limits,
                                             usd_formatter)
-from mtrouter_jax.reporting.results import best_point, nearest_point, num, ordered_routers, points_of, routers_of, valid_points
+from mtrouter_jax.reporting.results import (best_point, headline_router, nearest_point, num, ordered_routers, points_of,
+                                           routers_of, valid_points)
 
 __all__ = ["cost_axis_scale", "score_range", "plot_cost_score", "plot_behaviour"]
 
@@ -160,8 +161,10 @@ def _default_behaviour_budget(results: dict, learned: str) -> Any:
     return max(budgets) if budgets else None
 
 
-def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrouter"):
+def _behaviour_figure(results: dict, budget: Any = "auto", learned: str | None = None):
     from matplotlib.colors import LogNorm
+
+    learned = learned or headline_router(results)
 
     if isinstance(budget, str) and budget == "auto":
         budget = _default_behaviour_budget(results, learned)
@@ -264,11 +267,11 @@ def _behaviour_figure(results: dict, budget: Any = "auto", learned: str = "mtrou
     return fig
 
 
-def plot_behaviour(results: dict, path, budget: Any = "auto", learned: str = "mtrouter") -> Path:
+def plot_behaviour(results: dict, path, budget: Any = "auto", learned: str | None = None) -> Path:
     """Behaviour figure (PNG): bars of switches/episode and stay-after-error per router at
     ``budget`` (default "auto" = the learned router's best-score budget; routers without a point
     at that budget use their nearest one), plus a heatmap of the learned router's tool-type ×
-    model over-representation. Returns ``Path(path)``."""
+    model over-representation; ``learned`` defaults to ``headline_router``. Returns ``Path(path)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = _behaviour_figure(results, budget, learned)

@@ -15,7 +15,7 @@ from mtrouter_jax.reporting.curves import aiq
 
 __all__ = ["KIND_ORDER", "CURVE_KINDS", "num", "same_budget", "routers_of", "points_of", "valid_points",
            "best_point", "point_at_budget", "budget_key", "nearest_point", "ordered_routers", "max_cost",
-           "aiq_by_router", "has_curve", "AIQ_NEEDS_A_CURVE", "specialisations"]
+           "aiq_by_router", "has_curve", "AIQ_NEEDS_A_CURVE", "specialisations", "headline_router"]
 
 KIND_ORDER = ("learned", "oracle", "heuristic", "baseline", "single")
 CURVE_KINDS = ("learned", "oracle", "heuristic", "baseline")
@@ -110,6 +110,14 @@ def ordered_routers(results: dict, routers: Iterable[str] | None = None) -> list
     names = list(rs) if routers is None else [n for n in routers if n in rs]
     rank = {k: i for i, k in enumerate(KIND_ORDER)}
     return sorted(names, key=lambda n: (rank.get(rs[n].get("kind"), len(KIND_ORDER)), names.index(n)))
+
+
+def headline_router(results: dict, default: str = "mtrouter") -> str:
+    """The learned row a report speaks of: the one ``mtrouter serve`` would route the checkpoint with
+    (``meta.serving_router``, set by the simulator's sweep: the safe row for an ensemble) where the
+    results have it, else ``default``."""
+    serving = (results.get("meta") or {}).get("serving_router")
+    return serving if serving in routers_of(results) else default
 
 
 def max_cost(results: dict) -> float | None:

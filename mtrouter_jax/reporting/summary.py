@@ -6,18 +6,20 @@ import math
 
 from mtrouter_jax.reporting.curves import first_cost_reaching
 from mtrouter_jax.reporting.fmt import DASH, budget_str, fixed, pct, score_ci, usd
-from mtrouter_jax.reporting.results import (AIQ_NEEDS_A_CURVE, CURVE_KINDS, aiq_by_router, best_point, budget_key, max_cost, nearest_point,
-                                  num, ordered_routers, point_at_budget, points_of, routers_of, specialisations,
-                                  valid_points)
+from mtrouter_jax.reporting.results import (AIQ_NEEDS_A_CURVE, CURVE_KINDS, aiq_by_router, best_point, budget_key,
+                                           headline_router, max_cost, nearest_point, num, ordered_routers,
+                                           point_at_budget, points_of, routers_of, specialisations, valid_points)
 
 __all__ = ["summary_markdown"]
 
 
-def summary_markdown(results: dict, learned: str = "mtrouter", heuristic: str = "tool-heuristic",
+def summary_markdown(results: dict, learned: str | None = None, heuristic: str = "tool-heuristic",
                      oracle: str = "oracle", escalation: str = "error-escalation") -> str:
     """Short markdown report of the headline comparisons; every number comes from ``results``.
+    ``learned``: the router it speaks for (default ``headline_router``: the one serve would use).
     Sentences whose routers are missing are left out."""
     rs = routers_of(results)
+    learned = learned or headline_router(results)
     meta = results.get("meta") or {}
     cur = meta.get("currency", "USD")
     lines: list[str] = ["# MTRouter budget sweep — summary", ""]

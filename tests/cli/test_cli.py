@@ -216,7 +216,8 @@ def test_two_behaviours_at_one_seed_do_not_collide(tmp_path):
 
 
 def test_run_trains_the_ensemble_it_is_given(tmp_path, monkeypatch):
-    """`mtrouter run --ensemble K` trains K members (checked at the hand-off, before any training)."""
+    """`mtrouter run --ensemble K` trains K members and pools the last ``--snapshot-fits`` fits
+    (checked at the hand-off, before any training)."""
     import mtrouter_jax.jobs as jobs
 
     seen = {}
@@ -232,6 +233,11 @@ def test_run_trains_the_ensemble_it_is_given(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         main(["run", "--out", str(tmp_path / "run"), "--episodes", "4", "--ensemble", "3"])
     assert seen["ensemble"] == 3 and seen["n"] == 4
+    # the job's checkpoint pools the last two fits by default (docs/benchmarks.md, "Main job")
+    assert seen["snapshot"] == 2
+    with pytest.raises(Stop):
+        main(["run", "--out", str(tmp_path / "run1"), "--episodes", "4", "--snapshot-fits", "1"])
+    assert seen["snapshot"] == 1
 
 
 def test_the_sim_lam_table_is_the_default_routers():

@@ -44,6 +44,7 @@ def _one_line(rc, lines, *needles):
     (["run", "--episodes", "0"], ["argument --episodes"]),
     (["run", "--rho", "1.5"], ["argument --rho", "[0, 1]"]),
     (["run", "--ensemble", "0"], ["argument --ensemble", "an integer > 0"]),
+    (["run", "--snapshot-fits", "0"], ["argument --snapshot-fits", "an integer > 0"]),
     (["sweep", "--ckpt", "x", "--budgets", "0.1", "-1"], ["argument --budgets", "a number > 0"]),
     (["route", "--conversation", "c", "--score", "inf"], ["argument --score", "a finite number"]),
     (["collect", "scienceworld", "--budget", "abc"], ["argument --budget", "a number > 0 USD", "'abc'"]),

@@ -147,6 +147,38 @@ def test_an_ensemble_last_on_a_one_member_chain(data, pool):
         fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, target_ensemble=0)
 
 
+def test_snapshot_pools_the_last_fits_members(data, pool, tmp_path_factory):
+    """``snapshot=2``: the same chain of fits, and the checkpoint's ensemble is the last fit (member
+    0, the module) and the one before it; it saves, verifies and predicts their mean."""
+    from mtrouter_jax.estimator.bootstrap import fit_bootstrapped
+    from mtrouter_jax.estimator.dataset import TargetConfig
+    from mtrouter_jax.estimator.members import member_predictions, pool_fits
+    from mtrouter_jax.jobs import train_checkpoint
+
+    cfg = TrainConfig(max_epochs=1, patience=1, batch_size=64, seed=5)
+    last, log_last = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False)
+    snap, log_snap = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, snapshot=2)
+    first, _ = fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=0, progress=False)
+    assert last.k == 1 and snap.k == 2 and log_snap[-1]["snapshot_of"] == [0, 1]
+    assert "snapshot_of" not in log_last[-1] and log_snap[-1]["val_loss"] == log_last[-1]["val_loss"]
+    x = data.features[:7]
+    pred = np.asarray(member_predictions(snap.graphdef, snap.members, x))[..., 0]  # (2, 7, M)
+    np.testing.assert_array_equal(pred[0], np.asarray(last.model.score_all(x))[..., 0])
+    np.testing.assert_array_equal(pred[1], np.asarray(first.model.score_all(x))[..., 0])
+    # an ensemble fit pools with a single one: K + 1 members, the later fit's first
+    ens = fit(data, pool, cfg, k=2, progress=False)
+    assert pool_fits([last, ens]).k == 3 and len(pool_fits([last, ens]).member_val_loss) == 3
+    with pytest.raises(ValueError, match="snapshot"):
+        fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, snapshot=0)
+    # the pooled ensemble is saved, verified and reloaded as any ensemble checkpoint
+    est, res = train_checkpoint(simulated_episodes(tmp_path_factory), pool, tmp_path_factory.mktemp("snap") / "ck",
+                                cfg, TargetConfig(bootstrap_steps=3, bootstrap_iterations=1), progress=False,
+                                snapshot=2)
+    assert est.k == 2 and est.meta["targets"]["fits"][-1]["snapshot_of"] == [0, 1]
+    both = np.asarray(member_predictions(res.graphdef, res.members, x))[..., 0]
+    np.testing.assert_allclose(np.asarray(est.predict(x))[0], both.mean(0), rtol=1e-5, atol=1e-6)
+
+
 def test_training_data_carries_budget_and_worst_case_turn_costs(data, pool):
     assert data.turn_cost_hi.shape == (data.n, len(pool))
     assert np.all(data.turn_cost_hi > 0)

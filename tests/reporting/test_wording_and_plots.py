@@ -60,6 +60,22 @@ def test_the_oracle_is_found_by_kind():
     assert line.startswith("- Against the **privileged-bound** at equal budget ($0.800): 70.0 vs 80.0")
 
 
+def test_the_summary_speaks_for_the_router_serve_would_use():
+    """A sweep of an ensemble checkpoint names its serving row (the safe one): the summary's
+    findings are about that row; without ``serving_router`` (or naming a row it lacks) they are
+    about ``mtrouter``."""
+    r = make_results()
+    r["routers"]["mtrouter-safe"] = copy.deepcopy(r["routers"]["mtrouter"])
+    r["routers"]["mtrouter-safe"]["points"][-1]["score"] = 72.0
+    plain = report.summary_markdown(r)
+    r["meta"]["serving_router"] = "mtrouter-safe"
+    safe = report.summary_markdown(r)
+    assert "70.0 vs 80.0, **mtrouter** is" in _finding(plain, "Against the **oracle**")
+    assert "72.0 vs 80.0, **mtrouter-safe** is" in _finding(safe, "Against the **oracle**")
+    r["meta"]["serving_router"] = "mtrouter-nope"
+    assert report.summary_markdown(r) == plain
+
+
 def test_single_point_aiq_is_not_defined(tmp_path):
     r = make_results()
     md = report.summary_markdown(r)
