@@ -174,6 +174,9 @@ def cmd_inspect(a) -> int:
     t = meta.get("training", {})
     short["training"] = {k: t.get(k) for k in ("best_epoch", "val_loss", "baseline_val_loss", "turns_per_second")}
     short["ensemble_size"] = int((meta.get("ensemble") or {}).get("k", 1))
+    fits = (meta.get("targets") or {}).get("fits") or []
+    if fits and fits[-1].get("snapshot_of"):  # the members are several fits' (--snapshot-fits)
+        short["ensemble_of_fits"] = fits[-1]["snapshot_of"]
     ref = meta.get("reference") or {}
     short["reference_policy"] = ref.get("name")
     short["reference_candidates"] = ref.get("candidates")

@@ -134,8 +134,9 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
                      ) -> tuple[LoadedEstimator, TrainResult]:
     """Build targets, fit the estimator (an ensemble of ``ensemble`` members trained in one vmapped
     step when > 1; ``target_ensemble`` members in the bootstrap fits before the last, default the
-    same; ``snapshot`` > 1: the members of the last ``snapshot`` fits pooled), fit the reference policy the logs vouch for (``reference.fit_reference``, for
-    the safe router), save an orbax checkpoint with full metadata, reload it."""
+    same; ``snapshot`` > 1: the members of the last ``snapshot`` fits pooled), fit the reference
+    policy the logs vouch for (``reference.fit_reference``, for the safe router), save an orbax
+    checkpoint with full metadata, reload it."""
     from mtrouter_jax.routing.draft import fit_type_outcomes
     from mtrouter_jax.routing.reference import fit_reference
 

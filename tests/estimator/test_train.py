@@ -147,7 +147,7 @@ def test_an_ensemble_last_on_a_one_member_chain(data, pool):
         fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, target_ensemble=0)
 
 
-def test_snapshot_pools_the_last_fits_members(data, pool, tmp_path_factory):
+def test_snapshot_pools_the_last_fits_members(data, pool, tmp_path_factory, capsys):
     """``snapshot=2``: the same chain of fits, and the checkpoint's ensemble is the last fit (member
     0, the module) and the one before it; it saves, verifies and predicts their mean."""
     from mtrouter_jax.estimator.bootstrap import fit_bootstrapped
@@ -171,10 +171,16 @@ def test_snapshot_pools_the_last_fits_members(data, pool, tmp_path_factory):
     with pytest.raises(ValueError, match="snapshot"):
         fit_bootstrapped(data, pool, cfg, n_steps=3, iterations=1, progress=False, snapshot=0)
     # the pooled ensemble is saved, verified and reloaded as any ensemble checkpoint
-    est, res = train_checkpoint(simulated_episodes(tmp_path_factory), pool, tmp_path_factory.mktemp("snap") / "ck",
-                                cfg, TargetConfig(bootstrap_steps=3, bootstrap_iterations=1), progress=False,
-                                snapshot=2)
+    ck = tmp_path_factory.mktemp("snap") / "ck"
+    est, res = train_checkpoint(simulated_episodes(tmp_path_factory), pool, ck, cfg,
+                                TargetConfig(bootstrap_steps=3, bootstrap_iterations=1), progress=False, snapshot=2)
     assert est.k == 2 and est.meta["targets"]["fits"][-1]["snapshot_of"] == [0, 1]
+    from mtrouter_jax.cli import main
+
+    capsys.readouterr()
+    assert main(["inspect", str(ck)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ensemble_size"] == 2 and info["ensemble_of_fits"] == [0, 1]
     both = np.asarray(member_predictions(res.graphdef, res.members, x))[..., 0]
     np.testing.assert_allclose(np.asarray(est.predict(x))[0], both.mean(0), rtol=1e-5, atol=1e-6)
 
