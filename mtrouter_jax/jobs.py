@@ -231,7 +231,7 @@ def sweep(estimator: LoadedEstimator | None, pool: Pool, world: WorldConfig, bud
     if unknown:
         raise UnknownRouterError(f"no router named {', '.join(unknown)} in this sweep; its routers: {', '.join(names)}")
     # the row `mtrouter serve` routes this checkpoint with, whether or not ``include`` keeps it
-    serving = next((n for n in ("mtrouter-safe", "mtrouter") if n in names), None)
+    serving = None if estimator is None else "mtrouter-safe" if serves_safe(estimator) else "mtrouter"
     all_jobs = [j for j in every if include is None or j[0] in include]
     bar = _bar(progress, len(all_jobs), "sweep")
     t0 = time.perf_counter()

@@ -222,8 +222,7 @@ class Router:
             tool_models = ToolModelMap.from_dict(self.pool.tool_heuristic, f"pool {self.pool.name!r}: tool_heuristic")
         self.tool_models = tool_models
         if policy is None:  # the safe rule for ensemble checkpoints (routing.meta.serves_safe)
-            policy = ("tool-heuristic" if estimator is None else
-                      "safe" if self.safe_policy is not None and serves_safe(estimator) else "learned")
+            policy = "tool-heuristic" if estimator is None else "safe" if serves_safe(estimator) else "learned"
         if isinstance(policy, str):
             policy = build_router(policy, self.pool, self.layout.tools, tool_map=tool_models,
                                   learned=self.learned_policy, safe=self.safe_policy)
