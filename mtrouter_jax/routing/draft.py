@@ -11,7 +11,7 @@ normalised score it caused (``Turn.progress`` after it, ``meta.initial_score`` b
 so a decisive wrong action (a wrong ``focus``, a bad ``submit``) shows as a large negative gain of
 the model that typed it. The table holds, per (executed action type, model), the number of logged
 turns and the mean and variance of their gains. Escalation is conservative, as the safe router is;
-two tests (``DRAFT_TESTS``), both over cells with at least ``n_min`` logged turns of that type:
+two tests, both over cells with at least ``n_min`` logged turns of that type:
 
 - ``overlap`` (the default): the alternative's 95 % lower bound must exceed the draft model's 95 %
   upper bound. Non-overlapping intervals are a stricter test than their level says (about 99.4 %
@@ -20,7 +20,14 @@ two tests (``DRAFT_TESTS``), both over cells with at least ``n_min`` logged turn
   quantile 1.645) must be above zero: the textbook test that the alternative is better, which
   escalates on smaller, better-measured differences.
 
-In both, the advantage must also be worth a second call: the bound must clear ``min_gain`` (default
+The alternative's gain is read, in these two, from its own turns of the draft's type. The ``due``
+tests (``due``: overlap, ``due-difference``: difference; ``DRAFT_TESTS``) read it instead from the
+turns where the action *due* — in hindsight, ``routing/due.py`` — was what the draft model's turns of
+that type had due: a "look around" drafted where an ``act`` was due is valued at what the
+alternative scores when an ``act`` is due. Tables without hindsight due types (older checkpoints)
+fall back to the plain test of the same kind.
+
+In all, the advantage must also be worth a second call: the bound must clear ``min_gain`` (default
 ``DEFAULT_DRAFT_MIN_GAIN``, 1 % of the score range a turn), not just zero. With enough logs every
 small per-type difference becomes significant (an `explore` turn of one model 0.001 better than
 another's, measured on 1,500 turns each), and escalating the frequent turns of such types drains
@@ -41,9 +48,10 @@ from typing import Sequence
 import numpy as np
 
 from mtrouter_jax.core.stats import Z95
+from mtrouter_jax.routing.due import DueOutcomes, due_types, fit_due
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
-DRAFT_TESTS = ("overlap", "difference")  # how "significantly better at a type" is tested (module docstring)
+DRAFT_TESTS = ("overlap", "difference", "due", "due-difference")  # how "significantly better at a type" is tested (module docstring)
 DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Drafting made the default")
 DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where a draft could be re-served (can_escalate)
 Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
@@ -52,13 +60,15 @@ DEFAULT_DRAFT_MIN_GAIN = 0.01  # the least advantage (normalised score a turn) a
 
 @dataclass(frozen=True)
 class TypeOutcomes:
-    """Per (executed action type, model): logged turns ``n``, mean ``mean`` and variance ``var`` of the gain."""
+    """Per (executed action type, model): logged turns ``n``, mean ``mean`` and variance ``var`` of the gain;
+    ``due``: the same log by hindsight due type (``routing/due.py``; None in tables fitted before it)."""
 
     tools: tuple[str, ...]
     models: tuple[str, ...]
     n: np.ndarray  # (K, M) float
     mean: np.ndarray  # (K, M)
     var: np.ndarray  # (K, M)
+    due: DueOutcomes | None = None
 
     def bounds(self, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) normal 95 % bounds of each cell's mean gain (±inf where n < 2)."""
@@ -84,13 +94,17 @@ class TypeOutcomes:
         return not bool(np.any(self.n > 0))
 
     def to_meta(self) -> dict:
-        return {"tools": list(self.tools), "models": list(self.models), "n": self.n.tolist(),
-                "mean": self.mean.tolist(), "var": self.var.tolist()}
+        out = {"tools": list(self.tools), "models": list(self.models), "n": self.n.tolist(),
+               "mean": self.mean.tolist(), "var": self.var.tolist()}
+        if self.due is not None:
+            out["due"] = self.due.to_meta()
+        return out
 
     @classmethod
     def from_meta(cls, d: dict) -> "TypeOutcomes":
         return cls(tuple(d["tools"]), tuple(d["models"]), np.asarray(d["n"], np.float64),
-                   np.asarray(d["mean"], np.float64), np.asarray(d["var"], np.float64))
+                   np.asarray(d["mean"], np.float64), np.asarray(d["var"], np.float64),
+                   DueOutcomes.from_meta(d["due"]) if d.get("due") else None)
 
 
 def turn_gains(progress: Sequence[float | None], start: float, lo: float, hi: float) -> np.ndarray | None:
@@ -104,8 +118,9 @@ def turn_gains(progress: Sequence[float | None], start: float, lo: float, hi: fl
 
 
 def fit_table(tool_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, tools: Sequence[str],
-              models: Sequence[str]) -> TypeOutcomes:
-    """The table of per-turn ``gains`` grouped by (``tool_idx``, ``model_idx``), all (N,) arrays."""
+              models: Sequence[str], due_idx: np.ndarray | None = None) -> TypeOutcomes:
+    """The table of per-turn ``gains`` grouped by (``tool_idx``, ``model_idx``), all (N,) arrays; with
+    ``due_idx`` (hindsight due types, ``routing/due.py``) also by due type."""
     K, M = len(tools), len(models)
     n, s, s2 = np.zeros((K, M)), np.zeros((K, M)), np.zeros((K, M))
     np.add.at(n, (tool_idx, model_idx), 1.0)
@@ -113,16 +128,18 @@ def fit_table(tool_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, to
     np.add.at(s2, (tool_idx, model_idx), np.square(gains))
     mean = s / np.maximum(n, 1.0)
     var = np.maximum(s2 / np.maximum(n, 1.0) - mean ** 2, 0.0) * n / np.maximum(n - 1.0, 1.0)  # unbiased
-    return TypeOutcomes(tuple(tools), tuple(models), n, mean, var)
+    due = None if due_idx is None else fit_due(tool_idx, due_idx, model_idx, gains, K, M)
+    return TypeOutcomes(tuple(tools), tuple(models), n, mean, var, due)
 
 
 def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
                    default_range: Sequence[float] = (-100.0, 100.0)) -> TypeOutcomes:
     """The table of logged ``episodes``: every turn with a known progress, by its executed type
-    (``Turn.tool``; an unknown type counts as the vocabulary's last, "other"-like entry) and model."""
+    (``Turn.tool``; an unknown type counts as the vocabulary's last, "other"-like entry) and model,
+    and by its hindsight due type (``routing/due.py``)."""
     pos = {t: i for i, t in enumerate(tools)}
     mpos = {m: i for i, m in enumerate(models)}
-    ti, mi, g = [], [], []
+    ti, mi, g, di = [], [], [], []
     for e in episodes:
         if (e.meta or {}).get("branch_of") is not None:  # a branch's replayed prefix is its base's turns
             turns = [t for t in e.turns if not (t.meta or {}).get("replayed")]
@@ -133,14 +150,20 @@ def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
         gains = turn_gains(all_prog, float((e.meta or {}).get("initial_score", lo)), lo, hi)
         if gains is None:
             continue
-        gains = gains[len(e.turns) - len(turns):]
-        for t, x in zip(turns, gains):
+        # due types from the whole episode (a branch's replayed prefix included): a turn's label is
+        # the type of the next score change, which may come after it
+        due = due_types(np.array([pos.get(t.tool, len(tools) - 1) for t in e.turns], np.int64),
+                        np.nan_to_num(gains), len(tools))
+        skip = len(e.turns) - len(turns)
+        for t, x, d in zip(turns, gains[skip:], due[skip:]):
             if t.model not in mpos or not math.isfinite(x):
                 continue
             ti.append(pos.get(t.tool, len(tools) - 1))
             mi.append(mpos[t.model])
             g.append(x)
-    return fit_table(np.asarray(ti, np.int64), np.asarray(mi, np.int64), np.asarray(g, np.float64), tools, models)
+            di.append(d)
+    return fit_table(np.asarray(ti, np.int64), np.asarray(mi, np.int64), np.asarray(g, np.float64), tools, models,
+                     np.asarray(di, np.int64))
 
 
 def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequence[str],
@@ -208,23 +231,31 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
                       min_gain: float = DEFAULT_DRAFT_MIN_GAIN) -> int:
     """The model to re-serve a turn whose draft (by model ``draft``) has action type ``tool``, or -1.
 
-    Among ``allowed`` models with ``n_min`` logged turns of that type, the one whose advantage over
-    the draft model (which needs ``n_min`` turns too) has the best lower bound, if the ``test``
-    (``overlap`` or ``difference``, module docstring) says it is better by more than ``min_gain``."""
+    Among ``allowed`` models with ``n_min`` logged turns of that type (``due`` tests: of every due type
+    behind the draft's), the one whose advantage over the draft model (which needs ``n_min`` turns of
+    the type too) has the best lower bound, if the ``test`` (module docstring) says it is better by
+    more than ``min_gain``."""
     check_draft_test(test)
     if not 0 <= tool < len(table.tools) or table.n[tool, draft] < n_min:
         return -1
-    cand = np.asarray(allowed, bool) & (table.n[tool] >= n_min)
+    due = test.startswith("due") and table.due is not None
+    if due:
+        value, var, known = table.due.alternative_values(tool, draft, n_min)
+    else:
+        value, var, known = table.mean[tool], table.var[tool] / np.maximum(table.n[tool], 1.0), table.n[tool] >= n_min
+    cand = np.asarray(allowed, bool) & known
     cand[draft] = False
     if not cand.any():
         return -1
-    if test == "overlap":
-        lcb, ucb = table.bounds()
-        j = int(np.argmax(np.where(cand, lcb[tool], -np.inf)))
-        return j if lcb[tool, j] - ucb[tool, draft] > min_gain else -1
-    n = np.maximum(table.n[tool], 1.0)
-    se = np.sqrt(table.var[tool] / n + table.var[tool, draft] / n[draft])
-    lower = table.mean[tool] - table.mean[tool, draft] - Z95_ONE_SIDED * se
+    own_var = table.var[tool, draft] / max(table.n[tool, draft], 1.0)
+    if test in ("overlap", "due"):  # a cell of one turn has no interval: it never passes this test
+        if not due:
+            var = np.where(table.n[tool] >= 2, var, np.inf)
+        own_ucb = table.mean[tool, draft] + Z95 * np.sqrt(own_var) if table.n[tool, draft] >= 2 else np.inf
+        lcb = value - Z95 * np.sqrt(var)
+        j = int(np.argmax(np.where(cand, lcb, -np.inf)))
+        return j if lcb[j] - own_ucb > min_gain else -1
+    lower = value - table.mean[tool, draft] - Z95_ONE_SIDED * np.sqrt(var + own_var)
     j = int(np.argmax(np.where(cand, lower, -np.inf)))
     return j if lower[j] > min_gain else -1
 

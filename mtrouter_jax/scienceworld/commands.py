@@ -65,7 +65,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                                                  "learned/safe only with --checkpoint; learned=PATH, safe=PATH "
                                                  "for more checkpoints; learned/safe draft where the checkpoint's "
                                                  "logs have per-turn outcomes (named +draft then), safe+draft:off "
-                                                 "never, safe+draft[:overlap|difference] always; "
+                                                 "never, safe+draft[:overlap|difference|due|due-difference] always; "
                                                  "fixed:MODEL runs a model without a budget, "
                                                  "capped:MODEL or capped:* held to each --budgets value)")
     p.add_argument("--budgets", type=_budget, nargs="*", default=[], help="USD per episode (default: none)")

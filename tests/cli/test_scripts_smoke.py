@@ -150,3 +150,37 @@ def test_bench_logs_runs_at_tiny_sizes_with_features_and_a_baseline(tmp_path):
     assert [(r["mode"], r["tree"] == "this") for r in runs] == [("iter", True), ("iter", False),
                                                                  ("read", True), ("read", False)]
     assert all(r["turns"] == 40 and r["episodes"] == 5 for r in runs)
+
+
+def test_due_types_bench_tells_a_fixed_task_order_from_the_raising_turns_so_far(tmp_path):
+    """A task whose due types come in a fixed order (navigate, act, focus), each hit after a random
+    number of misses: the raising turns so far name the due type exactly; the previous type does not."""
+    import importlib.util
+
+    import numpy as np
+
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.logs.io import Episode, Turn, write_episodes
+
+    path = next(p for p in SCRIPTS if p.name == "bench_due_types.py")
+    spec = importlib.util.spec_from_file_location("bench_due_types", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng, pool, eps = np.random.default_rng(0), default_pool(), []
+    for i in range(40):
+        turns, score = [], 0.0
+        for due in ("navigate", "act", "focus"):
+            for _ in range(int(rng.integers(0, 3))):
+                turns.append(Turn(pool.names[0], 10, 0, 5, 1e-5, "explore", None, 1.0, progress=score))
+            score += 10.0
+            turns.append(Turn(pool.names[0], 10, 0, 5, 1e-5, due, None, 1.0, progress=score))
+        eps.append(Episode(f"e{i}", "t", score, None, pool.names, tuple(turns), (-100.0, 100.0), "live",
+                           {"initial_score": 0.0}))
+    log = tmp_path / "log.jsonl"
+    write_episodes(log, eps)
+    from mtrouter_jax.scienceworld.routed import TOOLS
+
+    rows = mod.turn_rows(str(log), TOOLS)
+    assert len(rows) == sum(len(e.turns) for e in eps)
+    assert mod.held_out_accuracy(rows, mod.KEYS["task + score-raising turns so far"]) == 1.0
+    assert mod.held_out_accuracy(rows, mod.KEYS["previous type"]) < 1.0

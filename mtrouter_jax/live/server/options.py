@@ -64,7 +64,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "billed; docs/live.md, 'Draft routing'). MODE: auto (the default: on where the checkpoint's "
                         "per-turn outcomes show a type another model is significantly better at, and the state is "
                         "in memory), off, or the escalation test, "
-                        f"overlap or difference (--draft alone: {DEFAULT_DRAFT_TEST}; needs the outcomes)")
+                        f"overlap, difference, or due / due-difference (the alternative valued by hindsight due types; "
+                        f"measured, not the default) (--draft alone: {DEFAULT_DRAFT_TEST}; needs the outcomes)")
     p.add_argument("--state", default=None,
                    help="where conversations, budgets and finishes live: memory (default: this process) or "
                         "redis://HOST:PORT/DB, shared by every replica on it (docs/live.md, 'Replicas')")
