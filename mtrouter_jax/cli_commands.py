@@ -184,6 +184,14 @@ def cmd_inspect(a) -> int:
         from mtrouter_jax.routing.reference import Reference
 
         short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
+    if meta.get("type_outcomes"):  # per-turn outcomes (logs with progress): drafting and due types
+        from mtrouter_jax.routing.draft import TypeOutcomes
+        from mtrouter_jax.routing.due import best_when_due
+
+        to = TypeOutcomes.from_meta(meta["type_outcomes"])
+        short["turn_outcomes"] = "none: the logs have no per-turn progress" if to.empty else {
+            "draft_escalations": to.escalations(),
+            "best_when_due": best_when_due(to.due, to.tools, to.models) if to.due is not None else None}
     from mtrouter_jax.routing.meta import DEFAULT_LAM
 
     tables = meta.get("lam_tables") or {}

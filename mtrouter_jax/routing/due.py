@@ -80,6 +80,25 @@ class DueOutcomes:
         return value, cell + mixing, known
 
 
+def best_when_due(due: DueOutcomes, tools, models, n_min: float = 20.0) -> dict[str, dict]:
+    """Readable summary: per due type (``none`` left out), the model with the highest mean gain when it
+    was due, among those with ``n_min`` logged turns of it, its gain in % of the score range a turn,
+    the runner-up's and the turns behind the best one (``{}`` for a type no model has ``n_min`` of)."""
+    out: dict[str, dict] = {}
+    for k, tool in enumerate(tools):
+        ok = due.n[k] >= n_min
+        if not ok.any():
+            continue
+        order = [int(i) for i in np.argsort(-np.where(ok, due.mean[k], -np.inf)) if ok[i]]
+        best = order[0]
+        out[tool] = {"model": models[best], "gain_pct": round(100 * float(due.mean[k, best]), 3),
+                     "turns": int(due.n[k, best])}
+        if len(order) > 1:
+            out[tool]["runner_up"] = {"model": models[order[1]],
+                                      "gain_pct": round(100 * float(due.mean[k, order[1]]), 3)}
+    return out
+
+
 def fit_due(tool_idx: np.ndarray, due_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, K: int,
             M: int) -> DueOutcomes:
     """The ``DueOutcomes`` of N logged turns: typed ``tool_idx`` (< K), hindsight ``due_idx`` (≤ K, K =
@@ -95,4 +114,4 @@ def fit_due(tool_idx: np.ndarray, due_idx: np.ndarray, model_idx: np.ndarray, ga
     return DueOutcomes(n, mean, var, mix)
 
 
-__all__ = ["DueOutcomes", "due_types", "fit_due"]
+__all__ = ["DueOutcomes", "due_types", "fit_due", "best_when_due"]

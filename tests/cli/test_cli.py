@@ -80,6 +80,7 @@ def test_inspect_prints_metadata(work, capsys):
     assert info["schema"] == "mtrouter-ckpt/1"
     assert info["models"] == list(default_pool().names)
     assert set(info["training"]) == {"best_epoch", "val_loss", "baseline_val_loss", "turns_per_second"}
+    assert info["turn_outcomes"] == "none: the logs have no per-turn progress"  # simulated logs have none
 
 
 def test_sweep_writes_results(work, tmp_path):

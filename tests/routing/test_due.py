@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mtrouter_jax.core.pool import default_pool
 from mtrouter_jax.logs.io import Episode, Turn
 from mtrouter_jax.routing.draft import TypeOutcomes, draft_escalation, fit_table, fit_type_outcomes
-from mtrouter_jax.routing.due import due_types, fit_due
+from mtrouter_jax.routing.due import best_when_due, due_types, fit_due
 
 TOOLS = ("explore", "act", "focus", "other")
 EXPLORE, ACT = 0, 1
@@ -138,3 +138,13 @@ def test_due_escalation_needs_logged_turns_of_every_due_type_behind_the_draft(te
     a = POOL.index(A)
     few = int(t.due.n[ACT, POOL.index(B)]) + 1
     assert draft_escalation(t, EXPLORE, a, np.ones(len(POOL), bool), n_min=few, test=test) == -1
+
+
+def test_best_when_due_names_the_model_that_hits_the_due_type_where_the_typed_rows_tie():
+    t = fit_type_outcomes(_world(), TOOLS, POOL.names)
+    best = best_when_due(t.due, TOOLS, POOL.names)
+    assert best["act"]["model"] == B and best["act"]["runner_up"]["model"] == A
+    assert best["act"]["gain_pct"] > best["act"]["runner_up"]["gain_pct"] > 0
+    assert best["act"]["turns"] == int(t.due.n[ACT, POOL.index(B)])
+    assert set(best) == {"act"}  # no other type was ever due; "none" is left out
+    assert best_when_due(t.due, TOOLS, POOL.names, n_min=10 ** 6) == {}
