@@ -14,7 +14,8 @@ from pathlib import Path
 from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_compare_arms, cmd_inspect, cmd_pool,
                                        cmd_route, cmd_serve, empty_logs, empty_logs_error, finite_float, fit_line,
                                        non_negative_float, non_negative_int, positive_float, positive_int,
-                                       print_coverage, probability, quiet_libraries, sim_incompatibility)
+                                       print_coverage, probability, plain_warnings, quiet_libraries,
+                                       sim_incompatibility)
 from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
 
 DEFAULT_OUT = "runs/default"
@@ -381,6 +382,7 @@ def _usage_error_types() -> tuple[type, ...]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    plain_warnings(args.cmd)
     try:
         return args.fn(args)
     except Exception as e:  # noqa: BLE001 - narrowed right below

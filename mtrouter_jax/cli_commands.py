@@ -30,6 +30,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def plain_warnings(cmd: str) -> None:
+    """Our own warnings (``mtrouter_jax``'s ``UserWarning`` kinds) print as one line, ``mtrouter CMD:
+    warning: ...``, not with the source line that called the library (noise to a CLI user)."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if getattr(category, "__module__", "").startswith("mtrouter_jax"):
+            return f"mtrouter {cmd}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+
+
 def quiet_libraries() -> None:
     """Hush start-up chatter nobody acted on: jax's "Unable to initialize backend 'tpu'" and orbax's
     absl INFO lines (``serve`` logs at INFO). Only loggers the user left unset (NOTSET) are touched."""
@@ -295,7 +310,7 @@ def cmd_serve(a) -> int:
     return 0
 
 
-__all__ = ["OneLineParser", "quiet_libraries", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+__all__ = ["OneLineParser", "quiet_libraries", "plain_warnings", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
            "cmd_compare_arms",
            "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "probability"]

@@ -88,4 +88,11 @@ def serves_safe(estimator) -> bool:
     return k > 1 and bool((getattr(estimator, "meta", None) or {}).get("reference"))
 
 
-__all__ = ["serves_safe", "DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]
+def serves_safe_meta(meta: dict | None) -> bool:
+    """``serves_safe`` read from a checkpoint's metadata alone (no weights loaded): ``mtrouter eval
+    scienceworld`` picks its default learned row by it, so that row is the router ``serve`` serves."""
+    meta = meta or {}
+    return int((meta.get("ensemble") or {}).get("k", 1) or 1) > 1 and bool(meta.get("reference"))
+
+
+__all__ = ["serves_safe", "serves_safe_meta", "DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from .engine import DEFAULT_TASKS, SPLITS
+from .engine import DEFAULT_EVAL_BASELINES, DEFAULT_TASKS, SPLITS
 from .scripted import WORLDS
 
-DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"
+# eval's rows when --routers is not given: the checkpoint's serving router, then the baselines
+DEFAULT_EVAL_ROUTERS = f"safe or learned (as serve would route the checkpoint),{DEFAULT_EVAL_BASELINES}"
 
 
 def _budget(text: str) -> float:
@@ -134,4 +135,5 @@ def cmd_eval(a) -> int:
     return 0
 
 
-__all__ = ["add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval", "DEFAULT_EVAL_ROUTERS"]
+__all__ = ["add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval", "DEFAULT_EVAL_ROUTERS",
+           "DEFAULT_EVAL_BASELINES"]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "dev", "test")
+# the rows `mtrouter eval scienceworld` always runs (after a checkpoint's serving router: evaluate.default_eval_routers)
+DEFAULT_EVAL_BASELINES = "tool-heuristic,fixed:*,error-escalation"
 INVALID_ACTION_OBSERVATION = "No known action matches that input."
 AMBIGUOUS_PREFIX = "Ambiguous request"  # the JVM then waits for a number ("0", "1", ...)
 CANCELLED_CHOICE_PREFIX = "Unknown action."  # a non-number answered to an ambiguity prompt
@@ -371,5 +373,5 @@ class ScienceWorldEngine:
 __all__ = ["ScienceWorldEngine", "EpisodeStart", "StepResult", "ScienceWorldUnavailable",
            "ScienceWorldArgumentError", "UnknownTaskError", "VariationError", "SplitError",
            "require_java", "check_task", "check_variation", "variations", "default_cache_dir",
-           "SPLITS", "TASK_NAMES", "DEFAULT_TASKS", "VARIATION_SPLITS", "GOLD_PATH_STATS",
+           "SPLITS", "DEFAULT_EVAL_BASELINES", "TASK_NAMES", "DEFAULT_TASKS", "VARIATION_SPLITS", "GOLD_PATH_STATS",
            "INVALID_ACTION_OBSERVATION", "AMBIGUOUS_PREFIX", "CANCELLED_CHOICE_PREFIX"]

@@ -14,10 +14,19 @@ from typing import Sequence
 
 from mtrouter_jax.core.pool import Pool
 
-from .engine import DEFAULT_TASKS, require_java
+from .engine import DEFAULT_EVAL_BASELINES, DEFAULT_TASKS, require_java
 from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
 
-DEFAULT_EVAL_ROUTERS = "learned,tool-heuristic,fixed:*,error-escalation"  # also shown by `mtrouter eval --help`
+def default_eval_routers(checkpoint: str | Path | None) -> str:
+    """The routers eval runs when none are named: the baselines, after (with a ``checkpoint``) the
+    router ``mtrouter serve`` would serve it with — ``safe`` (drafting where its logs allow) for an
+    ensemble with a fitted reference, else ``learned`` (``routing.meta.serves_safe_meta``)."""
+    if not checkpoint:
+        return DEFAULT_EVAL_BASELINES
+    from mtrouter_jax.estimator.checkpoint import read_meta
+    from mtrouter_jax.routing.meta import serves_safe_meta
+
+    return f"{'safe' if serves_safe_meta(read_meta(checkpoint)) else 'learned'},{DEFAULT_EVAL_BASELINES}"
 
 
 def _workers(n: int | None) -> int:
@@ -188,13 +197,14 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
     return chosen
 
 
-def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTERS, *, checkpoint: str | None = None,
+def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: str | None = None,
              budgets: Sequence[float] = (), per_task: int = 1, runs: int = 1, split: str = "test",
              tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
              seed: int = 0, step_limit: int = 100, lam: float | None = None, tool_map: str | None = None,
              profiles: str | None = None, progress: bool = True, lam_grid: Sequence[float] = (),
              calibration_split: str = "dev", calibration_per_task: int = 1) -> dict:
-    """Run every router on the same episodes under every budget; returns the sweep ``results`` dict
+    """Run every router (``routers``; empty: ``default_eval_routers``) on the same episodes under every
+    budget; returns the sweep ``results`` dict
     (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``.
 
     With ``lam_grid``, the λ of each learned router is first calibrated per budget on
@@ -208,7 +218,7 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
     from .routed import TOOLS
 
     if not routers.strip():
-        routers = DEFAULT_EVAL_ROUTERS if checkpoint else DEFAULT_EVAL_ROUTERS.replace("learned,", "")
+        routers = default_eval_routers(checkpoint)
     specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
     for _, _, spec in specs:
         validate_spec(spec, pool, backend)
@@ -278,4 +288,4 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = DEFAULT_EVAL_ROUTER
     return results
 
 
-__all__ = ["collect", "evaluate", "eval_specs", "validate_spec", "checkpoint_tag", "DEFAULT_EVAL_ROUTERS"]
+__all__ = ["collect", "evaluate", "eval_specs", "validate_spec", "checkpoint_tag", "default_eval_routers"]

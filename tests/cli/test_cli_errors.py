@@ -165,3 +165,26 @@ def test_library_noise_is_quiet_unless_the_user_set_a_level():
                        timeout=300)
     assert "Unable to initialize backend" not in r.stderr and "absl-chatter" not in r.stderr, r.stderr[-2000:]
     assert "user-line" in r.stderr
+
+
+def test_our_warnings_print_as_one_line_naming_the_command(tmp_path):
+    """A TrainingQualityWarning from `mtrouter train` (too few episodes to tell the models apart) is one
+    line on stderr, `mtrouter train: warning: ...`, without the library source line that raised it."""
+    import subprocess
+    import sys
+
+    from mtrouter_jax.core.pool import default_pool
+    from mtrouter_jax.logs.io import Episode, Turn, write_episodes
+
+    names = default_pool().names
+    eps = [Episode(f"e{i}", "t", float(i % 2), None, names,
+                   tuple(Turn(names[(i + j) % 2], 100, 0, 10, 1e-4, "search", None, 1.0) for j in range(3)),
+                   (0.0, 1.0)) for i in range(12)]
+    write_episodes(tmp_path / "d.jsonl", eps)
+    r = subprocess.run([sys.executable, "-m", "mtrouter_jax.cli", "train", "--data", str(tmp_path / "d.jsonl"),
+                        "--out", str(tmp_path / "ck"), "--epochs", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "TrainingQualityWarning" in x or "warning:" in x]
+    assert any(x.startswith("mtrouter train: warning: ") for x in lines), r.stderr
+    assert not any("TrainingQualityWarning" in x for x in lines) and "train_checkpoint(" not in r.stderr

@@ -214,8 +214,15 @@ def test_ensemble_checkpoint_round_trip_and_member_spread(tmp_path_factory, tmp_
     single = load_checkpoint(trained_checkpoint(tmp_path_factory))
     assert Router(again, pool).policy.spec == "safe"
     assert Router(single, pool).policy.spec == "learned"
+    # ... and ScienceWorld's eval runs, when no router is named, the one serve would (read from metadata)
+    from mtrouter_jax.routing.meta import serves_safe_meta
+    from mtrouter_jax.scienceworld.evaluate import default_eval_routers
+
     for est, safe in ((again, True), (single, False)):
         assert ("mtrouter-safe" in [j[0] for j in sweep_jobs(est, pool, WorldConfig())]) is safe
+        assert serves_safe_meta(read_meta(est.path)) is safe
+        assert default_eval_routers(est.path).split(",")[0] == ("safe" if safe else "learned")
+    assert "learned" not in default_eval_routers(None) and "safe" not in default_eval_routers(None)
     # metadata updates are re-sealed: the checkpoint still verifies
     update_meta(tmp_path / "ens", {"lam_tables": {"sim": [{"budget": 0.1, "lam": 0.2}]}})
     assert load_checkpoint(tmp_path / "ens").meta["lam_tables"]["sim"][0]["lam"] == 0.2
