@@ -14,8 +14,8 @@ from pathlib import Path
 from mtrouter_jax.cli_commands import (OneLineParser, check_fresh_dir, cmd_compare_arms, cmd_inspect, cmd_pool,
                                        cmd_route, cmd_serve, empty_logs, empty_logs_error, finite_float, fit_line,
                                        non_negative_float, non_negative_int, positive_float, positive_int,
-                                       print_coverage, probability, plain_warnings, quiet_libraries,
-                                       sim_incompatibility)
+                                       print_coverage, print_routing_summary, probability, plain_warnings,
+                                       quiet_libraries, sim_incompatibility)
 from mtrouter_jax.core.errors import UsageError  # bad input: one line, exit status 2
 
 DEFAULT_OUT = "runs/default"
@@ -132,12 +132,7 @@ def cmd_train(a) -> int:
     est, res = train_checkpoint(episodes, pool, a.out, _train_cfg(a), tcfg, text_encoder=text, ensemble=a.ensemble,
                                 aggregate=a.bootstrap_aggregate, snapshot=a.snapshot_fits)
     print(fit_line(a.out, len(episodes), res))
-    ref = (getattr(est, "meta", None) or {}).get("reference")
-    if ref:  # what the safe router keeps to, per budget (mtrouter inspect shows the candidates)
-        from mtrouter_jax.routing.reference import Reference
-
-        tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
-        print(f"reference policy (safe router): {tiers}")
+    print_routing_summary(getattr(est, "meta", None) or {})
     return 0
 
 

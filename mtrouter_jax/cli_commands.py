@@ -179,6 +179,33 @@ def sim_incompatibility(est, world) -> str | None:
             "or retrain with simulated episodes (mtrouter train --simulate N).")
 
 
+def print_routing_summary(meta: dict) -> None:
+    """After ``mtrouter train``: what the safe router keeps to per budget and, for logs with per-turn
+    progress, which model each action type needs (``mtrouter inspect`` shows the details)."""
+    ref = meta.get("reference")
+    if ref:
+        from mtrouter_jax.routing.reference import Reference
+
+        tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
+        print(f"reference policy (safe router): {tiers}")
+    if meta.get("type_outcomes"):
+        from mtrouter_jax.routing.draft import TypeOutcomes
+        from mtrouter_jax.routing.due import best_when_due
+
+        to = TypeOutcomes.from_meta(meta["type_outcomes"])
+        if to.due is not None and not to.empty:
+            best = best_when_due(to.due, to.tools, to.models)
+            if best:
+                print("best when due (mean gain a turn, % of the score range): " + "; ".join(
+                    f"{k} {v['model']} {v['gain_pct']:.2f}" + (f" (then {v['runner_up']['model']} "
+                                                               f"{v['runner_up']['gain_pct']:.2f})"
+                                                               if "runner_up" in v else "")
+                    for k, v in best.items()))
+        esc = to.escalations()
+        print(f"draft escalations: {esc}" if esc else "draft escalations: none (no type another model is "
+              "significantly better at)")
+
+
 def cmd_inspect(a) -> int:
     from mtrouter_jax.estimator.checkpoint import read_meta
 
@@ -310,7 +337,7 @@ def cmd_serve(a) -> int:
     return 0
 
 
-__all__ = ["OneLineParser", "quiet_libraries", "plain_warnings", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+__all__ = ["OneLineParser", "quiet_libraries", "plain_warnings", "print_routing_summary", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
            "cmd_compare_arms",
            "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "probability"]

@@ -253,3 +253,27 @@ def test_the_sim_lam_table_is_the_default_routers():
     # a sweep of some rows (--routers) that left out the serving router writes no table, not another's
     assert sim_lam_table({"meta": {"serving_router": "mtrouter-safe"}, "routers": {"mtrouter": learned}}) == {}
     assert sim_lam_table({"routers": {"gpt-5": {"kind": "single", "points": []}}}) == {}
+
+
+def test_train_on_logs_with_progress_says_which_model_each_type_needs(tmp_path, capsys):
+    """ScienceWorld-like logs (per-turn progress): after training, one line names per action type the
+    model best when it was due in hindsight."""
+    import numpy as np
+
+    from mtrouter_jax.logs.io import Episode, Turn, write_episodes
+
+    names, rng, eps = default_pool().names, np.random.default_rng(0), []
+    for i in range(40):
+        model, p = (names[0], 0.9) if i % 2 else (names[-1], 0.3)  # names[0] hits the due act far more often
+        turns, score = [], 0.0
+        for hit in list(rng.random(6) < p) + [True]:
+            score += 10.0 if hit else 0.0
+            turns.append(Turn(model, 100, 0, 10, 1e-4, "act" if hit else "explore", None, 1.0, progress=score))
+        eps.append(Episode(f"e{i}", "t", score, None, names, tuple(turns), (-100.0, 100.0), "live",
+                           {"initial_score": 0.0}))
+    write_episodes(tmp_path / "d.jsonl", eps)
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "ck"), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"best when due (mean gain a turn, % of the score range): act {names[0]} " in out
+    assert "draft escalations:" in out
