@@ -188,22 +188,35 @@ def print_routing_summary(meta: dict) -> None:
 
         tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
         print(f"reference policy (safe router): {tiers}")
-    if meta.get("type_outcomes"):
-        from mtrouter_jax.routing.draft import TypeOutcomes
-        from mtrouter_jax.routing.due import best_when_due
-
-        to = TypeOutcomes.from_meta(meta["type_outcomes"])
-        if to.due is not None and not to.empty:
-            best = best_when_due(to.due, to.tools, to.models)
-            if best:
-                print("best when due (mean gain a turn, % of the score range): " + "; ".join(
-                    f"{k} {v['model']} {v['gain_pct']:.2f}" + (f" (then {v['runner_up']['model']} "
-                                                               f"{v['runner_up']['gain_pct']:.2f})"
-                                                               if "runner_up" in v else "")
-                    for k, v in best.items()))
-        esc = to.escalations()
+    outcomes = turn_outcomes_summary(meta)
+    if outcomes is not None:
+        details = outcomes if isinstance(outcomes, dict) else {}  # a sentence: no per-turn progress
+        best = details.get("best_when_due")
+        if best:
+            print("best when due (mean gain a turn, % of the score range): " + "; ".join(
+                f"{k} {v['model']} {v['gain_pct']:.2f}" + (f" (then {v['runner_up']['model']} "
+                                                           f"{v['runner_up']['gain_pct']:.2f})"
+                                                           if "runner_up" in v else "")
+                for k, v in best.items()))
+        esc = details.get("draft_escalations")
         print(f"draft escalations: {esc}" if esc else "draft escalations: none (no type another model is "
               "significantly better at)")
+
+
+def turn_outcomes_summary(meta: dict) -> dict | str | None:
+    """What a checkpoint's per-turn outcomes say (``mtrouter inspect``'s ``turn_outcomes``, the end of
+    ``mtrouter train``): the draft escalations and, per action type, the model best when it was due;
+    a sentence when the logs had no per-turn progress; None for checkpoints without the table."""
+    if not meta.get("type_outcomes"):
+        return None
+    from mtrouter_jax.routing.draft import TypeOutcomes
+    from mtrouter_jax.routing.due import best_when_due
+
+    to = TypeOutcomes.from_meta(meta["type_outcomes"])
+    if to.empty:
+        return "none: the logs have no per-turn progress"
+    return {"draft_escalations": to.escalations(),
+            "best_when_due": best_when_due(to.due, to.tools, to.models) if to.due is not None else None}
 
 
 def cmd_inspect(a) -> int:
@@ -226,14 +239,9 @@ def cmd_inspect(a) -> int:
         from mtrouter_jax.routing.reference import Reference
 
         short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
-    if meta.get("type_outcomes"):  # per-turn outcomes (logs with progress): drafting and due types
-        from mtrouter_jax.routing.draft import TypeOutcomes
-        from mtrouter_jax.routing.due import best_when_due
-
-        to = TypeOutcomes.from_meta(meta["type_outcomes"])
-        short["turn_outcomes"] = "none: the logs have no per-turn progress" if to.empty else {
-            "draft_escalations": to.escalations(),
-            "best_when_due": best_when_due(to.due, to.tools, to.models) if to.due is not None else None}
+    outcomes = turn_outcomes_summary(meta)
+    if outcomes is not None:
+        short["turn_outcomes"] = outcomes
     from mtrouter_jax.routing.meta import DEFAULT_LAM
 
     tables = meta.get("lam_tables") or {}
@@ -337,7 +345,7 @@ def cmd_serve(a) -> int:
     return 0
 
 
-__all__ = ["OneLineParser", "quiet_libraries", "plain_warnings", "print_routing_summary", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
+__all__ = ["OneLineParser", "quiet_libraries", "plain_warnings", "print_routing_summary", "turn_outcomes_summary", "print_coverage", "sim_incompatibility", "cmd_inspect", "cmd_pool", "cmd_route", "cmd_serve",
            "cmd_compare_arms",
            "check_fresh_dir", "empty_logs", "empty_logs_error", "positive_int", "non_negative_int",
            "positive_float", "non_negative_float", "finite_float", "probability"]

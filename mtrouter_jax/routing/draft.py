@@ -48,7 +48,7 @@ from typing import Sequence
 import numpy as np
 
 from mtrouter_jax.core.stats import Z95
-from mtrouter_jax.routing.due import DueOutcomes, due_types, fit_due
+from mtrouter_jax.routing.due import DueOutcomes, due_types, fit_due, grouped_moments
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
 DRAFT_TESTS = ("overlap", "difference", "due", "due-difference")  # how "significantly better at a type" is tested (module docstring)
@@ -122,12 +122,7 @@ def fit_table(tool_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, to
     """The table of per-turn ``gains`` grouped by (``tool_idx``, ``model_idx``), all (N,) arrays; with
     ``due_idx`` (hindsight due types, ``routing/due.py``) also by due type."""
     K, M = len(tools), len(models)
-    n, s, s2 = np.zeros((K, M)), np.zeros((K, M)), np.zeros((K, M))
-    np.add.at(n, (tool_idx, model_idx), 1.0)
-    np.add.at(s, (tool_idx, model_idx), gains)
-    np.add.at(s2, (tool_idx, model_idx), np.square(gains))
-    mean = s / np.maximum(n, 1.0)
-    var = np.maximum(s2 / np.maximum(n, 1.0) - mean ** 2, 0.0) * n / np.maximum(n - 1.0, 1.0)  # unbiased
+    n, mean, var = grouped_moments(tool_idx, model_idx, gains, K, M)
     due = None if due_idx is None else fit_due(tool_idx, due_idx, model_idx, gains, K, M)
     return TypeOutcomes(tuple(tools), tuple(models), n, mean, var, due)
 
@@ -247,14 +242,12 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
     cand[draft] = False
     if not cand.any():
         return -1
-    own_var = table.var[tool, draft] / max(table.n[tool, draft], 1.0)
     if test in ("overlap", "due"):  # a cell of one turn has no interval: it never passes this test
-        if not due:
-            var = np.where(table.n[tool] >= 2, var, np.inf)
-        own_ucb = table.mean[tool, draft] + Z95 * np.sqrt(own_var) if table.n[tool, draft] >= 2 else np.inf
-        lcb = value - Z95 * np.sqrt(var)
+        lcb_cells, ucb_cells = table.bounds()
+        lcb = value - Z95 * np.sqrt(var) if due else lcb_cells[tool]
         j = int(np.argmax(np.where(cand, lcb, -np.inf)))
-        return j if lcb[j] - own_ucb > min_gain else -1
+        return j if lcb[j] - ucb_cells[tool, draft] > min_gain else -1
+    own_var = table.var[tool, draft] / max(table.n[tool, draft], 1.0)
     lower = value - table.mean[tool, draft] - Z95_ONE_SIDED * np.sqrt(var + own_var)
     j = int(np.argmax(np.where(cand, lower, -np.inf)))
     return j if lower[j] > min_gain else -1

@@ -99,19 +99,26 @@ def best_when_due(due: DueOutcomes, tools, models, n_min: float = 20.0) -> dict[
     return out
 
 
+def grouped_moments(row_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, R: int, M: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, mean, unbiased variance), each (R, M), of ``gains`` grouped by (``row_idx``, ``model_idx``)."""
+    n, s, s2 = np.zeros((R, M)), np.zeros((R, M)), np.zeros((R, M))
+    np.add.at(n, (row_idx, model_idx), 1.0)
+    np.add.at(s, (row_idx, model_idx), gains)
+    np.add.at(s2, (row_idx, model_idx), np.square(gains))
+    mean = s / np.maximum(n, 1.0)
+    var = np.maximum(s2 / np.maximum(n, 1.0) - mean ** 2, 0.0) * n / np.maximum(n - 1.0, 1.0)
+    return n, mean, var
+
+
 def fit_due(tool_idx: np.ndarray, due_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, K: int,
             M: int) -> DueOutcomes:
     """The ``DueOutcomes`` of N logged turns: typed ``tool_idx`` (< K), hindsight ``due_idx`` (≤ K, K =
     none), ``model_idx`` and ``gains``, all (N,)."""
-    n, s, s2 = np.zeros((K + 1, M)), np.zeros((K + 1, M)), np.zeros((K + 1, M))
-    np.add.at(n, (due_idx, model_idx), 1.0)
-    np.add.at(s, (due_idx, model_idx), gains)
-    np.add.at(s2, (due_idx, model_idx), np.square(gains))
-    mean = s / np.maximum(n, 1.0)
-    var = np.maximum(s2 / np.maximum(n, 1.0) - mean ** 2, 0.0) * n / np.maximum(n - 1.0, 1.0)
+    n, mean, var = grouped_moments(due_idx, model_idx, gains, K + 1, M)
     mix = np.zeros((M, K, K + 1))
     np.add.at(mix, (model_idx, tool_idx, due_idx), 1.0)
     return DueOutcomes(n, mean, var, mix)
 
 
-__all__ = ["DueOutcomes", "due_types", "fit_due", "best_when_due"]
+__all__ = ["DueOutcomes", "due_types", "fit_due", "best_when_due", "grouped_moments"]

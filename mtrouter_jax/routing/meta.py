@@ -84,15 +84,17 @@ def serves_safe(estimator) -> bool:
     simulator's sweep both decide by this."""
     if estimator is None:
         return False
-    k = int(getattr(estimator, "k", 1) or 1)
-    return k > 1 and bool((getattr(estimator, "meta", None) or {}).get("reference"))
+    return _safe_rule(getattr(estimator, "k", 1), getattr(estimator, "meta", None))
 
 
 def serves_safe_meta(meta: dict | None) -> bool:
     """``serves_safe`` read from a checkpoint's metadata alone (no weights loaded): ``mtrouter eval
     scienceworld`` picks its default learned row by it, so that row is the router ``serve`` serves."""
-    meta = meta or {}
-    return int((meta.get("ensemble") or {}).get("k", 1) or 1) > 1 and bool(meta.get("reference"))
+    return _safe_rule(((meta or {}).get("ensemble") or {}).get("k", 1), meta)
+
+
+def _safe_rule(k, meta: dict | None) -> bool:
+    return int(k or 1) > 1 and bool((meta or {}).get("reference"))
 
 
 __all__ = ["serves_safe", "serves_safe_meta", "DEFAULT_LAM", "lam_for_budget", "select_lambda", "lam_table_of", "expected_steps_for"]

@@ -12,8 +12,6 @@ import math
 from .engine import DEFAULT_EVAL_BASELINES, DEFAULT_TASKS, SPLITS
 from .scripted import WORLDS
 
-# eval's rows when --routers is not given: the checkpoint's serving router, then the baselines
-DEFAULT_EVAL_ROUTERS = f"safe or learned (as serve would route the checkpoint),{DEFAULT_EVAL_BASELINES}"
 
 
 def _budget(text: str) -> float:
@@ -62,7 +60,9 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     _common(p, "test")
     p.add_argument("--checkpoint", default=None, help="checkpoint of the learned router")
-    p.add_argument("--routers", default="", help=f"comma-separated (default: {DEFAULT_EVAL_ROUTERS}; "
+    p.add_argument("--routers", default="", help="comma-separated (default: the checkpoint's router as serve "
+                                                 "would route it, safe or learned, then "
+                                                 f"{DEFAULT_EVAL_BASELINES}; "
                                                  "learned/safe only with --checkpoint; learned=PATH, safe=PATH "
                                                  "for more checkpoints; learned/safe draft where the checkpoint's "
                                                  "logs have per-turn outcomes (named +draft then), safe+draft:off "
@@ -135,5 +135,4 @@ def cmd_eval(a) -> int:
     return 0
 
 
-__all__ = ["add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval", "DEFAULT_EVAL_ROUTERS",
-           "DEFAULT_EVAL_BASELINES"]
+__all__ = ["add_collect_args", "add_eval_args", "cmd_collect", "cmd_eval"]

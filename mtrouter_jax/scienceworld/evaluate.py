@@ -17,6 +17,7 @@ from mtrouter_jax.core.pool import Pool
 from .engine import DEFAULT_EVAL_BASELINES, DEFAULT_TASKS, require_java
 from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
 
+
 def default_eval_routers(checkpoint: str | Path | None) -> str:
     """The routers eval runs when none are named: the baselines, after (with a ``checkpoint``) the
     router ``mtrouter serve`` would serve it with — ``safe`` (drafting where its logs allow) for an
