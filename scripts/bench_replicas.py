@@ -12,7 +12,10 @@ replica. Reported per setup: budget overruns (a conversation whose billed turns 
 ``X-MTRouter-Turn-Cost`` of its 200s — sum above its budget), acknowledged finishes missing from
 or duplicated in the log, req/s, end-to-end and in-proxy (``X-MTRouter-Overhead-Ms``) p50/p99.
 Baseline: one replica without ``--state`` (memory). ``--kill``: the last replica is ``kill -9``'d
-half-way; a request that fails on a connection error is retried on the next replica.
+half-way; a request that fails on a connection error is retried on the next replica. ``--draft``:
+the replicas draft (``live/draft.py``) with a table in which ``mid`` is far better than ``cheap`` at
+``python`` calls, so a cheap draft that calls python is re-served by mid: two reservations a turn
+(the escalated turns are counted from the log).
 """
 
 from __future__ import annotations
@@ -46,7 +49,17 @@ from mtrouter_jax.live.server.logwriter import WRITER_LEASE_MS  # noqa: E402
 WRITER_LEASE_S = WRITER_LEASE_MS / 1000
 
 
-def _replica(port: int, upstream_base: str, log: str, state: str | None) -> None:
+def draft_table(router):
+    """Turn outcomes in which ``mid`` gains at ``python`` calls and ``cheap`` loses (40 turns each)."""
+    from mtrouter_jax.routing.draft import fit_table
+    k = router.tool_of("python")[1]
+    c, m = router.pool.index("cheap"), router.pool.index("mid")
+    gains = np.r_[np.full(20, -0.35), np.full(20, -0.25), np.full(20, 0.15), np.full(20, 0.25)]
+    return fit_table(np.full(80, k), np.r_[np.full(40, c), np.full(40, m)], gains, router.layout.tools,
+                     router.pool.names)
+
+
+def _replica(port: int, upstream_base: str, log: str, state: str | None, draft: bool = False) -> None:
     import logging
 
     import uvicorn
@@ -56,6 +69,8 @@ def _replica(port: int, upstream_base: str, log: str, state: str | None) -> None
     from mtrouter_jax.live.store import open_store
     logging.getLogger("mtrouter_jax.live").setLevel(logging.ERROR)
     router = Router(FakeEstimator(make_pool(upstream_base, key_env=None)), log_path=log)
+    if draft:
+        router = Router(router.estimator, log_path=log, draft=True, type_outcomes=draft_table(router))
     app = create_app(router, timeout=30.0, max_retries=0, state=None if state is None else open_store(state))
     from mtrouter_jax.live.server.heap import freeze_heap
     freeze_heap()  # as mtrouter serve
@@ -116,7 +131,7 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
     log = os.path.join(tmp, f"live-{n}-{int(state)}-{int(kill)}.jsonl")
     redis, url = _redis(tmp) if state else (None, None)
     ports = [free_port() for _ in range(n)]
-    procs = [mp.Process(target=_replica, args=(p, upstream_base, log, url), daemon=True) for p in ports]
+    procs = [mp.Process(target=_replica, args=(p, upstream_base, log, url, args.draft), daemon=True) for p in ports]
     for p in procs:
         p.start()
     bases = [f"http://127.0.0.1:{p}" for p in ports]
@@ -149,9 +164,11 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
     load, convs, wall = asyncio.run(main())
     acked = {c["cid"] for c in convs if c["finished"] and c["billed"]}
 
+    def logged_lines() -> list[dict]:
+        return [json.loads(x) for x in Path(log).read_text().splitlines()] if Path(log).exists() else []
+
     def logged_now() -> list[str]:
-        lines = [json.loads(x) for x in Path(log).read_text().splitlines()] if Path(log).exists() else []
-        return [x["meta"]["conversation"] for x in lines]
+        return [x["meta"]["conversation"] for x in logged_lines()]
 
     # the log writers' last drains: ~0.2 s, or up to the writer lease when the killed replica held it
     t_end, deadline = time.perf_counter(), time.perf_counter() + WRITER_LEASE_S + 5.0
@@ -171,6 +188,7 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
             "log_catch_up_s": round(catch_up, 1),
             "overruns": sum(sum(c["billed"]) > args.budget + 1e-12 for c in convs),
             "lost": len(acked - set(logged)), "duplicated": len(logged) - len(set(logged)),
+            "escalated": sum(1 for e in logged_lines() for t in e["turns"] if (t.get("meta") or {}).get("draft")),
             "req_per_s": round(served / wall, 1), "e2e_p50_ms": round(float(np.percentile(lat, 50)), 2),
             "e2e_p99_ms": round(float(np.percentile(lat, 99)), 2),
             "overhead_p50_ms": round(float(np.percentile(ovh, 50)), 2),
@@ -178,12 +196,12 @@ def run_setup(n: int, state: bool, args, upstream_base: str, tmp: str, kill: boo
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| replicas | state | kill -9 | conversations × turns | turns served / 402 | overruns | lost / duplicated "
-           "episodes | log caught up (s) | req/s | end-to-end p50 / p99 (ms) | in-proxy p50 / p99 (ms) | other answers |",
-           "|" + "---|" * 12]
+    out = ["| replicas | state | kill -9 | conversations × turns | turns served / 402 | drafts re-served | overruns | "
+           "lost / duplicated episodes | log caught up (s) | req/s | end-to-end p50 / p99 (ms) | in-proxy p50 / p99 (ms) "
+           "| other answers |", "|" + "---|" * 13]
     for r in rows:
         out.append(f"| {r['replicas']} | {r['state']} | {'yes' if r['killed'] else 'no'} | {r['conversations']} × "
-                   f"{r['turns']} | {r['turns_served']} / {r['refused_402']} | {r['overruns']} | {r['lost']} / "
+                   f"{r['turns']} | {r['turns_served']} / {r['refused_402']} | {r.get('escalated', 0)} | {r['overruns']} | {r['lost']} / "
                    f"{r['duplicated']} | {r['log_catch_up_s']} | {r['req_per_s']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | "
                    f"{r['overhead_p50_ms']} / {r['overhead_p99_ms']} | "
                    f"{', '.join(f'{k}: {v}' for k, v in sorted(r['other_answers'].items())) or '—'} |")
@@ -199,6 +217,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--concurrency", type=int, default=100, help="conversations in flight")
     p.add_argument("--kill", action="store_true", help="also: the largest setup with one replica kill -9'd mid-way")
     p.add_argument("--kill-after", type=float, default=3.0, help="seconds into the --kill run")
+    p.add_argument("--draft", action="store_true", help="replicas draft; cheap python drafts are re-served by mid")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if shutil.which("redis-server") is None:

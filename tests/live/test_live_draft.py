@@ -3,14 +3,22 @@ better at is re-served by that model; the client sees one reply, the log one tur
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+
+import httpx
 import numpy as np
 import openai
 import pytest
 
+from test_store import _start_redis  # the real redis-server fixture's helpers
 from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from testing.live import ServerThread, make_pool
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.live.server.shared import conv_key, episode_key
+from mtrouter_jax.live.store import MemoryStore
 from mtrouter_jax.logs.io import read_episodes
 from mtrouter_jax.routing.draft import fit_table
 
@@ -69,7 +77,7 @@ def test_draft_escalation_is_one_reply_and_one_logged_turn(upstream, tmp_path): 
     assert len(calls) == len(served) + 2
 
 
-def test_draft_needs_a_table_and_no_shared_state():
+def test_draft_needs_a_table():
     from mtrouter_jax.routing.specs import RouterSpecError
     from mtrouter_jax.live.router import router_from_options
     with pytest.raises(RouterSpecError, match="--draft needs --checkpoint"):
@@ -77,9 +85,6 @@ def test_draft_needs_a_table_and_no_shared_state():
     assert router_from_options(router="cheapest", draft="auto").draft_table is None  # the default: quietly off
     with pytest.raises(RouterSpecError, match="--draft: unknown draft mode"):
         router_from_options(router="cheapest", draft="sometimes")
-    from mtrouter_jax.live.server.app import serve
-    with pytest.raises(RouterSpecError, match="--draft is not supported with --state redis"):
-        serve(router="cheapest", state="redis://127.0.0.1:1/0", draft="overlap")  # refused before anything starts
 
 
 def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream):  # noqa: F811
@@ -117,3 +122,132 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
     assert p.parse_args(["--draft", "off"]).draft == "off"
     with pytest.raises(SystemExit):
         p.parse_args(["--draft", "bayes"])
+
+
+# ---------------------------------------------------------------- drafting with a shared state store
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = _start_redis(tmp_path_factory)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def shared_store(request):
+    """``connect()`` -> a client of one shared state store (a fresh key prefix per test)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        return lambda: shared
+    from mtrouter_jax.live.store.redis import RedisStore
+    url, prefix = request.getfixturevalue("redis_server").url, f"d{uuid.uuid4().hex[:8]}:"
+    return lambda: RedisStore(url, prefix=prefix, timeout_s=2.0)
+
+
+class _Proxies:
+    """``n`` drafting proxies (``fixed:cheap``, python turns escalate to strong), each with its own client
+    ``connect()`` of one shared store (None: one proxy, the in-process state), in front of the fake
+    upstream; ``turns`` sends one conversation."""
+
+    def __init__(self, upstream, connect=None, n=2):
+        pool = make_pool(upstream.url + "/v1")
+        plain = Router(None, pool, policy="fixed:cheap")
+        table = _table(plain, plain.tool_of("python")[0])
+        self.threads = [ServerThread(create_app(Router(None, pool, policy="fixed:cheap", draft=True,
+                                                       type_outcomes=table), timeout=5.0, max_retries=0,
+                                                state=connect and connect())).__enter__()
+                        for _ in range(n if connect else 1)]
+
+    def turns(self, n: int, budget: float, cid: str | None = None, between=None) -> list[tuple]:
+        """(served model, turn cost) of each turn, alternating proxies, or (status,) for a refusal (the
+        conversation then stops); ``between(cid)`` runs after the first turn."""
+        cid = cid or uuid.uuid4().hex[:10]
+        msgs = [{"role": "system", "content": f"agent {cid}"}, {"role": "user", "content": "task"}]  # no shared cache
+        out = []
+        with httpx.Client(timeout=30.0) as h:
+            for i in range(n):
+                r = h.post(self.threads[i % len(self.threads)].url + "/v1/chat/completions",
+                           json={"model": f"mtrouter-{budget!r}", "messages": msgs, "tools": TOOLS_SPEC},
+                           headers={"X-MTRouter-Conversation": cid})
+                if r.status_code != 200:
+                    return out + [(r.status_code,)]
+                msg = r.json()["choices"][0]["message"]
+                out.append((r.headers["x-mtrouter-model"], float(r.headers["x-mtrouter-turn-cost"])))
+                msgs += [{k: v for k, v in msg.items() if v is not None},
+                         {"role": "tool", "tool_call_id": msg["tool_calls"][0]["id"], "content": f"ok {i}"}]
+                if between is not None and i == 0:
+                    between(cid)
+        return out
+
+    def close(self):
+        for t in self.threads:
+            t.__exit__(None, None, None)
+
+
+def _stored(connect, cid):
+    """(stored episode state, spent, held) of conversation ``cid`` in the shared store."""
+    async def main():
+        s = connect()
+        try:
+            st = json.loads((await s.get(conv_key("", cid))).data)["episode"]
+            ekey = episode_key(st["episode_id"])
+            return st, await s.spent(ekey), await s.reserved(ekey)
+        finally:
+            if not isinstance(s, MemoryStore):
+                await s.close()
+    return asyncio.run(main())
+
+
+def test_with_a_shared_store_a_draft_escalates_exactly_where_the_in_process_budget_lets_it(upstream, shared_store):  # noqa: F811
+    """The draft's reservation (its worst case) is held while the escalation reserves: the escalation
+    holds its worst case less what the draft's hold over-covers, so the two replicas escalate at the
+    same budget as one proxy with the state in memory, to the 0.1 micro-dollar (holding the draft's
+    worst case as well refused escalations the in-process budget allowed)."""
+    upstream.fail.clear()
+    alone, shared = _Proxies(upstream), _Proxies(upstream, shared_store, n=2)
+    try:
+        lo, hi = 0.0, 1.0  # the least budget at which the second turn (a python call) is re-served
+        while hi - lo > 1e-7:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if alone.turns(2, mid)[1][0] == "strong" else (mid, hi)
+        for budget, second in ((hi + 1e-7, "strong"), (lo - 1e-7, "cheap")):
+            cid = uuid.uuid4().hex[:10]
+            got = shared.turns(3, budget, cid)
+            assert got[:2] == alone.turns(2, budget)[:2] and got[1][0] == second
+            st, spent, held = _stored(shared_store, cid)
+            billed = [t["cost"] for t in st["turns"]]
+            assert billed == pytest.approx([c for _, c in got[:len(billed)]], abs=1e-12)
+            assert spent == pytest.approx(sum(billed), abs=1e-12) and held == 0 and spent <= budget
+    finally:
+        alone.close()
+        shared.close()
+
+
+def test_an_escalation_the_shared_store_will_not_hold_serves_the_draft(upstream, shared_store):  # noqa: F811
+    """Another replica's turn (say, one that died) holds most of the budget: the escalation's
+    reservation is refused, so the draft — already held and paid for — is the reply, billed once."""
+    upstream.fail.clear()
+    proxies = _Proxies(upstream, shared_store, n=2)
+    budget, dead_hold = 1.0, 0.9
+
+    def hold(cid):
+        async def main():
+            s = shared_store()
+            st = json.loads((await s.get(conv_key("", cid))).data)["episode"]
+            assert await s.reserve(episode_key(st["episode_id"]), "a-dead-replica", dead_hold, budget)
+            if not isinstance(s, MemoryStore):
+                await s.close()
+        asyncio.run(main())
+
+    try:
+        cid = uuid.uuid4().hex[:10]
+        got = proxies.turns(2, budget, cid, between=hold)
+        assert [m for m, _ in got] == ["cheap", "cheap"]  # the python turn's draft was served
+        st, spent, held = _stored(shared_store, cid)
+        turn = st["turns"][-1]
+        assert turn["meta"]["draft_escalation_failed"] == {"model": "strong", "error": "budget_held"}
+        assert "draft" not in turn["meta"]
+        assert spent == pytest.approx(sum(c for _, c in got), abs=1e-12)
+        assert held == pytest.approx(dead_hold)  # only the dead replica's hold is left
+    finally:
+        proxies.close()

@@ -336,14 +336,6 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     limits = Limits(max_open, tenant_max_open, max_turns, turn_deadline, idle_timeout, int(max_body_mb * 2**20),
                     parse_score_range(score_range))
     draft_mode = resolve_draft(draft)[0]
-    if draft_mode == "on" and state not in (None, "memory"):
-        from mtrouter_jax.routing.specs import RouterSpecError
-
-        raise RouterSpecError("--draft is not supported with --state redis://... yet (a draft and its escalation "
-                              "are two reservations of one turn; only the in-process store accounts them)", "--draft")
-    auto_off = draft_mode == "auto" and state not in (None, "memory")
-    if auto_off:
-        draft = "off"  # the default where drafting cannot be accounted: said at startup (below)
 
     def build(ckpt):  # a reload: the same options, another checkpoint
         return router_from_options(ckpt, pool, router, explore, tool_map, lam, seed, log_path, log_text, strict_cache,
@@ -363,8 +355,7 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
         log.info("draft routing: on (%s test; escalations %s; streamed requests are served undrafted)",
                  r.draft_test, describe_draft(r)["escalations"])
     else:
-        log.info("draft routing: off%s", " (not with --state redis://...)" if auto_off else
-                 "" if draft_mode == "off" else f" ({why_not_drafting(r)})")
+        log.info("draft routing: off%s", "" if draft_mode == "off" else f" ({why_not_drafting(r)})")
     if importlib.util.find_spec("aiohttp") is None:
         log.warning("aiohttp is not installed: upstream calls use httpx, whose connection pool costs ~2x "
                     "the proxy's CPU per request with hundreds of conversations in flight "

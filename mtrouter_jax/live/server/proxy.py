@@ -318,9 +318,9 @@ class Proxy:
                                 f"(the turn was billed at its worst case)", "upstream_error", "bad_response")
         name, action = tool_and_action(resp)
         model = att.model
-        if ep.router.draft_table is not None and req.passthrough is None and self.shared is None:
+        if ep.router.draft_table is not None and req.passthrough is None:
             model, resp, name, action, out_hi = await self._escalate(conv, req, model, resp, name, action, hi, out_hi,
-                                                                     meta, caps, call, limit_for, prop)
+                                                                     meta, caps, call, limit_for, prop, plan)
             hdr["X-MTRouter-Model"] = model
         self._record(conv, req, model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
         resp["model"] = model
@@ -328,10 +328,17 @@ class Proxy:
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
         return Response(dumps(resp), media_type="application/json", headers=hdr)
 
-    async def _escalate(self, conv, req, model, resp, name, action, hi, out_hi, meta, caps, call, limit_for, prop):
+    async def _escalate(self, conv, req, model, resp, name, action, hi, out_hi, meta, caps, call, limit_for, prop,
+                        plan):
         """Draft routing (live/draft.py): re-serve the turn when the draft's tool type calls for another
         model. Returns the (model, reply, tool, action, completion bound) to record; an escalation that
-        fails leaves the draft served (its bill taken back, the failure in the turn's meta)."""
+        fails leaves the draft served (its bill taken back, the failure in the turn's meta).
+
+        With a shared store the draft's reservation (its worst case) stays held until the turn ends;
+        the escalation then holds its own worst case less what the draft's hold over-covers, so the
+        two holds are the draft's actual cost plus the escalation's worst case: the same test as the
+        in-process budget, not a stricter one. The turn's end settles both calls on the escalation's
+        reservation and releases the draft's, in one step."""
         ep = conv.episode
         draft_usage, _ = checked_usage(resp.get("usage"), hi, out_hi)
         esc = escalate_draft(ep, model, draft_usage, name, hi)
@@ -339,11 +346,17 @@ class Proxy:
             return model, resp, name, action, out_hi
         caps[esc] = ep.completion_cap(esc, hi)
         try:
+            if self.shared is not None:
+                over = plan.worst_case(model) - ep.pending_draft["cost"]
+                await self.shared.reserve(conv, esc, max(plan.worst_case(esc) - over, 0.0))
             async with asyncio.timeout(self.limits.turn_deadline or None):
                 reply = await call(esc)
-        except (UpstreamError, TimeoutError) as e:
+        except (UpstreamError, TimeoutError, ApiError) as e:
+            # ApiError: the shared store would not hold the escalation's worst case (another replica's
+            # turn holds part of the budget, or the store is down): the draft, already held, is served
             cancel_draft(ep)
-            meta["draft_escalation_failed"] = {"model": esc, "error": getattr(e, "kind", "deadline")}
+            kind = e.code if isinstance(e, ApiError) else getattr(e, "kind", "deadline")
+            meta["draft_escalation_failed"] = {"model": esc, "error": kind}
             return model, resp, name, action, out_hi
         esc_hi = self._completion_hi(esc, limit_for(esc))
         if not isinstance(reply, dict):  # charged, maybe: the draft stays billed, this call at its worst case
