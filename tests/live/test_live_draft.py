@@ -11,12 +11,15 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from test_store import _start_redis  # the real redis-server fixture's helpers
 from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from testing.live import ServerThread, make_pool
 from mtrouter_jax.live.router import Router
 from mtrouter_jax.live.server.app import create_app
+from mtrouter_jax.live.server.drafting import buffered_sse
 from mtrouter_jax.live.server.shared import conv_key, episode_key
 from mtrouter_jax.live.store import MemoryStore
 from mtrouter_jax.logs.io import read_episodes
@@ -251,3 +254,96 @@ def test_an_escalation_the_shared_store_will_not_hold_serves_the_draft(upstream,
         assert held == pytest.approx(dead_hold)  # only the dead replica's hold is left
     finally:
         proxies.close()
+
+
+# ---------------------------------------------------------------- streamed requests
+
+def _streamed_turns(url: str, cid: str, n: int) -> list[dict]:
+    """``n`` streamed turns of one conversation: per turn the served model (header), the assembled
+    message, its finish reason and usage (``include_usage``)."""
+    c = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=10.0, max_retries=0)
+    msgs = [{"role": "system", "content": f"agent {cid}"}, {"role": "user", "content": "task"}]
+    out = []
+    for i in range(n):
+        raw = c.chat.completions.with_raw_response.create(
+            model="mtrouter", messages=msgs, tools=TOOLS_SPEC, stream=True, stream_options={"include_usage": True},
+            extra_headers={"X-MTRouter-Conversation": cid})
+        text, calls, finish, usage = [], {}, None, None
+        for ch in raw.parse():
+            usage = ch.usage or usage
+            for choice in ch.choices:
+                finish = choice.finish_reason or finish
+                text.append(choice.delta.content or "")
+                for tc in choice.delta.tool_calls or []:
+                    got = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
+                    got["name"] += (tc.function.name or "") if tc.function else ""
+                    got["arguments"] += (tc.function.arguments or "") if tc.function else ""
+        out.append({"model": raw.headers["X-MTRouter-Model"], "calls": calls, "finish": finish, "usage": usage})
+        call = calls[0]
+        msgs.append({"role": "assistant", "content": "".join(text) or None, "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]})
+        msgs.append({"role": "tool", "tool_call_id": call["id"], "content": f"ok {i}"})
+    return out
+
+
+def test_a_streamed_turn_is_held_back_where_its_draft_can_be_re_served(upstream, tmp_path):  # noqa: F811
+    """cheap's drafts can be re-served: a streamed turn is decided before any byte goes out (the
+    upstream calls unstreamed) and the client gets the decided reply as SSE, usage chunk included;
+    the turns are the non-streamed ones'. mid's drafts never are: its turns stream through."""
+    upstream.fail.clear()
+    pool = make_pool(upstream.url + "/v1")
+    plain = Router(None, pool, policy="fixed:cheap")
+    table = _table(plain, plain.tool_of("python")[0])
+    log = tmp_path / "streamed.jsonl"
+    for policy, held in (("fixed:cheap", True), ("fixed:mid", False)):
+        router = Router(None, pool, policy=policy, log_path=log, draft=True, type_outcomes=table)
+        with ServerThread(create_app(router, timeout=5.0, max_retries=0)) as srv:
+            n_before = len(upstream.requests)
+            got = _streamed_turns(srv.url, f"s-{policy}", 4)
+            bodies = upstream.requests[n_before:]
+            with httpx.Client() as h:
+                assert h.post(srv.url + f"/v1/mtrouter/conversations/s-{policy}/finish",
+                              json={"score": 1.0, "score_range": [0, 1]}).status_code == 200
+        assert all(("stream" in b) != held for b in bodies)  # held back: every upstream call unstreamed
+        want = ["cheap", "strong", "strong", "cheap"] if held else ["mid"] * 4  # tool cycle: search, python, python, file
+        assert [g["model"] for g in got] == want
+        assert [g["calls"][0]["name"] for g in got] == ["web_search", "python", "python", "read_file"]
+        assert all(g["finish"] == "tool_calls" and g["usage"].completion_tokens > 0 for g in got)
+        ep = read_episodes(log)[-1]
+        assert [t.model for t in ep.turns] == want
+        assert [t.meta is not None and "draft" in t.meta for t in ep.turns] == [m == "strong" for m in want]
+        assert [t.output_tokens for t in ep.turns] == [g["usage"].completion_tokens for g in got]
+    assert len([b for b in upstream.requests if b["model"] == "fake-strong"]) >= 2
+
+
+_call = st.fixed_dictionaries({"id": st.text(min_size=1, max_size=8), "type": st.just("function"),
+                               "function": st.fixed_dictionaries({"name": st.text(min_size=1, max_size=12),
+                                                                  "arguments": st.text(max_size=40)})})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=60)), st.lists(_call, max_size=3),
+       st.sampled_from(["stop", "tool_calls", "length"]), st.booleans())
+def test_a_held_back_reply_streams_as_the_same_message(content, calls, finish, include_usage):
+    """Reassembled as a client does (deltas concatenated by tool-call index), the SSE body of a held-back
+    turn is the decided reply: its content, tool calls, finish reason and, where asked, usage."""
+    msg = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+    usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    resp = {"id": "x", "object": "chat.completion", "created": 1, "model": "strong",
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage}
+    body = buffered_sse(resp, include_usage, {"model": "strong"}).decode()
+    events = [ln[len("data: "):] for ln in body.split("\n\n") if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]" and f': mtrouter {json.dumps({"model": "strong"})}' in body
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(ch["model"] == "strong" and ch["object"] == "chat.completion.chunk" for ch in chunks)
+    text, got_calls, got_finish, got_usage = [], {}, None, None
+    for ch in chunks:
+        got_usage = ch.get("usage") or got_usage
+        for c in ch["choices"]:
+            got_finish = c["finish_reason"] or got_finish
+            text.append(c["delta"].get("content") or "")
+            for tc in c["delta"].get("tool_calls") or []:
+                got_calls[tc["index"]] = tc
+    assert "".join(text) == (content or "") and got_finish == finish
+    assert [{k: v for k, v in got_calls[i].items() if k != "index"} for i in sorted(got_calls)] == calls
+    assert got_usage == (usage if include_usage else None)

@@ -352,7 +352,8 @@ def serve(checkpoint=None, pool=None, host="127.0.0.1", port=8000, lam=None, log
     for line in startup_lines(r, ring, limits, public_metrics):
         log.info("%s", line)
     if r.draft_table is not None:
-        log.info("draft routing: on (%s test; escalations %s; streamed requests are served undrafted)",
+        log.info("draft routing: on (%s test; escalations %s; a streamed turn whose draft could be re-served "
+                 "is held back and sent whole once decided)",
                  r.draft_test, describe_draft(r)["escalations"])
     else:
         log.info("draft routing: off%s", "" if draft_mode == "off" else f" ({why_not_drafting(r)})")

@@ -20,7 +20,7 @@ from mtrouter_jax.live.server.api import (COMPLETION_LIMIT_FIELDS, ApiError, Cha
                                           parse_chat_request, parse_finish)
 from mtrouter_jax.live.backends import Backends, UpstreamError, acall_with_fallback
 from mtrouter_jax.live.batching import DecisionBatcher
-from mtrouter_jax.live.draft import cancel_draft, escalate_draft
+from mtrouter_jax.live.server.drafting import buffered_sse, escalate_turn, holds_draft_back, unstreamed
 from mtrouter_jax.live.server.arms import Arms
 from mtrouter_jax.live.server.conversations import Conversation, ConversationStore, conversation_key
 from mtrouter_jax.live.episode import LiveEpisode
@@ -228,6 +228,10 @@ class Proxy:
         ep, cid, body = conv.episode, req.cid, req.body
         if plan is None:
             plan = await self._plan(req, conv)
+        sse = None  # a streamed request served as one decided reply: include_usage of the client's request
+        if req.stream and holds_draft_back(ep.router, req, plan.ranking[0]):
+            sse, req = req.include_usage, unstreamed(req)
+            body = req.body
         for d in plan.decisions.values():  # (counted once served: a guess that did not stand is not)
             self._counted(d)
         hi, est, decisions, ranking, caps, shadow = (plan.hi, plan.est, plan.decisions, plan.ranking, plan.caps,
@@ -319,53 +323,18 @@ class Proxy:
         name, action = tool_and_action(resp)
         model = att.model
         if ep.router.draft_table is not None and req.passthrough is None:
-            model, resp, name, action, out_hi = await self._escalate(conv, req, model, resp, name, action, hi, out_hi,
-                                                                     meta, caps, call, limit_for, prop, plan)
+            model, resp, name, action, out_hi = await escalate_turn(self, conv, req, model, resp, name, action, hi,
+                                                                    out_hi, meta, caps, call, limit_for, prop, plan)
             hdr["X-MTRouter-Model"] = model
         self._record(conv, req, model, resp.get("usage"), name, action, prop, meta, hi, out_hi)
         resp["model"] = model
         hdr.update(money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
+        if sse is not None:  # a streamed request whose draft was held back: the decided reply, as SSE
+            acct = {"model": model, "spent": ep.spent, "remaining": ep.remaining, "turn_cost": ep.turns[-1].cost,
+                    "fallbacks": att.fallbacks}
+            return Response(buffered_sse(resp, sse, acct), media_type="text/event-stream", headers=hdr)
         return Response(dumps(resp), media_type="application/json", headers=hdr)
-
-    async def _escalate(self, conv, req, model, resp, name, action, hi, out_hi, meta, caps, call, limit_for, prop,
-                        plan):
-        """Draft routing (live/draft.py): re-serve the turn when the draft's tool type calls for another
-        model. Returns the (model, reply, tool, action, completion bound) to record; an escalation that
-        fails leaves the draft served (its bill taken back, the failure in the turn's meta).
-
-        With a shared store the draft's reservation (its worst case) stays held until the turn ends;
-        the escalation then holds its own worst case less what the draft's hold over-covers, so the
-        two holds are the draft's actual cost plus the escalation's worst case: the same test as the
-        in-process budget, not a stricter one. The turn's end settles both calls on the escalation's
-        reservation and releases the draft's, in one step."""
-        ep = conv.episode
-        draft_usage, _ = checked_usage(resp.get("usage"), hi, out_hi)
-        esc = escalate_draft(ep, model, draft_usage, name, hi)
-        if esc is None:
-            return model, resp, name, action, out_hi
-        caps[esc] = ep.completion_cap(esc, hi)
-        try:
-            if self.shared is not None:
-                over = plan.worst_case(model) - ep.pending_draft["cost"]
-                await self.shared.reserve(conv, esc, max(plan.worst_case(esc) - over, 0.0))
-            async with asyncio.timeout(self.limits.turn_deadline or None):
-                reply = await call(esc)
-        except (UpstreamError, TimeoutError, ApiError) as e:
-            # ApiError: the shared store would not hold the escalation's worst case (another replica's
-            # turn holds part of the budget, or the store is down): the draft, already held, is served
-            cancel_draft(ep)
-            kind = e.code if isinstance(e, ApiError) else getattr(e, "kind", "deadline")
-            meta["draft_escalation_failed"] = {"model": esc, "error": kind}
-            return model, resp, name, action, out_hi
-        esc_hi = self._completion_hi(esc, limit_for(esc))
-        if not isinstance(reply, dict):  # charged, maybe: the draft stays billed, this call at its worst case
-            meta["bad_reply"] = type(reply).__name__
-            self._record(conv, req, esc, None, None, None, prop, meta, hi, esc_hi, flag="invalid")
-            raise ApiError(502, f"upstream {esc} sent a reply that is not a JSON object (the turn was billed at its "
-                                "worst case)", "upstream_error", "bad_response")
-        name, action = tool_and_action(reply)
-        return esc, reply, name, action, esc_hi
 
     def _completion_hi(self, model: str, limit: int | None) -> int:
         """Most completion tokens the upstream may bill: the limit sent, at most the model's output limit."""

@@ -47,6 +47,12 @@ def _json_reply_as_chunks(raw: bytes, model: str) -> list:
         return []
     if obj.get("error") is not None:
         return [{"error": obj["error"]}]
+    return completion_chunks(obj)
+
+
+def completion_chunks(obj: dict) -> list:
+    """The stream chunks equivalent to the chat completion ``obj``: each choice's message as one delta
+    with its finish reason, then the usage (a chunk without choices), as OpenAI streams them."""
     chunks = []
     choices = obj.get("choices")
     for c in choices if isinstance(choices, list) else []:
@@ -54,9 +60,9 @@ def _json_reply_as_chunks(raw: bytes, model: str) -> list:
             continue
         msg = c.get("message") if isinstance(c.get("message"), dict) else {}
         delta = {k: v for k, v in msg.items() if k in ("role", "content", "tool_calls", "refusal")}
-        for i, tc in enumerate(delta.get("tool_calls") or []):
-            if isinstance(tc, dict):
-                tc.setdefault("index", i)
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [dict(tc, index=tc.get("index", i)) if isinstance(tc, dict) else tc
+                                   for i, tc in enumerate(delta["tool_calls"])]
         chunks.append({"id": obj.get("id"), "object": "chat.completion.chunk", "created": obj.get("created"),
                        "choices": [{"index": c.get("index", 0), "delta": delta,
                                     "finish_reason": c.get("finish_reason") or "stop"}]})
@@ -204,4 +210,4 @@ def _collect(ch: dict, state: dict) -> None:
 
 
 
-__all__ = ["TurnStream", "dumps"]
+__all__ = ["TurnStream", "dumps", "completion_chunks"]
