@@ -347,3 +347,30 @@ def test_a_held_back_reply_streams_as_the_same_message(content, calls, finish, i
     assert "".join(text) == (content or "") and got_finish == finish
     assert [{k: v for k, v in got_calls[i].items() if k != "index"} for i in sorted(got_calls)] == calls
     assert got_usage == (usage if include_usage else None)
+
+
+def test_the_shadow_mirror_of_a_re_served_turn_pays_for_its_draft_too(upstream, tmp_path):  # noqa: F811
+    """The shadow decides on the served history, budget included: its mirror of a re-served turn
+    bills the draft as the served episode does, so the two spends stay equal."""
+    from mtrouter_jax.live.server.arms import Arms
+    from testing.live import FakeEstimator
+
+    upstream.fail.clear()
+    pool = make_pool(upstream.url + "/v1")
+    plain = Router(None, pool, policy="fixed:cheap")
+    router = Router(None, pool, policy="fixed:cheap", draft=True, type_outcomes=_table(plain, plain.tool_of("python")[0]))
+    app = create_app(router, timeout=5.0, max_retries=0, arms=Arms(shadow=Router(FakeEstimator(pool)), seed=7))
+    with ServerThread(app) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", timeout=10.0, max_retries=0)
+        msgs = [{"role": "system", "content": "agent shadowed"}, {"role": "user", "content": "task"}]
+        for i in range(4):
+            msg = c.chat.completions.create(model="mtrouter", messages=msgs, tools=TOOLS_SPEC,
+                                            extra_headers={"X-MTRouter-Conversation": "sh"}).choices[0].message
+            msgs += [msg.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": f"ok {i}"}]
+        ep = app.state.proxy.store.get("sh").episode
+        drafted = [t for t in ep.turns if "draft" in (t.meta or {})]
+        assert len(drafted) == 2 and ep.shadow is not None
+        assert ep.shadow.spent == pytest.approx(ep.spent, abs=1e-12)
+        assert [t.cost for t in ep.shadow.turns] == pytest.approx([t.cost for t in ep.turns], abs=1e-12)
+        assert ep.shadow.tokens == ep.tokens

@@ -152,9 +152,14 @@ class Arms:
         return {"model": d.model, "digest": digest, "propensity": round(float(d.propensity), 7)}
 
     def record(self, ep: "LiveEpisode", model: str, usage, tool, action) -> None:
-        """Mirror the served turn (as billed) into the shadow's history."""
+        """Mirror the served turn (as billed, a re-served draft's bill included) into the shadow's history."""
         if ep.shadow is not None:
             try:
+                draft = (ep.turns[-1].meta or {}).get("draft") if ep.turns else None
+                if draft is not None:  # the served turn paid for a draft too: so does its mirror
+                    ep.shadow.spent += draft["cost"]
+                    ep.shadow.tokens += draft["input_tokens"] + draft["output_tokens"]
+                    ep.shadow.pending_draft = dict(draft)
                 ep.shadow.record(model, usage, tool_name=tool, action=action, propensity=None)
             except Exception as e:  # noqa: BLE001
                 self._fail(ep, "record", e, drop=True)
