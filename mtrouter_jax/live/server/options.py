@@ -59,11 +59,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="LO:HI of finish scores when a finish sends no score_range (default: a scored finish must "
                         "send its own)")
     p.add_argument("--draft", nargs="?", const=DEFAULT_DRAFT_TEST, default="auto", choices=DRAFT_MODES, metavar="MODE",
-                   help="draft-and-escalate: a non-streamed turn whose reply calls a tool type the checkpoint's logs "
-                        "show another model significantly better at is re-served by that model (the draft is "
-                        "billed; docs/live.md, 'Draft routing'). MODE: auto (the default: on where the checkpoint's "
-                        "per-turn outcomes show a type another model is significantly better at, and the state is "
-                        "in memory), off, or the escalation test, "
+                   help="draft-and-escalate: a turn whose reply calls a tool type the checkpoint's logs show another "
+                        "model significantly better at is re-served by that model (the draft is billed; a streamed "
+                        "turn that could be re-served is held back and sent whole; docs/live.md, 'Draft routing'). "
+                        "MODE: auto (the default: on where the checkpoint's per-turn outcomes show a type another "
+                        "model is significantly better at), off, or the escalation test, "
                         f"overlap, difference, or due / due-difference (the alternative valued by hindsight due types; "
                         f"measured, not the default) (--draft alone: {DEFAULT_DRAFT_TEST}; needs the outcomes)")
     p.add_argument("--state", default=None,
