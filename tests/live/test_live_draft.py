@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_store import _start_redis  # the real redis-server fixture's helpers
+from test_store import connect, redis_server  # noqa: F401  (fixtures: one shared store, memory or Redis)
 from testing.fixtures import fake_api_key, upstream  # noqa: F401  (fixtures)
 from testing.live import ServerThread, make_pool
 from mtrouter_jax.live.router import Router
@@ -129,24 +129,6 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
 
 # ---------------------------------------------------------------- drafting with a shared state store
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = _start_redis(tmp_path_factory)
-    yield server
-    server.kill()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def shared_store(request):
-    """``connect()`` -> a client of one shared state store (a fresh key prefix per test)."""
-    if request.param == "memory":
-        shared = MemoryStore()
-        return lambda: shared
-    from mtrouter_jax.live.store.redis import RedisStore
-    url, prefix = request.getfixturevalue("redis_server").url, f"d{uuid.uuid4().hex[:8]}:"
-    return lambda: RedisStore(url, prefix=prefix, timeout_s=2.0)
-
-
 class _Proxies:
     """``n`` drafting proxies (``fixed:cheap``, python turns escalate to strong), each with its own client
     ``connect()`` of one shared store (None: one proxy, the in-process state), in front of the fake
@@ -201,13 +183,13 @@ def _stored(connect, cid):
     return asyncio.run(main())
 
 
-def test_with_a_shared_store_a_draft_escalates_exactly_where_the_in_process_budget_lets_it(upstream, shared_store):  # noqa: F811
+def test_with_a_shared_store_a_draft_escalates_exactly_where_the_in_process_budget_lets_it(upstream, connect):  # noqa: F811
     """The draft's reservation (its worst case) is held while the escalation reserves: the escalation
     holds its worst case less what the draft's hold over-covers, so the two replicas escalate at the
     same budget as one proxy with the state in memory, to the 0.1 micro-dollar (holding the draft's
     worst case as well refused escalations the in-process budget allowed)."""
     upstream.fail.clear()
-    alone, shared = _Proxies(upstream), _Proxies(upstream, shared_store, n=2)
+    alone, shared = _Proxies(upstream), _Proxies(upstream, connect, n=2)
     try:
         lo, hi = 0.0, 1.0  # the least budget at which the second turn (a python call) is re-served
         while hi - lo > 1e-7:
@@ -217,7 +199,7 @@ def test_with_a_shared_store_a_draft_escalates_exactly_where_the_in_process_budg
             cid = uuid.uuid4().hex[:10]
             got = shared.turns(3, budget, cid)
             assert got[:2] == alone.turns(2, budget)[:2] and got[1][0] == second
-            st, spent, held = _stored(shared_store, cid)
+            st, spent, held = _stored(connect, cid)
             billed = [t["cost"] for t in st["turns"]]
             assert billed == pytest.approx([c for _, c in got[:len(billed)]], abs=1e-12)
             assert spent == pytest.approx(sum(billed), abs=1e-12) and held == 0 and spent <= budget
@@ -226,16 +208,16 @@ def test_with_a_shared_store_a_draft_escalates_exactly_where_the_in_process_budg
         shared.close()
 
 
-def test_an_escalation_the_shared_store_will_not_hold_serves_the_draft(upstream, shared_store):  # noqa: F811
+def test_an_escalation_the_shared_store_will_not_hold_serves_the_draft(upstream, connect):  # noqa: F811
     """Another replica's turn (say, one that died) holds most of the budget: the escalation's
     reservation is refused, so the draft — already held and paid for — is the reply, billed once."""
     upstream.fail.clear()
-    proxies = _Proxies(upstream, shared_store, n=2)
+    proxies = _Proxies(upstream, connect, n=2)
     budget, dead_hold = 1.0, 0.9
 
     def hold(cid):
         async def main():
-            s = shared_store()
+            s = connect()
             st = json.loads((await s.get(conv_key("", cid))).data)["episode"]
             assert await s.reserve(episode_key(st["episode_id"]), "a-dead-replica", dead_hold, budget)
             if not isinstance(s, MemoryStore):
@@ -246,7 +228,7 @@ def test_an_escalation_the_shared_store_will_not_hold_serves_the_draft(upstream,
         cid = uuid.uuid4().hex[:10]
         got = proxies.turns(2, budget, cid, between=hold)
         assert [m for m, _ in got] == ["cheap", "cheap"]  # the python turn's draft was served
-        st, spent, held = _stored(shared_store, cid)
+        st, spent, held = _stored(connect, cid)
         turn = st["turns"][-1]
         assert turn["meta"]["draft_escalation_failed"] == {"model": "strong", "error": "budget_held"}
         assert "draft" not in turn["meta"]
