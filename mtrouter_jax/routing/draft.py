@@ -13,12 +13,14 @@ the model that typed it. The table holds, per (executed action type, model), the
 turns and the mean and variance of their gains. Escalation is conservative, as the safe router is;
 two tests, both over cells with at least ``n_min`` logged turns of that type:
 
-- ``overlap`` (the default): the alternative's 95 % lower bound must exceed the draft model's 95 %
-  upper bound. Non-overlapping intervals are a stricter test than their level says (about 99.4 %
-  two-sided for equal standard errors);
-- ``difference``: the one-sided 95 % lower bound of the difference of the two means (Welch, normal
-  quantile 1.645) must be above zero: the textbook test that the alternative is better, which
-  escalates on smaller, better-measured differences.
+- ``difference`` (the default): the one-sided 95 % lower bound of the difference of the two means
+  (Welch, normal quantile 1.645) must clear the floor below: the textbook test that the alternative
+  is better;
+- ``overlap``: the alternative's 95 % lower bound must exceed the draft model's 95 % upper bound by
+  the floor. Non-overlapping intervals are a stricter test than their level says (about 99.4 %
+  two-sided for equal standard errors): a row whose intervals touch is never re-served, however
+  large its difference (the default until 2026-12-07; docs/benchmarks.md, "The escalation test
+  with the floor").
 
 The alternative's gain is read, in these two, from its own turns of the draft's type. The ``due``
 tests (``due``: overlap, ``due-difference``: difference; ``DRAFT_TESTS``) read it instead from the
@@ -52,7 +54,7 @@ from mtrouter_jax.routing.due import DueOutcomes, due_types, fit_due, grouped_mo
 
 DEFAULT_DRAFT_N_MIN = 20  # logged turns of a (type, model) before its mean is trusted
 DRAFT_TESTS = ("overlap", "difference", "due", "due-difference")  # how "significantly better at a type" is tested (module docstring)
-DEFAULT_DRAFT_TEST = "overlap"  # chosen on dev variations of three worlds (docs/benchmarks.md, "Drafting made the default")
+DEFAULT_DRAFT_TEST = "difference"  # chosen on dev variations of four worlds, with the floor (docs/benchmarks.md, "The escalation test with the floor")
 DRAFT_MODES = ("auto", "off") + DRAFT_TESTS  # auto: the default test where a draft could be re-served (can_escalate)
 Z95_ONE_SIDED = 1.6448536269514722  # the normal's 95 % quantile
 DEFAULT_DRAFT_MIN_GAIN = 0.01  # the least advantage (normalised score a turn) an escalation must be sure of

@@ -63,7 +63,7 @@ def test_draft_escalation_is_one_reply_and_one_logged_turn(upstream, tmp_path): 
                         else {"role": "user", "content": f"go on {i}"})
         calls = [b["model"] for b in upstream.requests[n_before:]]
         info = c._client.get(srv.url + "/v1/mtrouter/router").json()["draft"]  # what drafting will do, said
-        assert info["test"] == "overlap" and info["escalations"] == {bad: {"cheap": "strong"}}
+        assert info["test"] == "difference" and info["escalations"] == {bad: {"cheap": "strong"}}
         httpx_finish = c._client.post(srv.url + "/v1/mtrouter/conversations/d1/finish", json={"score": 1.0,
                                                                                            "score_range": [0, 1]})
         assert httpx_finish.status_code == 200
@@ -98,8 +98,8 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
     pool = make_pool(upstream.url + "/v1")
     plain = Router(None, pool, policy="fixed:cheap")
     table = _table(plain, plain.tool_of("python")[0])
-    assert Router(None, pool, policy="fixed:cheap", draft=True, type_outcomes=table).draft_test == "overlap"
-    assert Router(None, pool, policy="fixed:cheap", draft="difference", type_outcomes=table).draft_test == "difference"
+    assert Router(None, pool, policy="fixed:cheap", draft=True, type_outcomes=table).draft_test == "difference"
+    assert Router(None, pool, policy="fixed:cheap", draft="overlap", type_outcomes=table).draft_test == "overlap"
     with pytest.raises(ValueError, match="unknown draft mode 'bayes': use one of auto, off, overlap, difference"):
         Router(None, pool, policy="fixed:cheap", draft="bayes", type_outcomes=table)
     # auto (serve's default): the table where it has outcomes; none for an empty one or none at all
@@ -120,7 +120,7 @@ def test_draft_test_is_chosen_by_name_on_the_router_and_the_serve_flag(upstream)
     p = argparse.ArgumentParser()
     add_serve_args(p)
     assert p.parse_args([]).draft == "auto"
-    assert p.parse_args(["--draft"]).draft == "overlap"
+    assert p.parse_args(["--draft"]).draft == "difference"
     assert p.parse_args(["--draft", "difference"]).draft == "difference"
     assert p.parse_args(["--draft", "off"]).draft == "off"
     with pytest.raises(SystemExit):
