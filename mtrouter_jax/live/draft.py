@@ -47,21 +47,18 @@ def escalate_draft(ep: "LiveEpisode", draft_model: str, usage: Any, tool_name: s
         ep.spent -= cost
     if j < 0:
         return None
-    ep.spent += cost
-    ep.tokens += prompt + completion
-    ep.pending_draft = {"model": draft_model, "type": ttype, "input_tokens": prompt, "cached_tokens": cached,
-                        "output_tokens": completion, "cost": cost}
+    bill_draft(ep, {"model": draft_model, "type": ttype, "input_tokens": prompt, "cached_tokens": cached,
+                    "output_tokens": completion, "cost": cost})
     return r.pool.names[j]
 
 
 def describe_draft(router: Any) -> dict | None:
     """What drafting does for ``router`` (``GET /v1/mtrouter/router``, the start-up log): None when
     off, else the test, its thresholds and every escalation it can make (``{type: {draft: model}}``)."""
-    table = getattr(router, "draft_table", None)
-    if table is None:
+    if getattr(router, "draft_table", None) is None:
         return None
     return {"test": router.draft_test, "n_min": router.draft_n_min, "min_gain": DEFAULT_DRAFT_MIN_GAIN,
-            "escalations": table.escalations(router.draft_n_min, router.draft_test)}
+            "escalations": router.draft_escalations}
 
 
 def why_not_drafting(router: Any) -> str:
@@ -73,8 +70,17 @@ def why_not_drafting(router: Any) -> str:
     return "the checkpoint's logs show no action type another model is significantly better at"
 
 
+def bill_draft(ep: "LiveEpisode", draft: dict) -> None:
+    """Bill a re-served turn's ``draft`` (``meta.draft``'s fields) to ``ep`` now: its spend and tokens;
+    the next ``record`` logs it inside the turn (the escalated call's ``cost`` then includes it)."""
+    ep.spent += draft["cost"]
+    ep.tokens += draft["input_tokens"] + draft["output_tokens"]
+    ep.pending_draft = draft
+
+
 def cancel_draft(ep: "LiveEpisode") -> None:
-    """Take back the bill of a pending draft (its escalated call failed: the draft is served)."""
+    """Take back the bill of a pending draft (``bill_draft``'s inverse: its escalated call failed, the
+    draft is served)."""
     d = ep.pending_draft
     if d is not None:
         ep.spent -= d["cost"]
@@ -82,4 +88,4 @@ def cancel_draft(ep: "LiveEpisode") -> None:
         ep.pending_draft = None
 
 
-__all__ = ["escalate_draft", "cancel_draft", "describe_draft", "why_not_drafting"]
+__all__ = ["escalate_draft", "bill_draft", "cancel_draft", "describe_draft", "why_not_drafting"]

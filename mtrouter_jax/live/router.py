@@ -214,6 +214,9 @@ class Router:
         self.draft_table, self.draft_test = draft_setup(draft, getattr(estimator, "meta", None), type_outcomes,
                                                         self.layout.tools, self.pool.names, draft_n_min)
         self.draft_n_min = draft_n_min
+        # what drafting can do, {type: {draft model: escalated model}}: computed once, read per request
+        self.draft_escalations = {} if self.draft_table is None else self.draft_table.escalations(
+            draft_n_min, self.draft_test)
         self._tool_cache: dict[str | None, tuple[str, int]] = {}
         self._tool_lock = threading.Lock()
         self.learned_policy = self._learned() if estimator is not None else None

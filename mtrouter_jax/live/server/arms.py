@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from mtrouter_jax.core.errors import UsageError
+from mtrouter_jax.live.draft import bill_draft
 from mtrouter_jax.live.episode_state import EpisodeStateError, episode_state, restore_episode
 from mtrouter_jax.live.router import BudgetExhausted, Router
 from mtrouter_jax.live.server.reload import stamp
@@ -157,9 +158,7 @@ class Arms:
             try:
                 draft = (ep.turns[-1].meta or {}).get("draft") if ep.turns else None
                 if draft is not None:  # the served turn paid for a draft too: so does its mirror
-                    ep.shadow.spent += draft["cost"]
-                    ep.shadow.tokens += draft["input_tokens"] + draft["output_tokens"]
-                    ep.shadow.pending_draft = dict(draft)
+                    bill_draft(ep.shadow, dict(draft))
                 ep.shadow.record(model, usage, tool_name=tool, action=action, propensity=None)
             except Exception as e:  # noqa: BLE001
                 self._fail(ep, "record", e, drop=True)

@@ -27,20 +27,10 @@ if TYPE_CHECKING:
 _STREAM_FIELDS = ("stream", "stream_options")
 
 
-def draft_models(router) -> frozenset[str]:
-    """The models whose drafts ``router`` can ever re-serve (some type escalates them, every model
-    affordable); computed once per router (a reload builds a new one)."""
-    got = router.__dict__.get("_draft_models")
-    if got is None:
-        table = router.draft_table
-        esc = {} if table is None else table.escalations(router.draft_n_min, router.draft_test)
-        got = router._draft_models = frozenset(d for by_draft in esc.values() for d in by_draft)
-    return got
-
-
 def holds_draft_back(router, req: ChatRequest, model: str) -> bool:
-    """Whether a streamed routed turn decided for ``model`` is held back until its draft is judged."""
-    return req.passthrough is None and router.draft_table is not None and model in draft_models(router)
+    """Whether a streamed routed turn decided for ``model`` is held back until its draft is judged: some
+    type escalates ``model``'s drafts (``Router.draft_escalations``, every model affordable)."""
+    return req.passthrough is None and any(model in by_draft for by_draft in router.draft_escalations.values())
 
 
 def unstreamed(req: ChatRequest) -> ChatRequest:
@@ -51,8 +41,8 @@ def unstreamed(req: ChatRequest) -> ChatRequest:
 
 def buffered_sse(resp: dict, include_usage: bool, acct: dict) -> bytes:
     """The SSE body of a held-back streamed turn: ``resp`` (the decided completion) as stream chunks,
-    the usage chunk where the client asked for it, the proxy's accounting comment (as a relayed
-    stream ends with) and ``[DONE]``."""
+    the usage chunk where the client asked for it, the proxy's accounting comment ``acct``
+    (``streams.turn_account``, as a relayed stream ends with) and ``[DONE]``."""
     out = []
     for ch in completion_chunks(resp):
         if ch.get("usage") is not None and not ch["choices"] and not include_usage:
@@ -104,4 +94,4 @@ async def escalate_turn(proxy: "Proxy", conv, req, model, resp, name, action, hi
     return esc, reply, name, action, esc_hi
 
 
-__all__ = ["escalate_turn", "holds_draft_back", "unstreamed", "buffered_sse", "draft_models"]
+__all__ = ["escalate_turn", "holds_draft_back", "unstreamed", "buffered_sse"]

@@ -28,7 +28,7 @@ from mtrouter_jax.live.server.prometheus import ProxyMetrics
 from mtrouter_jax.live.server.limits import Limits, decode_body
 from mtrouter_jax.live.server.plan import Plan, money_headers
 from mtrouter_jax.live.server.replies import tool_and_action, upstream_message
-from mtrouter_jax.live.server.streams import TurnStream, dumps
+from mtrouter_jax.live.server.streams import TurnStream, dumps, turn_account
 from mtrouter_jax.live.server.tenancy import ANONYMOUS, Tenant
 from mtrouter_jax.live.router import BudgetExhausted, Router
 from mtrouter_jax.live.store import StateStore
@@ -228,9 +228,9 @@ class Proxy:
         ep, cid, body = conv.episode, req.cid, req.body
         if plan is None:
             plan = await self._plan(req, conv)
-        sse = None  # a streamed request served as one decided reply: include_usage of the client's request
+        held = None  # the client's streamed request, where the turn is held back and sent whole once decided
         if req.stream and holds_draft_back(ep.router, req, plan.ranking[0]):
-            sse, req = req.include_usage, unstreamed(req)
+            held, req = req, unstreamed(req)
             body = req.body
         for d in plan.decisions.values():  # (counted once served: a guess that did not stand is not)
             self._counted(d)
@@ -330,10 +330,9 @@ class Proxy:
         resp["model"] = model
         hdr.update(money_headers(ep))
         hdr["X-MTRouter-Turn-Cost"] = f"{ep.turns[-1].cost:.8f}"
-        if sse is not None:  # a streamed request whose draft was held back: the decided reply, as SSE
-            acct = {"model": model, "spent": ep.spent, "remaining": ep.remaining, "turn_cost": ep.turns[-1].cost,
-                    "fallbacks": att.fallbacks}
-            return Response(buffered_sse(resp, sse, acct), media_type="text/event-stream", headers=hdr)
+        if held is not None:  # the decided reply, as SSE
+            sse = buffered_sse(resp, held.include_usage, turn_account(ep, model, att.fallbacks))
+            return Response(sse, media_type="text/event-stream", headers=hdr)
         return Response(dumps(resp), media_type="application/json", headers=hdr)
 
     def _completion_hi(self, model: str, limit: int | None) -> int:

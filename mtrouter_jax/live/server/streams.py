@@ -72,6 +72,13 @@ def completion_chunks(obj: dict) -> list:
     return chunks
 
 
+def turn_account(ep, model: str, fallbacks: list) -> dict:
+    """The ``: mtrouter {...}`` comment that ends a streamed turn: who served it, what it cost, what is
+    left (the money headers were sent before the turn was billed)."""
+    return {"model": model, "spent": ep.spent, "remaining": ep.remaining, "turn_cost": ep.turns[-1].cost,
+            "fallbacks": fallbacks}
+
+
 class TurnStream(StreamingResponse):
     """SSE pass-through of one turn. The turn is recorded and the conversation's lock released when
     the stream ends — also when the client goes away mid-stream, or before the first chunk (then
@@ -98,8 +105,7 @@ class TurnStream(StreamingResponse):
             action = "".join(st["text"])  # no usage chunk: billed at the worst case (flagged)
             self.proxy._record(self.conv, self.req, self.att.model, st["usage"], st["tool"] or text_tool(action),
                                action, self.prop, self.meta, self.hi, self.out_hi)
-            return {"model": self.att.model, "spent": ep.spent, "remaining": ep.remaining,
-                    "turn_cost": ep.turns[-1].cost, "fallbacks": self.att.fallbacks}
+            return turn_account(ep, self.att.model, self.att.fallbacks)
         finally:
             try:
                 if self.proxy.shared is not None:  # settle, write the state, release the lease
@@ -210,4 +216,4 @@ def _collect(ch: dict, state: dict) -> None:
 
 
 
-__all__ = ["TurnStream", "dumps", "completion_chunks"]
+__all__ = ["TurnStream", "dumps", "completion_chunks", "turn_account"]
