@@ -126,7 +126,9 @@ def load_profiles(path: str | Path | None = None, models: Iterable[str] | None =
 
 
 def visible_objects(look_text: str) -> list[str]:
-    """Object names in a ``look around`` text, as commands can name them ("door to kitchen")."""
+    """Object names in a ``look around`` text, as commands can name them ("door to kitchen"), sorted:
+    ScienceWorld lists a room's objects in an order that varies from run to run, and a scripted
+    mistake indexes this list with its random draw, so the same seed must see the same list."""
     out = []
     for line in look_text.split("\n"):
         if not line.startswith("\t") or line.startswith("\t\t"):
@@ -144,7 +146,7 @@ def visible_objects(look_text: str) -> list[str]:
             name = name.split(stop)[0]
         if name.strip() and len(name.split()) <= 5:
             out.append(name.strip())
-    return out
+    return sorted(out)
 
 
 def garble(command: str, u: float) -> str:
