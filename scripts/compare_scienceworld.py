@@ -5,7 +5,9 @@ chosen single models — on the same test episodes (paired by ``meta.base_id``),
     python scripts/compare_scienceworld.py runs/sw_loop/eval [runs/sw_loop/eval_b ...] [--vs gpt-oss-120b gpt-5]
     python scripts/compare_scienceworld.py runs/dev_eval --split dev --lam 0   # an eval run on dev variations
 
-Prints a markdown table. "best single at budget" = the best of the single models held to that budget
+Prints a markdown table; for an eval run with ``--match-cost ROUTER`` also a table of every row at
+ROUTER's matched cap (its mean cost at a budget, rounded down) against ROUTER at that budget: the
+comparison at equal or lower cost. "best single at budget" = the best of the single models held to that budget
 (``capped:MODEL`` rows) where the run has them, else the single model with the best mean score among
 those run without a budget whose mean cost per episode is at most the budget (a model under the
 budget on average can still lose its longest episodes to the cap). A difference is significant
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import re
 import sys
 from pathlib import Path
@@ -105,6 +108,25 @@ def main(argv=None) -> int:
             s = singles.get(m)
             row.append(fmt(*paired_difference(eps, s)[:2]) if s else "")
         print("| " + " | ".join(row) + " |")
+    matched = [m for d in a.dirs if (Path(d) / "results.json").exists()
+               for m in json.loads((Path(d) / "results.json").read_text())["meta"].get("cost_matched", [])
+               if m.get("cap_usd")]
+    if matched:
+        print("\n| router | at the cost of | budget | its cap | score @ $/episode | it: score @ $/episode | Δ vs it | "
+              "best single ≤ cap | Δ vs that |")
+        print("|---" * 9 + "|")
+    for m in matched:
+        ref = groups.get((m["router"], m["budget"]))
+        cap = m["cap_usd"]
+        capped = [(mean(s), lab_s) for (lab_s, b_s), s in groups.items() if b_s == cap and lab_s.startswith("capped:")]
+        best = max(capped)[1] if capped else None
+        for (lab, b), eps in sorted(groups.items(), key=lambda kv: kv[0][0]):
+            if b != cap or not ref or lab.startswith("capped:"):
+                continue
+            row = [lab, m["router"], f"${m['budget']:g}", f"${cap:g}", f"{mean(eps):.1f} @ ${cost(eps):.4f}",
+                   f"{mean(ref):.1f} @ ${cost(ref):.4f}", fmt(*paired_difference(eps, ref)[:2])]
+            row += [best, fmt(*paired_difference(eps, groups[(best, cap)])[:2])] if best else ["–", ""]
+            print("| " + " | ".join(row) + " |")
     for x, y in a.pair:
         budgets = sorted(b for (lab, b) in groups if lab == x and b is not None)
         cells = []

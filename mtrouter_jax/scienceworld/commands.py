@@ -77,6 +77,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-split", choices=SPLITS, default="dev")
     p.add_argument("--calibration-per-task", type=int, default=2)
     p.add_argument("--tool-map", default=None)
+    p.add_argument("--match-cost", default=None, metavar="ROUTER",
+                   help="also run every other budgeted row at ROUTER's mean cost per episode under each budget "
+                        "(rounded down; e.g. tool-heuristic): the comparison at equal or lower cost")
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, results, plots, summary)")
 
 
@@ -127,7 +130,7 @@ def cmd_eval(a) -> int:
                        runs=a.runs, split=a.split, tasks=tasks, backend=a.backend, workers=a.workers, seed=a.seed,
                        step_limit=a.step_limit, lam=a.lam, tool_map=a.tool_map, profiles=a.profiles,
                        lam_grid=a.lam_grid, calibration_split=a.calibration_split,
-                       calibration_per_task=a.calibration_per_task)
+                       calibration_per_task=a.calibration_per_task, match_cost=a.match_cost)
     print_results(results)
     print(summary_markdown(results))
     for k, v in write_results(results, a.out).items():

@@ -8,11 +8,13 @@ under every budget, then report them through the simulator sweep's reporting pat
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 from mtrouter_jax.core.pool import Pool
+from mtrouter_jax.routing.meta import lam_for_budget
 
 from .engine import DEFAULT_EVAL_BASELINES, DEFAULT_TASKS, require_java
 from .runner import Job, RouterSpec, make_jobs, plan_variations, run_jobs
@@ -203,14 +205,20 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
              tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
              seed: int = 0, step_limit: int = 100, lam: float | None = None, tool_map: str | None = None,
              profiles: str | None = None, progress: bool = True, lam_grid: Sequence[float] = (),
-             calibration_split: str = "dev", calibration_per_task: int = 1) -> dict:
+             calibration_split: str = "dev", calibration_per_task: int = 1, match_cost: str | None = None) -> dict:
     """Run every router (``routers``; empty: ``default_eval_routers``) on the same episodes under every
     budget; returns the sweep ``results`` dict
     (``report.write_results`` writes it) and logs every episode to ``out_dir/episodes.jsonl``.
 
     With ``lam_grid``, the λ of each learned router is first calibrated per budget on
     ``calibration_split`` episodes (never the evaluation split) and written into its checkpoint's
-    ``lam_tables["scienceworld"]`` — what ``mtrouter serve`` then uses for budgeted requests."""
+    ``lam_tables["scienceworld"]`` — what ``mtrouter serve`` then uses for budgeted requests.
+
+    ``match_cost`` (a router of the list, e.g. ``tool-heuristic``): afterwards every other budgeted
+    row (learned, capped, bound) also runs at each budget's *matched cap*: that router's mean cost
+    per episode there, rounded down to a micro-dollar. A cap is a hard per-episode limit, so a row
+    run at it spends no more on average than the matched router: the comparison "at equal or lower
+    cost", on the same episodes (``results["meta"]["cost_matched"]``)."""
     import dataclasses
 
     from mtrouter_jax.reporting.points import point_from_episodes
@@ -221,6 +229,15 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
     if not routers.strip():
         routers = default_eval_routers(checkpoint)
     specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
+    if match_cost is not None and match_cost not in {n for n, kind, _ in specs if kind != "single"}:
+        from mtrouter_jax.core.errors import UsageError
+
+        raise UsageError(f"--match-cost {match_cost!r} is not a budgeted router of --routers "
+                         f"({', '.join(n for n, kind, _ in specs if kind != 'single')})")
+    if match_cost is not None and not budgets:
+        from mtrouter_jax.core.errors import UsageError
+
+        raise UsageError("--match-cost needs --budgets: it matches the router's cost at each budget")
     for _, _, spec in specs:
         validate_spec(spec, pool, backend)
     require_java()
@@ -246,24 +263,38 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
             if kind == "learned":
                 lam_tables[name] = _learned_lams(spec, name, caps, list(lam_grid), cal_plan, calibration_split, 1,
                                                  pool, run, by_id_of, tags.get(name))
-    jobs: list[Job] = []
     groups: dict[tuple[str, float | None], list[str]] = {}
-    for name, kind, spec in specs:
-        for b in ([None] if kind == "single" else caps):
-            s = spec
-            if name in tags:
-                lam_b = lam_tables[name][b] if name in lam_tables else spec.lam
-                s = dataclasses.replace(spec, lam=lam_b, label=_run_label(name, tags[name], lam_b))
-            js = make_jobs(s, plan, split, runs, b)
-            jobs += js
-            groups[(name, b)] = [j.episode_id for j in js]
-    run(jobs)
+
+    def jobs_at(name, spec, b) -> list[Job]:
+        s = spec
+        if name in tags:
+            lam_b = (lam_tables[name].get(b, lam_for_budget([{"budget": k, "lam": v} for k, v in
+                                                             lam_tables[name].items()], b))
+                     if name in lam_tables else spec.lam)
+            s = dataclasses.replace(spec, lam=lam_b, label=_run_label(name, tags[name], lam_b))
+        js = make_jobs(s, plan, split, runs, b)
+        groups[(name, b)] = [j.episode_id for j in js]
+        return js
+
+    run([j for name, kind, spec in specs for b in ([None] if kind == "single" else caps)
+         for j in jobs_at(name, spec, b)])
     by_id = by_id_of()
+    matched = []
+    if match_cost is not None:
+        for b in caps:
+            eps = [by_id[i] for i in groups[(match_cost, b)] if i in by_id]
+            cost = sum(e.total_cost for e in eps) / max(len(eps), 1)
+            cap = math.floor(cost * 1e6) / 1e6  # down, so that a row held to it spends no more on average
+            matched.append({"router": match_cost, "budget": b, "cost_usd": cost, "cap_usd": cap or None})
+        run([j for m in matched if m["cap_usd"] and m["cap_usd"] not in caps
+             for name, kind, spec in specs if kind != "single" and name != match_cost
+             for j in jobs_at(name, spec, m["cap_usd"])])
+        by_id = by_id_of()
     results: dict = {"routers": {}, "meta": {
         "benchmark": "scienceworld", "backend": backend, "split": split, "n_episodes": len(plan) * runs,
         "seed": seed, "pool": list(pool.names), "tools": list(TOOLS), "budgets": [b for b in caps if b is not None],
         "currency": "USD", "checkpoint": checkpoint, "tasks": list(tasks), "per_task": per_task, "runs": runs,
-        "step_limit": step_limit, "episodes_log": str(log),
+        "step_limit": step_limit, "episodes_log": str(log), "cost_matched": matched,
         "lam_calibration": {n: {"grid": list(lam_grid), "split": calibration_split,
                                 "per_task": calibration_per_task,
                                 "chosen": [{"budget": b, "lam": v} for b, v in t.items()]}
@@ -271,7 +302,7 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
     unplayable = results["meta"]["unplayable"] = []
     for name, kind, spec in specs:
         pts = []
-        for b in ([None] if kind == "single" else caps):
+        for b in sorted((b for n, b in groups if n == name), key=lambda x: -1.0 if x is None else x):
             eps = [by_id[i] for i in groups[(name, b)] if i in by_id]
             if not eps:  # (an episode with no turn is not logged: e.g. capped:gpt-5 on two cents)
                 unplayable.append({"router": name, "budget": b, "why": "no episode took a turn: the router's "

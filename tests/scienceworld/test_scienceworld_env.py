@@ -4,6 +4,7 @@ router's feature path (scripted agents and a loopback OpenAI-compatible fake), c
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -161,6 +162,38 @@ def test_eval_capped_singles_and_a_budget_no_turn_fits(tmp_path, capsys):
     eps = read_episodes(res_dir / "episodes.jsonl")
     assert all(sum(t.cost for t in e.turns) <= e.budget + 1e-12 for e in eps)
     assert "capped:gpt-5 at $0.00300: no point" in (res_dir / "summary.md").read_text()
+
+
+def test_eval_match_cost_holds_rows_to_the_matched_routers_mean_cost(tmp_path):
+    """--match-cost: every other budgeted row also runs capped at the matched router's mean cost
+    (rounded down), on the same episodes, so it spends no more on average; singles are left alone."""
+    res_dir = tmp_path / "eval"
+    assert cli.main(["eval", "scienceworld", "--routers", "capped:kimi-k2,capped:gpt-oss-120b,fixed:kimi-k2",
+                     "--match-cost", "capped:kimi-k2", "--tasks", TASK, "--per-task", "2", "--workers", "1",
+                     "--budgets", "0.05", "--out", str(res_dir)]) == 0
+    results = json.loads((res_dir / "results.json").read_text())
+    (m,) = results["meta"]["cost_matched"]
+    matched = results["routers"]["capped:kimi-k2"]["points"]
+    assert m["router"] == "capped:kimi-k2" and m["budget"] == 0.05 and [p["budget"] for p in matched] == [0.05]
+    assert m["cap_usd"] == math.floor(m["cost_usd"] * 1e6) / 1e6 > 0
+    eps = read_episodes(res_dir / "episodes.jsonl")
+    assert m["cost_usd"] == pytest.approx(np.mean([e.total_cost for e in eps if "capped:kimi-k2" in e.episode_id]))
+    capped = results["routers"]["capped:gpt-oss-120b"]["points"]
+    assert sorted(p["budget"] for p in capped) == sorted([0.05, m["cap_usd"]])
+    at_cap = [e for e in eps if e.budget == m["cap_usd"]]
+    assert len(at_cap) == 2 and all(e.total_cost <= m["cap_usd"] + 1e-12 for e in at_cap)
+    assert {e.meta["base_id"] for e in at_cap} == {e.meta["base_id"] for e in eps if e.budget == 0.05}
+    assert [p["budget"] for p in results["routers"]["kimi-k2"]["points"]] == [None]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--routers", "tool-heuristic", "--match-cost", "capped:gpt-5", "--budgets", "0.05"],
+     "--match-cost 'capped:gpt-5' is not a budgeted router of --routers (tool-heuristic)"),
+    (["--routers", "tool-heuristic", "--match-cost", "tool-heuristic"], "--match-cost needs --budgets"),
+])
+def test_eval_match_cost_bad_inputs_exit_2(tmp_path, capsys, argv, msg):
+    assert cli.main(["eval", "scienceworld", "--tasks", TASK, "--out", str(tmp_path / "e"), *argv]) == 2
+    assert msg in capsys.readouterr().err and not (tmp_path / "e" / "episodes.jsonl").exists()
 
 
 @pytest.mark.parametrize("argv,msg", [
