@@ -186,8 +186,14 @@ def print_routing_summary(meta: dict) -> None:
     if ref:
         from mtrouter_jax.routing.reference import Reference
 
-        tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in Reference.from_meta(ref).by_budget())
+        r = Reference.from_meta(ref)
+        tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in r.by_budget())
         print(f"reference policy (safe router): {tiers}")
+        if r.draft_tiers:
+            fit = r.draft_tiers[-1]
+            tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}"
+                              for t in r.by_budget((fit["test"], fit["n_min"])))
+            print(f"reference policy when drafting (priced with re-served turns): {tiers}")
     outcomes = turn_outcomes_summary(meta)
     if outcomes is not None:
         details = outcomes if isinstance(outcomes, dict) else {}  # a sentence: no per-turn progress
@@ -238,7 +244,10 @@ def cmd_inspect(a) -> int:
     if ref:
         from mtrouter_jax.routing.reference import Reference
 
-        short["reference_by_budget"] = Reference.from_meta(ref).by_budget()
+        r = Reference.from_meta(ref)
+        short["reference_by_budget"] = r.by_budget()
+        if r.draft_tiers:
+            short["reference_by_budget_drafting"] = r.by_budget((r.draft_tiers[-1]["test"], r.draft_tiers[-1]["n_min"]))
     outcomes = turn_outcomes_summary(meta)
     if outcomes is not None:
         short["turn_outcomes"] = outcomes

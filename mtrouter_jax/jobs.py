@@ -137,7 +137,7 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
     same; ``snapshot`` > 1: the members of the last ``snapshot`` fits pooled), fit the reference
     policy the logs vouch for (``reference.fit_reference``, for the safe router), save an orbax
     checkpoint with full metadata, reload it."""
-    from mtrouter_jax.routing.draft import fit_type_outcomes
+    from mtrouter_jax.routing.draft import draft_pricing, fit_type_outcomes
     from mtrouter_jax.routing.reference import fit_reference
 
     data = build_training_data(episodes, pool, target_cfg, text_encoder=text_encoder)
@@ -149,9 +149,11 @@ def train_checkpoint(episodes: Sequence[Episode], pool: Pool, out: str | Path,
     else:
         result, fits = fit(data, pool, train_cfg, ensemble, progress=progress), []
     check_fit(result, data)
-    reference = fit_reference(episodes, data.layout, pool, target_cfg.default_score_range)
     # per (action type, model) outcomes of single turns, for draft routing (routing/draft.py)
     type_outcomes = fit_type_outcomes(episodes, data.layout.tools, data.layout.models, target_cfg.default_score_range)
+    reference = fit_reference(episodes, data.layout, pool, target_cfg.default_score_range,
+                              drafting=draft_pricing(episodes, type_outcomes, pool,
+                                                     data.output_tokens_hi, target_cfg.default_score_range))
     meta = {
         "pool": pool.to_dict(),
         "layout": data.layout.to_dict(),

@@ -255,7 +255,8 @@ class Router:
         from mtrouter_jax.routing.reference import Reference
 
         r = Reference.from_meta(ref)
-        tables, costs, lcbs = r.budget_tiers()
+        drafting = None if self.draft_table is None else (self.draft_test, self.draft_n_min)  # priced under drafting
+        tables, costs, lcbs = r.budget_tiers(drafting)
         return routing.safe(self.learned_policy, tables, r.support, r.seen, n_min, kappa, ref_cost=costs, ref_lcb=lcbs)
 
     @classmethod

@@ -163,6 +163,103 @@ def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
                      np.asarray(di, np.int64))
 
 
+def escalation_matrix(table: TypeOutcomes, n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST,
+                      min_gain: float = DEFAULT_DRAFT_MIN_GAIN) -> np.ndarray:
+    """(K, M) int: the model that re-serves a draft of each (type, draft model) with every model
+    affordable (``draft_escalation``), -1 where none does."""
+    every = np.ones(len(table.models), bool)
+    return np.array([[draft_escalation(table, k, d, every, n_min, test, min_gain) for d in range(len(table.models))]
+                     for k in range(len(table.tools))], np.int64).reshape(len(table.tools), len(table.models))
+
+
+def drafted_value_change(episode, table: TypeOutcomes, esc: np.ndarray,
+                         default_range: Sequence[float] = (-100.0, 100.0), budget: float = math.inf,
+                         turn_cost: np.ndarray | None = None, worst_cost=None) -> float:
+    """How drafting would have changed ``episode``'s normalised score, by per-turn substitution: every
+    turn whose (type, model) is re-served (``esc``, ``escalation_matrix``) has its own gain replaced
+    by the re-serving model's mean gain at that type; 0 without per-turn progress. A wrong ``focus``
+    that ended the episode is replaced by the specialist's mean ``focus`` gain, but the turns a
+    longer episode would have had after it are not added: the estimate leans low where drafting
+    saves an episode.
+
+    Under a ``budget``, as the live gate (``live.draft.escalate_draft``) decides: a turn is re-served
+    only where the spend so far (the logged turns, each re-served one with ``turn_cost[k, d]`` added),
+    the draft, and the re-serving model's worst-case turn (``worst_cost(prompt tokens, model index)``)
+    fit the budget."""
+    lo, hi = episode.score_range or default_range
+    gains = turn_gains([t.progress for t in episode.turns],
+                       float((episode.meta or {}).get("initial_score", lo)), lo, hi)
+    if gains is None:
+        return 0.0
+    pos = {t: i for i, t in enumerate(table.tools)}
+    mpos = {m: i for i, m in enumerate(table.models)}
+    change, spent = 0.0, 0.0
+    for t, g in zip(episode.turns, gains):
+        k, d = pos.get(t.tool, len(table.tools) - 1), mpos.get(t.model)
+        spent += t.cost
+        if d is None or not math.isfinite(g) or esc[k, d] < 0:
+            continue
+        j = int(esc[k, d])
+        if math.isfinite(budget) and spent + worst_cost(t.input_tokens, j) > budget:
+            continue
+        change += float(table.mean[k, j]) - float(g)
+        spent += 0.0 if turn_cost is None else float(turn_cost[k, d])
+    return change
+
+
+def escalation_turn_costs(episodes, esc: np.ndarray, tools: Sequence[str], models: Sequence[str]) -> np.ndarray:
+    """(K, M) USD: what drafting adds to a turn of each (type, draft model): the re-serving model's
+    mean logged cost of a turn of that type (the draft itself is the turn the log already bills);
+    0 where the draft is kept."""
+    pos = {t: i for i, t in enumerate(tools)}
+    mpos = {m: i for i, m in enumerate(models)}
+    K, M = len(tools), len(models)
+    total, n = np.zeros((K, M)), np.zeros((K, M))
+    for e in episodes:
+        for t in e.turns:
+            if t.model in mpos:
+                k = pos.get(t.tool, K - 1)
+                total[k, mpos[t.model]] += t.cost
+                n[k, mpos[t.model]] += 1
+    mean = total / np.maximum(n, 1)
+    out = np.zeros((K, M))
+    k_idx, d_idx = np.nonzero(esc >= 0)
+    out[k_idx, d_idx] = mean[k_idx, esc[k_idx, d_idx]]
+    return out
+
+
+def draft_pricing(episodes, table: TypeOutcomes, pool, output_tokens_hi: Sequence[float],
+                  default_range: Sequence[float] = (-100.0, 100.0), n_min: float = DEFAULT_DRAFT_N_MIN,
+                  test: str = DEFAULT_DRAFT_TEST):
+    """``reference.DraftPricing`` of the logs under the default escalation settings (what a drafting
+    router's reference choice reads), or None where nothing could be re-served (no router drafts).
+    ``pool`` prices the table's models; ``output_tokens_hi`` (M,) is the completion a worst-case turn
+    assumes (the checkpoint's ``output_tokens_hi``, as the live gate)."""
+    from mtrouter_jax.core.pricing import call_cost
+    from mtrouter_jax.routing.reference import DraftPricing
+
+    if not can_escalate(table, n_min, test):
+        return None
+    esc = escalation_matrix(table, n_min, test)
+    extra = escalation_turn_costs(episodes, esc, table.tools, table.models)
+    prices = np.array([[pool[m].price_input, pool[m].price_output] for m in table.models], np.float64) / 1e6
+    hi = np.asarray(output_tokens_hi, np.float64)
+
+    def worst(prompt: float, j: int) -> float:  # a cold call: the re-serving model did not serve the turn before
+        return float(call_cost(prompt, 0.0, hi[j], prices[j, 0], 0.0, prices[j, 1]))
+
+    pos = {t: i for i, t in enumerate(table.tools)}
+    mpos = {m: i for i, m in enumerate(table.models)}
+    budget_hi = 0.0
+    for e in episodes:  # each episode's spend with every re-served turn, and its worst re-served call on top
+        escalated = [(t, int(esc[pos.get(t.tool, len(pos) - 1), mpos[t.model]])) for t in e.turns if t.model in mpos]
+        escalated = [(t, j) for t, j in escalated if j >= 0]
+        total = sum(t.cost for t in e.turns) + sum(extra[pos.get(t.tool, len(pos) - 1), mpos[t.model]] for t, _ in escalated)
+        budget_hi = max(budget_hi, total + max((worst(t.input_tokens, j) for t, j in escalated), default=0.0))
+    return DraftPricing(lambda e, budget: drafted_value_change(e, table, esc, default_range, budget, extra, worst),
+                        test, float(n_min), float(budget_hi))
+
+
 def draft_table_for(meta: dict | None, table: TypeOutcomes | None, tools: Sequence[str],
                     models: Sequence[str], required: bool = True) -> TypeOutcomes | None:
     """The table a draft router uses: ``table``, else the checkpoint's ``meta.type_outcomes``; it must be
@@ -255,6 +352,7 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
     return j if lower[j] > min_gain else -1
 
 
-__all__ = ["TypeOutcomes", "draft_table_for", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
+__all__ = ["TypeOutcomes", "draft_table_for", "escalation_matrix", "drafted_value_change", "escalation_turn_costs",
+           "draft_pricing", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
            "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN",
            "DEFAULT_DRAFT_MIN_GAIN", "DRAFT_TESTS", "DRAFT_MODES", "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

@@ -16,13 +16,21 @@ followed closely only in some task types, so its followers' mean flatters it. In
 mixed table's lower bound is therefore capped at that of the best single model it can afford plus
 its mean gain over that model *within* the task types both are followed in (weighted by the task
 types' shares of the log): it displaces the single model only where it is better task for task.
+
+A router that drafts (``routing/draft.py``) does not get what a reference's followers got: its
+drafts of the escalated types are re-served. So the tiers are priced twice: as logged, and under
+drafting (``draft_tiers``) — each follower's score with its escalated turns' gains replaced by the
+re-serving model's mean gain (``draft.drafted_value_change``), each tier's cost with the re-served
+calls added along the logged histories. A drafting router picks its reference by the second: a
+cheap model whose only weakness drafting repairs can then be the reference at a budget where, as
+logged, an expensive model looked better.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -45,6 +53,7 @@ class Reference:
     seen: np.ndarray  # (T+1,) bool: task types with logged episodes
     candidates: list[dict]  # name, mean, ci, n, agreement, cost / turns / task_types (of the followers), replayed_cost
     tiers: tuple = ()  # (names, tables (R, T+1, K+2), costs (R,), lcbs (R,)): every vouched candidate
+    draft_tiers: tuple = ()  # (tier index (R2,), costs (R2,), lcbs (R2,), {"test", "n_min"}): tiers priced under drafting
 
     def to_meta(self) -> dict:
         d = {"name": self.name, "table": self.table.tolist(), "support": self.support.tolist(),
@@ -53,6 +62,10 @@ class Reference:
             names, tables, costs, lcbs = self.tiers
             d["tiers"] = {"names": list(names), "tables": np.asarray(tables).tolist(),
                           "costs": np.asarray(costs).tolist(), "lcbs": np.asarray(lcbs).tolist()}
+        if self.draft_tiers:
+            index, costs, lcbs, fit = self.draft_tiers
+            d["draft_tiers"] = {"index": np.asarray(index).tolist(), "costs": np.asarray(costs).tolist(),
+                                "lcbs": np.asarray(lcbs).tolist(), **fit}
         return d
 
     @classmethod
@@ -60,17 +73,34 @@ class Reference:
         t = d.get("tiers")
         tiers = () if not t else (tuple(t["names"]), np.asarray(t["tables"], np.int32),
                                   np.asarray(t["costs"], np.float32), np.asarray(t["lcbs"], np.float32))
+        dt = d.get("draft_tiers")
+        draft_tiers = () if not dt or not tiers else (
+            np.asarray(dt["index"], np.int32), np.asarray(dt["costs"], np.float32), np.asarray(dt["lcbs"], np.float32),
+            {k: v for k, v in dt.items() if k not in ("index", "costs", "lcbs")})
         return cls(d["name"], np.asarray(d["table"], np.int32), np.asarray(d["support"], np.float32),
-                   np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers)
+                   np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers, draft_tiers)
 
-    def by_budget(self) -> list[dict]:
+    def _priced(self, drafting: tuple[str, float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tier indices, costs, lcbs) for a router that drafts with (test, n_min), or None: the logged
+        tiers, plus those priced under drafting when they were priced for those settings."""
+        names, _, costs, lcbs = self.tiers
+        if drafting is not None and self.draft_tiers:
+            index, d_costs, d_lcbs, fit = self.draft_tiers
+            if (fit.get("test"), float(fit.get("n_min", -1))) == (drafting[0], float(drafting[1])):
+                return (np.r_[np.arange(len(names)), index].astype(np.int32), np.r_[costs, d_costs].astype(np.float32),
+                        np.r_[lcbs, d_lcbs].astype(np.float32))
+        return np.arange(len(names), dtype=np.int32), costs, lcbs
+
+    def by_budget(self, drafting: tuple[str, float] | None = None) -> list[dict]:
         """Which reference serves which budgets: ``[{"from_usd": c, "reference": name}, ...]``
-        (ascending; below the first threshold the cheapest tier serves)."""
+        (ascending; below the first threshold the cheapest tier serves); ``drafting``: (test, n_min)
+        of a drafting router (``budget_tiers``)."""
         if not self.tiers:
             return [{"from_usd": 0.0, "reference": self.name}]
         from mtrouter_jax.routing.policies import reference_tier  # the rule the safe router applies per episode
 
-        names, _, costs, lcbs = self.tiers
+        index, costs, lcbs = self._priced(drafting)
+        names = [self.tiers[0][i] + ("+draft" if k >= len(self.tiers[0]) else "") for k, i in enumerate(index)]
         out: list[dict] = []
         for c in sorted(set(float(x) for x in costs)):
             best = names[int(reference_tier(np.float32(c), costs, lcbs))]
@@ -78,12 +108,15 @@ class Reference:
                 out.append({"from_usd": round(c, 6), "reference": best})
         return out
 
-    def budget_tiers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def budget_tiers(self, drafting: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tables (R, T+1, K+2), USD per episode (R,), lower bounds (R,)) for ``routing.safe``: per
         episode budget, the vouched candidate with the best lower bound whose cost (``replayed_cost``)
-        fits the budget. A checkpoint from before tiers: its one table, at any budget."""
+        fits the budget. ``drafting``: (escalation test, n_min) of a router that drafts; its costs and
+        bounds are the ones priced under drafting where they were fitted for those settings. A
+        checkpoint from before tiers: its one table, at any budget."""
         if self.tiers:
-            return self.tiers[1], self.tiers[2], self.tiers[3]
+            index, costs, lcbs = self._priced(drafting)
+            return self.tiers[1][index], costs, lcbs
         return self.table[None], np.zeros(1, np.float32), np.zeros(1, np.float32)
 
 
@@ -101,6 +134,7 @@ class LoggedTurns(NamedTuple):
     prompt: np.ndarray  # (N,) float: its input tokens
     completion: np.ndarray  # (N,) float: its output tokens
     n_episodes: int
+    tool: np.ndarray | None = None  # (N,) int: the turn's own tool index (unknown: the vocabulary's last, as draft tables count)
 
     @classmethod
     def of(cls, episodes: Sequence[Episode], layout: FeatureLayout) -> "LoggedTurns":
@@ -116,7 +150,8 @@ class LoggedTurns(NamedTuple):
         model = np.array([pos[t.model] for t in turns], np.int64)
         prompt = np.array([t.input_tokens for t in turns], np.float64)
         completion = np.array([t.output_tokens for t in turns], np.float64)
-        return cls(episode, np.repeat(task, lengths), last, model, prompt, completion, len(episodes))
+        return cls(episode, np.repeat(task, lengths), last, model, prompt, completion, len(episodes),
+                   np.minimum(tools, k - 1))
 
     @property
     def first(self) -> np.ndarray:
@@ -165,9 +200,73 @@ def _within_task_difference(value, task, share, a, b) -> float:
     return float((w * (ma - mb)).sum() / w.sum())
 
 
+class DraftPricing(NamedTuple):
+    """How drafting changes what the logs show (``routing/draft.py``): ``value_change(episode,
+    budget)`` (``drafted_value_change``: what re-serving the escalated turns that fit ``budget``
+    changes in the episode's normalised score) and the escalation settings it was computed for."""
+
+    value_change: Callable[[Episode, float], float]
+    test: str
+    n_min: float
+    budget_hi: float = 0.0  # a budget at which every logged turn that drafting re-serves fits
+
+
+DRAFT_GRID = 24  # budgets at which the tiers are priced under drafting, log-spaced over the tiers' costs
+
+
+def _tier_lcbs(vouched: list[dict], value: np.ndarray, costs: Sequence[float], follows: dict, agreement: float,
+               task_row: np.ndarray, share: np.ndarray) -> list[float]:
+    """Each vouched tier's lower bound on ``value`` over its followers; a mixed table's capped at the
+    best single model it can afford (by ``costs``) plus its within-task gain over it (module docstring)."""
+    sels = [follows[r["name"]] >= agreement for r in vouched]
+    lcbs = [float(value[sel].mean() - t_ci95(value[sel])) for sel in sels]
+    single = [r["name"].startswith("single:") for r in vouched]
+    for i, r in enumerate(vouched):
+        if single[i]:
+            continue
+        # a mixed table is followed mostly in some task types (short episodes): it may displace
+        # the best single model it can afford only where it beats that model in the task types
+        # both are followed in (task-share weighted), not by its followers' task mix
+        affordable = [k for k in range(len(vouched)) if single[k] and costs[k] <= costs[i]]
+        if not affordable:
+            continue
+        k = max(affordable, key=lambda k: lcbs[k])
+        d = _within_task_difference(value, task_row, share, sels[i], sels[k])
+        gain = d if math.isfinite(d) else None  # no task type in common: nothing shows it better
+        lcbs[i] = min(lcbs[i], lcbs[k] + (gain or 0.0))
+        r.setdefault("within_task_gain", {"vs": vouched[k]["name"], "gain": gain, "tier_lcb": lcbs[i]})
+    return lcbs
+
+
+def _draft_tiers(drafting: DraftPricing, eps, value, vouched, costs, lcbs, follows, agreement, task_row, share
+                 ) -> tuple:
+    """The tiers priced under drafting (module docstring): at each budget b of a log-spaced grid from
+    the cheapest tier to where every re-served turn fits, each follower's score with the re-served turns that fit b
+    (``drafting.value_change``), as a tier affordable from max(b, the tier's own cost) up; only
+    entries whose bound beats the tier's logged one are kept. (indices into the tiers (R2,), costs
+    (R2,), bounds (R2,), the settings)."""
+    index, d_costs, d_lcbs = [], [], []
+    lo, hi = min(costs), max(*costs, drafting.budget_hi)
+    for b in np.geomspace(lo, hi, DRAFT_GRID) if 0 < lo < hi else [hi]:
+        # (no score leaves its range: a re-served turn whose episode reached the top anyway adds nothing)
+        drafted = np.clip(value + np.array([drafting.value_change(e, float(b)) for e in eps]), 0.0, 1.0)
+        at = [max(float(b), c) for c in costs]
+        for i, x in enumerate(_tier_lcbs([dict(r) for r in vouched], drafted, at, follows, agreement, task_row, share)):
+            if x > lcbs[i] + 1e-9:
+                index.append(i)
+                d_costs.append(at[i])
+                d_lcbs.append(x)
+                sel = follows[vouched[i]["name"]] >= agreement
+                vouched[i]["drafted"] = {"budget": float(b), "mean": float(drafted[sel].mean()), "tier_lcb": x}
+    return (np.array(index, np.int32), np.array(d_costs, np.float32), np.array(d_lcbs, np.float32),
+            {"test": drafting.test, "n_min": float(drafting.n_min)})
+
+
 def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool,
-                  default_range: Sequence[float] = (-100.0, 100.0), min_episodes: int = 8) -> Reference:
-    """Pick the reference policy from the logs (see the module docstring)."""
+                  default_range: Sequence[float] = (-100.0, 100.0), min_episodes: int = 8,
+                  drafting: DraftPricing | None = None) -> Reference:
+    """Pick the reference policy from the logs (see the module docstring); with ``drafting``, also
+    price the tiers under drafting (``Reference.draft_tiers``)."""
     from mtrouter_jax.routing.specs import tool_table
 
     eps = [e for e in episodes if e.score is not None and e.turns]
@@ -259,33 +358,20 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         r["replayed_cost"] = replayed_cost(cands[r["name"]], log, prices, out_mean)
     vouched = [r for r in rows if r["n"] >= min_episodes and math.isfinite(r["replayed_cost"])]
     tiers: tuple = ()
+    draft_tiers: tuple = ()
     if vouched:
-        lcbs = [r["mean"] - r["ci"] for r in vouched]
         agreement = rows[0]["agreement"]
         task_row = np.where(ep_task < 0, t_rows - 1, ep_task)  # no task type (NO_VALUE): the "other" row, as tables index it
         share = np.bincount(task_row, minlength=t_rows).astype(np.float64)
-        single = [r["name"].startswith("single:") for r in vouched]
-        for i, r in enumerate(vouched):
-            if single[i]:
-                continue
-            # a mixed table is followed mostly in some task types (short episodes): it may displace
-            # the best single model it can afford only where it beats that model in the task types
-            # both are followed in (task-share weighted), not by its followers' task mix
-            affordable = [k for k, x in enumerate(vouched) if single[k] and x["replayed_cost"] <= r["replayed_cost"]]
-            if not affordable:
-                continue
-            k = max(affordable, key=lambda k: lcbs[k])
-            d = _within_task_difference(value, task_row, share, follows[r["name"]] >= agreement,
-                                        follows[vouched[k]["name"]] >= agreement)
-            gain = d if math.isfinite(d) else None
-            # (no task type in common: nothing shows it better, so it cannot displace that model)
-            lcbs[i] = min(lcbs[i], lcbs[k] + (gain or 0.0))
-            r["within_task_gain"] = {"vs": vouched[k]["name"], "gain": gain, "tier_lcb": lcbs[i]}
+        costs = [r["replayed_cost"] for r in vouched]
+        lcbs = _tier_lcbs(vouched, value, costs, follows, agreement, task_row, share)
         tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
-                 np.array([r["replayed_cost"] for r in vouched], np.float32), np.array(lcbs, np.float32))
+                 np.array(costs, np.float32), np.array(lcbs, np.float32))
         best = tiers[0][int(np.argmax(tiers[3]))]  # the reference where money is no object, by the same bounds
         table = cands[best]
-    return Reference(best, table.astype(np.int32), support, seen, rows, tiers)
+        if drafting is not None:
+            draft_tiers = _draft_tiers(drafting, eps, value, vouched, costs, lcbs, follows, agreement, task_row, share)
+    return Reference(best, table.astype(np.int32), support, seen, rows, tiers, draft_tiers)
 
 
-__all__ = ["Reference", "LoggedTurns", "fit_reference", "replayed_cost", "AGREEMENTS"]
+__all__ = ["Reference", "LoggedTurns", "DraftPricing", "fit_reference", "replayed_cost", "AGREEMENTS"]
