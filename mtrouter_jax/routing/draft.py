@@ -184,8 +184,8 @@ def drafted_value_change(episode, table: TypeOutcomes, esc: np.ndarray,
 
     Under a ``budget``, as the live gate (``live.draft.escalate_draft``) decides: a turn is re-served
     only where the spend so far (the logged turns, each re-served one with ``turn_cost[k, d]`` added),
-    the draft, and the re-serving model's worst-case turn (``worst_cost(prompt tokens, model index)``)
-    fit the budget."""
+    the draft, and the re-serving model's worst-case turn (``worst_cost(prompt tokens, model index)``;
+    none: 0) fit the budget."""
     lo, hi = episode.score_range or default_range
     gains = turn_gains([t.progress for t in episode.turns],
                        float((episode.meta or {}).get("initial_score", lo)), lo, hi)
@@ -200,7 +200,7 @@ def drafted_value_change(episode, table: TypeOutcomes, esc: np.ndarray,
         if d is None or not math.isfinite(g) or esc[k, d] < 0:
             continue
         j = int(esc[k, d])
-        if math.isfinite(budget) and spent + worst_cost(t.input_tokens, j) > budget:
+        if math.isfinite(budget) and spent + (worst_cost(t.input_tokens, j) if worst_cost else 0.0) > budget:
             continue
         change += float(table.mean[k, j]) - float(g)
         spent += 0.0 if turn_cost is None else float(turn_cost[k, d])

@@ -18,12 +18,13 @@ its mean gain over that model *within* the task types both are followed in (weig
 types' shares of the log): it displaces the single model only where it is better task for task.
 
 A router that drafts (``routing/draft.py``) does not get what a reference's followers got: its
-drafts of the escalated types are re-served. So the tiers are priced twice: as logged, and under
-drafting (``draft_tiers``) — each follower's score with its escalated turns' gains replaced by the
-re-serving model's mean gain (``draft.drafted_value_change``), each tier's cost with the re-served
-calls added along the logged histories. A drafting router picks its reference by the second: a
-cheap model whose only weakness drafting repairs can then be the reference at a budget where, as
-logged, an expensive model looked better.
+drafts of the escalated types are re-served. So the tiers are also priced under drafting
+(``draft_tiers``): at budgets b of a log-spaced grid, each follower's score with the turns the live
+gate would re-serve under b replaced by the re-serving model's mean gain
+(``draft.drafted_value_change``), as an entry affordable from max(b, the tier's cost) up. A drafting
+router picks among the logged tiers and these entries by the same rule: a cheap model whose only
+weakness drafting repairs can then be the reference where, as logged, an expensive one looked
+better (docs/live.md, "Which reference a drafting router keeps to").
 """
 
 from __future__ import annotations
@@ -134,7 +135,6 @@ class LoggedTurns(NamedTuple):
     prompt: np.ndarray  # (N,) float: its input tokens
     completion: np.ndarray  # (N,) float: its output tokens
     n_episodes: int
-    tool: np.ndarray | None = None  # (N,) int: the turn's own tool index (unknown: the vocabulary's last, as draft tables count)
 
     @classmethod
     def of(cls, episodes: Sequence[Episode], layout: FeatureLayout) -> "LoggedTurns":
@@ -150,8 +150,7 @@ class LoggedTurns(NamedTuple):
         model = np.array([pos[t.model] for t in turns], np.int64)
         prompt = np.array([t.input_tokens for t in turns], np.float64)
         completion = np.array([t.output_tokens for t in turns], np.float64)
-        return cls(episode, np.repeat(task, lengths), last, model, prompt, completion, len(episodes),
-                   np.minimum(tools, k - 1))
+        return cls(episode, np.repeat(task, lengths), last, model, prompt, completion, len(episodes))
 
     @property
     def first(self) -> np.ndarray:
