@@ -189,10 +189,8 @@ def print_routing_summary(meta: dict) -> None:
         r = Reference.from_meta(ref)
         tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in r.by_budget())
         print(f"reference policy (safe router): {tiers}")
-        if r.draft_tiers:
-            fit = r.draft_tiers[-1]
-            tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}"
-                              for t in r.by_budget((fit["test"], fit["n_min"])))
+        if r.draft_fit:
+            tiers = "; ".join(f"from ${t['from_usd']:g}: {t['reference']}" for t in r.by_budget(r.draft_fit))
             print(f"reference policy when drafting (priced with re-served turns): {tiers}")
     outcomes = turn_outcomes_summary(meta)
     if outcomes is not None:
@@ -246,8 +244,8 @@ def cmd_inspect(a) -> int:
 
         r = Reference.from_meta(ref)
         short["reference_by_budget"] = r.by_budget()
-        if r.draft_tiers:
-            short["reference_by_budget_drafting"] = r.by_budget((r.draft_tiers[-1]["test"], r.draft_tiers[-1]["n_min"]))
+        if r.draft_fit:
+            short["reference_by_budget_drafting"] = r.by_budget(r.draft_fit)
     outcomes = turn_outcomes_summary(meta)
     if outcomes is not None:
         short["turn_outcomes"] = outcomes

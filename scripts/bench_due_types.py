@@ -33,14 +33,13 @@ KEYS = {
 
 def turn_rows(path: str, tools: tuple[str, ...]) -> list[dict]:
     from mtrouter_jax.logs.io import iter_episodes
-    from mtrouter_jax.routing.draft import turn_gains
+    from mtrouter_jax.routing.draft import episode_gains
     from mtrouter_jax.routing.due import due_types
 
     pos = {t: i for i, t in enumerate(tools)}
     rows = []
     for e in iter_episodes(path):
-        lo, hi = e.score_range or (-100.0, 100.0)
-        g = turn_gains([t.progress for t in e.turns], float((e.meta or {}).get("initial_score", lo)), lo, hi)
+        g = episode_gains(e)
         if g is None:
             continue
         g = np.nan_to_num(g)

@@ -80,14 +80,12 @@ class TypeOutcomes:
 
     def escalations(self, n_min: float = DEFAULT_DRAFT_N_MIN, test: str = DEFAULT_DRAFT_TEST,
                     min_gain: float = DEFAULT_DRAFT_MIN_GAIN) -> dict[str, dict[str, str]]:
-        """Readable summary: ``{type: {draft model: escalated model}}`` for every allowed-by-all case."""
+        """Readable summary: ``{type: {draft model: escalated model}}`` for every allowed-by-all case
+        (``escalation_matrix``)."""
         out: dict[str, dict[str, str]] = {}
-        every = np.ones(len(self.models), bool)
-        for k, tool in enumerate(self.tools):
-            for d, draft in enumerate(self.models):
-                j = draft_escalation(self, k, d, every, n_min, test, min_gain)
-                if j >= 0:
-                    out.setdefault(tool, {})[draft] = self.models[j]
+        esc = escalation_matrix(self, n_min, test, min_gain)
+        for k, d in zip(*np.nonzero(esc >= 0)):
+            out.setdefault(self.tools[k], {})[self.models[d]] = self.models[esc[k, d]]
         return out
 
     @property
@@ -119,6 +117,22 @@ def turn_gains(progress: Sequence[float | None], start: float, lo: float, hi: fl
     return after - before
 
 
+def episode_gains(episode, default_range: Sequence[float] = (-100.0, 100.0)) -> np.ndarray | None:
+    """``turn_gains`` of a logged episode, in its score range (``default_range`` without one) from its
+    ``meta.initial_score`` (the range's low end without one)."""
+    lo, hi = episode.score_range or default_range
+    return turn_gains([t.progress for t in episode.turns], float((episode.meta or {}).get("initial_score", lo)), lo, hi)
+
+
+def _turn_keys(tools: Sequence[str], models: Sequence[str]):
+    """turn -> (its type index, an unknown type counting as the vocabulary's last, "other"-like entry;
+    its model index, None for a model outside ``models``)."""
+    pos = {t: i for i, t in enumerate(tools)}
+    mpos = {m: i for i, m in enumerate(models)}
+    other = len(tools) - 1
+    return lambda t: (pos.get(t.tool, other), mpos.get(t.model))
+
+
 def fit_table(tool_idx: np.ndarray, model_idx: np.ndarray, gains: np.ndarray, tools: Sequence[str],
               models: Sequence[str], due_idx: np.ndarray | None = None) -> TypeOutcomes:
     """The table of per-turn ``gains`` grouped by (``tool_idx``, ``model_idx``), all (N,) arrays; with
@@ -134,29 +148,26 @@ def fit_type_outcomes(episodes, tools: Sequence[str], models: Sequence[str],
     """The table of logged ``episodes``: every turn with a known progress, by its executed type
     (``Turn.tool``; an unknown type counts as the vocabulary's last, "other"-like entry) and model,
     and by its hindsight due type (``routing/due.py``)."""
-    pos = {t: i for i, t in enumerate(tools)}
-    mpos = {m: i for i, m in enumerate(models)}
+    keys = _turn_keys(tools, models)
     ti, mi, g, di = [], [], [], []
     for e in episodes:
         if (e.meta or {}).get("branch_of") is not None:  # a branch's replayed prefix is its base's turns
             turns = [t for t in e.turns if not (t.meta or {}).get("replayed")]
         else:
             turns = list(e.turns)
-        lo, hi = e.score_range or default_range
-        all_prog = [t.progress for t in e.turns]
-        gains = turn_gains(all_prog, float((e.meta or {}).get("initial_score", lo)), lo, hi)
+        gains = episode_gains(e, default_range)
         if gains is None:
             continue
         # due types from the whole episode (a branch's replayed prefix included): a turn's label is
         # the type of the next score change, which may come after it
-        due = due_types(np.array([pos.get(t.tool, len(tools) - 1) for t in e.turns], np.int64),
-                        np.nan_to_num(gains), len(tools))
+        due = due_types(np.array([keys(t)[0] for t in e.turns], np.int64), np.nan_to_num(gains), len(tools))
         skip = len(e.turns) - len(turns)
         for t, x, d in zip(turns, gains[skip:], due[skip:]):
-            if t.model not in mpos or not math.isfinite(x):
+            k, m = keys(t)
+            if m is None or not math.isfinite(x):
                 continue
-            ti.append(pos.get(t.tool, len(tools) - 1))
-            mi.append(mpos[t.model])
+            ti.append(k)
+            mi.append(m)
             g.append(x)
             di.append(d)
     return fit_table(np.asarray(ti, np.int64), np.asarray(mi, np.int64), np.asarray(g, np.float64), tools, models,
@@ -186,16 +197,13 @@ def drafted_value_change(episode, table: TypeOutcomes, esc: np.ndarray,
     only where the spend so far (the logged turns, each re-served one with ``turn_cost[k, d]`` added),
     the draft, and the re-serving model's worst-case turn (``worst_cost(prompt tokens, model index)``;
     none: 0) fit the budget."""
-    lo, hi = episode.score_range or default_range
-    gains = turn_gains([t.progress for t in episode.turns],
-                       float((episode.meta or {}).get("initial_score", lo)), lo, hi)
+    gains = episode_gains(episode, default_range)
     if gains is None:
         return 0.0
-    pos = {t: i for i, t in enumerate(table.tools)}
-    mpos = {m: i for i, m in enumerate(table.models)}
+    keys = _turn_keys(table.tools, table.models)
     change, spent = 0.0, 0.0
     for t, g in zip(episode.turns, gains):
-        k, d = pos.get(t.tool, len(table.tools) - 1), mpos.get(t.model)
+        k, d = keys(t)
         spent += t.cost
         if d is None or not math.isfinite(g) or esc[k, d] < 0:
             continue
@@ -211,16 +219,15 @@ def escalation_turn_costs(episodes, esc: np.ndarray, tools: Sequence[str], model
     """(K, M) USD: what drafting adds to a turn of each (type, draft model): the re-serving model's
     mean logged cost of a turn of that type (the draft itself is the turn the log already bills);
     0 where the draft is kept."""
-    pos = {t: i for i, t in enumerate(tools)}
-    mpos = {m: i for i, m in enumerate(models)}
+    keys = _turn_keys(tools, models)
     K, M = len(tools), len(models)
     total, n = np.zeros((K, M)), np.zeros((K, M))
     for e in episodes:
         for t in e.turns:
-            if t.model in mpos:
-                k = pos.get(t.tool, K - 1)
-                total[k, mpos[t.model]] += t.cost
-                n[k, mpos[t.model]] += 1
+            k, d = keys(t)
+            if d is not None:
+                total[k, d] += t.cost
+                n[k, d] += 1
     mean = total / np.maximum(n, 1)
     out = np.zeros((K, M))
     k_idx, d_idx = np.nonzero(esc >= 0)
@@ -248,14 +255,13 @@ def draft_pricing(episodes, table: TypeOutcomes, pool, output_tokens_hi: Sequenc
     def worst(prompt: float, j: int) -> float:  # a cold call: the re-serving model did not serve the turn before
         return float(call_cost(prompt, 0.0, hi[j], prices[j, 0], 0.0, prices[j, 1]))
 
-    pos = {t: i for i, t in enumerate(table.tools)}
-    mpos = {m: i for i, m in enumerate(table.models)}
+    keys = _turn_keys(table.tools, table.models)
     budget_hi = 0.0
     for e in episodes:  # each episode's spend with every re-served turn, and its worst re-served call on top
-        escalated = [(t, int(esc[pos.get(t.tool, len(pos) - 1), mpos[t.model]])) for t in e.turns if t.model in mpos]
-        escalated = [(t, j) for t, j in escalated if j >= 0]
-        total = sum(t.cost for t in e.turns) + sum(extra[pos.get(t.tool, len(pos) - 1), mpos[t.model]] for t, _ in escalated)
-        budget_hi = max(budget_hi, total + max((worst(t.input_tokens, j) for t, j in escalated), default=0.0))
+        escalated = [(t, k, d) for t in e.turns for k, d in [keys(t)] if d is not None and esc[k, d] >= 0]
+        total = sum(t.cost for t in e.turns) + sum(extra[k, d] for _, k, d in escalated)
+        budget_hi = max(budget_hi, total + max((worst(t.input_tokens, int(esc[k, d])) for t, k, d in escalated),
+                                               default=0.0))
     return DraftPricing(lambda e, budget: drafted_value_change(e, table, esc, default_range, budget, extra, worst),
                         test, float(n_min), float(budget_hi))
 
@@ -352,7 +358,7 @@ def draft_escalation(table: TypeOutcomes, tool: int, draft: int, allowed: np.nda
     return j if lower[j] > min_gain else -1
 
 
-__all__ = ["TypeOutcomes", "draft_table_for", "escalation_matrix", "drafted_value_change", "escalation_turn_costs",
+__all__ = ["TypeOutcomes", "draft_table_for", "episode_gains", "escalation_matrix", "drafted_value_change", "escalation_turn_costs",
            "draft_pricing", "turn_gains", "fit_table", "fit_type_outcomes", "draft_escalation",
            "check_draft_test", "resolve_draft", "can_escalate", "draft_setup", "DEFAULT_DRAFT_N_MIN",
            "DEFAULT_DRAFT_MIN_GAIN", "DRAFT_TESTS", "DRAFT_MODES", "DEFAULT_DRAFT_TEST", "Z95_ONE_SIDED"]

@@ -81,15 +81,22 @@ class Reference:
         return cls(d["name"], np.asarray(d["table"], np.int32), np.asarray(d["support"], np.float32),
                    np.asarray(d["seen"], bool), list(d.get("candidates", [])), tiers, draft_tiers)
 
+    @property
+    def draft_fit(self) -> tuple[str, float] | None:
+        """(escalation test, n_min) the tiers were priced under drafting for (``budget_tiers``), or None."""
+        if not self.draft_tiers:
+            return None
+        fit = self.draft_tiers[-1]
+        return fit["test"], float(fit["n_min"])
+
     def _priced(self, drafting: tuple[str, float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tier indices, costs, lcbs) for a router that drafts with (test, n_min), or None: the logged
         tiers, plus those priced under drafting when they were priced for those settings."""
         names, _, costs, lcbs = self.tiers
-        if drafting is not None and self.draft_tiers:
-            index, d_costs, d_lcbs, fit = self.draft_tiers
-            if (fit.get("test"), float(fit.get("n_min", -1))) == (drafting[0], float(drafting[1])):
-                return (np.r_[np.arange(len(names)), index].astype(np.int32), np.r_[costs, d_costs].astype(np.float32),
-                        np.r_[lcbs, d_lcbs].astype(np.float32))
+        if drafting is not None and self.draft_fit == (drafting[0], float(drafting[1])):
+            index, d_costs, d_lcbs, _ = self.draft_tiers
+            return (np.r_[np.arange(len(names)), index].astype(np.int32), np.r_[costs, d_costs].astype(np.float32),
+                    np.r_[lcbs, d_lcbs].astype(np.float32))
         return np.arange(len(names), dtype=np.int32), costs, lcbs
 
     def by_budget(self, drafting: tuple[str, float] | None = None) -> list[dict]:
@@ -214,12 +221,14 @@ DRAFT_GRID = 24  # budgets at which the tiers are priced under drafting, log-spa
 
 
 def _tier_lcbs(vouched: list[dict], value: np.ndarray, costs: Sequence[float], follows: dict, agreement: float,
-               task_row: np.ndarray, share: np.ndarray) -> list[float]:
+               task_row: np.ndarray, share: np.ndarray) -> tuple[list[float], dict[int, dict]]:
     """Each vouched tier's lower bound on ``value`` over its followers; a mixed table's capped at the
-    best single model it can afford (by ``costs``) plus its within-task gain over it (module docstring)."""
+    best single model it can afford (by ``costs``) plus its within-task gain over it (module docstring).
+    Also, per capped tier, what capped it (``inspect``'s ``within_task_gain``)."""
     sels = [follows[r["name"]] >= agreement for r in vouched]
     lcbs = [float(value[sel].mean() - t_ci95(value[sel])) for sel in sels]
     single = [r["name"].startswith("single:") for r in vouched]
+    caps: dict[int, dict] = {}
     for i, r in enumerate(vouched):
         if single[i]:
             continue
@@ -233,8 +242,8 @@ def _tier_lcbs(vouched: list[dict], value: np.ndarray, costs: Sequence[float], f
         d = _within_task_difference(value, task_row, share, sels[i], sels[k])
         gain = d if math.isfinite(d) else None  # no task type in common: nothing shows it better
         lcbs[i] = min(lcbs[i], lcbs[k] + (gain or 0.0))
-        r.setdefault("within_task_gain", {"vs": vouched[k]["name"], "gain": gain, "tier_lcb": lcbs[i]})
-    return lcbs
+        caps[i] = {"vs": vouched[k]["name"], "gain": gain, "tier_lcb": lcbs[i]}
+    return lcbs, caps
 
 
 def _draft_tiers(drafting: DraftPricing, eps, value, vouched, costs, lcbs, follows, agreement, task_row, share
@@ -250,7 +259,7 @@ def _draft_tiers(drafting: DraftPricing, eps, value, vouched, costs, lcbs, follo
         # (no score leaves its range: a re-served turn whose episode reached the top anyway adds nothing)
         drafted = np.clip(value + np.array([drafting.value_change(e, float(b)) for e in eps]), 0.0, 1.0)
         at = [max(float(b), c) for c in costs]
-        for i, x in enumerate(_tier_lcbs([dict(r) for r in vouched], drafted, at, follows, agreement, task_row, share)):
+        for i, x in enumerate(_tier_lcbs(vouched, drafted, at, follows, agreement, task_row, share)[0]):
             if x > lcbs[i] + 1e-9:
                 index.append(i)
                 d_costs.append(at[i])
@@ -363,7 +372,9 @@ def fit_reference(episodes: Sequence[Episode], layout: FeatureLayout, pool: Pool
         task_row = np.where(ep_task < 0, t_rows - 1, ep_task)  # no task type (NO_VALUE): the "other" row, as tables index it
         share = np.bincount(task_row, minlength=t_rows).astype(np.float64)
         costs = [r["replayed_cost"] for r in vouched]
-        lcbs = _tier_lcbs(vouched, value, costs, follows, agreement, task_row, share)
+        lcbs, capped = _tier_lcbs(vouched, value, costs, follows, agreement, task_row, share)
+        for i, c in capped.items():
+            vouched[i]["within_task_gain"] = c
         tiers = (tuple(r["name"] for r in vouched), np.stack([cands[r["name"]] for r in vouched]).astype(np.int32),
                  np.array(costs, np.float32), np.array(lcbs, np.float32))
         best = tiers[0][int(np.argmax(tiers[3]))]  # the reference where money is no object, by the same bounds

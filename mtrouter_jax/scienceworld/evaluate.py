@@ -229,15 +229,14 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
     if not routers.strip():
         routers = default_eval_routers(checkpoint)
     specs = eval_specs(routers, pool, checkpoint, lam, tool_map)
-    if match_cost is not None and match_cost not in {n for n, kind, _ in specs if kind != "single"}:
+    if match_cost is not None:
         from mtrouter_jax.core.errors import UsageError
 
-        raise UsageError(f"--match-cost {match_cost!r} is not a budgeted router of --routers "
-                         f"({', '.join(n for n, kind, _ in specs if kind != 'single')})")
-    if match_cost is not None and not budgets:
-        from mtrouter_jax.core.errors import UsageError
-
-        raise UsageError("--match-cost needs --budgets: it matches the router's cost at each budget")
+        budgeted = [n for n, kind, _ in specs if kind != "single"]
+        if match_cost not in budgeted:
+            raise UsageError(f"--match-cost {match_cost!r} is not a budgeted router of --routers ({', '.join(budgeted)})")
+        if not budgets:
+            raise UsageError("--match-cost needs --budgets: it matches the router's cost at each budget")
     for _, _, spec in specs:
         validate_spec(spec, pool, backend)
     require_java()
