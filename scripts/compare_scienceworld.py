@@ -7,7 +7,9 @@ chosen single models — on the same test episodes (paired by ``meta.base_id``),
 
 Prints a markdown table; for an eval run with ``--match-cost ROUTER`` also a table of every row at
 ROUTER's matched cap (its mean cost at a budget, rounded down) against ROUTER at that budget: the
-comparison at equal or lower cost. "best single at budget" = the best of the single models held to that budget
+comparison at equal or lower cost; and, for a learned row that spends more, the budget mix (one
+budget with probability w, the next larger otherwise, per episode) that spends ROUTER's mean cost
+on average, scored per episode as the same mix of its scores at the two budgets. "best single at budget" = the best of the single models held to that budget
 (``capped:MODEL`` rows) where the run has them, else the single model with the best mean score among
 those run without a budget whose mean cost per episode is at most the budget (a model under the
 budget on average can still lose its longest episodes to the cap). A difference is significant
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from mtrouter_jax.core.stats import ci95
-from mtrouter_jax.reporting.points import paired_difference
+from mtrouter_jax.core.stats import paired_mean_ci
+from mtrouter_jax.reporting.points import pair_key, paired_difference
 from mtrouter_jax.logs.io import iter_episodes
 
 
@@ -127,6 +130,21 @@ def main(argv=None) -> int:
                    f"{mean(ref):.1f} @ ${cost(ref):.4f}", fmt(*paired_difference(eps, ref)[:2])]
             row += [best, fmt(*paired_difference(eps, groups[(best, cap)])[:2])] if best else ["–", ""]
             print("| " + " | ".join(row) + " |")
+    mixes = [(m, lab, mix) for m in matched for lab, mix in m.get("mix", {}).items()]
+    if mixes:
+        print("\n| router | at the cost of | budget | budget mix | score @ $/episode | it: score @ $/episode | Δ vs it |")
+        print("|---" * 7 + "|")
+    for m, lab, mix in mixes:
+        ref, lo, hi = groups.get((m["router"], m["budget"])), groups.get((lab, mix["lo"])), groups.get((lab, mix["hi"]))
+        if not (ref and lo and hi):
+            continue
+        w = mix["w_lo"]
+        s_lo, s_hi = ({pair_key(e): e.score for e in g} for g in (lo, hi))
+        mixed = {k: w * s_lo[k] + (1 - w) * s_hi[k] for k in s_lo.keys() & s_hi.keys()}
+        d, c, _ = paired_mean_ci(mixed, {pair_key(e): e.score for e in ref})
+        mix_cost = w * mix["cost_lo"] + (1 - w) * mix["cost_hi"]
+        print(f"| {lab} | {m['router']} | ${m['budget']:g} | ${mix['lo']:g} × {w:.2f} + ${mix['hi']:g} × {1 - w:.2f} | "
+              f"{np.mean(list(mixed.values())):.1f} @ ${mix_cost:.4f} | {mean(ref):.1f} @ ${cost(ref):.4f} | {fmt(d, c)} |")
     for x, y in a.pair:
         budgets = sorted(b for (lab, b) in groups if lab == x and b is not None)
         cells = []

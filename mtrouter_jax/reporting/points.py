@@ -9,7 +9,7 @@ truncations), so real episodes (ScienceWorld, live logs) go through the one repo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -73,6 +73,29 @@ def pair_key(e: Episode) -> str:
     return (e.meta or {}).get("base_id", e.episode_id)
 
 
+def budget_mix(costs: Mapping[float, float], target: float) -> tuple[float, float, float] | None:
+    """The two budgets ``(lo, hi, w_lo)`` whose per-episode mix spends ``target`` on average:
+    draw budget ``lo`` with probability ``w_lo`` and ``hi`` otherwise. ``costs`` maps each budget a
+    router ran at to its mean cost per episode.
+
+    A router compared "at equal cost" with another need not be held to a hard cap at the other's
+    *mean* cost (which cuts its long episodes while the other spends above its mean on some): a
+    budget mix spends exactly the target on average and is a policy the router can run. ``lo`` is
+    the largest budget spending at most ``target``, ``hi`` the smallest larger budget spending more;
+    with no such ``hi`` (every larger budget spends at most the target) it is ``(lo, lo, 1.0)``.
+    ``None`` when no budget spends at most ``target``."""
+    under = [b for b, c in costs.items() if c <= target]
+    if not under:
+        return None
+    lo = max(under)
+    over = [b for b, c in costs.items() if b > lo and c > target]
+    if not over:
+        return lo, lo, 1.0
+    hi = min(over)
+    c_lo, c_hi = costs[lo], costs[hi]
+    return lo, hi, float((c_hi - target) / (c_hi - c_lo))
+
+
 def paired_difference(a: Sequence[Episode], b: Sequence[Episode]) -> tuple[float, float, int]:
     """Mean score difference a - b over the episodes both ran (matched by ``pair_key``), with its
     95% CI and the number of pairs."""
@@ -80,4 +103,4 @@ def paired_difference(a: Sequence[Episode], b: Sequence[Episode]) -> tuple[float
                           {pair_key(e): e.score for e in b if e.score is not None})
 
 
-__all__ = ["point_from_episodes", "pair_key", "paired_difference"]
+__all__ = ["point_from_episodes", "pair_key", "paired_difference", "budget_mix"]

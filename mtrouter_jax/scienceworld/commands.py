@@ -79,7 +79,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-map", default=None)
     p.add_argument("--match-cost", default=None, metavar="ROUTER",
                    help="also run every other budgeted row at ROUTER's mean cost per episode under each budget "
-                        "(rounded down; e.g. tool-heuristic): the comparison at equal or lower cost")
+                        "(rounded down; e.g. tool-heuristic): the comparison at equal or lower cost; a learned row that "
+                        "spends more also runs at the budgets between, for the budget mix that spends ROUTER's cost")
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, results, plots, summary)")
 
 

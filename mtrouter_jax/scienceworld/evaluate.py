@@ -200,6 +200,44 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
     return chosen
 
 
+def _mean_cost(groups, by_id, name, b) -> float:
+    eps = [by_id[i] for i in groups.get((name, b), ()) if i in by_id]
+    return sum(e.total_cost for e in eps) / len(eps) if eps else float("inf")
+
+
+def _budget_mixes(matched, learned, groups, jobs_at, run, by_id_of, by_id):
+    """For each learned row that spends more than a matched cost: run it at the budgets halving from
+    the budget down to the matched cap, then once more between the two that bracket the matched cost,
+    and record the budget mix that spends it on average (``reporting.points.budget_mix``) as
+    ``m["mix"][row]``. The comparison at equal cost without the cap's cut of long episodes."""
+    from mtrouter_jax.reporting.points import budget_mix
+
+    def costs_of(name, m):
+        bs = {b for (n, b) in groups if n == name and b is not None and m["cap_usd"] <= b <= m["budget"]}
+        return {b: _mean_cost(groups, by_id, name, b) for b in bs}
+
+    todo = [(m, name, spec) for m in matched if m["cap_usd"] for name, spec in learned
+            if _mean_cost(groups, by_id, name, m["budget"]) > m["cost_usd"]]
+    ladder = lambda m: [round(m["budget"] / 2 ** k, 6) for k in range(1, 12)  # noqa: E731
+                        if m["budget"] / 2 ** k > m["cap_usd"]]
+    run([j for m, name, spec in todo for b in ladder(m) for j in jobs_at(name, spec, b)])
+    by_id = by_id_of()
+    mids = []
+    for m, name, spec in todo:
+        lo, hi, _ = budget_mix(costs_of(name, m), m["cost_usd"]) or (0, 0, 0)  # None: the cap was unplayable
+        if lo and hi > lo * 1.2:
+            mids.append((name, spec, round(math.sqrt(lo * hi), 6)))
+    run([j for name, spec, b in mids for j in jobs_at(name, spec, b)])
+    by_id = by_id_of()
+    for m, name, spec in todo:
+        costs = costs_of(name, m)
+        if (mix := budget_mix(costs, m["cost_usd"])) is None:
+            continue
+        lo, hi, w = mix
+        m.setdefault("mix", {})[name] = {"lo": lo, "hi": hi, "w_lo": w, "cost_lo": costs[lo], "cost_hi": costs[hi]}
+    return by_id
+
+
 def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: str | None = None,
              budgets: Sequence[float] = (), per_task: int = 1, runs: int = 1, split: str = "test",
              tasks: Sequence[str] = DEFAULT_TASKS, backend: str = "scripted", workers: int | None = None,
@@ -218,7 +256,10 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
     row (learned, capped, bound) also runs at each budget's *matched cap*: that router's mean cost
     per episode there, rounded down to a micro-dollar. A cap is a hard per-episode limit, so a row
     run at it spends no more on average than the matched router: the comparison "at equal or lower
-    cost", on the same episodes (``results["meta"]["cost_matched"]``)."""
+    cost", on the same episodes (``results["meta"]["cost_matched"]``). A learned row that spends
+    more than the matched router also runs at budgets between the cap and the budget, and
+    ``cost_matched[i]["mix"][row]`` is the budget mix that spends the matched cost on average.
+    """
     import dataclasses
 
     from mtrouter_jax.reporting.points import point_from_episodes
@@ -289,6 +330,8 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
              for name, kind, spec in specs if kind != "single" and name != match_cost
              for j in jobs_at(name, spec, m["cap_usd"])])
         by_id = by_id_of()
+        by_id = _budget_mixes(matched, [(n, s) for n, kind, s in specs if kind == "learned" and n != match_cost],
+                              groups, jobs_at, run, by_id_of, by_id)
     results: dict = {"routers": {}, "meta": {
         "benchmark": "scienceworld", "backend": backend, "split": split, "n_episodes": len(plan) * runs,
         "seed": seed, "pool": list(pool.names), "tools": list(TOOLS), "budgets": [b for b in caps if b is not None],

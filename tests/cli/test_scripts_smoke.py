@@ -96,6 +96,35 @@ def test_compare_scienceworld_pairs_against_the_best_capped_single(tmp_path):
     assert rc == 1 and "| router |" not in out  # a test run read as dev: an error (on stderr), not an empty table
 
 
+def test_compare_scienceworld_scores_the_budget_mix_at_the_matched_cost(tmp_path):
+    """A learned row's budget mix (``cost_matched[i]["mix"]``) is scored per episode as the same mix
+    of its scores at the two budgets, paired against the matched router."""
+    import json
+
+    from mtrouter_jax.logs.io import write_episodes
+    from mtrouter_jax.logs.records import Episode, Turn
+
+    scores = {"h-b0.1": [20, 30, 40], "r-b0.1": [80, 90, 70], "r-b0.05": [50, 40, 60], "r-b0.01": [10, 10, 10]}
+    eps = []
+    for row, ss in scores.items():
+        for i, sc in enumerate(ss):
+            base = f"sw-test-t-v{i}-r0"
+            eps.append(Episode(f"{base}-{row}", "t", float(sc), float(row.rsplit("-b", 1)[1]), ("a", "b"),
+                               (Turn("a", 10, 0, 5, 0.001, "act", None, 1.0),), (-100.0, 100.0), "scienceworld",
+                               {"base_id": base, "split": "test"}))
+    (tmp_path / "eval").mkdir()
+    write_episodes(tmp_path / "eval" / "episodes.jsonl", eps)
+    matched = [{"router": "h", "budget": 0.1, "cost_usd": 0.03, "cap_usd": 0.01,
+                "mix": {"r": {"lo": 0.01, "hi": 0.05, "w_lo": 0.25, "cost_lo": 0.01, "cost_hi": 0.0367}}}]
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"meta": {"cost_matched": matched}}))
+    rc, out = run_script(next(p for p in SCRIPTS if p.name == "compare_scienceworld.py"), [str(tmp_path / "eval")])
+    assert rc == 0
+    row = next(line for line in out.splitlines() if "× 0.25" in line)
+    # per episode 0.25 * 10 + 0.75 * (50, 40, 60) = 40, 32.5, 47.5; minus h's 20, 30, 40: +20, +2.5, +7.5
+    assert row.startswith("| r | h | $0.1 | $0.01 × 0.25 + $0.05 × 0.75 | 40.0 @ $0.0300 | 30.0 @ $0.0010 |")
+    assert "+10.0 ±" in row
+
+
 def test_learning_curve_subsets_keep_branches_with_their_base_and_name_a_bad_line(tmp_path):
     import importlib.util
     import json

@@ -186,6 +186,36 @@ def test_eval_match_cost_holds_rows_to_the_matched_routers_mean_cost(tmp_path):
     assert [p["budget"] for p in results["routers"]["kimi-k2"]["points"]] == [None]
 
 
+def test_eval_match_cost_runs_a_learned_row_at_the_budget_mix_of_the_matched_cost(tmp_path):
+    """A learned row that spends more than the matched router also runs at budgets halving down to
+    the cap (and once between the two that bracket the matched cost), on the same episodes; the
+    recorded mix of two of them spends the matched cost on average."""
+    logs, ckpt = tmp_path / "sw.jsonl", tmp_path / "ck"
+    assert cli.main(["collect", "scienceworld", "--tasks", TASK, "--per-task", "2", "--workers", "1",
+                     "--out", str(logs)]) == 0
+    assert cli.main(["train", "--data", str(logs), "--out", str(ckpt), "--epochs", "1",
+                     "--bootstrap-iterations", "0", "--ensemble", "1"]) == 0
+    res_dir = tmp_path / "eval"
+    assert cli.main(["eval", "scienceworld", "--routers", f"learned={ckpt},capped:gpt-oss-120b",
+                     "--match-cost", "capped:gpt-oss-120b", "--tasks", TASK, "--per-task", "2", "--workers", "1",
+                     "--budgets", "0.2", "--lam", "0", "--out", str(res_dir)]) == 0
+    results = json.loads((res_dir / "results.json").read_text())
+    (m,) = results["meta"]["cost_matched"]
+    (name,) = [n for n, r in results["routers"].items() if r["kind"] == "learned"]
+    points = {p["budget"]: p for p in results["routers"][name]["points"]}
+    assert points[0.2]["cost"] > m["cost_usd"]  # a sim-trained router spends more than gpt-oss-120b here
+    mix = m["mix"][name]
+    ladder = [round(0.2 / 2 ** k, 6) for k in range(1, 12) if 0.2 / 2 ** k > m["cap_usd"]]
+    assert set(ladder) | {0.2, m["cap_usd"]} <= set(points)
+    assert points[mix["lo"]]["cost"] == pytest.approx(mix["cost_lo"])
+    assert mix["cost_lo"] <= m["cost_usd"] < mix["cost_hi"] and mix["lo"] < mix["hi"]
+    assert mix["w_lo"] * mix["cost_lo"] + (1 - mix["w_lo"]) * mix["cost_hi"] == pytest.approx(m["cost_usd"])
+    eps = read_episodes(res_dir / "episodes.jsonl")
+    bases = {b: {e.meta["base_id"] for e in eps if e.budget == b and name.split("[")[0] in e.episode_id}
+             for b in points}
+    assert all(v == bases[0.2] and len(v) == 2 for v in bases.values())
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--routers", "tool-heuristic", "--match-cost", "capped:gpt-5", "--budgets", "0.05"],
      "--match-cost 'capped:gpt-5' is not a budgeted router of --routers (tool-heuristic)"),
