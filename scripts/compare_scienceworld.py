@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     if mixes:
         print("\n| router | at the cost of | budget | budget mix | score @ $/episode | it: score @ $/episode | Δ vs it |")
         print("|---" * 7 + "|")
-    for m, lab, mix in mixes:
+    for m, name, mix in mixes:
+        lab = re.sub(r"[^A-Za-z0-9.+:_-]+", "_", name).rstrip("_")  # the report name as episode ids spell it
         ref, lo, hi = groups.get((m["router"], m["budget"])), groups.get((lab, mix["lo"])), groups.get((lab, mix["hi"]))
         if not (ref and lo and hi):
             continue

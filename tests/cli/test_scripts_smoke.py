@@ -104,7 +104,8 @@ def test_compare_scienceworld_scores_the_budget_mix_at_the_matched_cost(tmp_path
     from mtrouter_jax.logs.io import write_episodes
     from mtrouter_jax.logs.records import Episode, Turn
 
-    scores = {"h-b0.1": [20, 30, 40], "r-b0.1": [80, 90, 70], "r-b0.05": [50, 40, 60], "r-b0.01": [10, 10, 10]}
+    r = "r_ck_0123abcd-lam0"  # how eval spells "r[ck]" with its checkpoint tag and λ in the episode ids
+    scores = {"h-b0.1": [20, 30, 40], f"{r}-b0.1": [80, 90, 70], f"{r}-b0.05": [50, 40, 60], f"{r}-b0.01": [10] * 3}
     eps = []
     for row, ss in scores.items():
         for i, sc in enumerate(ss):
@@ -115,13 +116,13 @@ def test_compare_scienceworld_scores_the_budget_mix_at_the_matched_cost(tmp_path
     (tmp_path / "eval").mkdir()
     write_episodes(tmp_path / "eval" / "episodes.jsonl", eps)
     matched = [{"router": "h", "budget": 0.1, "cost_usd": 0.03, "cap_usd": 0.01,
-                "mix": {"r": {"lo": 0.01, "hi": 0.05, "w_lo": 0.25, "cost_lo": 0.01, "cost_hi": 0.0367}}}]
+                "mix": {"r[ck]": {"lo": 0.01, "hi": 0.05, "w_lo": 0.25, "cost_lo": 0.01, "cost_hi": 0.0367}}}]
     (tmp_path / "eval" / "results.json").write_text(json.dumps({"meta": {"cost_matched": matched}}))
     rc, out = run_script(next(p for p in SCRIPTS if p.name == "compare_scienceworld.py"), [str(tmp_path / "eval")])
     assert rc == 0
     row = next(line for line in out.splitlines() if "× 0.25" in line)
     # per episode 0.25 * 10 + 0.75 * (50, 40, 60) = 40, 32.5, 47.5; minus h's 20, 30, 40: +20, +2.5, +7.5
-    assert row.startswith("| r | h | $0.1 | $0.01 × 0.25 + $0.05 × 0.75 | 40.0 @ $0.0300 | 30.0 @ $0.0010 |")
+    assert row.startswith("| r_ck | h | $0.1 | $0.01 × 0.25 + $0.05 × 0.75 | 40.0 @ $0.0300 | 30.0 @ $0.0010 |")
     assert "+10.0 ±" in row
 
 
