@@ -200,9 +200,10 @@ def _learned_lams(spec: RouterSpec, name: str, caps, lam_grid, cal_plan, split_c
     return chosen
 
 
-def _mean_cost(groups, by_id, name, b) -> float:
+def _mean_cost(groups, by_id, name, b, empty: float = float("inf")) -> float:
+    """Mean USD per episode of the row ``name`` at budget ``b``; ``empty`` where it logged none."""
     eps = [by_id[i] for i in groups.get((name, b), ()) if i in by_id]
-    return sum(e.total_cost for e in eps) / len(eps) if eps else float("inf")
+    return sum(e.total_cost for e in eps) / len(eps) if eps else empty
 
 
 def _budget_mixes(matched, learned, groups, jobs_at, run, by_id_of, by_id):
@@ -322,8 +323,7 @@ def evaluate(out_dir: str | Path, pool: Pool, routers: str = "", *, checkpoint: 
     matched = []
     if match_cost is not None:
         for b in caps:
-            eps = [by_id[i] for i in groups[(match_cost, b)] if i in by_id]
-            cost = sum(e.total_cost for e in eps) / max(len(eps), 1)
+            cost = _mean_cost(groups, by_id, match_cost, b, empty=0.0)  # 0: no cap (its first turn never fit)
             cap = math.floor(cost * 1e6) / 1e6  # down, so that a row held to it spends no more on average
             matched.append({"router": match_cost, "budget": b, "cost_usd": cost, "cap_usd": cap or None})
         run([j for m in matched if m["cap_usd"] and m["cap_usd"] not in caps
