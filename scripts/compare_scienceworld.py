@@ -30,7 +30,7 @@ import numpy as np
 from mtrouter_jax.core.stats import ci95
 from mtrouter_jax.core.stats import paired_mean_ci
 from mtrouter_jax.reporting.points import pair_key, paired_difference
-from mtrouter_jax.logs.io import iter_episodes
+from mtrouter_jax.logs.io import id_safe, iter_episodes
 
 
 def load(dirs: list[str], split: str = "test", lam: float | None = None) -> dict[tuple[str, float | None], list]:
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         print("\n| router | at the cost of | budget | budget mix | score @ $/episode | it: score @ $/episode | Δ vs it |")
         print("|---" * 7 + "|")
     for m, name, mix in mixes:
-        lab = re.sub(r"[^A-Za-z0-9.+:_-]+", "_", name).rstrip("_")  # the report name as episode ids spell it
+        # the report name as episode ids spell it; a trailing "]" merged with the tag's "@" into one "_"
+        lab = id_safe(name).rstrip("_")
         ref, lo, hi = groups.get((m["router"], m["budget"])), groups.get((lab, mix["lo"])), groups.get((lab, mix["hi"]))
         if not (ref and lo and hi):
             continue

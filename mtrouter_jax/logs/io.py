@@ -14,6 +14,7 @@ import difflib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections import Counter
@@ -282,6 +283,12 @@ def _last_byte(path: Path) -> bytes | None:
         return fh.read(1)
 
 
+def id_safe(text: str) -> str:
+    """``text`` as episode ids spell it: every run of characters outside ``[A-Za-z0-9.+:_-]`` becomes
+    one ``_`` (a router name such as ``safe[ckpt]@1a2b3c4d`` in a ScienceWorld run's ids)."""
+    return re.sub(r"[^A-Za-z0-9.+:_-]+", "_", text)
+
+
 def episode_line(episode: Episode) -> bytes:
     """``episode`` validated and encoded as one log line (without its newline), the bytes
     ``append_episodes`` writes for it (raises ``LogFormatError``)."""
@@ -366,4 +373,4 @@ def drop_unscored(episodes: Iterable[Episode]) -> tuple[list[Episode], int]:
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "KNOWN_SCHEMAS", "SEVERITIES", "LogFormatError", "DuplicateEpisodesWarning",
            "UnknownFieldsWarning", "TurnError", "Turn", "Episode", "parse_episode", "read_episodes",
            "iter_episodes", "append_episodes", "append_lines", "episode_line", "write_episodes", "episode_from_dict",
-           "drop_unscored", "expand_paths"]
+           "drop_unscored", "expand_paths", "id_safe"]

@@ -10,7 +10,6 @@ already in the log are skipped (resumable). A rich progress bar shows episodes/s
 from __future__ import annotations
 
 import multiprocessing as mp
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mtrouter_jax.logs.io import Episode, append_episodes, episode_from_dict, iter_episodes
+from mtrouter_jax.logs.io import Episode, append_episodes, episode_from_dict, id_safe, iter_episodes
 from mtrouter_jax.core.pool import Pool, pool_from_dict
 
 from .branch import real_cost
@@ -60,11 +59,7 @@ class Job:
     def episode_id(self) -> str:
         """Logged id: the common-random-numbers id + the router (and budget)."""
         b = "" if self.budget is None else f"-b{self.budget:g}"
-        return f"{self.base_id}-{_slug(self.spec.name)}{b}"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+:_-]+", "_", text)
+        return f"{self.base_id}-{id_safe(self.spec.name)}{b}"
 
 
 def plan_variations(tasks: Sequence[str], split: str, per_task: int, seed: int = 0) -> list[tuple[str, int]]:
